@@ -1,0 +1,16 @@
+//! Shared by the coordinator and the agents.
+//!
+//! # Layout
+//! - [`plan`]: the plan model, loading YAML/TOML/JSON through `config`, and
+//!   validation with errors that name file, line and field path.
+//! - [`units`]: durations, rates, percentages, status sets as plans write them.
+//! - [`slo`]: SLO rules, thresholds and their pass/warn/fail bands.
+//! - [`histogram`]: the one histogram shape and its V2+DEFLATE wire encoding.
+//! - [`stats`]: per-step records and schedule counters, and how they add up.
+#![forbid(unsafe_code)]
+
+pub mod histogram;
+pub mod plan;
+pub mod slo;
+pub mod stats;
+pub mod units;

@@ -1,0 +1,101 @@
+//! Loading a plan file: `config` reads YAML, TOML or JSON into one value tree,
+//! serde (through `serde_path_to_error`, which remembers where it was) turns
+//! it into a [`Plan`], and [`validate`] checks what types cannot. Every error
+//! becomes one [`PlanError`] with the file, line and field path.
+
+use std::path::Path;
+
+use super::lines::LineMap;
+use super::{validate, Plan, PlanError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Toml,
+    Json,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "yaml" | "yml" => Some(Format::Yaml),
+            "toml" => Some(Format::Toml),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "yaml" | "yml" => Some(Format::Yaml),
+            "toml" => Some(Format::Toml),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Yaml => "yaml",
+            Format::Toml => "toml",
+            Format::Json => "json",
+        }
+    }
+
+    fn config_format(self) -> config::FileFormat {
+        match self {
+            Format::Yaml => config::FileFormat::Yaml,
+            Format::Toml => config::FileFormat::Toml,
+            Format::Json => config::FileFormat::Json,
+        }
+    }
+}
+
+/// Reads and validates the plan at `path`; the format follows the extension.
+pub fn load_file(path: &Path) -> Result<Plan, PlanError> {
+    let error = |message: String| PlanError { file: path.to_path_buf(), line: None, path: String::new(), message };
+    let format = Format::from_path(path)
+        .ok_or_else(|| error("unknown plan format: the file name must end in .yaml, .yml, .toml or .json".into()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the plan: {e}")))?;
+    load_str(&text, format, path)
+}
+
+/// Parses and validates plan `text`; `file` only names the source in errors.
+pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanError> {
+    let lines = match format {
+        Format::Yaml => LineMap::from_yaml(text),
+        _ => LineMap::default(),
+    };
+    let error_at = |path: String, message: String| PlanError {
+        file: file.to_path_buf(),
+        line: lines.line_of(&path),
+        path,
+        message,
+    };
+
+    let tree: config::Value = config::Config::builder()
+        .add_source(config::File::from_str(text, format.config_format()))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| PlanError {
+            file: file.to_path_buf(),
+            line: None,
+            path: String::new(),
+            message: format!("not valid {}: {e}", format.name()),
+        })?;
+
+    let plan: Plan = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        error_at(path, clean_message(&e.into_inner().to_string()))
+    })?;
+
+    validate(&plan).map_err(|(path, message)| error_at(path, message))?;
+    Ok(plan)
+}
+
+/// config's errors end with " in <key>" or similar location hints that repeat
+/// what our path already says more precisely; keep the first sentence.
+fn clean_message(msg: &str) -> String {
+    msg.split(" for key `").next().unwrap_or(msg).to_string()
+}

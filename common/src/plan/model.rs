@@ -1,0 +1,183 @@
+//! The plan as users write it (docs/plan.md is the reference). Every struct
+//! denies unknown keys, so a typo is an error that names the field, never a
+//! silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::slo::Slo;
+use crate::units::{Dur, Percent, Rate, StatusSet};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub name: String,
+    /// Base URL every step's path is appended to: `http://host:port`.
+    pub target: String,
+    /// When present, `stampede run` starts the built-in target in-process with
+    /// this behaviour, listening on `target`'s host and port (port 0 = any free port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin_target: Option<BuiltinTarget>,
+    /// Snapshot interval: how often agents send measurements.
+    #[serde(default = "default_interval")]
+    pub interval: Dur,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    pub phases: Vec<Phase>,
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub slos: Vec<Slo>,
+}
+
+fn default_interval() -> Dur {
+    Dur::from_secs(1)
+}
+
+fn default_timeout() -> Dur {
+    Dur::from_secs(10)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub name: String,
+    pub duration: Dur,
+    pub load: Load,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// Arrivals on a schedule, independent of responses (k6's arrival-rate executors).
+    Open,
+    /// A fixed number of connections, each sending its next request when the
+    /// previous answered (wrk, k6's constant-vus).
+    Closed,
+}
+
+/// The load of a phase. A flat struct rather than an enum per model, so that
+/// a missing or misplaced field gets an error naming exactly that field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    pub model: Model,
+    /// Open model: arrivals per second (at the phase start, when ramping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// Open model: ramp linearly from `rate` to this rate over the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Rate>,
+    /// Closed model: connections kept busy, fleet-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Open model: most requests in flight per agent; an arrival beyond it is
+    /// dropped and counted (k6's maxVUs), so a stalled server shows up as drops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+}
+
+/// Default in-flight bound per agent for the open model: enough for 1 000 req/s
+/// against a server that stalls for one second.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub request: Request,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request { method: default_method(), path: default_path(), headers: BTreeMap::new(), body: None }
+    }
+}
+
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+fn default_path() -> String {
+    "/".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Statuses that count as success (default: below 400).
+    #[serde(default)]
+    pub status: StatusSet,
+}
+
+/// Behaviour of the built-in target (`stampede target`), set from the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinTarget {
+    /// Added to every response; with `latency_max`, the lower bound of a uniform draw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_max: Option<Dur>,
+    /// Share of requests answered 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<Percent>,
+    /// "Hold every request for `hold` every `every`."
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall: Option<StallSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StallSpec {
+    pub every: Dur,
+    pub hold: Dur,
+}
+
+impl Plan {
+    pub fn phase_index(&self, name: &str) -> Option<usize> {
+        self.phases.iter().position(|p| p.name == name)
+    }
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+    /// Total planned duration of all phases.
+    pub fn duration(&self) -> std::time::Duration {
+        self.phases.iter().map(|p| p.duration.as_duration()).sum()
+    }
+    /// Offset of each phase's start from the run start.
+    pub fn phase_offsets(&self) -> Vec<std::time::Duration> {
+        let mut at = std::time::Duration::ZERO;
+        self.phases
+            .iter()
+            .map(|p| {
+                let start = at;
+                at += p.duration.as_duration();
+                start
+            })
+            .collect()
+    }
+}

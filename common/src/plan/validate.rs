@@ -1,0 +1,161 @@
+//! Checks a plan's meaning once its shape is known: names unique and
+//! referenced names existing, every load complete for its model, weights and
+//! rates sensible, SLO thresholds in their metric's unit.
+
+use std::collections::HashSet;
+
+use super::{Model, Plan};
+use crate::slo::Scope;
+
+/// `Err((field path, message))` for the first problem found.
+pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
+    let err = |path: String, msg: &str| Err((path, msg.to_string()));
+
+    if plan.name.trim().is_empty() {
+        return err("name".into(), "must not be empty");
+    }
+    check_target(&plan.target).map_err(|m| ("target".to_string(), m))?;
+    if plan.interval.as_duration() < std::time::Duration::from_millis(100) {
+        return err("interval".into(), "must be at least 100ms");
+    }
+    if plan.timeout.as_duration().is_zero() {
+        return err("timeout".into(), "must be more than 0s");
+    }
+    if let Some(b) = &plan.builtin_target {
+        if let (Some(lo), Some(hi)) = (b.latency, b.latency_max) {
+            if hi < lo {
+                return err("builtin_target.latency_max".into(), "must not be below `latency`");
+            }
+        }
+        if let Some(s) = b.stall {
+            if s.every.as_duration().is_zero() || s.hold >= s.every {
+                return err("builtin_target.stall.hold".into(), "must be shorter than `every`, which must be more than 0s");
+            }
+        }
+    }
+
+    if plan.phases.is_empty() {
+        return err("phases".into(), "a plan needs at least one phase");
+    }
+    let mut names = HashSet::new();
+    for (i, phase) in plan.phases.iter().enumerate() {
+        let at = |field: &str| format!("phases[{i}].{field}");
+        if phase.name.trim().is_empty() {
+            return err(at("name"), "must not be empty");
+        }
+        if !names.insert(phase.name.as_str()) {
+            return err(at("name"), &format!("phase `{}` is defined twice", phase.name));
+        }
+        if phase.duration.as_duration().is_zero() {
+            return err(at("duration"), "must be more than 0s");
+        }
+        let load = &phase.load;
+        match load.model {
+            Model::Open => {
+                match load.rate {
+                    None => return err(at("load.rate"), "the open model needs a `rate`, e.g. `200/s`"),
+                    Some(r) if r.as_per_second() <= 0.0 && load.to.is_none_or(|t| t.as_per_second() <= 0.0) => {
+                        return err(at("load.rate"), "must be more than 0/s (or ramp `to` a rate above 0)")
+                    }
+                    Some(_) => {}
+                }
+                if load.concurrency.is_some() {
+                    return err(at("load.concurrency"), "belongs to the closed model; the open model takes `rate`");
+                }
+                if load.max_in_flight == Some(0) {
+                    return err(at("load.max_in_flight"), "must be at least 1");
+                }
+            }
+            Model::Closed => {
+                match load.concurrency {
+                    None => return err(at("load.concurrency"), "the closed model needs `concurrency`, e.g. 50"),
+                    Some(0) => return err(at("load.concurrency"), "must be at least 1"),
+                    Some(_) => {}
+                }
+                for (field, set) in [("rate", load.rate.is_some()), ("to", load.to.is_some()), ("max_in_flight", load.max_in_flight.is_some())] {
+                    if set {
+                        return err(at(&format!("load.{field}")), "belongs to the open model; the closed model takes `concurrency`");
+                    }
+                }
+            }
+        }
+    }
+
+    if plan.steps.is_empty() {
+        return err("steps".into(), "a plan needs at least one step");
+    }
+    let mut names = HashSet::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let at = |field: &str| format!("steps[{i}].{field}");
+        if step.name.trim().is_empty() {
+            return err(at("name"), "must not be empty");
+        }
+        if !names.insert(step.name.as_str()) {
+            return err(at("name"), &format!("step `{}` is defined twice", step.name));
+        }
+        if step.weight == 0 {
+            return err(at("weight"), "must be at least 1 (remove the step to leave it out)");
+        }
+        let method = &step.request.method;
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return err(at("request.method"), "must be an upper-case HTTP method such as GET or POST");
+        }
+        if !step.request.path.starts_with('/') || step.request.path.bytes().any(|b| b.is_ascii_whitespace()) {
+            return err(at("request.path"), "must start with `/` and contain no spaces");
+        }
+        for (name, value) in &step.request.headers {
+            let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                return err(at(&format!("request.headers.{name}")), "is not a valid header name");
+            }
+            if value.contains(['\r', '\n']) {
+                return err(at(&format!("request.headers.{name}")), "must not contain line breaks");
+            }
+            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("host") {
+                return err(at(&format!("request.headers.{name}")), "is set by stampede itself");
+            }
+        }
+    }
+
+    for (i, slo) in plan.slos.iter().enumerate() {
+        let at = |field: &str| format!("slos[{i}].{field}");
+        match &slo.scope {
+            Scope::Run => {}
+            Scope::Phase(name) if plan.phase_index(name).is_none() => {
+                return err(at("scope"), &format!("there is no phase `{name}`"));
+            }
+            Scope::Step(name) if plan.step_index(name).is_none() => {
+                return err(at("scope"), &format!("there is no step `{name}`"));
+            }
+            _ => {}
+        }
+        slo.pass.check_unit(slo.metric).map_err(|m| (at("pass"), m))?;
+        if let Some(w) = &slo.warn {
+            w.check_unit(slo.metric).map_err(|m| (at("warn"), m))?;
+        }
+    }
+    Ok(())
+}
+
+/// Only plain `http://host:port` is supported so far; say so rather than
+/// failing at the first request.
+fn check_target(target: &str) -> Result<(), String> {
+    let rest = if let Some(r) = target.strip_prefix("http://") {
+        r
+    } else if target.starts_with("https://") {
+        return Err("https targets are not supported yet; use http://".into());
+    } else {
+        return Err(format!("`{target}` is not an http:// URL"));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(format!("`{target}` has no host"));
+    }
+    if rest.len() > authority.len() && rest != format!("{authority}/") {
+        return Err(format!("`{target}` must be a base URL without a path; put paths in steps"));
+    }
+    if let Some((_, port)) = authority.rsplit_once(':') {
+        port.parse::<u16>().map_err(|_| format!("`{port}` is not a port"))?;
+    }
+    Ok(())
+}

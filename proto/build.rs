@@ -1,0 +1,11 @@
+//! Generates the gRPC code at build time. protoc comes from
+//! `protoc-bin-vendored`, so a fresh machine builds with plain `cargo build`.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        // SAFETY-free: build scripts are single-threaded at this point.
+        std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    }
+    println!("cargo:rerun-if-changed=stampede/v1/agent.proto");
+    tonic_prost_build::configure().compile_protos(&["stampede/v1/agent.proto"], &["."])?;
+    Ok(())
+}
