@@ -1,1 +1,21 @@
-//! placeholder
+//! The stampede agent: dials the coordinator, runs its share of a plan, and
+//! streams measurements back.
+//!
+//! # Layout
+//! - [`session`]: the gRPC session with the coordinator (register, assignment,
+//!   snapshots, abort), with reconnect and backoff.
+//! - [`engine`]: runs a share of a plan on worker threads and merges their
+//!   parts into one interval at a time.
+//! - `worker`: one thread, one current_thread runtime: the open-model pacer,
+//!   closed-model connection loops, the connection pool.
+//! - `schedule`: when each open-model arrival is due (pure arithmetic).
+//! - `http`: the allocation-free HTTP/1.1 client.
+//! - `recorder`: a worker's per-interval histograms and counters.
+#![forbid(unsafe_code)]
+
+pub mod engine;
+mod http;
+mod recorder;
+mod schedule;
+pub mod session;
+mod worker;

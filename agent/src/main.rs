@@ -1,1 +1,78 @@
-fn main() {}
+//! `stampede-agent`: parse flags, then hand over to the library.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use stampede_agent::session::{self, AgentConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Generates load for a stampede coordinator: dials it, registers, runs the
+/// share of each plan it is assigned and streams measurements back.
+#[derive(Debug, Parser)]
+#[command(name = "stampede-agent", version)]
+struct Args {
+    /// The coordinator's gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:7000")]
+    coordinator: String,
+    /// This agent's id (default: host name and a random suffix).
+    #[arg(long)]
+    id: Option<String>,
+    /// Labels the plan can select on: `zone=a,role=edge`.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// Relative weight when the coordinator splits load between agents.
+    #[arg(long, default_value_t = 1)]
+    capacity: u32,
+    /// Load worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else { bail!("label `{pair}` must be key=value") };
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(labels)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    ).init();
+    let cfg = AgentConfig {
+        coordinator: args.coordinator,
+        agent_id: args.id.unwrap_or_else(default_id),
+        labels: parse_labels(&args.labels).context("--labels")?,
+        capacity: args.capacity.max(1),
+        workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        session::run(cfg, shutdown).await
+    })
+}
+
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "agent".into());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+/// SIGINT or SIGTERM: stop the load and leave cleanly.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("Signal received; stopping.");
+    shutdown.cancel();
+}

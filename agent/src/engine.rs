@@ -1,0 +1,173 @@
+//! Runs an agent's share of a plan on its worker threads and turns their
+//! per-interval parts into one [`Interval`] each, in order.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use stampede_common::plan::Plan;
+use stampede_common::stats::RunStats;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::RequestTemplate;
+use crate::worker::{self, Part, WorkerPlan};
+
+/// An agent's share of a run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub plan: Arc<Plan>,
+    /// Fraction of every open-model rate this agent generates.
+    pub rate_share: f64,
+    /// This agent's closed-model connections, per phase.
+    pub concurrency: Vec<u32>,
+    /// Where this agent stands among the run's agents, to stagger arrivals.
+    pub agent_index: u32,
+    pub agent_count: u32,
+    /// The common start instant, in this agent's clock.
+    pub start: SystemTime,
+    pub workers: usize,
+}
+
+/// One interval of this agent's measurements.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    pub seq: u64,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub stats: RunStats,
+    /// The run's last interval for this agent.
+    pub last: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("target `{0}` is not an http://host:port URL")]
+    BadTarget(String),
+    #[error("cannot resolve target `{0}`: {1}")]
+    Resolve(String, String),
+    #[error("cannot start a worker thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Host and port of an `http://host:port[/]` target.
+pub fn authority(target: &str) -> Result<&str, EngineError> {
+    target
+        .strip_prefix("http://")
+        .map(|r| r.trim_end_matches('/'))
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .ok_or_else(|| EngineError::BadTarget(target.to_string()))
+}
+
+async fn resolve(authority: &str) -> Result<SocketAddr, EngineError> {
+    let with_port = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+    let mut addrs = tokio::net::lookup_host(with_port.as_str())
+        .await
+        .map_err(|e| EngineError::Resolve(authority.to_string(), e.to_string()))?;
+    addrs.next().ok_or_else(|| EngineError::Resolve(authority.to_string(), "no address".into()))
+}
+
+/// Starts the workers; intervals arrive on the returned channel, the last
+/// one marked `last`. Cancelling `cancel` stops the load at once and still
+/// delivers what was measured.
+pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::UnboundedReceiver<Interval>, EngineError> {
+    let authority = authority(&spec.plan.target)?;
+    let addr = resolve(authority).await?;
+    let templates: Arc<Vec<_>> = Arc::new(spec.plan.steps.iter().map(|s| RequestTemplate::new(s, authority)).collect());
+    let workers = spec.workers.max(1);
+    // Map the wall-clock start onto this process's monotonic clock once.
+    let run_start = match spec.start.duration_since(SystemTime::now()) {
+        Ok(ahead) => Instant::now() + ahead,
+        Err(behind) => Instant::now() - behind.duration(),
+    };
+
+    let (parts_tx, parts_rx) = mpsc::unbounded_channel();
+    for index in 0..workers {
+        let connections = spec.concurrency.iter().map(|&c| split(c, workers, index)).collect();
+        worker::spawn(WorkerPlan {
+            index,
+            workers,
+            plan: spec.plan.clone(),
+            addr,
+            templates: templates.clone(),
+            rate_share: spec.rate_share,
+            arrival_offset: spec.agent_index as f64 / spec.agent_count.max(1) as f64,
+            connections,
+            run_start,
+            parts: parts_tx.clone(),
+            cancel: cancel.clone(),
+        })
+        .map_err(EngineError::Spawn)?;
+    }
+    drop(parts_tx);
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let interval = spec.plan.interval.as_duration();
+    tokio::spawn(collect(parts_rx, tx, workers, spec.start, interval));
+    Ok(rx)
+}
+
+/// `total` spread over `parts` as evenly as integers allow.
+pub fn split(total: u32, parts: usize, index: usize) -> u32 {
+    let parts = parts as u32;
+    total / parts + u32::from((index as u32) < total % parts)
+}
+
+/// Merges the workers' parts per interval and emits each interval once every
+/// worker still running has delivered it. A worker that sent its last part at
+/// `seq` delivers nothing after it.
+async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedSender<Interval>, workers: usize, start: SystemTime, interval: Duration) {
+    let mut pending: BTreeMap<u64, (RunStats, usize)> = BTreeMap::new();
+    let mut finished_at: Vec<Option<u64>> = vec![None; workers];
+    let mut next = 0u64;
+    while let Some(part) = parts.recv().await {
+        let entry = pending.entry(part.seq).or_default();
+        entry.0.add(&part.stats).expect("one histogram shape");
+        entry.1 += 1;
+        if part.last {
+            finished_at[part.worker] = Some(part.seq);
+        }
+        loop {
+            let expected = finished_at.iter().filter(|f| f.is_none_or(|s| s >= next)).count();
+            let all_done = finished_at.iter().all(Option::is_some);
+            let last_seq = finished_at.iter().flatten().max().copied();
+            match pending.get(&next) {
+                Some((_, got)) if *got >= expected => {}
+                _ => break,
+            }
+            let (stats, _) = pending.remove(&next).expect("checked above");
+            let last = all_done && last_seq == Some(next);
+            let begin = start + interval * next as u32;
+            let end = if last { SystemTime::now().max(begin) } else { begin + interval };
+            if out.send(Interval { seq: next, start: begin, end, stats, last }).is_err() {
+                return;
+            }
+            next += 1;
+            if last {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_are_even_and_complete() {
+        for total in [0, 1, 7, 50, 51] {
+            let parts: Vec<u32> = (0..4).map(|i| split(total, 4, i)).collect();
+            assert_eq!(parts.iter().sum::<u32>(), total);
+            assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
+        }
+    }
+
+    #[test]
+    fn authorities() {
+        assert_eq!(authority("http://127.0.0.1:8080/").unwrap(), "127.0.0.1:8080");
+        assert!(authority("https://x").is_err());
+        assert!(authority("http://x/y").is_err());
+    }
+}

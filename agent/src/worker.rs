@@ -1,0 +1,294 @@
+//! One load worker: a thread with its own current_thread tokio runtime.
+//!
+//! Everything a request touches lives on this thread — connection pool,
+//! recorder, step picker — behind `Rc`/`RefCell`, so the hot path has no
+//! locks, no atomics, no channel hop and no timer shared with other threads.
+//! The open model's pacer wakes on tokio's 1 ms timer, starts every arrival
+//! that came due (each on an idle pooled connection, or a new one), and
+//! sleeps again; latency counts from each arrival's *intended* instant, so a
+//! late start shows in the numbers instead of hiding (coordinated omission).
+//! Measurements leave the thread once per interval, as a whole recorder.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stampede_common::plan::{Model, Plan, DEFAULT_MAX_IN_FLIGHT};
+use stampede_common::stats::{ErrorKind, RunStats};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::sleep_until;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{Conn, RequestError, RequestTemplate, Response};
+use crate::recorder::{Outcome, Recorder};
+use crate::schedule::ArrivalSchedule;
+
+/// What one worker is told to do.
+pub struct WorkerPlan {
+    pub index: usize,
+    pub workers: usize,
+    pub plan: Arc<Plan>,
+    pub addr: SocketAddr,
+    pub templates: Arc<Vec<RequestTemplate>>,
+    /// This agent's share of every open-model rate, and its stagger offset.
+    pub rate_share: f64,
+    pub arrival_offset: f64,
+    /// This worker's closed-model connections, per phase.
+    pub connections: Vec<u32>,
+    pub run_start: Instant,
+    pub parts: UnboundedSender<Part>,
+    pub cancel: CancellationToken,
+}
+
+/// A worker's measurements for interval `seq`.
+pub struct Part {
+    pub worker: usize,
+    pub seq: u64,
+    pub stats: RunStats,
+    /// The worker's last part: it has finished the run.
+    pub last: bool,
+}
+
+pub fn spawn(plan: WorkerPlan) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("stampede-worker-{}", plan.index)).spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current_thread runtime builds");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, run(plan));
+    })
+}
+
+/// The state every task of this worker shares.
+struct Worker {
+    plan: WorkerPlan,
+    recorder: RefCell<Recorder>,
+    pool: RefCell<Vec<Conn>>,
+    in_flight: Cell<u32>,
+    picker: StepPicker,
+    timeout: Duration,
+}
+
+async fn run(plan: WorkerPlan) {
+    let phases = plan.plan.phases.len();
+    let w = Rc::new(Worker {
+        recorder: RefCell::new(Recorder::new(phases, plan.plan.steps.len())),
+        pool: RefCell::new(Vec::new()),
+        in_flight: Cell::new(0),
+        picker: StepPicker::new(plan.plan.steps.iter().map(|s| s.weight), plan.index as u64),
+        timeout: plan.plan.timeout.as_duration(),
+        plan,
+    });
+    let finished = Rc::new(tokio::sync::Notify::new());
+    let flusher = tokio::task::spawn_local(flush_intervals(w.clone(), finished.clone()));
+
+    let offsets = w.plan.plan.phase_offsets();
+    for (i, phase) in w.plan.plan.phases.iter().enumerate() {
+        let start = w.plan.run_start + offsets[i];
+        let end = start + phase.duration.as_duration();
+        tokio::select! {
+            _ = sleep_until(start.into()) => {}
+            _ = w.plan.cancel.cancelled() => break,
+        }
+        match phase.load.model {
+            Model::Open => {
+                let load = &phase.load;
+                let r0 = load.rate.map_or(0.0, |r| r.as_per_second());
+                let r1 = load.to.map_or(r0, |r| r.as_per_second());
+                let schedule = ArrivalSchedule::new(r0, r1, phase.duration.as_duration(), w.plan.rate_share, w.plan.arrival_offset);
+                let limit = load.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT).div_ceil(w.plan.workers as u32).max(1);
+                tokio::select! {
+                    _ = pace(&w, i, start, schedule, limit) => {}
+                    _ = w.plan.cancel.cancelled() => break,
+                }
+            }
+            Model::Closed => {
+                for _ in 0..w.plan.connections[i] {
+                    tokio::task::spawn_local(closed_loop(w.clone(), i, end));
+                }
+                tokio::select! {
+                    _ = sleep_until(end.into()) => {}
+                    _ = w.plan.cancel.cancelled() => break,
+                }
+            }
+        }
+    }
+    drain(&w).await;
+    finished.notify_one();
+    let _ = flusher.await;
+}
+
+/// Waits for requests in flight to finish, at most one request timeout (none
+/// when the run was aborted).
+async fn drain(w: &Worker) {
+    let deadline = Instant::now() + w.timeout + Duration::from_millis(100);
+    while w.in_flight.get() > 0 && Instant::now() < deadline && !w.plan.cancel.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Sends the recorder's content at every interval boundary, and once more
+/// (marked last) when the worker has finished.
+async fn flush_intervals(w: Rc<Worker>, finished: Rc<tokio::sync::Notify>) {
+    let interval = w.plan.plan.interval.as_duration();
+    let mut seq = 0u64;
+    loop {
+        let boundary = w.plan.run_start + interval * (seq as u32 + 1);
+        let last = tokio::select! {
+            _ = sleep_until(boundary.into()) => false,
+            _ = finished.notified() => true,
+        };
+        let stats = w.recorder.borrow_mut().take();
+        let _ = w.plan.parts.send(Part { worker: w.plan.index, seq, stats, last });
+        if last {
+            return;
+        }
+        seq += 1;
+    }
+}
+
+/// The open-model pacer: this worker takes every `workers`-th arrival of the
+/// agent's schedule, starting with its own index.
+async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSchedule, limit: u32) {
+    let total = schedule.count();
+    let stride = w.plan.workers as u64;
+    let mut k = w.plan.index as u64;
+    while k < total {
+        let due = start + schedule.time_of(k);
+        let now = Instant::now();
+        if due > now {
+            sleep_until(due.into()).await;
+            continue;
+        }
+        // Start everything that came due while we slept.
+        while k < total {
+            let intended = start + schedule.time_of(k);
+            if intended > now {
+                break;
+            }
+            if w.in_flight.get() >= limit {
+                w.recorder.borrow_mut().arrival(phase, None);
+            } else {
+                w.in_flight.set(w.in_flight.get() + 1);
+                tokio::task::spawn_local(open_request(w.clone(), phase, intended));
+            }
+            k += stride;
+        }
+    }
+}
+
+async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant) {
+    let started = Instant::now();
+    w.recorder.borrow_mut().arrival(phase, Some(started.saturating_duration_since(intended)));
+    let step = w.picker.pick();
+    let conn = w.pool.borrow_mut().pop();
+    let (outcome, conn) = execute(&w, conn, step).await;
+    let done = Instant::now();
+    let sent = w.plan.templates[step].wire_len() as u64;
+    w.recorder.borrow_mut().request(phase, step, outcome, intended, started, done, sent);
+    if let Some(c) = conn {
+        w.pool.borrow_mut().push(c);
+    }
+    w.in_flight.set(w.in_flight.get() - 1);
+}
+
+/// One closed-model connection: the next request goes out when the previous
+/// one answered, until the phase ends.
+async fn closed_loop(w: Rc<Worker>, phase: usize, end: Instant) {
+    w.in_flight.set(w.in_flight.get() + 1);
+    let mut conn = w.pool.borrow_mut().pop();
+    while Instant::now() < end && !w.plan.cancel.is_cancelled() {
+        let step = w.picker.pick();
+        let started = Instant::now();
+        let (outcome, back) = execute(&w, conn.take(), step).await;
+        let done = Instant::now();
+        let sent = w.plan.templates[step].wire_len() as u64;
+        w.recorder.borrow_mut().request(phase, step, outcome, started, started, done, sent);
+        conn = back;
+        if matches!(outcome, Outcome::Failed(ErrorKind::Connect)) {
+            // A refused connection fails in microseconds; without a pause a
+            // down server turns the loop into a busy spin of errors.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    if let Some(c) = conn {
+        w.pool.borrow_mut().push(c);
+    }
+    w.in_flight.set(w.in_flight.get() - 1);
+}
+
+/// Runs one request on `conn` (or a new connection) within the timeout.
+/// Returns the connection when it can be reused.
+async fn execute(w: &Worker, conn: Option<Conn>, step: usize) -> (Outcome, Option<Conn>) {
+    let template = &w.plan.templates[step];
+    let addr = w.plan.addr;
+    let attempt = async move {
+        let mut conn = match conn {
+            Some(c) => c,
+            None => Conn::connect(addr).await.map_err(|_| ErrorKind::Connect)?,
+        };
+        let result = match conn.round_trip(template).await {
+            Err(RequestError::Stale) => {
+                // The server closed the idle connection; one retry on a fresh one.
+                conn = Conn::connect(addr).await.map_err(|_| ErrorKind::Connect)?;
+                conn.round_trip(template).await
+            }
+            other => other,
+        };
+        match result {
+            Ok((response, keep_alive)) => Ok((response, keep_alive.then_some(conn))),
+            Err(RequestError::Stale) => Err(ErrorKind::Io),
+            Err(RequestError::Failed(kind)) => Err(kind),
+        }
+    };
+    match tokio::time::timeout(w.timeout, attempt).await {
+        Err(_) => (Outcome::Failed(ErrorKind::Timeout), None),
+        Ok(Err(kind)) => (Outcome::Failed(kind), None),
+        Ok(Ok((Response { status, received, success }, conn))) => (Outcome::Response { status, success, received }, conn),
+    }
+}
+
+/// Chooses steps by weight with a per-worker generator (no shared state).
+struct StepPicker {
+    cumulative: Vec<u32>,
+    rng: RefCell<fastrand::Rng>,
+}
+
+impl StepPicker {
+    fn new(weights: impl Iterator<Item = u32>, seed: u64) -> Self {
+        let mut total = 0;
+        let cumulative = weights
+            .map(|w| {
+                total += w;
+                total
+            })
+            .collect();
+        StepPicker { cumulative, rng: RefCell::new(fastrand::Rng::with_seed(0x5eed ^ seed)) }
+    }
+
+    #[inline]
+    fn pick(&self) -> usize {
+        if self.cumulative.len() == 1 {
+            return 0;
+        }
+        let total = *self.cumulative.last().expect("a plan has steps");
+        let x = self.rng.borrow_mut().u32(0..total);
+        self.cumulative.partition_point(|&c| c <= x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_picked_by_weight() {
+        let p = StepPicker::new([40, 60].into_iter(), 1);
+        let mut counts = [0u32; 2];
+        for _ in 0..100_000 {
+            counts[p.pick()] += 1;
+        }
+        let share = counts[0] as f64 / 100_000.0;
+        assert!((share - 0.4).abs() < 0.01, "{share}");
+    }
+}

@@ -1,0 +1,102 @@
+//! Between the wire messages and the measurement types both sides compute
+//! with: histograms travel as V2+DEFLATE bytes and come back bit-exact.
+
+use stampede_common::histogram::{self, CodecError};
+use stampede_common::stats::{ErrorKind, RunStats, ScheduleStats, StepKey, StepRecord};
+
+use crate::v1::{ErrorCount, Outcome, PhaseSchedule, StepStats};
+
+pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
+    let steps = stats
+        .steps
+        .iter()
+        .map(|(k, r)| StepStats {
+            phase: k.phase,
+            step: k.step,
+            outcome: if k.ok { Outcome::Ok } else { Outcome::Error } as i32,
+            latency_hist: histogram::encode(&r.latency),
+            service_hist: histogram::encode(&r.service),
+            dispatch_hist: histogram::encode(&r.dispatch),
+            requests: r.requests,
+            errors: ErrorKind::ALL
+                .iter()
+                .zip(r.errors)
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, count)| ErrorCount { kind: k.as_str().to_string(), count })
+                .collect(),
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+        })
+        .collect();
+    let phases = stats
+        .schedule
+        .iter()
+        .map(|(p, s)| PhaseSchedule { phase: *p, scheduled: s.scheduled, dropped: s.dropped, late: s.late, max_lag_us: s.max_lag_us })
+        .collect();
+    (steps, phases)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Histogram(#[from] CodecError),
+    #[error("unknown outcome {0}")]
+    Outcome(i32),
+    #[error("unknown error kind `{0}`")]
+    ErrorKind(String),
+}
+
+pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<RunStats, DecodeError> {
+    let mut out = RunStats::default();
+    for s in steps {
+        let ok = match Outcome::try_from(s.outcome) {
+            Ok(Outcome::Ok) => true,
+            Ok(Outcome::Error) => false,
+            _ => return Err(DecodeError::Outcome(s.outcome)),
+        };
+        let mut errors = [0u64; ErrorKind::ALL.len()];
+        for e in &s.errors {
+            let kind = ErrorKind::parse(&e.kind).ok_or_else(|| DecodeError::ErrorKind(e.kind.clone()))?;
+            errors[kind as usize] += e.count;
+        }
+        let record = StepRecord {
+            latency: histogram::decode(&s.latency_hist)?,
+            service: histogram::decode(&s.service_hist)?,
+            dispatch: histogram::decode(&s.dispatch_hist)?,
+            requests: s.requests,
+            errors,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+        };
+        out.steps.entry(StepKey { phase: s.phase, step: s.step, ok }).or_default().add(&record)?;
+    }
+    for p in phases {
+        let s = ScheduleStats { scheduled: p.scheduled, dropped: p.dropped, late: p.late, max_lag_us: p.max_lag_us };
+        out.schedule.entry(p.phase).or_default().add(&s);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_stats_survive_the_wire() {
+        let mut stats = RunStats::default();
+        let mut r = StepRecord::default();
+        histogram::record_us(&mut r.latency, 1234);
+        histogram::record_us(&mut r.service, 999);
+        r.requests = 3;
+        r.errors[ErrorKind::Timeout as usize] = 2;
+        stats.steps.insert(StepKey { phase: 1, step: 0, ok: false }, r);
+        stats.schedule.insert(1, ScheduleStats { scheduled: 5, dropped: 1, late: 2, max_lag_us: 77 });
+        let (steps, phases) = encode_steps(&stats);
+        let back = decode_steps(&steps, &phases).unwrap();
+        let (k, r2) = back.steps.iter().next().unwrap();
+        assert_eq!(*k, StepKey { phase: 1, step: 0, ok: false });
+        assert_eq!(r2.latency, stats.steps[k].latency);
+        assert_eq!(r2.errors, stats.steps[k].errors);
+        assert_eq!(back.schedule, stats.schedule);
+    }
+}
