@@ -7,10 +7,13 @@
 //! - [`slo`]: SLO rules, thresholds and their pass/warn/fail bands.
 //! - [`histogram`]: the one histogram shape and its V2+DEFLATE wire encoding.
 //! - [`stats`]: per-step records and schedule counters, and how they add up.
+//! - `telemetry` (feature): log set-up for the binaries, with OTLP export.
 #![forbid(unsafe_code)]
 
 pub mod histogram;
 pub mod plan;
 pub mod slo;
 pub mod stats;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 pub mod units;

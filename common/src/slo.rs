@@ -220,6 +220,12 @@ impl FromStr for Threshold {
             return Err(format!("`{s}` is not a threshold: write e.g. `< 400ms`, `<= 0.5%`, `> 100/s`"));
         };
         let rest = rest.trim();
+        if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            // The metric decides the unit, and it is not known here: list them all.
+            return Err(format!(
+                "`{s}` has no unit: write a duration for latency (`{rest}ms`), a percentage for error_rate (`{rest}%`) or a rate for throughput (`{rest}/s`)"
+            ));
+        }
         let (value, unit) = if rest.ends_with('%') {
             (rest.parse::<Percent>()?.ratio(), Unit::Percent)
         } else if rest.contains('/') {
@@ -303,6 +309,7 @@ mod tests {
         let t: Threshold = ">= 100/s".parse().unwrap();
         assert_eq!((t.cmp, t.value), (Cmp::Ge, 100.0));
         assert!("400ms".parse::<Threshold>().is_err());
+        assert!("> 190".parse::<Threshold>().unwrap_err().contains("`190/s`"));
         assert!("< 1%".parse::<Threshold>().unwrap().check_unit(Metric::P99).is_err());
     }
 

@@ -118,19 +118,20 @@ impl fmt::Display for Rate {
     }
 }
 
-/// A fraction written as a percentage: `0.5%`. Stored as a ratio (0.005).
+/// A fraction written as a percentage: `0.5%`. Kept as written (0.5) so it
+/// prints back the same; [`Percent::ratio`] gives the fraction (0.005).
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Percent {
-    ratio: f64,
+    percent: f64,
 }
 
 impl Percent {
     pub fn from_ratio(ratio: f64) -> Self {
-        Percent { ratio }
+        Percent { percent: ratio * 100.0 }
     }
     pub fn ratio(self) -> f64 {
-        self.ratio
+        self.percent / 100.0
     }
 }
 
@@ -148,7 +149,7 @@ impl FromStr for Percent {
         if !(0.0..=100.0).contains(&n) {
             return Err(format!("`{s}` must be between 0% and 100%"));
         }
-        Ok(Percent { ratio: n / 100.0 })
+        Ok(Percent { percent: n })
     }
 }
 
@@ -167,7 +168,7 @@ impl From<Percent> for String {
 
 impl fmt::Display for Percent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}%", self.ratio * 100.0)
+        write!(f, "{}%", self.percent)
     }
 }
 
@@ -259,6 +260,8 @@ mod tests {
         assert_eq!("0.5%".parse::<Percent>().unwrap().ratio(), 0.005);
         assert!("0.5".parse::<Percent>().is_err());
         assert!("150%".parse::<Percent>().is_err());
+        // Printed as written, not as ratio * 100 (0.05099999999999999%).
+        assert_eq!("0.051%".parse::<Percent>().unwrap().to_string(), "0.051%");
     }
 
     #[test]

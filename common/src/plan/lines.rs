@@ -15,28 +15,38 @@ use yaml_rust2::scanner::Marker;
 #[derive(Debug, Default)]
 pub struct LineMap {
     lines: HashMap<String, usize>,
+    /// Where the YAML stopped parsing, when it is not well formed.
+    syntax_error: Option<usize>,
 }
 
 impl LineMap {
     pub fn from_yaml(text: &str) -> LineMap {
         let mut walker = Walker::default();
         let mut parser = Parser::new_from_str(text);
-        // A syntax error is reported by the config loader itself; a partial
-        // map is still useful for everything before it.
-        let _ = parser.load(&mut walker, false);
-        LineMap { lines: walker.lines }
+        // A syntax error is reported by the config loader itself (we only
+        // keep its line); a partial map is still useful for everything before it.
+        let syntax_error = parser.load(&mut walker, false).err().map(|e| e.marker().line());
+        LineMap { lines: walker.lines, syntax_error }
     }
 
-    /// The line of `path`, or of its closest ancestor that has one.
+    /// The line of `path`, or of its closest ancestor that has one (the
+    /// document itself, path "", for a missing top-level field).
     pub fn line_of(&self, path: &str) -> Option<usize> {
         let mut p = path;
         loop {
             if let Some(&l) = self.lines.get(p) {
                 return Some(l);
             }
-            let cut = p.rfind(['.', '['])?;
-            p = &p[..cut];
+            if p.is_empty() {
+                return None;
+            }
+            p = p.rfind(['.', '[']).map_or("", |cut| &p[..cut]);
         }
+    }
+
+    /// The line where the YAML syntax error is, when there is one.
+    pub fn syntax_error_line(&self) -> Option<usize> {
+        self.syntax_error
     }
 }
 
@@ -107,6 +117,19 @@ impl MarkedEventReceiver for Walker {
                     self.stack.push(Frame::Seq { path, index: 0 });
                 }
             }
+            // `*anchor` is a whole node standing for a value, a list item or
+            // (rarely) a key; we do not resolve it, only keep our place.
+            Event::Alias(..) => {
+                if let Some((path, is_key)) = self.next_node() {
+                    if is_key {
+                        if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
+                            *key = Some("*".to_string());
+                        }
+                    } else {
+                        self.lines.entry(path).or_insert(line);
+                    }
+                }
+            }
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
             }
@@ -128,5 +151,21 @@ mod tests {
         assert_eq!(m.line_of("phases[1].load.model"), Some(7));
         // A missing field points at its closest parent.
         assert_eq!(m.line_of("phases[1].load.concurrency"), Some(6));
+        assert_eq!(m.line_of("target"), Some(1));
+        assert_eq!(m.syntax_error_line(), None);
+    }
+
+    #[test]
+    fn aliases_take_one_node() {
+        let text = "phases:\n  - load: &l { model: open }\n    name: a\n  - load: *l\n    name: b\n";
+        let m = LineMap::from_yaml(text);
+        assert_eq!(m.line_of("phases[1].load"), Some(4));
+        assert_eq!(m.line_of("phases[1].name"), Some(5));
+    }
+
+    #[test]
+    fn syntax_errors_keep_their_line() {
+        let m = LineMap::from_yaml("name: x\nphases: [a\nsteps: b\n");
+        assert_eq!(m.syntax_error_line(), Some(3));
     }
 }

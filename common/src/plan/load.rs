@@ -79,7 +79,7 @@ pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanErr
         .and_then(|c| c.try_deserialize())
         .map_err(|e| PlanError {
             file: file.to_path_buf(),
-            line: None,
+            line: lines.syntax_error_line(),
             path: String::new(),
             message: format!("not valid {}: {e}", format.name()),
         })?;
@@ -87,7 +87,17 @@ pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanErr
     let plan: Plan = serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        error_at(path, clean_message(&e.into_inner().to_string()))
+        match e.into_inner() {
+            // serde reports a missing field at the struct that lacks it, and
+            // config's own key for it is garbled (`phases[1]duration`): name
+            // the field itself, on its parent's line.
+            config::ConfigError::NotFound(key) => {
+                let field = key.rsplit(['.', ']']).next().unwrap_or(&key);
+                let path = if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+                error_at(path, "is required but missing".to_string())
+            }
+            other => error_at(path, clean_message(&other.to_string())),
+        }
     })?;
 
     validate(&plan).map_err(|(path, message)| error_at(path, message))?;

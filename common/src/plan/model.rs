@@ -47,14 +47,55 @@ pub struct Phase {
     pub load: Load,
 }
 
+/// Written `open` or `closed`. Parsed from a string rather than as a serde
+/// enum so an unknown model gets our message, not the loader's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum Model {
     /// Arrivals on a schedule, independent of responses (k6's arrival-rate executors).
     Open,
     /// A fixed number of connections, each sending its next request when the
     /// previous answered (wrk, k6's constant-vus).
     Closed,
+}
+
+impl Model {
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Open => "open",
+            Model::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for Model {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(Model::Open),
+            "closed" => Ok(Model::Closed),
+            _ => Err(format!("unknown model `{s}`, expected `open` or `closed`")),
+        }
+    }
+}
+
+impl TryFrom<String> for Model {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Model> for String {
+    fn from(m: Model) -> String {
+        m.name().to_string()
+    }
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The load of a phase. A flat struct rather than an enum per model, so that

@@ -3,9 +3,19 @@
 //! rates sensible, SLO thresholds in their metric's unit.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use super::{Model, Plan};
 use crate::slo::Scope;
+
+/// Requests slower than this are not measured (the histograms' range), so no
+/// timeout may be longer.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Snapshots at least this often: the live view and guardrails depend on them.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Longest run, far beyond any real test; keeps every instant on the
+/// timeline representable (a few `u64::MAX` seconds would overflow the clock).
+const MAX_RUN: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `Err((field path, message))` for the first problem found.
 pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
@@ -18,8 +28,14 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
     if plan.interval.as_duration() < std::time::Duration::from_millis(100) {
         return err("interval".into(), "must be at least 100ms");
     }
+    if plan.interval.as_duration() > MAX_INTERVAL {
+        return err("interval".into(), "must be at most 1h");
+    }
     if plan.timeout.as_duration().is_zero() {
         return err("timeout".into(), "must be more than 0s");
+    }
+    if plan.timeout.as_duration() > MAX_TIMEOUT {
+        return err("timeout".into(), "must be at most 1h, the longest latency stampede records");
     }
     if let Some(b) = &plan.builtin_target {
         if let (Some(lo), Some(hi)) = (b.latency, b.latency_max) {
@@ -38,6 +54,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         return err("phases".into(), "a plan needs at least one phase");
     }
     let mut names = HashSet::new();
+    let mut total = Duration::ZERO;
     for (i, phase) in plan.phases.iter().enumerate() {
         let at = |field: &str| format!("phases[{i}].{field}");
         if phase.name.trim().is_empty() {
@@ -48,6 +65,10 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         }
         if phase.duration.as_duration().is_zero() {
             return err(at("duration"), "must be more than 0s");
+        }
+        total = total.saturating_add(phase.duration.as_duration());
+        if total > MAX_RUN {
+            return err(at("duration"), "makes the phases add up to more than 365 days");
         }
         let load = &phase.load;
         match load.model {
@@ -85,6 +106,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         return err("steps".into(), "a plan needs at least one step");
     }
     let mut names = HashSet::new();
+    let mut weights = 0u32;
     for (i, step) in plan.steps.iter().enumerate() {
         let at = |field: &str| format!("steps[{i}].{field}");
         if step.name.trim().is_empty() {
@@ -96,6 +118,10 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         if step.weight == 0 {
             return err(at("weight"), "must be at least 1 (remove the step to leave it out)");
         }
+        weights = match weights.checked_add(step.weight) {
+            Some(w) => w,
+            None => return err(at("weight"), "makes the weights add up to more than 4294967295"),
+        };
         let method = &step.request.method;
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
             return err(at("request.method"), "must be an upper-case HTTP method such as GET or POST");
@@ -113,6 +139,9 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
             }
             if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("host") {
                 return err(at(&format!("request.headers.{name}")), "is set by stampede itself");
+            }
+            if name.eq_ignore_ascii_case("transfer-encoding") {
+                return err(at(&format!("request.headers.{name}")), "is not supported: stampede sends a body with Content-Length");
             }
         }
     }

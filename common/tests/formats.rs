@@ -1,0 +1,83 @@
+//! The same plan written in YAML, TOML and JSON loads to the same `Plan`.
+
+use std::path::{Path, PathBuf};
+
+use stampede_common::plan::{load_file, load_str, Format, Model, Plan};
+use stampede_common::slo::{Metric, Scope};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+}
+
+fn load(name: &str) -> Plan {
+    load_file(&example(name)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn quickstart_is_the_same_plan_in_every_format() {
+    let yaml = load("quickstart.yaml");
+    let toml = load("quickstart.toml");
+    let json = load("quickstart.json");
+    assert_eq!(toml, yaml);
+    assert_eq!(json, yaml);
+}
+
+#[test]
+fn quickstart_means_what_it_says() {
+    let plan = load("quickstart.yaml");
+    assert_eq!(plan.name, "quickstart");
+    assert_eq!(plan.target, "http://127.0.0.1:0");
+    assert_eq!(plan.interval.as_duration(), std::time::Duration::from_secs(1));
+    assert_eq!(plan.timeout.as_duration(), std::time::Duration::from_secs(10));
+    let names: Vec<_> = plan.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["warmup", "ramp", "hold"]);
+    assert_eq!(plan.duration(), std::time::Duration::from_secs(11));
+    let ramp = &plan.phases[1].load;
+    assert_eq!(ramp.model, Model::Open);
+    assert_eq!(ramp.rate.unwrap().as_per_second(), 200.0);
+    assert_eq!(ramp.to.unwrap().as_per_second(), 1000.0);
+    assert_eq!(plan.phases[2].load.model, Model::Closed);
+    assert_eq!(plan.phases[2].load.concurrency, Some(12));
+    let write = &plan.steps[1];
+    assert_eq!((write.weight, write.request.method.as_str()), (60, "POST"));
+    assert_eq!(write.request.body.as_deref(), Some(r#"{"x":1}"#));
+    assert_eq!(write.request.headers["content-type"], "application/json");
+    let status = &write.expect.as_ref().unwrap().status;
+    assert!(status.contains(201) && !status.contains(302));
+    // `read` has no `expect`: below 400 is a success.
+    assert!(plan.steps[0].expect.is_none());
+    assert_eq!(plan.builtin_target.as_ref().unwrap().error_rate.unwrap().ratio(), 0.001);
+    assert_eq!(plan.slos[1].metric, Metric::ErrorRate);
+    assert_eq!(plan.slos[1].scope, Scope::Phase("hold".into()));
+    assert_eq!(plan.slos[1].pass.value, 0.005);
+}
+
+#[test]
+fn plans_survive_the_json_trip_to_the_agents() {
+    let plan = load("quickstart.yaml");
+    let json = serde_json::to_string(&plan).unwrap();
+    let back = load_str(&json, Format::Json, Path::new("wire.json")).unwrap();
+    assert_eq!(back, plan);
+    // Values print back as they were written.
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["phases"][1]["load"]["to"], "1000/s");
+    assert_eq!(v["phases"][0]["duration"], "3s");
+    assert_eq!(v["phases"][2]["load"]["model"], "closed");
+    assert_eq!(v["builtin_target"]["error_rate"], "0.1%");
+    assert_eq!(v["steps"][1]["expect"]["status"], "200-299");
+    assert_eq!(v["slos"][0]["pass"], "< 400ms");
+    assert_eq!(v["slos"][1]["scope"], "phase:hold");
+}
+
+#[test]
+fn every_example_plan_loads() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(example("")).unwrap() {
+        let path = entry.unwrap().path();
+        if Format::from_path(&path).is_some() {
+            load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3);
+}
