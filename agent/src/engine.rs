@@ -39,6 +39,8 @@ pub struct Interval {
     pub stats: RunStats,
     /// The run's last interval for this agent.
     pub last: bool,
+    /// On the last interval: when the agent's first request started.
+    pub first_request: Option<SystemTime>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +123,13 @@ async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedS
     let mut pending: BTreeMap<u64, (RunStats, usize)> = BTreeMap::new();
     let mut finished_at: Vec<Option<u64>> = vec![None; workers];
     let mut next = 0u64;
+    let mut first: Option<Instant> = None;
+    // Pairs the monotonic clock with the wall clock once, to convert instants.
+    let anchor = (Instant::now(), SystemTime::now());
     while let Some(part) = parts.recv().await {
+        if let Some(t) = part.first_request {
+            first = Some(first.map_or(t, |f| f.min(t)));
+        }
         let entry = pending.entry(part.seq).or_default();
         entry.0.add(&part.stats).expect("one histogram shape");
         entry.1 += 1;
@@ -140,7 +148,11 @@ async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedS
             let last = all_done && last_seq == Some(next);
             let begin = start + interval * next as u32;
             let end = if last { SystemTime::now().max(begin) } else { begin + interval };
-            if out.send(Interval { seq: next, start: begin, end, stats, last }).is_err() {
+            let first_request = first.filter(|_| last).map(|t| match t.checked_duration_since(anchor.0) {
+                Some(after) => anchor.1 + after,
+                None => anchor.1 - anchor.0.duration_since(t),
+            });
+            if out.send(Interval { seq: next, start: begin, end, stats, last, first_request }).is_err() {
                 return;
             }
             next += 1;

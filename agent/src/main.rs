@@ -27,6 +27,9 @@ struct Args {
     /// Load worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Export traces over OTLP/gRPC to this endpoint (or set OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -40,11 +43,8 @@ fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    ).init();
     let cfg = AgentConfig {
-        coordinator: args.coordinator,
+        coordinator: args.coordinator.clone(),
         agent_id: args.id.unwrap_or_else(default_id),
         labels: parse_labels(&args.labels).context("--labels")?,
         capacity: args.capacity.max(1),
@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
+        let _telemetry = stampede_common::telemetry::init("stampede-agent", "info", args.otlp_endpoint).map_err(anyhow::Error::msg)?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         session::run(cfg, shutdown).await

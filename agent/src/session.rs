@@ -209,6 +209,9 @@ async fn stream_run(
             return Err("the session closed while the run was streaming".into());
         }
         finished.snapshots_sent += 1;
+        if let Some(t) = iv.first_request {
+            finished.first_request_unix_nanos = unix_nanos(t);
+        }
         if iv.last {
             break;
         }

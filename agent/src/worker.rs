@@ -49,6 +49,8 @@ pub struct Part {
     pub stats: RunStats,
     /// The worker's last part: it has finished the run.
     pub last: bool,
+    /// On the last part: when this worker's first request started.
+    pub first_request: Option<Instant>,
 }
 
 pub fn spawn(plan: WorkerPlan) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -65,6 +67,7 @@ struct Worker {
     recorder: RefCell<Recorder>,
     pool: RefCell<Vec<Conn>>,
     in_flight: Cell<u32>,
+    first_request: Cell<Option<Instant>>,
     picker: StepPicker,
     timeout: Duration,
 }
@@ -75,6 +78,7 @@ async fn run(plan: WorkerPlan) {
         recorder: RefCell::new(Recorder::new(phases, plan.plan.steps.len())),
         pool: RefCell::new(Vec::new()),
         in_flight: Cell::new(0),
+        first_request: Cell::new(None),
         picker: StepPicker::new(plan.plan.steps.iter().map(|s| s.weight), plan.index as u64),
         timeout: plan.plan.timeout.as_duration(),
         plan,
@@ -139,7 +143,8 @@ async fn flush_intervals(w: Rc<Worker>, finished: Rc<tokio::sync::Notify>) {
             _ = finished.notified() => true,
         };
         let stats = w.recorder.borrow_mut().take();
-        let _ = w.plan.parts.send(Part { worker: w.plan.index, seq, stats, last });
+        let first_request = if last { w.first_request.get() } else { None };
+        let _ = w.plan.parts.send(Part { worker: w.plan.index, seq, stats, last, first_request });
         if last {
             return;
         }
@@ -220,6 +225,9 @@ async fn closed_loop(w: Rc<Worker>, phase: usize, end: Instant) {
 /// Runs one request on `conn` (or a new connection) within the timeout.
 /// Returns the connection when it can be reused.
 async fn execute(w: &Worker, conn: Option<Conn>, step: usize) -> (Outcome, Option<Conn>) {
+    if w.first_request.get().is_none() {
+        w.first_request.set(Some(Instant::now()));
+    }
     let template = &w.plan.templates[step];
     let addr = w.plan.addr;
     let attempt = async move {

@@ -1,5 +1,5 @@
 //! Logging for the binaries: human-readable lines on stderr, filtered by
-//! `RUST_LOG` (default `info`), and — when an OTLP endpoint is given by
+//! `RUST_LOG` (default given by the caller), and — when an OTLP endpoint is given by
 //! `--otlp-endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` — the same spans
 //! exported as OpenTelemetry traces over gRPC.
 
@@ -24,8 +24,8 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber. Must run inside a tokio runtime when an
 /// OTLP endpoint is set (the exporter's gRPC channel needs one).
-pub fn init(service: &'static str, otlp_endpoint: Option<String>) -> Result<Telemetry, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init(service: &'static str, default_level: &str, otlp_endpoint: Option<String>) -> Result<Telemetry, String> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let endpoint = otlp_endpoint.or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()).filter(|e| !e.is_empty());
     let Some(endpoint) = endpoint else {

@@ -1,1 +1,28 @@
-//! placeholder
+//! The stampede coordinator and the `stampede` CLI.
+//!
+//! # Layout
+//! - [`cli`]: flags → validated values → library calls; the exit-code contract.
+//! - [`fleet`]: connected agents and the route of run messages to the run in progress.
+//! - [`service`]: the gRPC `AgentService` agents dial (one session each).
+//! - [`orchestrate`]: one run: wait for agents, split, assign, collect, report.
+//! - [`split`]: splitting rate and concurrency by capacity.
+//! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
+//! - [`verdict`]: SLO evaluation per scope and the verdict (trust first).
+//! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
+//! - [`local`]: in-process agents and built-in target for `--local-agents`.
+//! - [`control`] / [`remote`]: the standing coordinator's submit API and its client.
+//! - [`server`]: serving the gRPC services until shutdown.
+#![forbid(unsafe_code)]
+
+pub mod aggregate;
+pub mod cli;
+pub mod control;
+pub mod fleet;
+pub mod local;
+pub mod orchestrate;
+pub mod remote;
+pub mod report;
+pub mod server;
+pub mod service;
+pub mod split;
+pub mod verdict;

@@ -1,0 +1,37 @@
+//! stampede's built-in HTTP/1.1 target: the server that tests, examples and
+//! benchmarks put load on, with configurable latency, error ratio, periodic
+//! stalls and body sizes.
+//!
+//! Layout:
+//! - `behaviour` — [`Behaviour`] and [`Stall`]: the pure timing/error rules.
+//! - `service` — per-request handling: routes (`/health`, `/bytes/N`, anything
+//!   else), delays, error injection, counters.
+//! - `body` — the allocation-free response body (slices of a static buffer).
+//! - `stats` — [`TargetStats`] and the atomic counters behind it.
+//! - `server` — [`serve`], [`serve_until`], [`TargetHandle`]: listener, accept
+//!   loop, one task per keep-alive connection, shutdown.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let target = stampede_target::serve(
+//!     "127.0.0.1:0".parse().unwrap(),
+//!     stampede_target::Behaviour::default(),
+//! )
+//! .await?;
+//! println!("load http://{}/", target.local_addr);
+//! target.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod behaviour;
+mod body;
+mod server;
+mod service;
+mod stats;
+
+pub use behaviour::{Behaviour, Stall};
+pub use server::{serve, serve_until, TargetHandle};
+pub use stats::TargetStats;

@@ -1,0 +1,174 @@
+//! Listener, accept loop, per-connection tasks and shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::behaviour::Behaviour;
+use crate::service::{handle, Shared};
+use crate::stats::TargetStats;
+
+/// How long shutdown lets in-flight requests finish before aborting their
+/// connections: long enough for typical injected latencies, short enough that a
+/// 10 s latency setting cannot hang a test's teardown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Back-off after a failed `accept` (e.g. EMFILE) so the loop does not spin hot.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// A running target. Dropping it stops the server (without waiting); call
+/// [`TargetHandle::shutdown`] to stop and wait.
+#[derive(Debug)]
+#[must_use = "dropping the handle stops the target"]
+pub struct TargetHandle {
+    /// The bound address (with the real port when bound to port 0).
+    pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    accept_loop: JoinHandle<()>,
+}
+
+impl TargetHandle {
+    /// Counters the target saw so far (requests, by status class).
+    pub fn stats(&self) -> TargetStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The instant the server started: origin of the [`crate::Stall`] windows.
+    pub fn started_at(&self) -> Instant {
+        self.shared.started_at
+    }
+
+    /// Graceful stop: stop accepting, let in-flight requests finish for up to
+    /// one second, close every connection, and wait for all of it.
+    pub async fn shutdown(self) {
+        // Err only if the accept loop already ended, which is the goal anyway.
+        let _ = self.stop.send(true);
+        if let Err(e) = self.accept_loop.await {
+            tracing::warn!(error = %e, "target accept loop ended abnormally");
+        }
+    }
+}
+
+/// Binds `addr` (port 0 = ephemeral) and serves on the current tokio runtime;
+/// returns once listening. Fails with `InvalidInput` on a nonsensical [`Behaviour`].
+pub async fn serve(addr: SocketAddr, behaviour: Behaviour) -> io::Result<TargetHandle> {
+    behaviour.validate()?;
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let shared = Arc::new(Shared::new(behaviour, Instant::now()));
+    let (stop, stop_rx) = watch::channel(false);
+    let accept_loop = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+    tracing::debug!(%local_addr, "target bound");
+    Ok(TargetHandle {
+        local_addr,
+        shared,
+        stop,
+        accept_loop,
+    })
+}
+
+/// Serves until `shutdown` completes, then shuts down gracefully. For the
+/// `stampede target --listen ADDR` subcommand; logs "Target listening." via tracing.
+pub async fn serve_until(
+    addr: SocketAddr,
+    behaviour: Behaviour,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let handle = serve(addr, behaviour).await?;
+    tracing::info!(addr = %handle.local_addr, "Target listening.");
+    shutdown.await;
+    tracing::info!(addr = %handle.local_addr, "Target stopping.");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut builder = http1::Builder::new();
+    builder
+        // No header-read timeout: it would arm a timer per request, and slowloris
+        // protection is pointless for a test target facing our own load generator.
+        .header_read_timeout(None)
+        // Minimal responses: fewer bytes per request, no date formatting.
+        .auto_date_header(false);
+    // Owning the connection tasks lets shutdown abort the stragglers and wait.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Stop wins over a ready accept so shutdown is not starved under load.
+            biased;
+            // Err = handle dropped: stop as well rather than serve forever unowned.
+            res = stop.changed() => if res.is_err() || *stop.borrow() { break },
+            // Reap finished connections so the set does not grow without bound.
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = joined {
+                    tracing::warn!(error = %e, "target connection task failed");
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    crate::stats::Counters::bump(&shared.counters.connections);
+                    let conn = serve_connection(&builder, stream, peer, shared.clone(), stop.clone());
+                    connections.spawn(conn);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "target accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+        }
+    }
+    // Closing the listener first makes new connects fail fast during the grace period.
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!(
+            left = connections.len(),
+            "target aborting connections after grace period"
+        );
+    }
+    connections.shutdown().await;
+}
+
+/// Drives one keep-alive connection until the client closes it or shutdown asks
+/// hyper to finish the in-flight request and close.
+fn serve_connection(
+    builder: &http1::Builder,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Small responses must not wait for Nagle/delayed-ACK (~40 ms stalls).
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "target could not set TCP_NODELAY");
+    }
+    let service = service_fn(move |req| handle(shared.clone(), req));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    async move {
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            res = conn.as_mut() => res,
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        // Client resets and half-finished requests are routine under load tests.
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "target connection ended with error");
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Counters of what the target received, for tests to assert on.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+/// Snapshot of the target's counters (see [`crate::TargetHandle::stats`]).
+///
+/// `requests` counts load requests when they arrive, before any delay, so it can
+/// exceed `ok_2xx + client_errors_4xx + errors_500` while responses are pending or
+/// if a connection dies mid-request. `/health` probes are counted apart so that
+/// readiness checks do not disturb assertions on load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStats {
+    /// Load requests received (every path but `/health`).
+    pub requests: u64,
+    /// Responses with status 2xx (excluding `/health`).
+    pub ok_2xx: u64,
+    /// Responses with status 400 (unparsable `/bytes/N`).
+    pub client_errors_4xx: u64,
+    /// Injected 500 responses.
+    pub errors_500: u64,
+    /// `/health` requests answered.
+    pub health_checks: u64,
+    /// TCP connections accepted.
+    pub connections: u64,
+}
+
+/// Live counters shared by the accept loop and every connection.
+///
+/// Relaxed ordering: each counter is independent and readers only need eventual
+/// totals, so no cross-counter ordering is paid for on the hot path.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) ok_2xx: AtomicU64,
+    pub(crate) client_errors_4xx: AtomicU64,
+    pub(crate) errors_500: AtomicU64,
+    pub(crate) health_checks: AtomicU64,
+    pub(crate) connections: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> TargetStats {
+        TargetStats {
+            requests: self.requests.load(Relaxed),
+            ok_2xx: self.ok_2xx.load(Relaxed),
+            client_errors_4xx: self.client_errors_4xx.load(Relaxed),
+            errors_500: self.errors_500.load(Relaxed),
+            health_checks: self.health_checks.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The standing coordinator's control API: `stampede run --coordinator URL`
+//! submits a plan here and streams progress and the final reports back.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use stampede_common::plan::{load_str, Format};
+use stampede_proto::v1::control_service_server::ControlService;
+use stampede_proto::v1::run_event::Event;
+use stampede_proto::v1::{AgentInfo, ListAgentsRequest, ListAgentsResponse, RunEvent, RunResult, SubmitRunRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::fleet::Fleet;
+use crate::orchestrate::{self, RunRequest};
+use crate::report;
+
+#[derive(Clone)]
+pub struct Control {
+    pub fleet: Fleet,
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
+
+fn result(exit_code: i32, error: String) -> RunEvent {
+    RunEvent { event: Some(Event::Result(RunResult { exit_code, error, ..Default::default() })) }
+}
+
+#[tonic::async_trait]
+impl ControlService for Control {
+    type SubmitRunStream = Events;
+
+    async fn submit_run(&self, request: Request<SubmitRunRequest>) -> Result<Response<Events>, Status> {
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<RunEvent, Status>>(256);
+        let format = Format::from_name(&req.plan_format).ok_or_else(|| Status::invalid_argument(format!("unknown plan format `{}`", req.plan_format)))?;
+        let mut plan = match load_str(&req.plan_text, format, Path::new(&req.plan_name)) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Ok(result(2, e.to_string()))).await;
+                return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+            }
+        };
+        if self.fleet.is_busy() {
+            return Err(Status::failed_precondition("another run is in progress on this coordinator; try again when it ends"));
+        }
+        let fleet = self.fleet.clone();
+        tokio::spawn(async move {
+            let target = match crate::local::start_builtin_target(&mut plan).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = tx.send(Ok(result(2, format!("{e:#}")))).await;
+                    return;
+                }
+            };
+            let progress_tx = tx.clone();
+            let progress = move |line: String| {
+                let _ = progress_tx.try_send(Ok(RunEvent { event: Some(Event::Progress(line)) }));
+            };
+            // A client that hangs up aborts its run rather than leaving it orphaned.
+            let abort = CancellationToken::new();
+            let watch = {
+                let abort = abort.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tx.closed().await;
+                    abort.cancel();
+                })
+            };
+            let request = RunRequest { plan, expect_agents: req.expect_agents as usize, wait: Duration::from_millis(req.wait_ms.max(1)) };
+            let event = match orchestrate::execute(&fleet, request, abort, &progress).await {
+                Ok(r) => RunEvent {
+                    event: Some(Event::Result(RunResult {
+                        exit_code: r.verdict.exit_code(),
+                        verdict: r.verdict.as_str().into(),
+                        report_json: serde_json::to_string_pretty(&r).expect("reports serialize"),
+                        report_md: report::markdown(&r),
+                        report_junit: report::junit_xml(&r),
+                        error: String::new(),
+                    })),
+                },
+                Err(e) => result(2, e.to_string()),
+            };
+            watch.abort();
+            let _ = tx.send(Ok(event)).await;
+            if let Some(t) = target {
+                t.shutdown().await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_agents(&self, _: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
+        let busy = self.fleet.is_busy();
+        let agents = self
+            .fleet
+            .agents()
+            .into_iter()
+            .map(|a| AgentInfo {
+                agent_id: a.id,
+                labels: a.labels.into_iter().collect(),
+                capacity: a.capacity,
+                capabilities: a.capabilities,
+                clock_offset_nanos: a.clock_offset_nanos,
+                last_seen_unix_nanos: a.last_seen.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+                busy,
+            })
+            .collect();
+        Ok(Response::new(ListAgentsResponse { agents }))
+    }
+}

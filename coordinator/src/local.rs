@@ -1,0 +1,53 @@
+//! What `stampede run` starts in its own process: the built-in target when
+//! the plan asks for one, and `--local-agents N` agents that dial this
+//! coordinator over real gRPC on loopback — the same code path as a fleet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use stampede_agent::session::{self, AgentConfig};
+use stampede_common::plan::{BuiltinTarget, Plan};
+use stampede_target::{Behaviour, Stall, TargetHandle};
+use tokio_util::sync::CancellationToken;
+
+pub fn behaviour(b: &BuiltinTarget) -> Behaviour {
+    Behaviour {
+        latency: b.latency.map(|d| d.as_duration()).unwrap_or_default(),
+        latency_max: b.latency_max.map(|d| d.as_duration()),
+        error_ratio: b.error_rate.map_or(0.0, |p| p.ratio()),
+        stall: b.stall.map(|s| Stall { every: s.every.as_duration(), hold: s.hold.as_duration() }),
+        ..Behaviour::default()
+    }
+}
+
+/// Starts the plan's built-in target, if it has one, on the target URL's
+/// address, and points the plan at the port it actually got.
+pub async fn start_builtin_target(plan: &mut Plan) -> anyhow::Result<Option<TargetHandle>> {
+    let Some(b) = plan.builtin_target.clone() else { return Ok(None) };
+    let authority = stampede_agent::engine::authority(&plan.target)?;
+    let addr: SocketAddr = authority
+        .parse()
+        .map_err(|_| anyhow::anyhow!("builtin_target needs `target` to be an IP address and port, e.g. http://127.0.0.1:0; got {}", plan.target))?;
+    let handle = stampede_target::serve(addr, behaviour(&b)).await.map_err(|e| anyhow::anyhow!("cannot start the built-in target on {addr}: {e}"))?;
+    plan.target = format!("http://{}", handle.local_addr);
+    tracing::info!(message = "Built-in target listening.", addr = %handle.local_addr);
+    Ok(Some(handle))
+}
+
+/// Spawns `n` agents in this process, splitting this machine's cores between them.
+pub fn spawn_agents(n: usize, coordinator: SocketAddr, workers: Option<usize>, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let workers = workers.unwrap_or((cores / n.max(1)).max(1));
+    (0..n)
+        .map(|i| {
+            let cfg = AgentConfig {
+                coordinator: format!("http://{coordinator}"),
+                agent_id: format!("local-{i}"),
+                labels: BTreeMap::from([("local".to_string(), i.to_string())]),
+                capacity: 1,
+                workers,
+            };
+            tokio::spawn(session::run(cfg, shutdown.clone()))
+        })
+        .collect()
+}

@@ -1,0 +1,207 @@
+//! One run from start to verdict: claim the fleet, wait for the agents, split
+//! the load, send every agent its share with a common start instant, merge
+//! what comes back, and build the report.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use stampede_common::plan::{Model, Plan};
+use stampede_proto::v1::coordinator_message::Msg as Down;
+use stampede_proto::v1::{Abort, Assignment, CoordinatorMessage};
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::Aggregate;
+use crate::fleet::{AgentEntry, AgentEvent, Fleet};
+use crate::report::{self, Report, RunFacts};
+use crate::split::split_by_capacity;
+
+/// How far in the future the common start instant is set: time for every
+/// agent to receive its assignment and spin up its workers.
+const START_LEAD: Duration = Duration::from_secs(1);
+/// After the planned end, how long to wait for agents' last snapshots beyond
+/// one request timeout.
+const END_GRACE: Duration = Duration::from_secs(10);
+/// After an abort, how long agents get to send what they measured.
+const ABORT_GRACE: Duration = Duration::from_secs(3);
+
+pub struct RunRequest {
+    pub plan: Plan,
+    /// Agents to run on; 0 means every agent connected (at least one).
+    pub expect_agents: usize,
+    /// How long to wait for them.
+    pub wait: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("another run is in progress on this coordinator; try again when it ends")]
+    Busy,
+    #[error("waited {waited:?} for {expected} agent(s) but {connected} connected")]
+    NotEnoughAgents { expected: usize, connected: usize, waited: Duration },
+    #[error("agent {agent} could not run the plan: {error}")]
+    AgentFailed { agent: String, error: String },
+    #[error("could not send the assignment to agent {0}: its session closed")]
+    Send(String),
+}
+
+/// Claims the fleet for one run and gives it back on every path.
+struct RunClaim<'a>(&'a Fleet);
+
+impl Drop for RunClaim<'_> {
+    fn drop(&mut self) {
+        self.0.end_run();
+    }
+}
+
+/// Runs `req` on the fleet. `progress` receives live lines; `abort` stops
+/// the run early (the report then says it is incomplete).
+pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, progress: &(dyn Fn(String) + Send + Sync)) -> Result<Report, RunError> {
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let mut events = fleet.begin_run(&run_id).ok_or(RunError::Busy)?;
+    let _claim = RunClaim(fleet);
+    let plan = Arc::new(req.plan);
+
+    let agents = wait_for_agents(fleet, req.expect_agents, req.wait, &abort).await?;
+    progress(format!("run {run_id}: {} agent(s): {}", agents.len(), agents.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")));
+
+    let capacities: Vec<u32> = agents.iter().map(|a| a.capacity).collect();
+    let total_capacity: u32 = capacities.iter().sum();
+    let per_phase: Vec<Vec<u32>> =
+        plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Closed { p.load.concurrency.unwrap_or(0) } else { 0 }, &capacities)).collect();
+    let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
+    let start = SystemTime::now() + START_LEAD;
+    let start_nanos = unix_nanos(start);
+
+    for (i, a) in agents.iter().enumerate() {
+        let assignment = Assignment {
+            run_id: run_id.clone(),
+            plan_json: plan_json.clone(),
+            rate_share: a.capacity as f64 / total_capacity as f64,
+            concurrency: per_phase.iter().map(|p| p[i]).collect(),
+            start_unix_nanos: start_nanos,
+            clock_offset_nanos: a.clock_offset_nanos,
+            agent_index: i as u32,
+            agent_count: agents.len() as u32,
+        };
+        let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
+        a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;
+    }
+
+    let mut agg = Aggregate::new(agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
+    let mut first_requests = BTreeMap::new();
+    let mut extra_incomplete = Vec::new();
+    let planned_end = Instant::now() + START_LEAD + plan.duration() + plan.timeout.as_duration() + END_GRACE;
+    let mut deadline = tokio::time::Instant::from_std(planned_end);
+    let mut aborted = false;
+
+    while !agg.all_done() {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(AgentEvent::Snapshot(s)) => match agg.add_snapshot(&s) {
+                    Ok(Some(seq)) => progress(progress_line(&plan, &agg, seq)),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(message = "Snapshot does not decode; dropped.", agent = %s.agent_id, error = %e),
+                },
+                Some(AgentEvent::Finished(f)) => {
+                    if !f.error.is_empty() && f.snapshots_sent == 0 {
+                        // The agent could not even start: the run is broken
+                        // for everyone, not just short of data.
+                        abort_all(&agents, &run_id, "another agent could not start").await;
+                        return Err(RunError::AgentFailed { agent: f.agent_id, error: f.error });
+                    }
+                    if f.first_request_unix_nanos > 0 {
+                        let offset = agents.iter().find(|a| a.id == f.agent_id).map_or(0, |a| a.clock_offset_nanos);
+                        first_requests.insert(f.agent_id.clone(), f.first_request_unix_nanos - offset);
+                    }
+                    agg.finished(f);
+                }
+                Some(AgentEvent::Lost { agent_id, reason }) => agg.lost(&agent_id, reason),
+                None => break,
+            },
+            _ = abort.cancelled(), if !aborted => {
+                aborted = true;
+                progress("abort requested: stopping every agent".into());
+                extra_incomplete.push("the run was aborted before its end".to_string());
+                abort_all(&agents, &run_id, "aborted by the operator").await;
+                deadline = tokio::time::Instant::now() + ABORT_GRACE;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                for (id, a) in agg.agents.iter_mut().filter(|(_, a)| !a.done()) {
+                    a.lost = Some(format!("no final snapshot from {id} by the run's deadline"));
+                }
+                break;
+            }
+        }
+    }
+    agg.seal();
+    let duration_s = SystemTime::now().duration_since(start).map(|d| d.as_secs_f64()).unwrap_or(0.0).min(plan.duration().as_secs_f64() + 60.0);
+    Ok(report::build(RunFacts {
+        run_id: &run_id,
+        plan: &plan,
+        started_at: start,
+        start_unix_nanos: start_nanos,
+        duration_s,
+        aggregate: &agg,
+        first_requests: &first_requests,
+        extra_incomplete,
+    }))
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+async fn abort_all(agents: &[AgentEntry], run_id: &str, reason: &str) {
+    for a in agents {
+        let msg = CoordinatorMessage { msg: Some(Down::Abort(Abort { run_id: run_id.to_string(), reason: reason.to_string() })) };
+        let _ = a.tx.send(Ok(msg)).await;
+    }
+}
+
+/// Waits until enough agents are connected; picks them in id order so the
+/// split is reproducible.
+async fn wait_for_agents(fleet: &Fleet, expect: usize, wait: Duration, abort: &CancellationToken) -> Result<Vec<AgentEntry>, RunError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let changed = fleet.changed();
+        let agents = fleet.agents();
+        let want = expect.max(1);
+        if agents.len() >= want {
+            let take = if expect == 0 { agents.len() } else { expect };
+            return Ok(agents.into_iter().take(take).collect());
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(RunError::NotEnoughAgents { expected: want, connected: fleet.agents().len(), waited: wait });
+            }
+            _ = abort.cancelled() => {
+                return Err(RunError::NotEnoughAgents { expected: want, connected: fleet.agents().len(), waited: wait });
+            }
+        }
+    }
+}
+
+fn progress_line(plan: &Plan, agg: &Aggregate, seq: u64) -> String {
+    let Some(iv) = agg.timeline.get(&seq) else { return String::new() };
+    let secs = plan.interval.as_duration().as_secs_f64();
+    // Interval k starts k intervals after the common start, in every agent's clock.
+    let t = seq as f64 * secs;
+    let offsets = plan.phase_offsets();
+    let phase = offsets.iter().rposition(|o| o.as_secs_f64() <= t).map_or("-", |i| plan.phases[i].name.as_str());
+    let err = if iv.requests == 0 { 0.0 } else { iv.errors as f64 / iv.requests as f64 * 100.0 };
+    let p99 = iv.p99_ms.map_or("-".to_string(), |v| format!("{v:.1}ms"));
+    format!(
+        "[{:>5.1}s] {:<10} {:>8.0} req/s  err {:>5.2}%  p99 {:>9}  total {:>9}  agents {}/{}",
+        t + secs,
+        phase,
+        iv.requests as f64 / secs,
+        err,
+        p99,
+        agg.total.steps.values().map(|r| r.requests).sum::<u64>(),
+        iv.reported,
+        agg.agents.len()
+    )
+}

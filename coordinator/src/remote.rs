@@ -1,0 +1,67 @@
+//! The client side of a standing coordinator: submit a run and stream its
+//! progress, or list the connected agents.
+
+use anyhow::Context;
+use stampede_common::plan::Format;
+use stampede_proto::v1::control_service_client::ControlServiceClient;
+use stampede_proto::v1::run_event::Event;
+use stampede_proto::v1::{ListAgentsRequest, SubmitRunRequest};
+
+use crate::cli::{progress_printer, RunArgs, EXIT_ERROR};
+
+pub async fn submit(url: &str, file_name: &str, text: &str, format: Format, args: &RunArgs) -> anyhow::Result<i32> {
+    let mut client = ControlServiceClient::connect(url.to_string()).await.with_context(|| format!("connecting to the coordinator at {url}"))?;
+    let request = SubmitRunRequest {
+        plan_name: file_name.to_string(),
+        plan_text: text.to_string(),
+        plan_format: format.name().to_string(),
+        expect_agents: args.expect_agents as u32,
+        wait_ms: args.wait.as_duration().as_millis() as u64,
+    };
+    let mut events = client.submit_run(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+    let progress = progress_printer();
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(Event::Progress(line)) => progress(line),
+            Some(Event::Result(r)) => {
+                if !r.error.is_empty() {
+                    eprintln!("error: {}", r.error);
+                    return Ok(r.exit_code);
+                }
+                print!("\n{}", r.report_md);
+                if let Some(out) = &args.out {
+                    std::fs::create_dir_all(out)?;
+                    std::fs::write(out.join("report.json"), &r.report_json)?;
+                    std::fs::write(out.join("report.md"), &r.report_md)?;
+                    std::fs::write(out.join("junit.xml"), &r.report_junit)?;
+                    std::fs::write(out.join(file_name), text)?;
+                    println!("\nreports written to {}", out.display());
+                }
+                return Ok(r.exit_code);
+            }
+            None => {}
+        }
+    }
+    eprintln!("error: the coordinator closed the stream before the run's result");
+    Ok(EXIT_ERROR)
+}
+
+pub async fn list_agents(url: &str) -> anyhow::Result<i32> {
+    let mut client = ControlServiceClient::connect(url.to_string()).await.with_context(|| format!("connecting to the coordinator at {url}"))?;
+    let agents = client.list_agents(ListAgentsRequest {}).await?.into_inner().agents;
+    println!("{:<24} {:<30} {:>8} {:>14} {:>10}", "AGENT", "LABELS", "CAPACITY", "CLOCK OFFSET", "LAST SEEN");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    for a in agents {
+        let mut labels: Vec<_> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        println!(
+            "{:<24} {:<30} {:>8} {:>12.3}ms {:>9.1}s",
+            a.agent_id,
+            labels.join(","),
+            a.capacity,
+            a.clock_offset_nanos as f64 / 1e6,
+            (now - a.last_seen_unix_nanos) as f64 / 1e9
+        );
+    }
+    Ok(0)
+}

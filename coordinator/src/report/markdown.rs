@@ -1,0 +1,141 @@
+//! The human-readable forms of a report: `report.md` and the summary printed
+//! at the end of `stampede run`.
+
+use std::fmt::Write;
+
+use stampede_common::slo::Status;
+
+use super::{Percentiles, Report};
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| if v < 10.0 { format!("{v:.2}") } else { format!("{v:.1}") })
+}
+
+fn pct(r: f64) -> String {
+    format!("{:.2}%", r * 100.0)
+}
+
+fn observed(metric: &str, v: Option<f64>) -> String {
+    match (metric, v) {
+        (_, None) => "no data".into(),
+        ("error_rate", Some(v)) => pct(v),
+        ("throughput", Some(v)) => format!("{v:.1}/s"),
+        (_, Some(v)) => format!("{}ms", ms(Some(v))),
+    }
+}
+
+fn status(s: Status) -> &'static str {
+    match s {
+        Status::Pass => "pass",
+        Status::Warn => "WARN",
+        Status::Fail => "FAIL",
+    }
+}
+
+fn latency_cells(p: &Percentiles) -> String {
+    format!("{} | {} | {} | {} | {} | {}", ms(p.p50), ms(p.p90), ms(p.p95), ms(p.p99), ms(p.p999), ms(p.max))
+}
+
+/// The tables shared by the markdown file and the terminal summary.
+fn tables(r: &Report, out: &mut String) {
+    let t = &r.totals;
+    let _ = writeln!(
+        out,
+        "{} requests, {} errors ({}), {:.1} req/s over {:.1}s, {} agent(s)\n",
+        t.requests,
+        t.errors,
+        pct(t.error_rate),
+        t.throughput_rps,
+        r.duration_s,
+        r.agents.len()
+    );
+    let _ = writeln!(out, "| phase | model | requests | errors | req/s | p50 | p90 | p95 | p99 | p99.9 | max (ms) | schedule |");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for p in &r.phases {
+        let schedule = match &p.schedule {
+            None => "closed model".to_string(),
+            Some(s) => format!(
+                "{} due, {} dropped, {} late{}",
+                s.scheduled,
+                s.dropped,
+                s.late,
+                if s.saturated { " — SATURATED" } else { "" }
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:?} | {} | {} | {:.1} | {} | {} |",
+            p.name,
+            p.model,
+            p.requests,
+            p.errors,
+            p.throughput_rps,
+            latency_cells(&p.latency_ms),
+            schedule
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| **all** | | {} | {} | {:.1} | {} | |",
+        t.requests,
+        t.errors,
+        t.throughput_rps,
+        latency_cells(&r.latency_ms)
+    );
+    if !r.slos.is_empty() {
+        let _ = writeln!(out, "\n| SLO | scope | observed | pass | warn | status |");
+        let _ = writeln!(out, "|---|---|---:|---|---|---|");
+        for s in &r.slos {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                s.metric,
+                s.scope,
+                observed(&s.metric, s.observed),
+                s.threshold,
+                s.warn_threshold.as_deref().unwrap_or("-"),
+                status(s.status)
+            );
+        }
+    }
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# {} — {}\n", r.plan.name, r.verdict.as_str().to_uppercase());
+    let _ = writeln!(out, "Run `{}`, started {}.\n", r.run_id, r.started_at);
+    for reason in &r.verdict_reasons {
+        let _ = writeln!(out, "- **{}**: {reason}", r.verdict.as_str());
+    }
+    if !r.verdict_reasons.is_empty() {
+        out.push('\n');
+    }
+    tables(r, &mut out);
+    let _ = writeln!(out, "\nLatency is measured from each request's intended start (open model) and covers successful requests; errors count in the error rate.\n");
+    let _ = writeln!(out, "## Agents\n\n| agent | labels | requests | errors | start skew (ms) | complete |\n|---|---|---:|---:|---:|---|");
+    for a in &r.agents {
+        let labels: Vec<_> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            a.id,
+            labels.join(","),
+            a.requests,
+            a.errors,
+            ms(a.start_skew_ms),
+            if a.complete { "yes".to_string() } else { format!("no: {}", a.lost.as_deref().unwrap_or("missing data")) }
+        );
+    }
+    out
+}
+
+/// The end-of-run summary for the terminal or the CI log.
+pub fn terminal_summary(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\n{} — verdict: {}", r.plan.name, r.verdict.as_str().to_uppercase());
+    for reason in &r.verdict_reasons {
+        let _ = writeln!(out, "  {reason}");
+    }
+    tables(r, &mut out);
+    out
+}

@@ -1,0 +1,309 @@
+//! The run report: one [`Report`] value, built once from the merged numbers,
+//! then written as `report.json` (the contract in DESIGN.md), `report.md`,
+//! `junit.xml`, and printed as the terminal summary.
+
+mod junit;
+mod markdown;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use stampede_common::plan::{Model, Plan};
+use stampede_common::stats::{ErrorKind, RunStats, ScheduleStats, Summary};
+
+use crate::aggregate::Aggregate;
+use crate::verdict::{self, SloResult, Verdict};
+
+pub use junit::junit_xml;
+pub use markdown::{markdown, terminal_summary};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub verdict: Verdict,
+    /// Why the verdict is `invalid` or `incomplete`; empty otherwise.
+    pub verdict_reasons: Vec<String>,
+    pub run_id: String,
+    pub plan: Plan,
+    pub started_at: String,
+    pub duration_s: f64,
+    pub agents: Vec<AgentReport>,
+    pub totals: Totals,
+    /// Successful requests, from the intended start (coordinated-omission safe).
+    pub latency_ms: Percentiles,
+    /// Successful requests, from the actual start: what the server took.
+    pub service_ms: Percentiles,
+    pub phases: Vec<PhaseReport>,
+    pub steps: Vec<StepReport>,
+    pub slos: Vec<SloResult>,
+    pub faults: Vec<FaultReport>,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentReport {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub requests: u64,
+    pub errors: u64,
+    /// First request's actual start minus the common start instant.
+    pub start_skew_ms: Option<f64>,
+    pub complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_intervals: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub throughput_rps: f64,
+    pub errors_by_kind: BTreeMap<&'static str, u64>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub name: String,
+    /// `open` (scheduled arrivals) or `closed` (fixed concurrency, like wrk).
+    pub model: Model,
+    pub duration_s: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub throughput_rps: f64,
+    pub latency_ms: Percentiles,
+    pub service_ms: Percentiles,
+    /// Open model only: how well the client kept its schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleReport {
+    pub scheduled: u64,
+    pub dropped: u64,
+    pub late: u64,
+    pub max_lag_ms: f64,
+    pub dispatch_lag_p99_ms: Option<f64>,
+    /// True when more than 1 % of arrivals were dropped or late: the client saturated.
+    pub saturated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub name: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub latency_ms: Percentiles,
+}
+
+/// Filled by fault injection (a later capability); always present so the
+/// report's shape never changes.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    pub kind: String,
+    pub agent: String,
+    pub scheduled_at: String,
+    pub applied_at: Option<String>,
+    pub reverted_at: Option<String>,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelinePoint {
+    /// Start of the interval, seconds since the run's common start.
+    pub t_s: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub p99_ms: Option<f64>,
+}
+
+fn percentiles(s: &Summary, service: bool) -> Percentiles {
+    let h = if service { &s.ok.service } else { &s.ok.latency };
+    let q = |q| stampede_common::stats::quantile_ms(h, q);
+    Percentiles { p50: q(0.5), p90: q(0.9), p95: q(0.95), p99: q(0.99), p999: q(0.999), max: (!h.is_empty()).then(|| h.max() as f64 / 1e3) }
+}
+
+fn errors_by_kind(s: &Summary) -> BTreeMap<&'static str, u64> {
+    ErrorKind::ALL.iter().zip(s.errors_by_kind).filter(|(_, n)| *n > 0).map(|(k, n)| (k.as_str(), n)).collect()
+}
+
+fn ratio(n: u64, d: u64) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        n as f64 / d as f64
+    }
+}
+
+/// What the orchestrator knows beyond the merged numbers.
+pub struct RunFacts<'a> {
+    pub run_id: &'a str,
+    pub plan: &'a Plan,
+    pub started_at: SystemTime,
+    pub start_unix_nanos: i64,
+    pub duration_s: f64,
+    pub aggregate: &'a Aggregate,
+    /// First request per agent, unix nanoseconds in the coordinator's clock.
+    pub first_requests: &'a BTreeMap<String, i64>,
+    /// Reasons the numbers are incomplete beyond per-agent losses (e.g. an operator abort).
+    pub extra_incomplete: Vec<String>,
+}
+
+pub fn build(f: RunFacts<'_>) -> Report {
+    let plan = f.plan;
+    let stats: &RunStats = &f.aggregate.total;
+    let all = stats.summarize(|_| true);
+    let slos = verdict::evaluate_slos(plan, stats);
+
+    let mut reasons = f.extra_incomplete;
+    let agents: Vec<AgentReport> = f
+        .aggregate
+        .agents
+        .iter()
+        .map(|(id, a)| {
+            let complete = a.complete();
+            if !complete {
+                let why = match (&a.lost, &a.finished) {
+                    (Some(l), _) => format!("agent {id} was lost: {l}"),
+                    (None, Some(fin)) if !fin.error.is_empty() => format!("agent {id} failed: {}", fin.error),
+                    (None, Some(fin)) if fin.requests != a.requests => {
+                        format!("agent {id} counted {} requests but {} reached the coordinator", fin.requests, a.requests)
+                    }
+                    _ => format!("agent {id} did not deliver every interval (missing {:?})", a.missing()),
+                };
+                reasons.push(why);
+            }
+            AgentReport {
+                id: id.clone(),
+                labels: a.labels.clone(),
+                requests: a.requests,
+                errors: a.errors,
+                start_skew_ms: f.first_requests.get(id).map(|t| (t - f.start_unix_nanos) as f64 / 1e6),
+                complete,
+                lost: a.lost.clone(),
+                missing_intervals: a.missing(),
+            }
+        })
+        .collect();
+    let incomplete = !reasons.is_empty();
+    let saturated = verdict::saturated_phases(plan, stats);
+    for p in &saturated {
+        reasons.push(format!(
+            "phase {p}: the client missed more than {}% of its schedule (dropped or late arrivals); it measured itself, not the server",
+            stampede_common::stats::SATURATION_LIMIT * 100.0
+        ));
+    }
+    let verdict = verdict::decide(incomplete, !saturated.is_empty(), &slos);
+
+    let phases = plan
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let s = stats.summarize(|k| k.phase == i as u32);
+            let secs = p.duration.as_duration().as_secs_f64();
+            let schedule = (p.load.model == Model::Open).then(|| {
+                let sch: ScheduleStats = stats.schedule.get(&(i as u32)).copied().unwrap_or_default();
+                let mut lag = stampede_common::histogram::new_hist();
+                for (_, r) in stats.steps.iter().filter(|(k, _)| k.phase == i as u32) {
+                    let _ = stampede_common::histogram::add(&mut lag, &r.dispatch);
+                }
+                ScheduleReport {
+                    scheduled: sch.scheduled,
+                    dropped: sch.dropped,
+                    late: sch.late,
+                    max_lag_ms: sch.max_lag_us as f64 / 1e3,
+                    dispatch_lag_p99_ms: stampede_common::stats::quantile_ms(&lag, 0.99),
+                    saturated: sch.saturated(),
+                }
+            });
+            PhaseReport {
+                name: p.name.clone(),
+                model: p.load.model,
+                duration_s: secs,
+                requests: s.requests,
+                errors: s.errors,
+                error_rate: s.error_rate(),
+                throughput_rps: s.requests as f64 / secs,
+                latency_ms: percentiles(&s, false),
+                service_ms: percentiles(&s, true),
+                schedule,
+            }
+        })
+        .collect();
+    let steps = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let s = stats.summarize(|k| k.step == i as u32);
+            StepReport { name: st.name.clone(), requests: s.requests, errors: s.errors, error_rate: s.error_rate(), latency_ms: percentiles(&s, false) }
+        })
+        .collect();
+    let timeline = f
+        .aggregate
+        .timeline
+        .iter()
+        .map(|(seq, iv)| TimelinePoint {
+            t_s: *seq as f64 * plan.interval.as_duration().as_secs_f64(),
+            requests: iv.requests,
+            errors: iv.errors,
+            p99_ms: iv.p99_ms,
+        })
+        .collect();
+    let planned_s = plan.duration().as_secs_f64();
+    Report {
+        verdict,
+        verdict_reasons: reasons,
+        run_id: f.run_id.to_string(),
+        plan: plan.clone(),
+        started_at: humantime::format_rfc3339_millis(f.started_at).to_string(),
+        duration_s: f.duration_s,
+        agents,
+        totals: Totals {
+            requests: all.requests,
+            errors: all.errors,
+            error_rate: ratio(all.errors, all.requests),
+            throughput_rps: all.requests as f64 / planned_s,
+            errors_by_kind: errors_by_kind(&all),
+            bytes_sent: stats.steps.values().map(|r| r.bytes_sent).sum(),
+            bytes_received: stats.steps.values().map(|r| r.bytes_received).sum(),
+        },
+        latency_ms: percentiles(&all, false),
+        service_ms: percentiles(&all, true),
+        phases,
+        steps,
+        slos,
+        faults: Vec::new(),
+        timeline,
+    }
+}
+
+/// Writes every report file into `dir`, plus the plan as given.
+pub fn write_all(report: &Report, plan_text: &str, plan_file_name: &str, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(report).expect("reports serialize");
+    std::fs::write(dir.join("report.json"), json + "\n")?;
+    std::fs::write(dir.join("report.md"), markdown(report))?;
+    std::fs::write(dir.join("junit.xml"), junit_xml(report))?;
+    std::fs::write(dir.join(plan_file_name), plan_text)?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Serving the coordinator's gRPC services on a listener until shutdown.
+
+use std::net::SocketAddr;
+
+use stampede_proto::v1::agent_service_server::AgentServiceServer;
+use stampede_proto::v1::control_service_server::ControlServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::Control;
+use crate::fleet::Fleet;
+use crate::service::AgentSessions;
+
+/// Snapshots of a large plan with many steps can exceed tonic's 4 MiB default.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Starts serving on `listener`; the task ends when `shutdown` is cancelled.
+/// With `control`, also serves run submissions (a standing coordinator).
+pub fn spawn(listener: TcpListener, fleet: Fleet, control: Option<Control>, shutdown: CancellationToken) -> (SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    let agents = AgentServiceServer::new(AgentSessions { fleet }).max_decoding_message_size(MAX_MESSAGE);
+    let mut router = tonic::transport::Server::builder().add_service(agents);
+    if let Some(c) = control {
+        router = router.add_service(ControlServiceServer::new(c).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE));
+    }
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned()));
+    (addr, task)
+}

@@ -1,0 +1,98 @@
+//! The gRPC face agents dial: one bidirectional `Session` per agent.
+
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use stampede_proto::v1::agent_message::Msg as Up;
+use stampede_proto::v1::agent_service_server::AgentService;
+use stampede_proto::v1::coordinator_message::Msg as Down;
+use stampede_proto::v1::{AgentMessage, CoordinatorMessage, Registered, SnapshotAck};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::fleet::{AgentEntry, AgentEvent, Fleet};
+
+pub struct AgentSessions {
+    pub fleet: Fleet,
+}
+
+pub fn unix_nanos_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+fn down(msg: Down) -> Result<CoordinatorMessage, Status> {
+    Ok(CoordinatorMessage { msg: Some(msg) })
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentSessions {
+    type SessionStream = Outbound;
+
+    async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Outbound>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("the session closed before registering"))??;
+        let Some(Up::Register(reg)) = first.msg else {
+            return Err(Status::invalid_argument("the first message of a session must be Register"));
+        };
+        if reg.agent_id.is_empty() {
+            return Err(Status::invalid_argument("Register.agent_id is empty"));
+        }
+        let now = unix_nanos_now();
+        let (tx, rx) = mpsc::channel(64);
+        let _ = tx.send(down(Down::Registered(Registered { clock_unix_nanos: now, coordinator_version: env!("CARGO_PKG_VERSION").into() }))).await;
+        let agent_id = reg.agent_id.clone();
+        let session = self.fleet.register(AgentEntry {
+            id: reg.agent_id,
+            labels: reg.labels.into_iter().collect(),
+            capacity: reg.capacity.max(1),
+            workers: reg.workers,
+            capabilities: reg.capabilities,
+            // One sample, including the one-way delay; good enough on a LAN.
+            clock_offset_nanos: reg.clock_unix_nanos - now,
+            last_seen: SystemTime::now(),
+            version: reg.version,
+            tx: tx.clone(),
+            session: 0,
+        });
+        info!(message = "Agent registered.", agent = %agent_id);
+
+        let fleet = self.fleet.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match inbound.next().await {
+                    None => break "the agent closed its session".to_string(),
+                    Some(Err(status)) => break format!("the session broke: {}", status.message()),
+                    Some(Ok(m)) => {
+                        fleet.touch(&agent_id);
+                        match m.msg {
+                            Some(Up::Snapshot(s)) => {
+                                let ack = SnapshotAck { run_id: s.run_id.clone(), seq: s.seq };
+                                let run_id = s.run_id.clone();
+                                fleet.deliver(&run_id, AgentEvent::Snapshot(s));
+                                let _ = tx.try_send(down(Down::Ack(ack)));
+                            }
+                            Some(Up::Finished(f)) => {
+                                let run_id = f.run_id.clone();
+                                fleet.deliver(&run_id, AgentEvent::Finished(f));
+                            }
+                            Some(Up::Heartbeat(_)) => {}
+                            Some(Up::Register(_)) => warn!(message = "Agent registered twice on one session; ignored.", agent = %agent_id),
+                            None => {}
+                        }
+                    }
+                }
+            };
+            info!(message = "Agent left.", agent = %agent_id, %reason);
+            fleet.unregister(&agent_id, session, reason);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as Outbound))
+    }
+}
