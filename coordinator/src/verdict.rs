@@ -54,8 +54,10 @@ pub struct SloResult {
     pub status: Status,
 }
 
+type KeyFilter = Box<dyn Fn(&StepKey) -> bool>;
+
 /// Which records a scope covers, and how long it lasted (for throughput).
-fn scope_filter(plan: &Plan, scope: &Scope) -> (Box<dyn Fn(&StepKey) -> bool>, f64) {
+fn scope_filter(plan: &Plan, scope: &Scope) -> (KeyFilter, f64) {
     match scope {
         Scope::Run => (Box::new(|_| true), plan.duration().as_secs_f64()),
         Scope::Phase(name) => {

@@ -1,0 +1,121 @@
+//! End to end through the real binary: `stampede run` with local agents over
+//! real gRPC on loopback against the built-in target; the report's contract
+//! fields and the exit code that follows the verdict.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn plan(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plans").join(name)
+}
+
+/// Runs `stampede run PLAN --local-agents N --out DIR`; returns the exit code,
+/// stderr, and the parsed report if one was written.
+fn run(plan_file: &str, agents: usize) -> (i32, String, Option<Value>) {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_stampede"))
+        .args(["run"])
+        .arg(plan(plan_file))
+        .args(["--local-agents", &agents.to_string(), "--out"])
+        .arg(out.path())
+        .output()
+        .expect("stampede runs");
+    let report = std::fs::read_to_string(out.path().join("report.json")).ok().map(|t| serde_json::from_str(&t).unwrap());
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned(), report)
+}
+
+#[test]
+fn three_agents_pass_with_every_contract_field() {
+    let (code, stderr, report) = run("pass.yaml", 3);
+    let r = report.unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    assert_eq!(r["verdict"], "pass");
+    for field in ["verdict", "run_id", "plan", "started_at", "duration_s", "agents", "totals", "latency_ms", "phases", "slos", "faults"] {
+        assert!(r.get(field).is_some(), "report.json lacks `{field}`");
+    }
+    for field in ["requests", "errors", "error_rate", "throughput_rps"] {
+        assert!(r["totals"][field].is_number(), "totals.{field}");
+    }
+    for field in ["p50", "p90", "p95", "p99", "p999", "max"] {
+        assert!(r["latency_ms"][field].as_f64().unwrap() > 0.0, "latency_ms.{field}");
+    }
+    let agents = r["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 3);
+    for a in agents {
+        for field in ["id", "labels", "requests", "errors", "start_skew_ms"] {
+            assert!(a.get(field).is_some(), "agents[].{field}");
+        }
+        assert!(a["requests"].as_u64().unwrap() > 0);
+        assert_eq!(a["complete"], true);
+        // Local agents share one clock: their first requests start within a
+        // few timer ticks of the common instant.
+        let skew = a["start_skew_ms"].as_f64().unwrap();
+        assert!(skew.abs() < 50.0, "start skew {skew} ms");
+    }
+    // Fleet totals are exactly the sum of the agents' counts.
+    let sum: u64 = agents.iter().map(|a| a["requests"].as_u64().unwrap()).sum();
+    assert_eq!(sum, r["totals"]["requests"].as_u64().unwrap());
+    // The open phase delivers its planned count (300/s × 3 s) within 1 %.
+    let open = &r["phases"][0];
+    assert_eq!(open["model"], "open");
+    let done = open["requests"].as_f64().unwrap();
+    assert!((done - 900.0).abs() <= 9.0, "open phase delivered {done} of 900");
+    assert_eq!(open["schedule"]["scheduled"], 900);
+    assert_eq!(r["phases"][1]["model"], "closed");
+    assert!(r["phases"][1].get("schedule").is_none(), "a closed phase has no schedule");
+    assert_eq!(r["slos"].as_array().unwrap().len(), 3);
+    assert!(r["slos"].as_array().unwrap().iter().all(|s| s["status"] == "pass"));
+    assert_eq!(r["faults"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_failed_slo_exits_1() {
+    let (code, stderr, report) = run("slo-fail.yaml", 2);
+    let r = report.unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
+    assert_eq!(r["verdict"], "fail");
+    assert_eq!(r["slos"][0]["status"], "fail");
+    assert!(r["slos"][0]["observed"].as_f64().unwrap() >= 20.0);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn a_saturated_client_is_invalid_and_exits_3() {
+    let (code, stderr, report) = run("saturated.yaml", 1);
+    let r = report.unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
+    assert_eq!(r["verdict"], "invalid", "{r:#}");
+    let schedule = &r["phases"][0]["schedule"];
+    assert_eq!(schedule["saturated"], true);
+    assert!(schedule["dropped"].as_u64().unwrap() > 100);
+    assert!(r["verdict_reasons"][0].as_str().unwrap().contains("measured itself"));
+    assert_eq!(code, 3);
+}
+
+#[test]
+fn a_broken_plan_exits_2_naming_file_line_and_field() {
+    let (code, stderr, report) = run("broken.yaml", 1);
+    assert_eq!(code, 2);
+    assert!(report.is_none(), "no run, no report");
+    assert!(stderr.contains("broken.yaml:4: phases[0].load.rate:"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn reports_land_in_the_out_dir() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_stampede"))
+        .arg("run")
+        .arg(plan("slo-fail.yaml"))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(1));
+    for f in ["report.json", "report.md", "junit.xml", "slo-fail.yaml"] {
+        assert!(out.path().join(f).exists(), "{f} missing");
+    }
+    let junit = std::fs::read_to_string(out.path().join("junit.xml")).unwrap();
+    assert!(junit.contains("<failure"), "{junit}");
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("FAIL"), "{md}");
+}
