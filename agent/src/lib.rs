@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod fault;
 mod http;
 mod recorder;
 mod schedule;

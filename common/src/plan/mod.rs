@@ -3,12 +3,14 @@
 //! lines (`lines`), and the checks serde cannot express (`validate`).
 
 mod error;
+mod fault;
 mod lines;
 mod load;
 mod model;
 mod validate;
 
 pub use error::PlanError;
+pub use fault::*;
 pub use load::{load_file, load_str, Format};
 pub use model::*;
 pub use validate::validate;

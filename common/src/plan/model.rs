@@ -29,6 +29,9 @@ pub struct Plan {
     pub steps: Vec<Step>,
     #[serde(default)]
     pub slos: Vec<Slo>,
+    /// Faults injected by the agents on the run's timeline (see `fault.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<super::Fault>,
 }
 
 fn default_interval() -> Dur {

@@ -146,6 +146,8 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         }
     }
 
+    super::fault::validate_faults(plan)?;
+
     for (i, slo) in plan.slos.iter().enumerate() {
         let at = |field: &str| format!("slos[{i}].{field}");
         match &slo.scope {

@@ -1,0 +1,41 @@
+//! Local fault injection: each driver turns a plan's fault into exact
+//! actions for this node; the injector journals them, applies them on the
+//! run's timeline and guarantees the revert.
+//!
+//! # Layout
+//! - [`action`]: actions as data and the runner that executes them.
+//! - `net`: netem and rate (tc) actions scoped to a destination.
+//! - `nft`: partition and loss (nftables) actions, in tables stampede owns.
+//! - `instance`: stop / pause / restart of a process, systemd unit, docker or incus instance.
+//! - `pressure`: CPU and memory pressure in a child process that bounds its own life.
+//! - `probe`: which fault kinds this node can do (sent at registration).
+
+pub mod action;
+
+use stampede_common::plan::Fault;
+
+pub use action::{Action, ActionError, FaultActions, Runner};
+
+/// What a driver needs to know about the node it runs on.
+pub struct Node {
+    /// The network device carrying traffic to an address (`ip route get`).
+    pub route_dev: Box<dyn Fn(std::net::Ipv4Addr) -> Result<String, String> + Send + Sync>,
+    /// This agent's executable, to start pressure helpers from.
+    pub agent_exe: std::path::PathBuf,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FaultError {
+    #[error("fault `{fault}`: {message}")]
+    Plan { fault: String, message: String },
+}
+
+/// One family of faults. Chaos Mesh's Apply/Recover contract, as data: the
+/// driver builds the exact actions (pure, testable against exact argument
+/// lists); the injector journals and runs them.
+pub trait Driver {
+    /// The actions that apply `fault` on `node`, and those that undo it.
+    fn actions(&self, fault: &Fault, node: &Node) -> Result<FaultActions, FaultError>;
+    /// Capability names (as `probe` reports them) this fault needs on a node.
+    fn requires(&self, fault: &Fault) -> Vec<String>;
+}

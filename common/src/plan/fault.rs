@@ -1,0 +1,395 @@
+//! Faults in a plan: what to break, where, when and for how long.
+//!
+//! ```yaml
+//! faults:
+//!   - name: db-slow
+//!     kind: netem
+//!     at: 30s                  # offset from the run's start
+//!     duration: 20s            # the fault is reverted at the window's end
+//!     agents: { zone: a }      # label selector; default: every agent of the run
+//!     scope: { dst: 198.18.0.2/32, port: 5432, dev: auto }
+//!     netem: { delay: 200ms, jitter: 20ms, loss: 1% }
+//! ```
+//!
+//! The model is flat — one optional block per kind — so a misplaced block is
+//! an error naming the field, as everywhere else in a plan.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::Plan;
+use crate::units::{Dur, Percent};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub name: String,
+    pub kind: FaultKind,
+    pub at: Dur,
+    pub duration: Dur,
+    /// Label selector: the fault runs on every agent of the run whose labels
+    /// include all of these. Empty: every agent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<NetScope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netem: Option<Netem>,
+    /// `rate`: the bandwidth cap in tc's syntax (`1mbit`, `500kbit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// `loss`: share of the scoped packets dropped, both directions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Instance>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPressure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryPressure>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    /// Delay, jitter, loss, duplication, corruption, reordering (tc netem).
+    Netem,
+    /// Bandwidth cap (tc tbf).
+    Rate,
+    /// Drop everything to and from the scope (nftables).
+    Partition,
+    /// Drop a share of the scoped packets (nftables numgen).
+    Loss,
+    /// Stop an instance for the window, start it again after.
+    Stop,
+    /// Freeze an instance for the window, thaw it after.
+    Pause,
+    /// Restart an instance at `at` (the window is how long recovery is watched).
+    Restart,
+    /// Burn CPU on the agent's node.
+    Cpu,
+    /// Hold memory on the agent's node.
+    Memory,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Netem => "netem",
+            FaultKind::Rate => "rate",
+            FaultKind::Partition => "partition",
+            FaultKind::Loss => "loss",
+            FaultKind::Stop => "stop",
+            FaultKind::Pause => "pause",
+            FaultKind::Restart => "restart",
+            FaultKind::Cpu => "cpu",
+            FaultKind::Memory => "memory",
+        }
+    }
+
+    pub fn is_network(self) -> bool {
+        matches!(self, FaultKind::Netem | FaultKind::Rate | FaultKind::Partition | FaultKind::Loss)
+    }
+
+    pub fn is_instance(self) -> bool {
+        matches!(self, FaultKind::Stop | FaultKind::Pause | FaultKind::Restart)
+    }
+}
+
+/// Which traffic a network fault touches: only packets to (and, for
+/// partitions, from) `dst`, optionally only one TCP/UDP port. Everything else,
+/// above all the agent's control channel, is left alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetScope {
+    /// IPv4 address or CIDR block: `198.18.0.2` or `198.18.0.0/24`.
+    pub dst: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Network device; `auto` (the default) is the device of the route to `dst`.
+    #[serde(default = "auto_dev")]
+    pub dev: String,
+}
+
+fn auto_dev() -> String {
+    "auto".to_string()
+}
+
+impl NetScope {
+    /// The destination as (network address, prefix length).
+    pub fn cidr(&self) -> Result<(Ipv4Addr, u8), String> {
+        let (addr, len) = match self.dst.split_once('/') {
+            Some((a, l)) => (a, l.parse::<u8>().map_err(|_| format!("`{}`: bad prefix length", self.dst))?),
+            None => (self.dst.as_str(), 32),
+        };
+        let ip: Ipv4Addr = addr.parse().map_err(|_| format!("`{}` is not an IPv4 address or CIDR block", self.dst))?;
+        if len > 32 {
+            return Err(format!("`{}`: prefix length must be 0–32", self.dst));
+        }
+        if len == 0 {
+            return Err(format!("`{}` would match every address, the control channel included", self.dst));
+        }
+        Ok((ip, len))
+    }
+}
+
+/// tc-netem(8) options. Percentages are written `1%`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Netem {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Dur>,
+    /// Delay correlation with the previous packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<Percent>,
+    /// Jitter distribution: uniform (tc's default), normal, pareto, paretonormal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<Percent>,
+    /// Share of packets sent at once while the rest are delayed (needs `delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reorder: Option<Percent>,
+    /// netem's own rate limit, tc syntax (`1mbit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    Uniform,
+    Normal,
+    Pareto,
+    Paretonormal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    pub driver: InstanceDriver,
+    /// Container, unit or process name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `process` driver: the process id (instead of a name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Stop without a graceful shutdown (`incus stop --force`, SIGKILL).
+    #[serde(default)]
+    pub force: bool,
+    /// `process` driver: the command that starts the process again after a stop
+    /// or restart (a process that was killed cannot be resumed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceDriver {
+    Process,
+    Systemd,
+    Docker,
+    Incus,
+}
+
+impl InstanceDriver {
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceDriver::Process => "process",
+            InstanceDriver::Systemd => "systemd",
+            InstanceDriver::Docker => "docker",
+            InstanceDriver::Incus => "incus",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuPressure {
+    pub workers: u32,
+    /// Busy share of each worker's time.
+    #[serde(default = "full_load")]
+    pub load: Percent,
+}
+
+fn full_load() -> Percent {
+    Percent::from_ratio(1.0)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryPressure {
+    /// `512MiB`, `1GiB`, `200MB`.
+    pub size: String,
+}
+
+impl MemoryPressure {
+    pub fn bytes(&self) -> Result<u64, String> {
+        parse_size(&self.size)
+    }
+}
+
+/// `1GiB`, `512MiB`, `200MB`, `4096` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size: write e.g. `512MiB` or `1GiB`"))?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("`{s}`: unknown size unit; use B, KB, MB, GB, KiB, MiB or GiB")),
+    };
+    Ok((n * mult) as u64)
+}
+
+/// tc's rate syntax: a number and a unit (`bit`, `kbit`, `mbit`, `gbit`, `bps`, `kbps`, `mbps`).
+pub fn check_tc_rate(s: &str) -> Result<(), String> {
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let ok_num = num.parse::<f64>().is_ok_and(|n| n > 0.0);
+    let ok_unit = matches!(unit, "bit" | "kbit" | "mbit" | "gbit" | "tbit" | "bps" | "kbps" | "mbps" | "gbps" | "tbps");
+    if ok_num && ok_unit {
+        Ok(())
+    } else {
+        Err(format!("`{s}` is not a tc rate: write e.g. `1mbit`, `500kbit` or `2mbps`"))
+    }
+}
+
+/// Checks every fault; `Err((field path, message))` for the first problem.
+pub fn validate_faults(plan: &Plan) -> Result<(), (String, String)> {
+    let mut names = std::collections::HashSet::new();
+    let run = plan.duration();
+    for (i, f) in plan.faults.iter().enumerate() {
+        let at = |field: &str| format!("faults[{i}].{field}");
+        let fail = |field: &str, msg: String| Err((at(field), msg));
+        if f.name.trim().is_empty() || !f.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return fail("name", "must be letters, digits, `-` or `_` (it names the fault's rules on the node)".into());
+        }
+        if !names.insert(f.name.as_str()) {
+            return fail("name", format!("fault `{}` is defined twice", f.name));
+        }
+        if f.duration.as_duration().is_zero() {
+            return fail("duration", "must be more than 0s".into());
+        }
+        if f.at.as_duration() >= run {
+            return fail("at", format!("starts at {} but the run lasts only {}", f.at, Dur(run)));
+        }
+        // Each kind takes exactly its own block.
+        let blocks = [
+            ("netem", f.netem.is_some(), f.kind == FaultKind::Netem),
+            ("rate", f.rate.is_some(), f.kind == FaultKind::Rate),
+            ("loss", f.loss.is_some(), f.kind == FaultKind::Loss),
+            ("instance", f.instance.is_some(), f.kind.is_instance()),
+            ("cpu", f.cpu.is_some(), f.kind == FaultKind::Cpu),
+            ("memory", f.memory.is_some(), f.kind == FaultKind::Memory),
+            ("scope", f.scope.is_some(), f.kind.is_network()),
+        ];
+        for (block, present, wanted) in blocks {
+            if present && !wanted {
+                return fail(block, format!("does not apply to a `{}` fault", f.kind.name()));
+            }
+            if !present && wanted {
+                return fail(block, format!("a `{}` fault needs `{block}`", f.kind.name()));
+            }
+        }
+        if let Some(scope) = &f.scope {
+            scope.cidr().map_err(|m| (at("scope.dst"), m))?;
+            if scope.port == Some(0) {
+                return fail("scope.port", "must be 1–65535".into());
+            }
+            if scope.dev.is_empty() || scope.dev.contains(char::is_whitespace) {
+                return fail("scope.dev", "must be a device name or `auto`".into());
+            }
+        }
+        if let Some(n) = &f.netem {
+            if n.delay.is_none() && n.loss.is_none() && n.duplicate.is_none() && n.corrupt.is_none() && n.rate.is_none() {
+                return fail("netem", "sets nothing: give at least one of delay, loss, duplicate, corrupt, rate".into());
+            }
+            if (n.jitter.is_some() || n.correlation.is_some() || n.distribution.is_some()) && n.delay.is_none() {
+                return fail("netem.delay", "jitter, correlation and distribution need a `delay`".into());
+            }
+            if n.reorder.is_some() && n.delay.is_none() {
+                return fail("netem.reorder", "reordering needs a `delay` (tc-netem sends the rest delayed)".into());
+            }
+            if let Some(r) = &n.rate {
+                check_tc_rate(r).map_err(|m| (at("netem.rate"), m))?;
+            }
+        }
+        if let Some(r) = &f.rate {
+            check_tc_rate(r).map_err(|m| (at("rate"), m))?;
+        }
+        if let Some(inst) = &f.instance {
+            match inst.driver {
+                InstanceDriver::Process => {
+                    if inst.name.is_some() == inst.pid.is_some() {
+                        return fail("instance", "the process driver takes exactly one of `name` or `pid`".into());
+                    }
+                    if matches!(f.kind, FaultKind::Stop | FaultKind::Restart) && inst.start.is_empty() {
+                        return fail("instance.start", "a stopped process cannot be resumed: give the command that starts it again".into());
+                    }
+                }
+                _ => {
+                    if inst.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                        return fail("instance.name", format!("the {} driver needs the instance's `name`", inst.driver.name()));
+                    }
+                    if inst.pid.is_some() || !inst.start.is_empty() {
+                        return fail("instance", format!("`pid` and `start` belong to the process driver, not {}", inst.driver.name()));
+                    }
+                }
+            }
+        }
+        if let Some(c) = &f.cpu {
+            if c.workers == 0 || c.workers > 1024 {
+                return fail("cpu.workers", "must be 1–1024".into());
+            }
+            if c.load.ratio() <= 0.0 {
+                return fail("cpu.load", "must be more than 0%".into());
+            }
+        }
+        if let Some(m) = &f.memory {
+            let bytes = m.bytes().map_err(|e| (at("memory.size"), e))?;
+            if bytes == 0 {
+                return fail("memory.size", "must be more than 0".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_rates() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("200MB").unwrap(), 200_000_000);
+        assert!(parse_size("lots").is_err());
+        assert!(check_tc_rate("1mbit").is_ok());
+        assert!(check_tc_rate("1 mbit").is_err());
+        assert!(check_tc_rate("fast").is_err());
+    }
+
+    #[test]
+    fn scopes_parse_and_refuse_everything() {
+        let s = |d: &str| NetScope { dst: d.into(), port: None, dev: "auto".into() };
+        assert_eq!(s("198.18.0.2").cidr().unwrap(), (Ipv4Addr::new(198, 18, 0, 2), 32));
+        assert_eq!(s("198.18.0.0/15").cidr().unwrap().1, 15);
+        assert!(s("0.0.0.0/0").cidr().is_err());
+        assert!(s("example.com").cidr().is_err());
+    }
+}
