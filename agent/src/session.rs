@@ -7,18 +7,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use stampede_common::plan::{validate, Plan};
+use stampede_common::plan::{validate, Fault, Plan};
 use stampede_proto::convert::encode_steps;
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_client::AgentServiceClient;
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{AgentMessage, Assignment, Heartbeat, Register, RunFinished, Snapshot};
+use stampede_proto::v1::{AgentMessage, Assignment, FaultEffect, FaultEvent, Heartbeat, Register, RunFinished, Snapshot};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::engine::{self, RunSpec};
+use crate::fault::injector::{FaultStatus, FaultUpdate, Injector};
+use crate::fault::{self, Action, Node, Runner};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -30,6 +32,11 @@ pub struct AgentConfig {
     pub capacity: u32,
     /// Load worker threads.
     pub workers: usize,
+    /// The node this agent runs on (host name): faults apply once per node.
+    pub node: String,
+    /// Where the fault journal lives; faults left applied by a crashed agent
+    /// are reverted from it at start-up.
+    pub state_dir: std::path::PathBuf,
 }
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -46,9 +53,14 @@ enum SessionEnd {
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let span = info_span!("agent", id = %cfg.agent_id);
     async move {
+        let injector = open_injector(&cfg);
+        // Probed once: what this node can do does not change while we run.
+        let capabilities = tokio::task::spawn_blocking(fault::probe::probe).await.unwrap_or_default();
+        let missing: Vec<_> = capabilities.iter().filter(|c| !c.available).map(|c| c.name.as_str()).collect();
+        info!(message = "Capabilities probed.", available = capabilities.len() - missing.len(), missing = ?missing);
         let mut backoff = BACKOFF_MIN;
         loop {
-            match session(&cfg, &shutdown).await {
+            match session(&cfg, injector.clone(), &capabilities, &shutdown).await {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Ok(SessionEnd::Closed) => {
                     info!(message = "Coordinator closed the session.", coordinator = %cfg.coordinator);
@@ -81,17 +93,44 @@ struct ActiveRun {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn session(cfg: &AgentConfig, shutdown: &CancellationToken) -> anyhow::Result<SessionEnd> {
+/// Opens the fault journal and reverts whatever an earlier agent left behind.
+/// Without a journal the agent still generates load but refuses faults.
+fn open_injector(cfg: &AgentConfig) -> Option<Arc<Injector>> {
+    let node = Node {
+        route_dev: Box::new(fault::net::route_dev),
+        agent_exe: std::env::current_exe().unwrap_or_else(|_| "stampede-agent".into()),
+    };
+    match Injector::new(&cfg.state_dir, node, Runner::default()) {
+        Ok(injector) => {
+            for line in injector.recover() {
+                warn!(message = "Start-up recovery.", detail = %line);
+            }
+            Some(Arc::new(injector))
+        }
+        Err(e) => {
+            warn!(message = "No fault journal: this agent will refuse faults.", dir = %cfg.state_dir.display(), error = %e);
+            None
+        }
+    }
+}
+
+async fn session(
+    cfg: &AgentConfig,
+    injector: Option<Arc<Injector>>,
+    capabilities: &[stampede_proto::v1::Capability],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SessionEnd> {
     let mut client = AgentServiceClient::connect(cfg.coordinator.clone()).await?;
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
     tx.send(message(Up::Register(Register {
         agent_id: cfg.agent_id.clone(),
         labels: cfg.labels.clone().into_iter().collect(),
         capacity: cfg.capacity,
-        capabilities: Vec::new(),
+        capabilities: capabilities.to_vec(),
         clock_unix_nanos: unix_nanos(SystemTime::now()),
         version: env!("CARGO_PKG_VERSION").to_string(),
         workers: cfg.workers as u32,
+        node: cfg.node.clone(),
     })))
     .await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
@@ -111,7 +150,7 @@ async fn session(cfg: &AgentConfig, shutdown: &CancellationToken) -> anyhow::Res
                         if let Some(r) = run.take() {
                             r.cancel.cancel();
                         }
-                        run = Some(start_run(a, cfg, tx.clone()));
+                        run = Some(start_run(a, cfg, injector.clone(), tx.clone()));
                     }
                     Some(Down::Abort(a)) => {
                         if let Some(r) = run.as_ref().filter(|r| r.id == a.run_id) {
@@ -132,6 +171,14 @@ async fn session(cfg: &AgentConfig, shutdown: &CancellationToken) -> anyhow::Res
     // Losing the coordinator or shutting down stops the load: an agent never
     // keeps hammering a target nobody is watching.
     stop_run(run.take()).await;
+    if matches!(end, SessionEnd::Shutdown) {
+        // Deliver what the stopped run measured before leaving: close our half
+        // of the session and give the coordinator a moment to read it.
+        // Returning at once would reset the stream and discard the queued
+        // last snapshot and RunFinished.
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Ok(Some(_)) = inbound.message().await {} }).await;
+    }
     Ok(end)
 }
 
@@ -143,21 +190,26 @@ async fn stop_run(run: Option<ActiveRun>) {
     }
 }
 
-fn start_run(a: Assignment, cfg: &AgentConfig, tx: mpsc::Sender<AgentMessage>) -> ActiveRun {
+fn start_run(a: Assignment, cfg: &AgentConfig, injector: Option<Arc<Injector>>, tx: mpsc::Sender<AgentMessage>) -> ActiveRun {
     let cancel = CancellationToken::new();
     let id = a.run_id.clone();
     let span = info_span!("run", run = %id);
-    let task = tokio::spawn(execute(a, cfg.clone(), tx, cancel.clone()).instrument(span));
+    let task = tokio::spawn(execute(a, cfg.clone(), injector, tx, cancel.clone()).instrument(span));
     ActiveRun { id, cancel, task }
 }
 
 /// Runs one assignment to its end and reports it as finished, with an error
 /// when it could not run at all.
-async fn execute(a: Assignment, cfg: AgentConfig, tx: mpsc::Sender<AgentMessage>, cancel: CancellationToken) {
+async fn execute(a: Assignment, cfg: AgentConfig, injector: Option<Arc<Injector>>, tx: mpsc::Sender<AgentMessage>, cancel: CancellationToken) {
     let mut finished = RunFinished { run_id: a.run_id.clone(), agent_id: cfg.agent_id.clone(), ..Default::default() };
-    if let Err(e) = stream_run(&a, &cfg, &tx, cancel, &mut finished).await {
+    if let Err(e) = stream_run(&a, &cfg, injector, &tx, cancel.clone(), &mut finished).await {
         warn!(message = "Run failed on this agent.", error = %e);
         finished.error = e;
+    } else if cancel.is_cancelled() {
+        // Aborted, shutting down or replaced: what was measured is sent, but
+        // it is not this agent's whole share, and the coordinator must not
+        // count it as complete.
+        finished.error = "stopped before the end of the run (aborted, or the agent is shutting down)".into();
     }
     info!(message = "Run finished.", requests = finished.requests, errors = finished.errors, snapshots = finished.snapshots_sent);
     let _ = tx.send(message(Up::Finished(finished))).await;
@@ -166,6 +218,7 @@ async fn execute(a: Assignment, cfg: AgentConfig, tx: mpsc::Sender<AgentMessage>
 async fn stream_run(
     a: &Assignment,
     cfg: &AgentConfig,
+    injector: Option<Arc<Injector>>,
     tx: &mpsc::Sender<AgentMessage>,
     cancel: CancellationToken,
     finished: &mut RunFinished,
@@ -179,8 +232,23 @@ async fn stream_run(
     let start_nanos = a.start_unix_nanos + a.clock_offset_nanos;
     let start = UNIX_EPOCH + Duration::from_nanos(start_nanos.max(0) as u64);
     info!(message = "Assignment received.", rate_share = a.rate_share, starts_in = ?start.duration_since(SystemTime::now()).unwrap_or_default());
+    let plan = Arc::new(plan);
+    let mut faults = Vec::new();
+    for &i in &a.faults {
+        let fault = plan.faults.get(i as usize).ok_or_else(|| format!("assignment names fault #{i}, which the plan lacks"))?;
+        faults.push(fault.clone());
+    }
+    if a.dry_run {
+        for fault in &faults {
+            let event = dry_run_event(a, cfg, injector.as_deref(), fault, start);
+            let _ = tx.send(message(Up::Fault(event))).await;
+        }
+        return Ok(());
+    }
+    let fault_stop = cancel.child_token();
+    let fault_tasks = start_faults(a, cfg, injector, faults, start, &fault_stop, tx);
     let spec = RunSpec {
-        plan: Arc::new(plan),
+        plan: plan.clone(),
         rate_share: a.rate_share,
         concurrency: a.concurrency.clone(),
         agent_index: a.agent_index,
@@ -216,5 +284,110 @@ async fn stream_run(
             break;
         }
     }
+    // The run is over: any fault still active is reverted before we say so.
+    fault_stop.cancel();
+    for t in fault_tasks {
+        let _ = t.await;
+    }
     Ok(())
+}
+
+fn fault_event(a: &Assignment, cfg: &AgentConfig, u: FaultUpdate) -> FaultEvent {
+    FaultEvent {
+        run_id: a.run_id.clone(),
+        agent_id: cfg.agent_id.clone(),
+        fault: u.fault,
+        kind: u.kind.to_string(),
+        status: u.status.as_str().to_string(),
+        scheduled_unix_nanos: unix_nanos(u.scheduled),
+        applied_unix_nanos: u.applied.map_or(0, unix_nanos),
+        reverted_unix_nanos: u.reverted.map_or(0, unix_nanos),
+        error: u.error,
+        apply_commands: u.apply_commands,
+        revert_commands: u.revert_commands,
+        effect: u.effect.map(|e| FaultEffect {
+            measure: e.measure.to_string(),
+            baseline: e.baseline,
+            during: e.during,
+            effective: e.effective,
+            detail: format!("requested {}; {}", e.requested, e.detail),
+        }),
+    }
+}
+
+fn dry_run_event(a: &Assignment, cfg: &AgentConfig, injector: Option<&Injector>, fault: &Fault, start: SystemTime) -> FaultEvent {
+    let mut u = FaultUpdate {
+        fault: fault.name.clone(),
+        kind: fault.kind.name(),
+        status: FaultStatus::DryRun,
+        scheduled: start + fault.at.as_duration(),
+        applied: None,
+        reverted: None,
+        error: String::new(),
+        apply_commands: Vec::new(),
+        revert_commands: Vec::new(),
+        effect: None,
+    };
+    match injector.map(|i| i.plan(fault)) {
+        Some(Ok(actions)) => {
+            u.apply_commands = actions.apply.iter().map(Action::display).collect();
+            u.revert_commands = actions.revert.iter().map(Action::display).collect();
+        }
+        Some(Err(e)) => u.error = e.to_string(),
+        None => u.error = "this agent has no fault journal".into(),
+    }
+    fault_event(a, cfg, u)
+}
+
+/// Starts each fault's window; their updates go to the coordinator as they happen.
+fn start_faults(
+    a: &Assignment,
+    cfg: &AgentConfig,
+    injector: Option<Arc<Injector>>,
+    faults: Vec<Fault>,
+    start: SystemTime,
+    stop: &CancellationToken,
+    tx: &mpsc::Sender<AgentMessage>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if faults.is_empty() {
+        return Vec::new();
+    }
+    let (updates_tx, mut updates) = mpsc::unbounded_channel::<FaultUpdate>();
+    let mut tasks = Vec::new();
+    for fault in faults {
+        match &injector {
+            Some(inj) => tasks.push(tokio::spawn(inj.clone().run_window(a.run_id.clone(), fault, start, stop.clone(), updates_tx.clone()))),
+            None => {
+                let _ = updates_tx.send(FaultUpdate {
+                    fault: fault.name.clone(),
+                    kind: fault.kind.name(),
+                    status: FaultStatus::Failed,
+                    scheduled: start + fault.at.as_duration(),
+                    applied: None,
+                    reverted: None,
+                    error: "this agent has no fault journal, so it refuses faults".into(),
+                    apply_commands: Vec::new(),
+                    revert_commands: Vec::new(),
+                    effect: None,
+                });
+            }
+        }
+    }
+    drop(updates_tx);
+    let (a, cfg, tx) = (a.clone(), cfg.clone(), tx.clone());
+    // Forwards updates until every window has ended; awaited with the windows.
+    tasks.push(tokio::spawn(async move {
+        while let Some(u) = updates.recv().await {
+            let _ = tx.send(message(Up::Fault(fault_event(&a, &cfg, u)))).await;
+        }
+    }));
+    tasks
+}
+
+/// This host's name, the default node name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }

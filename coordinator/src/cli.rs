@@ -50,6 +50,10 @@ pub enum Command {
     },
     /// Serve the built-in HTTP target.
     Target(TargetArgs),
+    /// A CPU or memory pressure helper: in-process agents spawn it from this
+    /// executable, so `stampede` takes the same hidden subcommand as `stampede-agent`.
+    #[command(subcommand, hide = true)]
+    Stress(stampede_agent::fault::pressure::StressCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +79,13 @@ pub struct RunArgs {
     /// Worker threads per local agent (default: cores / agents).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Print, per agent and time offset, the exact commands each fault would
+    /// run; generate no load and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where local agents keep their fault journals (default: a folder under the system temp dir).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +118,10 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Coordinator { listen } => coordinator(&listen).await,
         Command::Agents { coordinator } => remote::list_agents(&coordinator).await,
         Command::Target(args) => target(args).await,
+        Command::Stress(cmd) => match tokio::task::spawn_blocking(move || stampede_agent::fault::pressure::stress_main(cmd)).await {
+            Ok(done) => done.map(|()| 0),
+            Err(e) => Err(anyhow::anyhow!("pressure helper: {e}")),
+        },
     };
     match result {
         Ok(code) => code,
@@ -167,6 +182,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_ERROR);
         }
     };
+    if args.dry_run {
+        print!("{}", report::dry_run_listing(&report));
+        return Ok(0);
+    }
     print!("{}", report::terminal_summary(&report));
     if let Some(out) = &args.out {
         report::write_all(&report, &text, &file_name, out).with_context(|| format!("writing reports to {}", out.display()))?;
@@ -185,12 +204,13 @@ async fn run_local(mut plan: Plan, args: &RunArgs) -> anyhow::Result<Result<Repo
     let shutdown = CancellationToken::new();
     let (addr, server) = server::spawn(listener, fleet.clone(), None, shutdown.clone());
     let agents_stop = CancellationToken::new();
-    let agents = local::spawn_agents(n, addr, args.workers, &agents_stop);
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("stampede-state"));
+    let agents = local::spawn_agents(n, addr, args.workers, &state_dir, &agents_stop);
 
     let abort = CancellationToken::new();
     let on_signal = tokio::spawn(abort_on_ctrl_c(abort.clone()));
     let progress = progress_printer();
-    let request = RunRequest { plan, expect_agents: n, wait: args.wait.as_duration() };
+    let request = RunRequest { plan, expect_agents: n, wait: args.wait.as_duration(), dry_run: args.dry_run };
     let outcome = orchestrate::execute(&fleet, request, abort, &progress).await;
     on_signal.abort();
 

@@ -71,7 +71,7 @@ impl ControlService for Control {
                     abort.cancel();
                 })
             };
-            let request = RunRequest { plan, expect_agents: req.expect_agents as usize, wait: Duration::from_millis(req.wait_ms.max(1)) };
+            let request = RunRequest { plan, expect_agents: req.expect_agents as usize, wait: Duration::from_millis(req.wait_ms.max(1)), dry_run: false };
             let event = match orchestrate::execute(&fleet, request, abort, &progress).await {
                 Ok(r) => RunEvent {
                     event: Some(Event::Result(RunResult {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use stampede_proto::v1::{Capability, CoordinatorMessage, RunFinished, Snapshot};
+use stampede_proto::v1::{Capability, CoordinatorMessage, FaultEvent, RunFinished, Snapshot};
 use tokio::sync::{mpsc, Notify};
 use tonic::Status;
 
@@ -15,6 +15,7 @@ use tonic::Status;
 pub enum AgentEvent {
     Snapshot(Snapshot),
     Finished(RunFinished),
+    Fault(FaultEvent),
     /// The agent's session ended (crash, network loss, shutdown).
     Lost { agent_id: String, reason: String },
 }
@@ -30,6 +31,8 @@ pub struct AgentEntry {
     pub clock_offset_nanos: i64,
     pub last_seen: SystemTime,
     pub version: String,
+    /// The host the agent runs on; faults apply once per node.
+    pub node: String,
     /// Messages to the agent go here; the session streams them out.
     pub tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
     /// Distinguishes this session from an earlier one of the same agent id.

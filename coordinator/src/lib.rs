@@ -6,6 +6,7 @@
 //! - [`service`]: the gRPC `AgentService` agents dial (one session each).
 //! - [`orchestrate`]: one run: wait for agents, split, assign, collect, report.
 //! - [`split`]: splitting rate and concurrency by capacity.
+//! - [`faults`]: fault preflight (selection once per node, capabilities) and the fault log.
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
 //! - [`verdict`]: SLO evaluation per scope and the verdict (trust first).
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
@@ -17,6 +18,7 @@
 pub mod aggregate;
 pub mod cli;
 pub mod control;
+pub mod faults;
 pub mod fleet;
 pub mod local;
 pub mod orchestrate;

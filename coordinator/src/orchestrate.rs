@@ -31,6 +31,8 @@ pub struct RunRequest {
     pub expect_agents: usize,
     /// How long to wait for them.
     pub wait: Duration,
+    /// Print the faults' exact commands per agent; generate no load, touch nothing.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum RunError {
     AgentFailed { agent: String, error: String },
     #[error("could not send the assignment to agent {0}: its session closed")]
     Send(String),
+    #[error("preflight refused the plan: {0}")]
+    Preflight(#[from] crate::faults::PreflightError),
 }
 
 /// Claims the fleet for one run and gives it back on every path.
@@ -65,6 +69,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
     let agents = wait_for_agents(fleet, req.expect_agents, req.wait, &abort).await?;
     progress(format!("run {run_id}: {} agent(s): {}", agents.len(), agents.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")));
 
+    let faults_per_agent = crate::faults::assign(&plan, &agents)?;
     let capacities: Vec<u32> = agents.iter().map(|a| a.capacity).collect();
     let total_capacity: u32 = capacities.iter().sum();
     let per_phase: Vec<Vec<u32>> =
@@ -83,6 +88,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
             clock_offset_nanos: a.clock_offset_nanos,
             agent_index: i as u32,
             agent_count: agents.len() as u32,
+            faults: faults_per_agent[i].clone(),
+            dry_run: req.dry_run,
         };
         let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
         a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;
@@ -90,6 +97,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
 
     let mut agg = Aggregate::new(agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
     let mut first_requests = BTreeMap::new();
+    let mut fault_log = crate::faults::FaultLog::default();
     let mut extra_incomplete = Vec::new();
     let planned_end = Instant::now() + START_LEAD + plan.duration() + plan.timeout.as_duration() + END_GRACE;
     let mut deadline = tokio::time::Instant::from_std(planned_end);
@@ -115,6 +123,10 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                         first_requests.insert(f.agent_id.clone(), f.first_request_unix_nanos - offset);
                     }
                     agg.finished(f);
+                }
+                Some(AgentEvent::Fault(ev)) => {
+                    progress(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.status, if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
+                    fault_log.record(ev);
                 }
                 Some(AgentEvent::Lost { agent_id, reason }) => agg.lost(&agent_id, reason),
                 None => break,
@@ -145,6 +157,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
         aggregate: &agg,
         first_requests: &first_requests,
         extra_incomplete,
+        faults: &fault_log,
+        dry_run: req.dry_run,
     }))
 }
 

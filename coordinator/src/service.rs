@@ -59,6 +59,7 @@ impl AgentService for AgentSessions {
             clock_offset_nanos: reg.clock_unix_nanos - now,
             last_seen: SystemTime::now(),
             version: reg.version,
+            node: if reg.node.is_empty() { agent_id.clone() } else { reg.node },
             tx: tx.clone(),
             session: 0,
         });
@@ -82,6 +83,10 @@ impl AgentService for AgentSessions {
                             Some(Up::Finished(f)) => {
                                 let run_id = f.run_id.clone();
                                 fleet.deliver(&run_id, AgentEvent::Finished(f));
+                            }
+                            Some(Up::Fault(ev)) => {
+                                let run_id = ev.run_id.clone();
+                                fleet.deliver(&run_id, AgentEvent::Fault(ev));
                             }
                             Some(Up::Heartbeat(_)) => {}
                             Some(Up::Register(_)) => warn!(message = "Agent registered twice on one session; ignored.", agent = %agent_id),

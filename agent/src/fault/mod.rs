@@ -9,10 +9,21 @@
 //! - `instance`: stop / pause / restart of a process, systemd unit, docker or incus instance.
 //! - `pressure`: CPU and memory pressure in a child process that bounds its own life.
 //! - `probe`: which fault kinds this node can do (sent at registration).
+//! - [`effect`]: what a network fault measurably did (achieved vs requested).
+//! - [`journal`]: the fsynced on-disk record of applied faults and their reverts.
+//! - [`injector`]: the timeline: journal, apply, hold, revert on every path, dead-man thread.
 
 pub mod action;
+pub mod effect;
+pub mod instance;
+pub mod pressure;
+pub mod injector;
+pub mod journal;
+pub mod net;
+pub mod nft;
+pub mod probe;
 
-use stampede_common::plan::Fault;
+use stampede_common::plan::{Fault, FaultKind};
 
 pub use action::{Action, ActionError, FaultActions, Runner};
 
@@ -38,4 +49,16 @@ pub trait Driver {
     fn actions(&self, fault: &Fault, node: &Node) -> Result<FaultActions, FaultError>;
     /// Capability names (as `probe` reports them) this fault needs on a node.
     fn requires(&self, fault: &Fault) -> Vec<String>;
+}
+
+/// The driver for each fault kind.
+pub fn driver_for(kind: FaultKind) -> &'static dyn Driver {
+    match kind {
+        FaultKind::Netem => &net::NetemDriver,
+        FaultKind::Rate => &net::RateDriver,
+        FaultKind::Partition => &nft::PartitionDriver,
+        FaultKind::Loss => &nft::LossDriver,
+        FaultKind::Stop | FaultKind::Pause | FaultKind::Restart => &instance::InstanceDriver,
+        FaultKind::Cpu | FaultKind::Memory => &pressure::PressureDriver,
+    }
 }

@@ -82,6 +82,27 @@ fn tables(r: &Report, out: &mut String) {
         t.throughput_rps,
         latency_cells(&r.latency_ms)
     );
+    if !r.faults.is_empty() {
+        let _ = writeln!(out, "\n| fault | kind | agent | window | status | effect |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for f in &r.faults {
+            let effect = match &f.effect {
+                None => "-".to_string(),
+                Some(e) => format!("{} {:.3} → {:.3}{}", e.measure, e.baseline, e.during, if e.effective { "" } else { " — NO EFFECT" }),
+            };
+            let late = if f.late { " (applied late)" } else { "" };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | +{:.1}s – +{:.1}s | {}{late} | {effect} |",
+                f.name,
+                f.kind,
+                f.agent,
+                f.offset_s,
+                f.offset_s + f.duration_s,
+                if f.error.is_empty() { f.status.clone() } else { format!("{}: {}", f.status, f.error) }
+            );
+        }
+    }
     if !r.slos.is_empty() {
         let _ = writeln!(out, "\n| SLO | scope | observed | pass | warn | status |");
         let _ = writeln!(out, "|---|---|---:|---|---|---|");
@@ -137,5 +158,22 @@ pub fn terminal_summary(r: &Report) -> String {
         let _ = writeln!(out, "  {reason}");
     }
     tables(r, &mut out);
+    out
+}
+
+/// `--dry-run`: every fault's exact commands, per agent, at its offset.
+pub fn dry_run_listing(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "dry run of {}: {} fault action(s); nothing was touched\n", r.plan.name, r.faults.len());
+    for f in &r.faults {
+        let _ = writeln!(out, "+{:.1}s  agent {}  fault {} ({}){}", f.offset_s, f.agent, f.name, f.kind, if f.error.is_empty() { String::new() } else { format!("  ERROR: {}", f.error) });
+        for c in &f.apply_commands {
+            let _ = writeln!(out, "    apply:  {c}");
+        }
+        let _ = writeln!(out, "+{:.1}s  agent {}  revert {}", f.offset_s + f.duration_s, f.agent, f.name);
+        for c in &f.revert_commands {
+            let _ = writeln!(out, "    revert: {c}");
+        }
+    }
     out
 }

@@ -14,10 +14,11 @@ use stampede_common::plan::{Model, Plan};
 use stampede_common::stats::{ErrorKind, RunStats, ScheduleStats, Summary};
 
 use crate::aggregate::Aggregate;
+use crate::faults::FaultLog;
 use crate::verdict::{self, SloResult, Verdict};
 
 pub use junit::junit_xml;
-pub use markdown::{markdown, terminal_summary};
+pub use markdown::{dry_run_listing, markdown, terminal_summary};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -114,16 +115,78 @@ pub struct StepReport {
     pub latency_ms: Percentiles,
 }
 
-/// Filled by fault injection (a later capability); always present so the
-/// report's shape never changes.
+/// One fault on one agent: when it was planned, applied and reverted.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultReport {
+    pub name: String,
     pub kind: String,
     pub agent: String,
     pub scheduled_at: String,
+    /// Seconds after the run's common start.
+    pub offset_s: f64,
     pub applied_at: Option<String>,
     pub reverted_at: Option<String>,
+    /// applied | reverted | failed | revert_failed | dry_run
     pub status: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// Applied more than 100 ms after its scheduled instant.
+    pub late: bool,
+    pub apply_commands: Vec<String>,
+    pub revert_commands: Vec<String>,
+    /// Achieved vs requested, for network faults whose scope names a port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect: Option<EffectReport>,
+    /// Seconds the fault was planned to last.
+    pub duration_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EffectReport {
+    pub measure: String,
+    pub baseline: f64,
+    pub during: f64,
+    /// False: the fault changed nothing measurable — suspect its scope.
+    pub effective: bool,
+    pub detail: String,
+}
+
+/// A fault applied later than this after its schedule is flagged.
+pub const FAULT_LATE_BOUND_NANOS: i64 = 100_000_000;
+
+fn rfc3339_nanos(nanos: i64) -> Option<String> {
+    (nanos > 0).then(|| humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos as u64)).to_string())
+}
+
+fn fault_reports(plan: &Plan, log: &FaultLog, start_unix_nanos: i64) -> Vec<FaultReport> {
+    let mut out: Vec<FaultReport> = log
+        .events
+        .values()
+        .map(|e| FaultReport {
+            name: e.fault.clone(),
+            kind: e.kind.clone(),
+            agent: e.agent_id.clone(),
+            scheduled_at: rfc3339_nanos(e.scheduled_unix_nanos).unwrap_or_default(),
+            offset_s: (e.scheduled_unix_nanos - start_unix_nanos) as f64 / 1e9,
+            applied_at: rfc3339_nanos(e.applied_unix_nanos),
+            reverted_at: rfc3339_nanos(e.reverted_unix_nanos),
+            status: e.status.clone(),
+            error: e.error.clone(),
+            late: e.applied_unix_nanos > 0 && e.applied_unix_nanos - e.scheduled_unix_nanos > FAULT_LATE_BOUND_NANOS,
+            apply_commands: e.apply_commands.clone(),
+            revert_commands: e.revert_commands.clone(),
+            effect: e.effect.as_ref().map(|x| EffectReport {
+                measure: x.measure.clone(),
+                baseline: x.baseline,
+                during: x.during,
+                effective: x.effective,
+                detail: x.detail.clone(),
+            }),
+            duration_s: plan.faults.iter().find(|f| f.name == e.fault).map_or(0.0, |f| f.duration.as_duration().as_secs_f64()),
+        })
+        .collect();
+    out.sort_by(|a, b| a.offset_s.total_cmp(&b.offset_s).then(a.agent.cmp(&b.agent)));
+    out
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -165,6 +228,9 @@ pub struct RunFacts<'a> {
     pub first_requests: &'a BTreeMap<String, i64>,
     /// Reasons the numbers are incomplete beyond per-agent losses (e.g. an operator abort).
     pub extra_incomplete: Vec<String>,
+    pub faults: &'a FaultLog,
+    /// A dry run measured nothing; its report only lists the faults' commands.
+    pub dry_run: bool,
 }
 
 pub fn build(f: RunFacts<'_>) -> Report {
@@ -204,14 +270,21 @@ pub fn build(f: RunFacts<'_>) -> Report {
         })
         .collect();
     let incomplete = !reasons.is_empty();
+    let faults = fault_reports(plan, f.faults, f.start_unix_nanos);
     let saturated = verdict::saturated_phases(plan, stats);
+    // A fault that did not happen, or did not go away, means the run did not
+    // test what the plan describes: its numbers cannot vouch for the SLOs.
+    let broken_faults: Vec<&FaultReport> = faults.iter().filter(|fr| fr.status == "failed" || fr.status == "revert_failed").collect();
+    for fr in &broken_faults {
+        reasons.push(format!("fault {} on {} {}: {}", fr.name, fr.agent, fr.status.replace('_', " "), fr.error));
+    }
     for p in &saturated {
         reasons.push(format!(
             "phase {p}: the client missed more than {}% of its schedule (dropped or late arrivals); it measured itself, not the server",
             stampede_common::stats::SATURATION_LIMIT * 100.0
         ));
     }
-    let verdict = verdict::decide(incomplete, !saturated.is_empty(), &slos);
+    let verdict = verdict::decide(incomplete, !saturated.is_empty() || !broken_faults.is_empty(), &slos);
 
     let phases = plan
         .phases
@@ -292,7 +365,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
         phases,
         steps,
         slos,
-        faults: Vec::new(),
+        faults,
         timeline,
     }
 }

@@ -1,0 +1,340 @@
+//! Runs a run's faults on this node: journal, apply, hold, revert — on the
+//! run's timeline, and on every way out (window end, abort, lost
+//! coordinator, SIGTERM via cancellation, and a dead-man thread that reverts
+//! by itself if the agent's async side hangs). Revert is idempotent, so the
+//! paths may race without harm.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use stampede_common::plan::Fault;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::action::{Action, FaultActions, Runner};
+use super::effect::{self, Effect, Samples};
+use super::journal::{Entry, Journal};
+use super::{driver_for, FaultError, Node};
+
+/// After the window's end, how long the dead-man thread waits before it
+/// reverts on its own.
+pub const DEAD_MAN_GRACE: Duration = Duration::from_secs(5);
+/// Attempts for a revert that fails, spaced by [`RETRY_PAUSE`].
+const REVERT_ATTEMPTS: u32 = 3;
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// The effect check's baseline: this many probes, starting this long before the window.
+const BASELINE_PROBES: usize = 5;
+const BASELINE_LEAD: Duration = Duration::from_millis(1100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultStatus {
+    Applied,
+    Reverted,
+    /// Could not be applied (nothing was left behind, or the revert ran).
+    Failed,
+    /// Applied, but the revert failed even after retries: an operator must look.
+    RevertFailed,
+    DryRun,
+}
+
+impl FaultStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultStatus::Applied => "applied",
+            FaultStatus::Reverted => "reverted",
+            FaultStatus::Failed => "failed",
+            FaultStatus::RevertFailed => "revert_failed",
+            FaultStatus::DryRun => "dry_run",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FaultUpdate {
+    pub fault: String,
+    pub kind: &'static str,
+    pub status: FaultStatus,
+    pub scheduled: SystemTime,
+    pub applied: Option<SystemTime>,
+    pub reverted: Option<SystemTime>,
+    pub error: String,
+    pub apply_commands: Vec<String>,
+    pub revert_commands: Vec<String>,
+    /// What the fault measurably did (network faults with a port in scope).
+    pub effect: Option<Effect>,
+}
+
+pub struct Injector {
+    pub runner: Runner,
+    journal: Journal,
+    node: Node,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Injector {
+    pub fn new(state_dir: &Path, node: Node, runner: Runner) -> std::io::Result<Injector> {
+        Ok(Injector { runner, journal: Journal::open(state_dir)?, node })
+    }
+
+    /// The exact actions `fault` takes on this node.
+    pub fn plan(&self, fault: &Fault) -> Result<FaultActions, FaultError> {
+        driver_for(fault.kind).actions(fault, &self.node)
+    }
+
+    /// At start-up: reverts every fault an earlier agent process applied and
+    /// never reverted. Returns one line per fault, for the log.
+    pub fn recover(&self) -> Vec<String> {
+        let pending = match self.journal.pending() {
+            Ok(p) => p,
+            Err(e) => return vec![format!("cannot read the fault journal {}: {e}", self.journal.path().display())],
+        };
+        let mut lines = Vec::new();
+        for p in pending {
+            for (tag, pgid) in &p.spawned {
+                // Adopt only if the group leader is still our pressure helper:
+                // after a reboot the number may belong to anything.
+                let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
+                if cmdline.split(|b| *b == 0).any(|arg| arg == b"stress") {
+                    self.runner.adopt(tag, *pgid);
+                }
+            }
+            match self.revert_with_retries(&p.entry.revert) {
+                Ok(()) => {
+                    let _ = self.journal.record_reverted(&p.entry.id);
+                    lines.push(format!("reverted fault {} ({}) of run {} left behind by an earlier agent", p.entry.fault, p.entry.kind, p.entry.run_id));
+                }
+                Err(e) => lines.push(format!("FAILED to revert fault {} of run {}: {e}", p.entry.fault, p.entry.run_id)),
+            }
+        }
+        let _ = self.journal.compact();
+        lines
+    }
+
+    fn revert_with_retries(&self, revert: &[Action]) -> Result<(), String> {
+        revert_all(&self.runner, revert)
+    }
+
+    /// One fault's window: waits until `start + fault.at`, then journals,
+    /// applies, holds until the window ends or `cancel`, and reverts.
+    pub async fn run_window(self: Arc<Self>, run_id: String, fault: Fault, start: SystemTime, cancel: CancellationToken, updates: mpsc::UnboundedSender<FaultUpdate>) {
+        let scheduled = start + fault.at.as_duration();
+        let end = scheduled + fault.duration.as_duration();
+        let mut update = FaultUpdate {
+            fault: fault.name.clone(),
+            kind: fault.kind.name(),
+            status: FaultStatus::Failed,
+            scheduled,
+            applied: None,
+            reverted: None,
+            error: String::new(),
+            apply_commands: Vec::new(),
+            revert_commands: Vec::new(),
+            effect: None,
+        };
+        let actions = match self.plan(&fault) {
+            Ok(a) => a,
+            Err(e) => {
+                update.error = e.to_string();
+                let _ = updates.send(update);
+                return;
+            }
+        };
+        update.apply_commands = actions.apply.iter().map(Action::display).collect();
+        update.revert_commands = actions.revert.iter().map(Action::display).collect();
+
+        // Baseline for the effect check: a second of probes just before the window.
+        let probe = effect::probe_target(&fault);
+        let mut baseline = Samples::default();
+        if let Some(addr) = probe {
+            tokio::select! {
+                _ = sleep_until_wall(scheduled - BASELINE_LEAD) => {}
+                _ = cancel.cancelled() => return,
+            }
+            let until = std::time::Instant::now() + scheduled.duration_since(SystemTime::now()).unwrap_or_default();
+            baseline = effect::sample(addr, BASELINE_PROBES, Some(until)).await;
+        }
+        tokio::select! {
+            _ = sleep_until_wall(scheduled) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let entry = Entry {
+            id: format!("{run_id}/{}", fault.name),
+            run_id,
+            fault: fault.name.clone(),
+            kind: fault.kind.name().to_string(),
+            revert: actions.revert.clone(),
+            deadline_unix_ms: unix_ms(end + DEAD_MAN_GRACE),
+        };
+        // Journal first: a crash after this line is recovered at next start.
+        if let Err(e) = self.journal.record_apply(&entry) {
+            update.error = format!("not applied: cannot journal it: {e}");
+            let _ = updates.send(update);
+            return;
+        }
+        let reverted = Arc::new(AtomicBool::new(false));
+        self.start_dead_man(&entry, end + DEAD_MAN_GRACE, reverted.clone());
+
+        let me = self.clone();
+        let apply = actions.apply.clone();
+        let id = entry.id.clone();
+        let applied = tokio::task::spawn_blocking(move || me.apply(&id, &apply)).await.unwrap_or_else(|e| Err(e.to_string()));
+        match applied {
+            Ok(()) => {
+                update.applied = Some(SystemTime::now());
+                update.status = FaultStatus::Applied;
+                info!(message = "Fault applied.", fault = %fault.name, kind = fault.kind.name());
+                let _ = updates.send(update.clone());
+                let hold = sleep_until_wall(end);
+                tokio::pin!(hold);
+                let mut during = Samples::default();
+                loop {
+                    tokio::select! {
+                        _ = &mut hold => break,
+                        _ = cancel.cancelled() => {
+                            info!(message = "Fault reverted early: the run stopped.", fault = %fault.name);
+                            break;
+                        }
+                        r = probe_step(probe) => match r {
+                            Some(ms) => during.ok_ms.push(ms),
+                            None => during.failed += 1,
+                        },
+                    }
+                }
+                update.effect = effect::judge(&fault, &baseline, &during);
+                if update.effect.as_ref().is_some_and(|e| !e.effective) {
+                    warn!(message = "Fault had no measurable effect on the scoped traffic.", fault = %fault.name);
+                }
+            }
+            Err(e) => {
+                warn!(message = "Fault could not be applied; undoing what was done.", fault = %fault.name, error = %e);
+                update.error = e;
+            }
+        }
+
+        // Revert on every path, even after a partial apply.
+        let me = self.clone();
+        let revert = actions.revert.clone();
+        let id = entry.id.clone();
+        let flag = reverted.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let r = revert_all(&me.runner, &revert);
+            if r.is_ok() {
+                flag.store(true, Ordering::SeqCst);
+                let _ = me.journal.record_reverted(&id);
+            }
+            r
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match result {
+            Ok(()) => {
+                update.reverted = Some(SystemTime::now());
+                if update.status == FaultStatus::Applied {
+                    update.status = FaultStatus::Reverted;
+                }
+            }
+            Err(e) => {
+                error!(message = "FAULT REVERT FAILED: the node may still be impaired.", fault = %fault.name, error = %e);
+                update.status = FaultStatus::RevertFailed;
+                update.error = if update.error.is_empty() { e } else { format!("{}; revert: {e}", update.error) };
+            }
+        }
+        let _ = updates.send(update);
+    }
+
+    fn apply(&self, id: &str, actions: &[Action]) -> Result<(), String> {
+        for a in actions {
+            self.runner.execute(a).map_err(|e| e.to_string())?;
+            if let Action::Spawn { tag, .. } = a {
+                if let Some(pgid) = self.runner.spawned_pgid(tag) {
+                    self.journal.record_spawned(id, tag, pgid).map_err(|e| format!("journaling the helper: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A plain thread, independent of the async runtime, that reverts the
+    /// fault at `deadline` unless the normal path already did.
+    fn start_dead_man(self: &Arc<Self>, entry: &Entry, deadline: SystemTime, reverted: Arc<AtomicBool>) {
+        let me = self.clone();
+        let entry = entry.clone();
+        let name = entry.fault.clone();
+        let spawned = std::thread::Builder::new().name(format!("dead-man-{name}")).spawn(move || {
+            while SystemTime::now() < deadline {
+                if reverted.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if reverted.load(Ordering::SeqCst) {
+                return;
+            }
+            error!(message = "Dead-man switch: reverting a fault the agent did not revert in time.", fault = %entry.fault);
+            if revert_all(&me.runner, &entry.revert).is_ok() {
+                reverted.store(true, Ordering::SeqCst);
+                let _ = me.journal.record_reverted(&entry.id);
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(message = "No dead-man thread for this fault.", fault = %name, error = %e);
+        }
+    }
+}
+
+/// Runs every revert action even if one fails (each undoes its own part),
+/// retrying failures; reports what still failed.
+pub fn revert_all(runner: &Runner, revert: &[Action]) -> Result<(), String> {
+    let mut failures = Vec::new();
+    for a in revert {
+        let mut last = None;
+        for attempt in 0..REVERT_ATTEMPTS {
+            match runner.execute(a) {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    last = Some(e.to_string());
+                    if attempt + 1 < REVERT_ATTEMPTS {
+                        std::thread::sleep(RETRY_PAUSE);
+                    }
+                }
+            }
+        }
+        if let Some(e) = last {
+            failures.push(e);
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+/// One effect probe and the pause after it; never resolves without a target.
+async fn probe_step(target: Option<std::net::SocketAddr>) -> Option<f64> {
+    match target {
+        Some(addr) => {
+            let r = effect::probe_once(addr).await;
+            tokio::time::sleep(effect::PROBE_EVERY).await;
+            r
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until a wall-clock instant (the run's timeline is in wall time,
+/// shared with the coordinator).
+async fn sleep_until_wall(t: SystemTime) {
+    if let Ok(wait) = t.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+}

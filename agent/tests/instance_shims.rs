@@ -1,0 +1,141 @@
+//! The systemd, docker and incus drivers run through the real `Runner`
+//! against recording shims: scripts named `docker`, `incus` and `systemctl`
+//! first on PATH, which append their command line to a log. No daemon runs
+//! on test machines; this checks that what the driver builds is exactly what
+//! gets executed, and that `ok_if` keeps reverts idempotent.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use stampede_agent::fault::instance::InstanceDriver;
+use stampede_agent::fault::{Driver, Node, Runner};
+use stampede_common::plan::{Fault, FaultKind, Instance, InstanceDriver as Kind};
+
+/// A temp dir with shims; removed on drop.
+struct Shims {
+    dir: PathBuf,
+}
+
+impl Shims {
+    /// `body` runs after the command line is logged; `$1` is the verb.
+    fn new(label: &str, body: &str) -> Shims {
+        let dir = std::env::temp_dir().join(format!("stampede-shims-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        for tool in ["docker", "incus", "systemctl"] {
+            let path = dir.join(tool);
+            let script = format!("#!/bin/sh\necho \"{tool} $*\" >> '{}'\n{body}\n", log.display());
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Shims { dir }
+    }
+
+    fn runner(&self) -> Runner {
+        // `spawned` is private, so no struct-update syntax from outside the crate.
+        let mut runner = Runner::default();
+        runner.path_prefix = Some(self.dir.clone());
+        runner
+    }
+
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default().lines().map(String::from).collect()
+    }
+
+    fn clear(&self) {
+        let _ = std::fs::remove_file(self.dir.join("log"));
+    }
+}
+
+impl Drop for Shims {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn node() -> Node {
+    Node { route_dev: Box::new(|_| Ok("lo".into())), agent_exe: Path::new("/bin/false").into() }
+}
+
+fn fault(kind: FaultKind, driver: Kind, name: &str, force: bool) -> Fault {
+    let mut f: Fault = serde_json::from_value(serde_json::json!({"name": "f", "kind": "stop", "at": "1s", "duration": "5s"})).unwrap();
+    f.kind = kind;
+    f.instance = Some(Instance { driver, name: Some(name.into()), pid: None, force, start: vec![] });
+    f
+}
+
+/// Applies then reverts; returns the logged command lines of each half.
+fn run(shims: &Shims, f: &Fault) -> (Vec<String>, Vec<String>) {
+    let actions = InstanceDriver.actions(f, &node()).unwrap();
+    let runner = shims.runner();
+    shims.clear();
+    for a in &actions.apply {
+        runner.execute(a).unwrap_or_else(|e| panic!("apply: {e}"));
+    }
+    let applied = shims.log();
+    shims.clear();
+    for a in &actions.revert {
+        runner.execute(a).unwrap_or_else(|e| panic!("revert: {e}"));
+    }
+    (applied, shims.log())
+}
+
+/// kind, driver, force, expected apply lines, expected revert lines.
+type Case = (FaultKind, Kind, bool, &'static [&'static str], &'static [&'static str]);
+
+#[test]
+fn every_driver_runs_exactly_its_command_lines() {
+    use FaultKind::*;
+    let shims = Shims::new("ok", "exit 0");
+    let cases: &[Case] = &[
+        (Stop, Kind::Docker, false, &["docker stop web"], &["docker start web"]),
+        (Stop, Kind::Docker, true, &["docker kill web"], &["docker start web"]),
+        (Pause, Kind::Docker, false, &["docker pause web"], &["docker unpause web"]),
+        (Restart, Kind::Docker, false, &["docker restart web"], &["docker start web"]),
+        (Restart, Kind::Docker, true, &["docker restart --time 0 web"], &["docker start web"]),
+        (Stop, Kind::Incus, false, &["incus stop web"], &["incus start web"]),
+        (Stop, Kind::Incus, true, &["incus stop --force web"], &["incus start web"]),
+        (Pause, Kind::Incus, false, &["incus pause web"], &["incus start web"]),
+        (Restart, Kind::Incus, true, &["incus restart --force web"], &["incus start web"]),
+        (Stop, Kind::Systemd, false, &["systemctl stop web"], &["systemctl start web"]),
+        (Stop, Kind::Systemd, true, &["systemctl kill --signal=SIGKILL web", "systemctl stop web"], &["systemctl start web"]),
+        (Pause, Kind::Systemd, false, &["systemctl kill --signal=SIGSTOP web"], &["systemctl kill --signal=SIGCONT web"]),
+        (Restart, Kind::Systemd, false, &["systemctl restart web"], &["systemctl start web"]),
+    ];
+    for (kind, driver, force, apply, revert) in cases {
+        let (applied, reverted) = run(&shims, &fault(*kind, *driver, "web", *force));
+        assert_eq!(applied, *apply, "apply of {kind:?} {driver:?} force={force}");
+        assert_eq!(reverted, *revert, "revert of {kind:?} {driver:?} force={force}");
+    }
+}
+
+#[test]
+fn reverts_accept_already_done_and_report_real_failures() {
+    // Every revert verb fails the way the real CLI does when the instance is
+    // already in the wanted state; apply verbs succeed.
+    let body = r#"case "$1" in
+  start) echo "Error: The instance is already running" >&2; exit 1 ;;
+  unpause) echo "Error response from daemon: Container web is not paused" >&2; exit 1 ;;
+esac
+exit 0"#;
+    let shims = Shims::new("already", body);
+    let (_, reverted) = run(&shims, &fault(FaultKind::Pause, Kind::Incus, "web", false));
+    assert_eq!(reverted, ["incus start web"]);
+    let (_, reverted) = run(&shims, &fault(FaultKind::Stop, Kind::Incus, "web", true));
+    assert_eq!(reverted, ["incus start web"]);
+    let (_, reverted) = run(&shims, &fault(FaultKind::Pause, Kind::Docker, "web", false));
+    assert_eq!(reverted, ["docker unpause web"]);
+
+    // Any other failure is a failure: a revert that did not happen must say so.
+    let shims = Shims::new("broken", r#"[ "$1" = start ] && { echo "Error: storage pool is gone" >&2; exit 1; }; exit 0"#);
+    let f = fault(FaultKind::Stop, Kind::Incus, "web", false);
+    let actions = InstanceDriver.actions(&f, &node()).unwrap();
+    let err = shims.runner().execute(&actions.revert[0]).unwrap_err();
+    assert!(err.to_string().contains("storage pool is gone"), "{err}");
+    // Docker's start has no ok_if: "port is already allocated" is a real failure.
+    let shims = Shims::new("port", r#"[ "$1" = start ] && { echo "Bind for 0.0.0.0:80 failed: port is already allocated" >&2; exit 1; }; exit 0"#);
+    let f = fault(FaultKind::Stop, Kind::Docker, "web", false);
+    let actions = InstanceDriver.actions(&f, &node()).unwrap();
+    assert!(shims.runner().execute(&actions.revert[0]).is_err());
+}

@@ -1,0 +1,589 @@
+#!/usr/bin/env python3
+"""Client-efficiency benchmark: stampede against wrk on one core.
+
+What it measures: requests per client CPU-second (user + sys of the client
+process, read from the kernel's rusage of that very child via os.wait4), for
+
+  (a) wrk -t1 -c50 -d{duration}s            closed model, 50 connections
+  (b) stampede closed model, concurrency 50   1 agent, 1 worker thread
+  (c) stampede open model, fixed rate         1 agent, 1 worker thread
+
+against stampede's built-in HTTP/1.1 target. The target is pinned to one core
+(`taskset -c 0`), every client to another (`taskset -c 1`). The three runs are
+interleaved in every repetition so that drift on the machine (other builds,
+thermal, page cache) hits all of them alike.
+
+stampede is measured as a whole process: coordinator, in-process agent, gRPC
+on loopback, the ~1 s common-start lead, the drain and the report writing are
+all in its CPU time. Its request count is report.json's totals.requests.
+
+Usage:  python3 benchmarks/run.py [--reps N] [--duration S] [--quick] [--bin PATH]
+Raw results go to benchmarks/results/<timestamp>.json.
+
+Python 3.11 standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+
+# An open-model run counts as not keeping its schedule (the client was
+# measured, not the target) past these shares; the same bound stampede itself
+# uses for its `invalid` verdict (docs/plan.md, "Open model").
+SATURATION_SHARE = 0.01
+
+
+# --------------------------------------------------------------------------
+# Environment
+
+
+def die(msg: str) -> "None":
+    print(f"run.py: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def need_tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        die(f"`{name}` not found; {hint}")
+    return path
+
+
+def machine_info() -> dict:
+    cpu_model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+    try:
+        info["wrk_version"] = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0].strip()
+    except (OSError, IndexError):
+        pass
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip() != ""
+        info["git_rev"] = rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
+def build() -> Path:
+    """cargo build --release -p stampede-coordinator; returns the binary."""
+    cargo = need_tool("cargo", "install Rust or pass --bin PATH")
+    cmd = [cargo, "build", "--release", "-p", "stampede-coordinator"]
+    print("building:", " ".join(cmd[1:]), f"(CARGO_TARGET_DIR={os.environ.get('CARGO_TARGET_DIR', '<default>')})", flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    meta = subprocess.run([cargo, "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT, capture_output=True, text=True, check=True)
+    binary = Path(json.loads(meta.stdout)["target_directory"]) / "release" / "stampede"
+    if not binary.is_file():
+        die(f"build finished but {binary} is missing")
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            die(f"the target exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    die(f"the target did not listen on port {port} within {timeout}s")
+
+
+# --------------------------------------------------------------------------
+# CPU accounting
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a running process (all its threads), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the comm field: state is fields[0], utime fields[11], stime fields[12].
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def core_busy_s(cores: list[int]) -> dict[int, float]:
+    """Busy (non-idle, non-iowait) seconds per core since boot, from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        m = re.match(r"cpu(\d+)\s+(.*)", line)
+        if m and int(m.group(1)) in cores:
+            v = [int(x) for x in m.group(2).split()]
+            user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+            out[int(m.group(1))] = (user + nice + system + irq + softirq + steal) / CLK_TCK
+    return out
+
+
+def run_measured(cmd: list[str], out_path: Path, env: dict | None = None) -> dict:
+    """Runs `cmd` as a child, waits with os.wait4 and returns its rusage."""
+    with open(out_path, "wb") as out:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
+    return {
+        "exit": proc.returncode,
+        "user_s": ru.ru_utime,
+        "sys_s": ru.ru_stime,
+        "cpu_s": ru.ru_utime + ru.ru_stime,
+        "wall_s": wall,
+        "voluntary_ctx_switches": ru.ru_nvcsw,
+        "involuntary_ctx_switches": ru.ru_nivcsw,
+        "output": out_path.read_text(errors="replace"),
+    }
+
+
+# --------------------------------------------------------------------------
+# Clients
+
+
+def parse_wrk_time(s: str) -> float:
+    """'186.00us' / '1.15ms' / '2.00s' / '1.00m' -> milliseconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", s.strip())
+    if not m:
+        raise ValueError(f"unrecognised wrk time {s!r}")
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def parse_wrk(text: str) -> dict:
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError("no 'N requests in' line in wrk's output:\n" + text)
+    res = {
+        "requests": int(m.group(1)),
+        "elapsed_s": parse_wrk_time(m.group(2) + m.group(3)) / 1e3,
+    }
+    m = re.search(r"Requests/sec:\s*([\d.]+)", text)
+    res["throughput_rps"] = float(m.group(1)) if m else res["requests"] / res["elapsed_s"]
+    for pct, key in (("50", "p50_ms"), ("90", "p90_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s*{pct}%\s+(\S+)", text, re.M)
+        res[key] = parse_wrk_time(m.group(1)) if m else None
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    res["errors"] = errors
+    return res
+
+
+def plan_yaml(name: str, port: int, duration: int, load: str) -> str:
+    return (
+        f"name: {name}\n"
+        f"target: http://127.0.0.1:{port}\n"
+        "phases:\n"
+        f"  - {{ name: hold, duration: {duration}s, load: {load} }}\n"
+        "steps:\n"
+        "  - { name: get, request: { method: GET, path: / } }\n"
+    )
+
+
+def parse_report(report: dict) -> dict:
+    phase = report["phases"][0]
+    res = {
+        "verdict": report.get("verdict"),
+        "verdict_reasons": report.get("verdict_reasons"),
+        "requests": report["totals"]["requests"],
+        "elapsed_s": report.get("duration_s"),
+        "errors": report["totals"]["errors"],
+        "throughput_rps": report["totals"]["throughput_rps"],
+        "p50_ms": report["latency_ms"]["p50"],
+        "p90_ms": report["latency_ms"]["p90"],
+        "p99_ms": report["latency_ms"]["p99"],
+        "service_p50_ms": report["service_ms"]["p50"],
+        "service_p99_ms": report["service_ms"]["p99"],
+        "start_skew_ms": [a.get("start_skew_ms") for a in report.get("agents", [])],
+    }
+    if "schedule" in phase:
+        res["schedule"] = phase["schedule"]
+    return res
+
+
+# --------------------------------------------------------------------------
+# One repetition
+
+
+class Bench:
+    def __init__(self, args, binary: Path, port: int, target: subprocess.Popen, workdir: Path):
+        self.args = args
+        self.binary = binary
+        self.port = port
+        self.target = target
+        self.workdir = workdir
+        self.pin = ["taskset", "-c", str(args.client_core)]
+
+    def wait_quiet(self) -> dict:
+        """Waits (up to --max-wait s) until both cores are nearly idle, so a
+        concurrent build or test run does not land in the measurement."""
+        cores = [self.args.target_core, self.args.client_core]
+        t0 = time.monotonic()
+        while True:
+            b0 = core_busy_s(cores)
+            time.sleep(1.0)
+            b1 = core_busy_s(cores)
+            busy = max(b1[c] - b0[c] for c in cores)
+            waited = time.monotonic() - t0
+            if busy <= self.args.quiet or waited >= self.args.max_wait:
+                if busy > self.args.quiet:
+                    print(f"  warning: cores still {busy:.0%} busy after waiting {waited:.0f}s; measuring anyway", flush=True)
+                return {"busy_share_before": busy, "waited_s": waited}
+
+    def measured(self, label: str, cmd: list[str]) -> dict:
+        cores = [self.args.target_core, self.args.client_core]
+        quiet = self.wait_quiet()
+        busy0 = core_busy_s(cores)
+        tcpu0 = proc_cpu_s(self.target.pid)
+        load0 = Path("/proc/loadavg").read_text().split()[0]
+        r = run_measured(self.pin + cmd, self.workdir / f"{label}.out")
+        tcpu1 = proc_cpu_s(self.target.pid)
+        busy1 = core_busy_s(cores)
+        r["target_cpu_s"] = tcpu1 - tcpu0
+        r["core_busy_s"] = {str(c): busy1[c] - busy0[c] for c in cores}
+        # Busy time on the client's core that this client did not account
+        # for: other processes (e.g. a concurrent build), or softirq work.
+        r["client_core_foreign_s"] = r["core_busy_s"][str(self.args.client_core)] - r["cpu_s"]
+        r["target_core_foreign_s"] = r["core_busy_s"][str(self.args.target_core)] - r["target_cpu_s"]
+        r["loadavg_1m_before"] = float(load0)
+        r["quiet_check"] = quiet
+        return r
+
+    def wrk(self) -> dict:
+        d = self.args.duration
+        cmd = ["wrk", "-t1", f"-c{self.args.concurrency}", f"-d{d}s", "--latency", f"http://127.0.0.1:{self.port}/"]
+        r = self.measured("wrk", cmd)
+        if r["exit"] != 0:
+            die(f"wrk exited with {r['exit']}:\n{r['output']}")
+        r.update(parse_wrk(r["output"]))
+        return r
+
+    def stampede(self, label: str, load: str) -> dict:
+        plan = self.workdir / f"{label}.yaml"
+        plan.write_text(plan_yaml(f"bench-{label}", self.port, self.args.duration, load))
+        out = self.workdir / f"{label}-out"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [str(self.binary), "run", str(plan), "--local-agents", "1", "--workers", "1", "--out", str(out)]
+        r = self.measured(label, cmd)
+        # 0 pass/warn, 1 SLO fail (none here), 3 untrustworthy numbers
+        # (a saturated open run): keep those and flag them; 2 is an error.
+        report_path = out / "report.json"
+        if r["exit"] not in (0, 1, 3) or not report_path.is_file():
+            die(f"stampede {label} exited with {r['exit']}:\n{r['output']}")
+        r.update(parse_report(json.loads(report_path.read_text())))
+        return r
+
+
+def derive(run: dict) -> None:
+    run["req_per_cpu_s"] = run["requests"] / run["cpu_s"] if run["cpu_s"] > 0 else float("nan")
+    run["cpu_us_per_req"] = run["cpu_s"] / run["requests"] * 1e6 if run["requests"] else float("nan")
+
+
+def open_run_kept_schedule(run: dict, rate: float, duration: int) -> tuple[bool, str]:
+    s = run.get("schedule")
+    if not s:
+        return False, "no schedule in report"
+    scheduled = s.get("scheduled", 0)
+    problems = []
+    if scheduled <= 0:
+        problems.append("nothing scheduled")
+    else:
+        if s.get("dropped", 0) / scheduled > SATURATION_SHARE:
+            problems.append(f"dropped {s['dropped']}/{scheduled}")
+        if s.get("late", 0) / scheduled > SATURATION_SHARE:
+            problems.append(f"late {s['late']}/{scheduled}")
+    if s.get("saturated"):
+        problems.append("report says saturated")
+    if run.get("verdict") == "invalid" or run.get("exit") == 3:
+        problems.append(f"verdict {run.get('verdict')}")
+    expected = rate * duration
+    if run["requests"] < (1 - SATURATION_SHARE) * expected:
+        problems.append(f"{run['requests']} requests of {expected:.0f} intended")
+    if run.get("errors"):
+        problems.append(f"{run['errors']} errors")
+    return (not problems), ", ".join(problems) or "ok"
+
+
+# --------------------------------------------------------------------------
+# Summary
+
+
+def stats(values: list[float]) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+
+def summarize(reps: list[dict]) -> dict:
+    w = [r["wrk"] for r in reps]
+    c = [r["closed"] for r in reps]
+    o = [r["open"] for r in reps]
+    return {
+        "wrk_closed_req_per_cpu_s": stats([x["req_per_cpu_s"] for x in w]),
+        "stampede_closed_req_per_cpu_s": stats([x["req_per_cpu_s"] for x in c]),
+        "ratio_closed_stampede_over_wrk": stats([r["ratio_closed"] for r in reps]),
+        "wrk_closed_cpu_us_per_req": stats([x["cpu_us_per_req"] for x in w]),
+        "stampede_closed_cpu_us_per_req": stats([x["cpu_us_per_req"] for x in c]),
+        "stampede_open_cpu_us_per_req": stats([x["cpu_us_per_req"] for x in o]),
+        "ratio_open_over_closed_cpu_per_req": stats([r["ratio_open_closed"] for r in reps]),
+        "wrk_closed_throughput_rps": stats([x["throughput_rps"] for x in w]),
+        "stampede_closed_throughput_rps": stats([x["throughput_rps"] for x in c]),
+        "stampede_open_throughput_rps": stats([x["throughput_rps"] for x in o]),
+        "wrk_closed_p50_ms": stats([x["p50_ms"] for x in w]),
+        "wrk_closed_p99_ms": stats([x["p99_ms"] for x in w]),
+        "stampede_closed_p50_ms": stats([x["p50_ms"] for x in c]),
+        "stampede_closed_p99_ms": stats([x["p99_ms"] for x in c]),
+        "stampede_open_p50_ms": stats([x["p50_ms"] for x in o]),
+        "stampede_open_p99_ms": stats([x["p99_ms"] for x in o]),
+        "wrk_closed_cpu_s": stats([x["cpu_s"] for x in w]),
+        "stampede_closed_cpu_s": stats([x["cpu_s"] for x in c]),
+        "stampede_open_cpu_s": stats([x["cpu_s"] for x in o]),
+        "target_cpu_share_wrk": stats([x["target_cpu_s"] / x["elapsed_s"] for x in w]),
+        "target_cpu_share_stampede_closed": stats([x["target_cpu_s"] / x["elapsed_s"] for x in c]),
+        "client_core_foreign_s_max": max(x["client_core_foreign_s"] for r in reps for x in (r["wrk"], r["closed"], r["open"])),
+        "target_core_foreign_s_max": max(x["target_core_foreign_s"] for r in reps for x in (r["wrk"], r["closed"], r["open"])),
+        "open_schedule_kept_reps": sum(1 for r in reps if r["open_kept_schedule"]),
+        "reps": len(reps),
+    }
+
+
+def fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def table(summary: dict, args) -> str:
+    rows = [
+        ("wrk closed: requests / CPU-s", "wrk_closed_req_per_cpu_s", ",.0f"),
+        ("stampede closed: requests / CPU-s", "stampede_closed_req_per_cpu_s", ",.0f"),
+        ("ratio stampede / wrk (closed, per rep)", "ratio_closed_stampede_over_wrk", ".3f"),
+        ("wrk closed: CPU µs / request", "wrk_closed_cpu_us_per_req", ".2f"),
+        ("stampede closed: CPU µs / request", "stampede_closed_cpu_us_per_req", ".2f"),
+        (f"stampede open {args.rate:g}/s: CPU µs / request", "stampede_open_cpu_us_per_req", ".2f"),
+        ("ratio open / closed CPU per request (per rep)", "ratio_open_over_closed_cpu_per_req", ".3f"),
+        ("wrk closed: throughput req/s", "wrk_closed_throughput_rps", ",.0f"),
+        ("stampede closed: throughput req/s", "stampede_closed_throughput_rps", ",.0f"),
+        ("stampede open: throughput req/s", "stampede_open_throughput_rps", ",.1f"),
+        ("wrk closed: p50 ms", "wrk_closed_p50_ms", ".3f"),
+        ("wrk closed: p99 ms", "wrk_closed_p99_ms", ".3f"),
+        ("stampede closed: p50 ms", "stampede_closed_p50_ms", ".3f"),
+        ("stampede closed: p99 ms", "stampede_closed_p99_ms", ".3f"),
+        ("stampede open: p50 ms (from intended start)", "stampede_open_p50_ms", ".3f"),
+        ("stampede open: p99 ms (from intended start)", "stampede_open_p99_ms", ".3f"),
+        ("wrk closed: client CPU s per run", "wrk_closed_cpu_s", ".2f"),
+        ("stampede closed: client CPU s per run", "stampede_closed_cpu_s", ".2f"),
+        ("stampede open: client CPU s per run", "stampede_open_cpu_s", ".3f"),
+        ("target core busy share, wrk run", "target_cpu_share_wrk", ".2f"),
+        ("target core busy share, stampede closed run", "target_cpu_share_stampede_closed", ".2f"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"| {'metric':<{width}} | {'median':>12} | {'min – max':>25} |", f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 27}|"]
+    for label, key, spec in rows:
+        s = summary[key]
+        rng = f"{fmt(s['min'], spec)} – {fmt(s['max'], spec)}"
+        lines.append(f"| {label:<{width}} | {fmt(s['median'], spec):>12} | {rng:>25} |")
+    kept = summary["open_schedule_kept_reps"]
+    n = summary["reps"]
+    sched = "KEPT in every rep" if kept == n else f"NOT KEPT in {n - kept} of {n} reps (SATURATED: open-model figures measure the client)"
+    lines.append(f"| {'open run kept its schedule':<{width}} | {f'{kept}/{n}':>12} | {sched:>25} |")
+    d, dk = summary.get("discarded_reps", 0), summary.get("disturbed_reps_kept", 0)
+    note = f"{d} disturbed rep(s) redone" + (f", {dk} DISTURBED kept" if dk else "")
+    lines.append(f"| {'reps kept (other load on the cores)':<{width}} | {n:>12} | {note:>25} |")
+    return "\n".join(lines)
+
+
+def verdicts(summary: dict) -> str:
+    r = summary["ratio_closed_stampede_over_wrk"]
+    o = summary["ratio_open_over_closed_cpu_per_req"]
+    out = []
+    if r["median"] is not None:
+        ok = r["median"] >= 1.0
+        out.append(f"target 1 (closed >= 1.0x wrk req/CPU-s): median {r['median']:.3f}x "
+                   f"(range {r['min']:.3f}–{r['max']:.3f}) -> {'MET' if ok else 'NOT MET'}"
+                   + ("" if (r["min"] >= 1.0) == ok else " (range straddles 1.0)"))
+    if o["median"] is not None:
+        ok = o["median"] <= 2.0
+        out.append(f"target 2 (open CPU/request <= 2x closed): median {o['median']:.3f}x "
+                   f"(range {o['min']:.3f}–{o['max']:.3f}) -> {'MET' if ok else 'NOT MET'}"
+                   + ("" if (o["max"] <= 2.0) == ok else " (range straddles 2.0)")
+                   + ("" if summary["open_schedule_kept_reps"] == summary["reps"] else " [open run SATURATED in some reps]"))
+    if summary["client_core_foreign_s_max"] > 0.2:
+        out.append(f"note: up to {summary['client_core_foreign_s_max']:.2f} s of busy time on the client core was not the client's "
+                   "(other processes or softirq); see client_core_foreign_s in the JSON")
+    if summary["target_core_foreign_s_max"] > 0.5:
+        out.append(f"note: up to {summary['target_core_foreign_s_max']:.2f} s of busy time on the target core was not the target's "
+                   "(other processes, or loopback softirq work charged to the core); see target_core_foreign_s in the JSON")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds of load per run (default 10)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 2 reps of 3 s")
+    ap.add_argument("--bin", type=Path, help="use this stampede binary instead of building one")
+    ap.add_argument("--rate", type=float, default=5000.0, help="open-model rate, req/s (default 5000)")
+    ap.add_argument("--concurrency", type=int, default=50, help="closed-model connections (default 50)")
+    ap.add_argument("--target-core", type=int, default=0)
+    ap.add_argument("--client-core", type=int, default=1)
+    ap.add_argument("--port", type=int, default=0, help="target port (default: a free one)")
+    ap.add_argument("--quiet", type=float, default=0.10,
+                    help="before each run, wait until both cores are at most this busy over 1 s (default 0.10)")
+    ap.add_argument("--max-wait", type=float, default=300.0, help="longest wait for quiet cores, s (default 300)")
+    ap.add_argument("--disturbed", type=float, default=None,
+                    help="a rep is redone when any of its runs saw more than this many seconds of other busy time on "
+                         "the target or client core (default: 5%% of --duration, at least 0.3 s)")
+    ap.add_argument("--max-retries", type=int, default=10, help="most disturbed reps to redo (default 10)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="directory for the raw JSON (default benchmarks/results)")
+    args = ap.parse_args()
+    if args.quick:
+        args.reps, args.duration = 2, 3
+    if args.reps < 1 or args.duration < 1:
+        die("--reps and --duration must be at least 1")
+
+    need_tool("taskset", "install util-linux (apt-get install -y util-linux)")
+    need_tool("wrk", "install wrk (apt-get install -y wrk)")
+    ncpu = os.cpu_count() or 1
+    if max(args.target_core, args.client_core) >= ncpu or args.target_core == args.client_core:
+        die(f"need two distinct cores (have {ncpu}); see --target-core/--client-core")
+
+    binary = args.bin.resolve() if args.bin else build()
+    if not binary.is_file():
+        die(f"{binary} is not a file")
+    info = machine_info()
+    port = args.port or free_port()
+    started = dt.datetime.now(dt.timezone.utc)
+    print(f"machine: {info['nproc']} cpus, {info['cpu_model']}, kernel {info['kernel']}")
+    print(f"binary: {binary}")
+    print(f"{args.reps} reps x (wrk closed, stampede closed, stampede open {args.rate:g}/s), {args.duration}s each; "
+          f"target on core {args.target_core}, clients on core {args.client_core}, port {port}", flush=True)
+
+    # Turn SIGTERM into an exception so the target is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = Path(tempfile.mkdtemp(prefix="stampede-bench-"))
+    target_log = open(workdir / "target.log", "wb")
+    target = subprocess.Popen(["taskset", "-c", str(args.target_core), str(binary), "target", "--listen", f"127.0.0.1:{port}"],
+                              stdout=target_log, stderr=subprocess.STDOUT)
+    reps: list[dict] = []
+    discarded: list[dict] = []
+    try:
+        wait_listening(port, target)
+        bench = Bench(args, binary, port, target, workdir)
+        # Warm-up (not counted): page cache, the target's allocator, TCP.
+        subprocess.run(bench.pin + ["wrk", "-t1", "-c50", "-d1s", f"http://127.0.0.1:{port}/"], capture_output=True)
+        closed_load = f"{{ model: closed, concurrency: {args.concurrency} }}"
+        open_load = f"{{ model: open, rate: {args.rate:g}/s }}"
+        limit = args.disturbed if args.disturbed is not None else max(0.3, 0.05 * args.duration)
+        attempts = 0
+        while len(reps) < args.reps:
+            attempts += 1
+            i = len(reps)
+            rep: dict = {"rep": i + 1, "attempt": attempts}
+            rep["wrk"] = bench.wrk()
+            rep["closed"] = bench.stampede("closed", closed_load)
+            rep["open"] = bench.stampede("open", open_load)
+            for k in ("wrk", "closed", "open"):
+                derive(rep[k])
+                rep[k].pop("output", None)
+            rep["ratio_closed"] = rep["closed"]["req_per_cpu_s"] / rep["wrk"]["req_per_cpu_s"]
+            rep["ratio_open_closed"] = rep["open"]["cpu_us_per_req"] / rep["closed"]["cpu_us_per_req"]
+            kept, why = open_run_kept_schedule(rep["open"], args.rate, args.duration)
+            rep["open_kept_schedule"], rep["open_schedule_note"] = kept, why
+            # Another process on either core during a run: /proc/stat busy
+            # time that neither the client nor the target accounts for.
+            disturbed = [f"{k} ({max(rep[k]['client_core_foreign_s'], rep[k]['target_core_foreign_s']):.2f} s foreign)"
+                         for k in ("wrk", "closed", "open")
+                         if max(rep[k]["client_core_foreign_s"], rep[k]["target_core_foreign_s"]) > limit]
+            rep["disturbed"] = disturbed
+            w, c, o = rep["wrk"], rep["closed"], rep["open"]
+            line = (f"wrk {w['requests']} req / {w['cpu_s']:.2f} CPU-s = {w['req_per_cpu_s']:,.0f}/CPU-s | "
+                    f"stampede closed {c['requests']} / {c['cpu_s']:.2f} = {c['req_per_cpu_s']:,.0f} ({rep['ratio_closed']:.3f}x) | "
+                    f"open {o['requests']} / {o['cpu_s']:.3f} = {o['cpu_us_per_req']:.2f} µs/req "
+                    f"({rep['ratio_open_closed']:.2f}x closed; schedule {why})")
+            if disturbed and len(discarded) < args.max_retries:
+                discarded.append(rep)
+                print(f"rep {i + 1}/{args.reps} DISCARDED, other load on the cores during {', '.join(disturbed)}: {line}", flush=True)
+                continue
+            if disturbed:
+                print(f"  warning: retries exhausted (--max-retries {args.max_retries}); keeping a disturbed rep", flush=True)
+            reps.append(rep)
+            print(f"rep {i + 1}/{args.reps}: {line}", flush=True)
+    finally:
+        target.terminate()
+        try:
+            target.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            target.kill()
+        target_log.close()
+
+    summary = summarize(reps)
+    summary["discarded_reps"] = len(discarded)
+    summary["disturbed_reps_kept"] = sum(1 for r in reps if r["disturbed"])
+    print()
+    print(table(summary, args))
+    print()
+    print(verdicts(summary))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"{stamp}.json"
+    path.write_text(json.dumps({
+        "started_at": started.isoformat(),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "settings": {"reps": args.reps, "duration_s": args.duration, "rate": args.rate, "concurrency": args.concurrency,
+                     "target_core": args.target_core, "client_core": args.client_core, "binary": str(binary)},
+        "machine": info,
+        "summary": summary,
+        "reps": reps,
+        "discarded_reps": discarded,
+    }, indent=2))
+    print(f"\nraw results: {path}")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

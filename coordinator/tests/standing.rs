@@ -1,0 +1,250 @@
+//! A standing fleet through the real binaries, as separate processes: a
+//! `stampede coordinator`, two `stampede-agent`s dialing it, a `stampede
+//! target`, and `stampede agents` / `stampede run --coordinator` as a CI job
+//! would call them. Every process is killed when the test ends, passed or
+//! failed (`support::Procs`); traffic goes to 127.0.0.1 only.
+//!
+//! The agent binary belongs to another package, so `CARGO_BIN_EXE_` cannot
+//! name it: `support::agent_bin` finds it next to `stampede` and, when it is
+//! missing or stale (`cargo test -p stampede-coordinator`), builds it once
+//! with `cargo build -p stampede-agent` in the same profile and target dir.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{stampede, Background, Procs};
+
+/// Coordinator, agents a1 (zone=a) and a2 (zone=b), and a target.
+struct Fleet {
+    procs: Procs,
+    url: String,
+    target: std::net::SocketAddr,
+}
+
+fn fleet() -> Fleet {
+    let mut procs = Procs::new();
+    let url = procs.coordinator("coordinator");
+    let target = procs.target("target", &["--latency", "1ms"]);
+    procs.agent("a1", &url, "zone=a");
+    procs.agent("a2", &url, "zone=b");
+    procs.wait_for_agents(&url, &["a1", "a2"], Duration::from_secs(10));
+    Fleet { procs, url, target }
+}
+
+impl Fleet {
+    /// Writes a plan (open model, 100/s for `secs` seconds) against the target.
+    fn plan(&self, name: &str, secs: u32) -> std::path::PathBuf {
+        let path = self.procs.dir.path().join(name);
+        let text = format!(
+            "name: standing\n\
+             target: http://{}\n\
+             phases:\n  - {{ name: steady, duration: {secs}s, load: {{ model: open, rate: 100/s }} }}\n\
+             steps:\n  - {{ name: get, request: {{ method: GET, path: /items/1 }} }}\n\
+             slos:\n  - {{ metric: error_rate, scope: run, pass: \"< 1%\" }}\n",
+            self.target
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `stampede run PLAN --coordinator URL ...` in the background.
+    fn submit(&self, name: &str, plan: &std::path::Path, extra: &[&str]) -> Background {
+        let mut cmd = Command::new(stampede());
+        cmd.arg("run")
+            .arg(plan)
+            .args(["--coordinator", &self.url])
+            .args(extra);
+        Background::start(cmd, self.procs.dir.path(), name)
+    }
+}
+
+fn report(dir: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("report.json"))
+        .unwrap_or_else(|e| panic!("report.json in {}: {e}", dir.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Fleet-wide totals are the sum of the agents' counts, every agent delivered
+/// everything, and the load is the plan's — not two runs' worth.
+fn assert_one_clean_run(r: &Value, planned: f64) {
+    let agents = r["agents"].as_array().unwrap();
+    let mut ids: Vec<&str> = agents.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a1", "a2"], "{r:#}");
+    for a in agents {
+        assert_eq!(a["complete"], true, "{a:#}");
+        assert!(a["requests"].as_u64().unwrap() > 0, "{a:#}");
+    }
+    let sum: u64 = agents.iter().map(|a| a["requests"].as_u64().unwrap()).sum();
+    let total = r["totals"]["requests"].as_u64().unwrap();
+    assert_eq!(sum, total);
+    assert!(
+        (total as f64 - planned).abs() <= planned * 0.02,
+        "{total} requests, planned {planned}"
+    );
+}
+
+#[test]
+fn agents_lists_every_agent_with_its_labels() {
+    let f = fleet();
+    let table = support::list_agents(&f.url).expect("stampede agents succeeds");
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{table}"))
+            .to_string()
+    };
+    assert!(row("a1").contains("zone=a"), "{table}");
+    assert!(row("a2").contains("zone=b"), "{table}");
+    assert!(table.lines().next().unwrap().contains("LABELS"), "{table}");
+}
+
+#[test]
+fn a_submitted_run_streams_progress_and_downloads_every_report() {
+    let f = fleet();
+    let plan = f.plan("steady.yaml", 2);
+    let out = f.procs.dir.path().join("out");
+    let (code, stdout, stderr) = f
+        .submit(
+            "run",
+            &plan,
+            &[
+                "--expect-agents",
+                "2",
+                "--wait",
+                "20s",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+        .finish(Duration::from_secs(25));
+    assert_eq!(
+        code,
+        0,
+        "stdout:\n{stdout}\nstderr:\n{stderr}\n{}",
+        f.procs.logs()
+    );
+    // Progress: which agents run it, then one line per interval.
+    assert!(stderr.contains("2 agent(s): a1, a2"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with('[') && l.contains("req/s"))
+            .count()
+            >= 2,
+        "no progress lines:\n{stderr}"
+    );
+    assert!(stdout.contains("reports written to"), "{stdout}");
+    for file in ["report.json", "report.md", "junit.xml", "steady.yaml"] {
+        assert!(out.join(file).exists(), "{file} missing from --out");
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("steady.yaml")).unwrap(),
+        std::fs::read_to_string(&plan).unwrap()
+    );
+    let r = report(&out);
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    assert_one_clean_run(&r, 200.0);
+    for a in r["agents"].as_array().unwrap() {
+        let zone = if a["id"] == "a1" { "a" } else { "b" };
+        assert_eq!(a["labels"]["zone"], zone);
+    }
+    assert!(std::fs::read_to_string(out.join("junit.xml"))
+        .unwrap()
+        .contains("<testsuite"));
+}
+
+#[test]
+fn a_second_run_submitted_at_once_is_refused_and_does_not_mix() {
+    let f = fleet();
+    let plan = f.plan("steady.yaml", 3);
+    let outs = [
+        f.procs.dir.path().join("out-1"),
+        f.procs.dir.path().join("out-2"),
+    ];
+    // Both submitted together: whichever reaches the coordinator second is the
+    // one refused, so the test accepts either order.
+    let mut runs: Vec<Background> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, out)| {
+            f.submit(
+                &format!("run-{i}"),
+                &plan,
+                &[
+                    "--expect-agents",
+                    "2",
+                    "--wait",
+                    "20s",
+                    "--out",
+                    out.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let results: Vec<_> = runs
+        .iter_mut()
+        .map(|r| r.finish(Duration::from_secs(25)))
+        .collect();
+    let codes: Vec<i32> = results.iter().map(|r| r.0).collect();
+    let (ran, refused) = match codes.as_slice() {
+        [0, 2] => (0, 1),
+        [2, 0] => (1, 0),
+        _ => panic!("expected one run to pass and one to be refused, got exit codes {codes:?}:\n{results:#?}\n{}", f.procs.logs()),
+    };
+    let refusal = &results[refused].2;
+    assert!(
+        refusal.contains("another run is in progress"),
+        "refused run's stderr:\n{refusal}"
+    );
+    assert!(
+        !outs[refused].join("report.json").exists(),
+        "a refused run writes no report"
+    );
+    assert_one_clean_run(&report(&outs[ran]), 300.0);
+
+    // The fleet is free again once the run ended.
+    let out = f.procs.dir.path().join("out-3");
+    let (code, _, stderr) = f
+        .submit(
+            "run-3",
+            &plan,
+            &["--expect-agents", "2", "--out", out.to_str().unwrap()],
+        )
+        .finish(Duration::from_secs(20));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn too_few_agents_exits_2_saying_how_many_connected() {
+    let f = fleet();
+    let plan = f.plan("steady.yaml", 1);
+    let out = f.procs.dir.path().join("out");
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = f
+        .submit(
+            "run",
+            &plan,
+            &[
+                "--expect-agents",
+                "3",
+                "--wait",
+                "2s",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+        .finish(Duration::from_secs(15));
+    assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("3 agent(s) but 2 connected"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(!out.join("report.json").exists());
+}
