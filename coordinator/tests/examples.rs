@@ -23,41 +23,21 @@ fn examples_dir() -> PathBuf {
 }
 
 /// The examples that run here, and the twins that are covered by another.
-const RUN: &[&str] = &[
-    "quickstart.yaml",
-    "chat-soak.yaml",
-    "mesh-mix.yaml",
-    "staging-load.yaml",
-];
+const RUN: &[&str] = &["quickstart.yaml", "chat-soak.yaml", "mesh-mix.yaml", "staging-load.yaml"];
 const SAME_AS_ANOTHER: &[&str] = &["quickstart.toml", "quickstart.json"];
 
 fn run_example(file: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut cmd = std::process::Command::new(support::stampede());
-    cmd.arg("run")
-        .arg(examples_dir().join(file))
-        .args(["--local-agents", "2", "--out"])
-        .arg(&out);
-    let (code, stdout, stderr) =
-        Background::start(cmd, dir.path(), "run").finish(Duration::from_secs(28));
-    assert!(
-        code == 0 || code == 1,
-        "{file}: exit {code}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    cmd.arg("run").arg(examples_dir().join(file)).args(["--local-agents", "2", "--out"]).arg(&out);
+    let (code, stdout, stderr) = Background::start(cmd, dir.path(), "run").finish(Duration::from_secs(28));
+    assert!(code == 0 || code == 1, "{file}: exit {code}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let verdict = r["verdict"].as_str().unwrap();
-    assert_eq!(
-        code == 0,
-        verdict == "pass" || verdict == "warn",
-        "{file}: verdict {verdict}, exit {code}"
-    );
+    assert_eq!(code == 0, verdict == "pass" || verdict == "warn", "{file}: verdict {verdict}, exit {code}");
     assert_eq!(r["agents"].as_array().unwrap().len(), 2);
-    assert!(
-        r["totals"]["requests"].as_u64().unwrap() > 0,
-        "{file}: no requests"
-    );
+    assert!(r["totals"]["requests"].as_u64().unwrap() > 0, "{file}: no requests");
     // Every rule was evaluated on something it saw.
     for s in r["slos"].as_array().unwrap() {
         assert!(!s["observed"].is_null(), "{file}: SLO saw nothing: {s}");
@@ -88,14 +68,9 @@ fn staging_load_runs() {
 fn every_example_has_a_test() {
     for entry in std::fs::read_dir(examples_dir()).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        let is_plan = [".yaml", ".yml", ".toml", ".json"]
-            .iter()
-            .any(|ext| name.ends_with(ext));
+        let is_plan = [".yaml", ".yml", ".toml", ".json"].iter().any(|ext| name.ends_with(ext));
         if is_plan {
-            assert!(
-                RUN.contains(&name.as_str()) || SAME_AS_ANOTHER.contains(&name.as_str()),
-                "examples/{name} has no test in coordinator/tests/examples.rs"
-            );
+            assert!(RUN.contains(&name.as_str()) || SAME_AS_ANOTHER.contains(&name.as_str()), "examples/{name} has no test in coordinator/tests/examples.rs");
         }
     }
 }

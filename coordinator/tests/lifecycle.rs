@@ -24,15 +24,8 @@ fn an_agent_started_before_its_coordinator_retries_and_registers() {
     // (100 ms, 200 ms, 400 ms, 800 ms, ...), instead of exiting or spinning.
     std::thread::sleep(Duration::from_millis(2000));
     assert!(procs.alive("early"), "the agent gave up:\n{}", procs.logs());
-    let failures = procs
-        .log("early")
-        .matches("Session with the coordinator failed")
-        .count();
-    assert!(
-        (2..=8).contains(&failures),
-        "{failures} attempts in 2 s is not a backoff:\n{}",
-        procs.log("early")
-    );
+    let failures = procs.log("early").matches("Session with the coordinator failed").count();
+    assert!((2..=8).contains(&failures), "{failures} attempts in 2 s is not a backoff:\n{}", procs.log("early"));
 
     // The coordinator comes up on the port the agent dials.
     let Some(url) = procs.coordinator_on("coordinator", port) else {
@@ -53,17 +46,10 @@ fn sigterm_stops_an_idle_agent_with_exit_0() {
     procs.wait_for_agents(&url, &["idle"], Duration::from_secs(10));
 
     procs.sigterm("idle");
-    let status = procs
-        .wait_exit("idle", Duration::from_secs(3))
-        .unwrap_or_else(|| panic!("still running 3 s after SIGTERM:\n{}", procs.logs()));
+    let status = procs.wait_exit("idle", Duration::from_secs(3)).unwrap_or_else(|| panic!("still running 3 s after SIGTERM:\n{}", procs.logs()));
     assert_eq!(status.code(), Some(0), "{}", procs.log("idle"));
     // The coordinator noticed it left.
-    assert!(
-        wait_until(Duration::from_secs(5), || list_agents(&url)
-            .is_some_and(|t| support::agent_ids(&t).is_empty())),
-        "{}",
-        procs.logs()
-    );
+    assert!(wait_until(Duration::from_secs(5), || list_agents(&url).is_some_and(|t| support::agent_ids(&t).is_empty())), "{}", procs.logs());
 }
 
 /// Pins two agent bugs (`agent/src/session.rs`): on SIGTERM the agent used to
@@ -94,89 +80,37 @@ fn sigterm_mid_run_stops_the_agent_and_the_run_is_incomplete() {
     .unwrap();
     let out = procs.dir.path().join("out");
     let mut cmd = Command::new(stampede());
-    cmd.arg("run").arg(&plan).args([
-        "--coordinator",
-        &url,
-        "--expect-agents",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    cmd.arg("run").arg(&plan).args(["--coordinator", &url, "--expect-agents", "2", "--out", out.to_str().unwrap()]);
     let mut run = Background::start(cmd, procs.dir.path(), "run");
 
     // Wait until the load runs (two progress lines), then stop one agent.
-    let running = wait_until(Duration::from_secs(10), || {
-        run.stderr_text()
-            .lines()
-            .filter(|l| l.starts_with('['))
-            .count()
-            >= 2
-    });
-    assert!(
-        running,
-        "the run did not start:\n{}\n{}",
-        run.stderr_text(),
-        procs.logs()
-    );
+    let running = wait_until(Duration::from_secs(10), || run.stderr_text().lines().filter(|l| l.starts_with('[')).count() >= 2);
+    assert!(running, "the run did not start:\n{}\n{}", run.stderr_text(), procs.logs());
     let signalled = Instant::now();
     procs.sigterm("leaves");
-    let status = procs
-        .wait_exit("leaves", Duration::from_secs(3))
-        .unwrap_or_else(|| panic!("still running 3 s after SIGTERM:\n{}", procs.logs()));
+    let status = procs.wait_exit("leaves", Duration::from_secs(3)).unwrap_or_else(|| panic!("still running 3 s after SIGTERM:\n{}", procs.logs()));
     assert_eq!(status.code(), Some(0), "{}", procs.log("leaves"));
 
     // The run ends on schedule (the other agent finishes its share), exit 3.
     let (code, stdout, stderr) = run.finish(Duration::from_secs(20));
-    assert_eq!(
-        code,
-        3,
-        "stdout:\n{stdout}\nstderr:\n{stderr}\n{}",
-        procs.logs()
-    );
-    assert!(
-        signalled.elapsed() < Duration::from_secs(15),
-        "the run took {:?} after the signal",
-        signalled.elapsed()
-    );
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(code, 3, "stdout:\n{stdout}\nstderr:\n{stderr}\n{}", procs.logs());
+    assert!(signalled.elapsed() < Duration::from_secs(15), "the run took {:?} after the signal", signalled.elapsed());
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(r["verdict"], "incomplete", "{r:#}");
-    let agent = |id: &str| {
-        r["agents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["id"] == id)
-            .unwrap_or_else(|| panic!("no agent {id}: {r:#}"))
-            .clone()
-    };
+    let agent = |id: &str| r["agents"].as_array().unwrap().iter().find(|a| a["id"] == id).unwrap_or_else(|| panic!("no agent {id}: {r:#}")).clone();
     let (leaves, stays) = (agent("leaves"), agent("stays"));
     assert_eq!(leaves["complete"], false, "{leaves:#}");
     assert_eq!(stays["complete"], true, "{stays:#}");
     // It stopped its load when signalled: well short of its ~300 requests.
     let sent = leaves["requests"].as_u64().unwrap();
     assert!(sent < 250, "the stopped agent sent {sent} requests");
-    assert!(
-        (stays["requests"].as_f64().unwrap() - 300.0).abs() <= 6.0,
-        "{stays:#}"
-    );
+    assert!((stays["requests"].as_f64().unwrap() - 300.0).abs() <= 6.0, "{stays:#}");
     let reasons = r["verdict_reasons"].to_string();
-    assert!(
-        reasons.contains("agent leaves"),
-        "the reasons name the agent: {reasons}"
-    );
+    assert!(reasons.contains("agent leaves"), "the reasons name the agent: {reasons}");
     // On SIGTERM the agent delivers what it measured before it leaves — its
     // last, partial interval and its own totals — and says it stopped early
     // rather than dropping the session: nothing it sent is missing.
-    assert!(
-        reasons.contains("stopped before the end of the run"),
-        "{reasons}"
-    );
+    assert!(reasons.contains("stopped before the end of the run"), "{reasons}");
     assert!(leaves["lost"].is_null(), "{leaves:#}");
-    assert!(
-        leaves
-            .get("missing_intervals")
-            .is_none_or(|m| m.as_array().is_some_and(Vec::is_empty)),
-        "{leaves:#}"
-    );
+    assert!(leaves.get("missing_intervals").is_none_or(|m| m.as_array().is_some_and(Vec::is_empty)), "{leaves:#}");
 }

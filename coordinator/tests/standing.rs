@@ -53,17 +53,13 @@ impl Fleet {
     /// `stampede run PLAN --coordinator URL ...` in the background.
     fn submit(&self, name: &str, plan: &std::path::Path, extra: &[&str]) -> Background {
         let mut cmd = Command::new(stampede());
-        cmd.arg("run")
-            .arg(plan)
-            .args(["--coordinator", &self.url])
-            .args(extra);
+        cmd.arg("run").arg(plan).args(["--coordinator", &self.url]).args(extra);
         Background::start(cmd, self.procs.dir.path(), name)
     }
 }
 
 fn report(dir: &std::path::Path) -> Value {
-    let text = std::fs::read_to_string(dir.join("report.json"))
-        .unwrap_or_else(|e| panic!("report.json in {}: {e}", dir.display()));
+    let text = std::fs::read_to_string(dir.join("report.json")).unwrap_or_else(|e| panic!("report.json in {}: {e}", dir.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -81,23 +77,14 @@ fn assert_one_clean_run(r: &Value, planned: f64) {
     let sum: u64 = agents.iter().map(|a| a["requests"].as_u64().unwrap()).sum();
     let total = r["totals"]["requests"].as_u64().unwrap();
     assert_eq!(sum, total);
-    assert!(
-        (total as f64 - planned).abs() <= planned * 0.02,
-        "{total} requests, planned {planned}"
-    );
+    assert!((total as f64 - planned).abs() <= planned * 0.02, "{total} requests, planned {planned}");
 }
 
 #[test]
 fn agents_lists_every_agent_with_its_labels() {
     let f = fleet();
     let table = support::list_agents(&f.url).expect("stampede agents succeeds");
-    let row = |id: &str| {
-        table
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(id))
-            .unwrap_or_else(|| panic!("no row for {id}:\n{table}"))
-            .to_string()
-    };
+    let row = |id: &str| table.lines().find(|l| l.split_whitespace().next() == Some(id)).unwrap_or_else(|| panic!("no row for {id}:\n{table}")).to_string();
     assert!(row("a1").contains("zone=a"), "{table}");
     assert!(row("a2").contains("zone=b"), "{table}");
     assert!(table.lines().next().unwrap().contains("LABELS"), "{table}");
@@ -108,44 +95,17 @@ fn a_submitted_run_streams_progress_and_downloads_every_report() {
     let f = fleet();
     let plan = f.plan("steady.yaml", 2);
     let out = f.procs.dir.path().join("out");
-    let (code, stdout, stderr) = f
-        .submit(
-            "run",
-            &plan,
-            &[
-                "--expect-agents",
-                "2",
-                "--wait",
-                "20s",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-        )
-        .finish(Duration::from_secs(25));
-    assert_eq!(
-        code,
-        0,
-        "stdout:\n{stdout}\nstderr:\n{stderr}\n{}",
-        f.procs.logs()
-    );
+    let (code, stdout, stderr) =
+        f.submit("run", &plan, &["--expect-agents", "2", "--wait", "20s", "--out", out.to_str().unwrap()]).finish(Duration::from_secs(25));
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}\n{}", f.procs.logs());
     // Progress: which agents run it, then one line per interval.
     assert!(stderr.contains("2 agent(s): a1, a2"), "{stderr}");
-    assert!(
-        stderr
-            .lines()
-            .filter(|l| l.starts_with('[') && l.contains("req/s"))
-            .count()
-            >= 2,
-        "no progress lines:\n{stderr}"
-    );
+    assert!(stderr.lines().filter(|l| l.starts_with('[') && l.contains("req/s")).count() >= 2, "no progress lines:\n{stderr}");
     assert!(stdout.contains("reports written to"), "{stdout}");
     for file in ["report.json", "report.md", "junit.xml", "steady.yaml"] {
         assert!(out.join(file).exists(), "{file} missing from --out");
     }
-    assert_eq!(
-        std::fs::read_to_string(out.join("steady.yaml")).unwrap(),
-        std::fs::read_to_string(&plan).unwrap()
-    );
+    assert_eq!(std::fs::read_to_string(out.join("steady.yaml")).unwrap(), std::fs::read_to_string(&plan).unwrap());
     let r = report(&out);
     assert_eq!(r["verdict"], "pass", "{r:#}");
     assert_one_clean_run(&r, 200.0);
@@ -153,43 +113,22 @@ fn a_submitted_run_streams_progress_and_downloads_every_report() {
         let zone = if a["id"] == "a1" { "a" } else { "b" };
         assert_eq!(a["labels"]["zone"], zone);
     }
-    assert!(std::fs::read_to_string(out.join("junit.xml"))
-        .unwrap()
-        .contains("<testsuite"));
+    assert!(std::fs::read_to_string(out.join("junit.xml")).unwrap().contains("<testsuite"));
 }
 
 #[test]
 fn a_second_run_submitted_at_once_is_refused_and_does_not_mix() {
     let f = fleet();
     let plan = f.plan("steady.yaml", 3);
-    let outs = [
-        f.procs.dir.path().join("out-1"),
-        f.procs.dir.path().join("out-2"),
-    ];
+    let outs = [f.procs.dir.path().join("out-1"), f.procs.dir.path().join("out-2")];
     // Both submitted together: whichever reaches the coordinator second is the
     // one refused, so the test accepts either order.
     let mut runs: Vec<Background> = outs
         .iter()
         .enumerate()
-        .map(|(i, out)| {
-            f.submit(
-                &format!("run-{i}"),
-                &plan,
-                &[
-                    "--expect-agents",
-                    "2",
-                    "--wait",
-                    "20s",
-                    "--out",
-                    out.to_str().unwrap(),
-                ],
-            )
-        })
+        .map(|(i, out)| f.submit(&format!("run-{i}"), &plan, &["--expect-agents", "2", "--wait", "20s", "--out", out.to_str().unwrap()]))
         .collect();
-    let results: Vec<_> = runs
-        .iter_mut()
-        .map(|r| r.finish(Duration::from_secs(25)))
-        .collect();
+    let results: Vec<_> = runs.iter_mut().map(|r| r.finish(Duration::from_secs(25))).collect();
     let codes: Vec<i32> = results.iter().map(|r| r.0).collect();
     let (ran, refused) = match codes.as_slice() {
         [0, 2] => (0, 1),
@@ -197,25 +136,13 @@ fn a_second_run_submitted_at_once_is_refused_and_does_not_mix() {
         _ => panic!("expected one run to pass and one to be refused, got exit codes {codes:?}:\n{results:#?}\n{}", f.procs.logs()),
     };
     let refusal = &results[refused].2;
-    assert!(
-        refusal.contains("another run is in progress"),
-        "refused run's stderr:\n{refusal}"
-    );
-    assert!(
-        !outs[refused].join("report.json").exists(),
-        "a refused run writes no report"
-    );
+    assert!(refusal.contains("another run is in progress"), "refused run's stderr:\n{refusal}");
+    assert!(!outs[refused].join("report.json").exists(), "a refused run writes no report");
     assert_one_clean_run(&report(&outs[ran]), 300.0);
 
     // The fleet is free again once the run ended.
     let out = f.procs.dir.path().join("out-3");
-    let (code, _, stderr) = f
-        .submit(
-            "run-3",
-            &plan,
-            &["--expect-agents", "2", "--out", out.to_str().unwrap()],
-        )
-        .finish(Duration::from_secs(20));
+    let (code, _, stderr) = f.submit("run-3", &plan, &["--expect-agents", "2", "--out", out.to_str().unwrap()]).finish(Duration::from_secs(20));
     assert_eq!(code, 0, "{stderr}");
 }
 
@@ -225,26 +152,10 @@ fn too_few_agents_exits_2_saying_how_many_connected() {
     let plan = f.plan("steady.yaml", 1);
     let out = f.procs.dir.path().join("out");
     let started = std::time::Instant::now();
-    let (code, stdout, stderr) = f
-        .submit(
-            "run",
-            &plan,
-            &[
-                "--expect-agents",
-                "3",
-                "--wait",
-                "2s",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-        )
-        .finish(Duration::from_secs(15));
+    let (code, stdout, stderr) =
+        f.submit("run", &plan, &["--expect-agents", "3", "--wait", "2s", "--out", out.to_str().unwrap()]).finish(Duration::from_secs(15));
     assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stderr.contains("3 agent(s) but 2 connected"), "{stderr}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "gave up after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "gave up after {:?}", started.elapsed());
     assert!(!out.join("report.json").exists());
 }

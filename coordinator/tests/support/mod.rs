@@ -43,41 +43,17 @@ pub fn agent_bin() -> &'static Path {
         if is_fresh(&bin) {
             return bin;
         }
-        let profile_dir = stampede()
-            .parent()
-            .expect("the binary lives in a profile directory");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("profile directory name");
-        let target_dir = profile_dir
-            .parent()
-            .expect("the profile directory lives in a target directory");
+        let profile_dir = stampede().parent().expect("the binary lives in a profile directory");
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile directory name");
+        let target_dir = profile_dir.parent().expect("the profile directory lives in a target directory");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
-        build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "-p",
-                "stampede-agent",
-                "--bin",
-                "stampede-agent",
-                "--target-dir",
-            ])
-            .arg(target_dir);
+        build.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "-p", "stampede-agent", "--bin", "stampede-agent", "--target-dir"]).arg(target_dir);
         // The `debug` directory holds the `dev` profile; others are named after theirs.
-        build.args([
-            "--profile",
-            if profile == "debug" { "dev" } else { profile },
-        ]);
+        build.args(["--profile", if profile == "debug" { "dev" } else { profile }]);
         let status = build.status().expect("cargo runs");
         assert!(status.success(), "building stampede-agent failed: {status}");
-        assert!(
-            bin.exists(),
-            "cargo built stampede-agent but it is not at {}",
-            bin.display()
-        );
+        assert!(bin.exists(), "cargo built stampede-agent but it is not at {}", bin.display());
         bin
     })
 }
@@ -86,9 +62,7 @@ fn is_fresh(bin: &Path) -> bool {
     let Some(built) = modified(bin) else {
         return false;
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the coordinator crate lives in the workspace");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the coordinator crate lives in the workspace");
     let mut newest = modified(&root.join("Cargo.lock"));
     for krate in ["agent", "common", "proto"] {
         newest = newest.max(newest_source(&root.join(krate)));
@@ -109,10 +83,7 @@ fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
             if path.file_name().is_some_and(|n| n != "target") {
                 newest = newest.max(newest_source(&path));
             }
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "rs" || e == "toml" || e == "proto")
-        {
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "toml" || e == "proto") {
             newest = newest.max(modified(&path));
         }
     }
@@ -123,11 +94,7 @@ fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
 /// it before the child binds it; callers retry with a new one (see
 /// [`Procs::coordinator`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn accepts(addr: SocketAddr) -> bool {
@@ -151,19 +118,14 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// Runs a short `stampede` command to completion, with a time limit.
 pub fn stampede_output(args: &[&str], limit: Duration) -> Output {
     let mut cmd = Command::new(stampede());
-    cmd.args(args)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).env("NO_COLOR", "1").stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().expect("stampede starts");
     let pid = child.id();
     // wait_with_output drains both pipes; a watchdog kills a hung command.
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         if done_rx.recv_timeout(limit).is_err() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
     });
     let out = child.wait_with_output().expect("stampede runs");
@@ -175,19 +137,12 @@ pub fn stampede_output(args: &[&str], limit: Duration) -> Output {
 /// `stampede agents --coordinator URL`'s table, or None if it failed.
 pub fn list_agents(url: &str) -> Option<String> {
     let out = stampede_output(&["agents", "--coordinator", url], Duration::from_secs(10));
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The ids in `stampede agents`' table (the first column after the header).
 pub fn agent_ids(table: &str) -> Vec<String> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
+    table.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
 }
 
 pub struct Proc {
@@ -210,10 +165,7 @@ impl Default for Procs {
 
 impl Procs {
     pub fn new() -> Self {
-        Procs {
-            dir: tempfile::tempdir().unwrap(),
-            procs: Vec::new(),
-        }
+        Procs { dir: tempfile::tempdir().unwrap(), procs: Vec::new() }
     }
 
     /// Forgets an earlier (exited or not) process of this name, reaping it.
@@ -229,26 +181,14 @@ impl Procs {
     pub fn spawn(&mut self, name: &str, mut cmd: Command) -> usize {
         let log = self.dir.path().join(format!("{name}.log"));
         let file = File::create(&log).unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .env("NO_COLOR", "1");
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        self.procs.push(Proc {
-            name: name.to_string(),
-            child,
-            log,
-        });
+        cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file).env("NO_COLOR", "1");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.procs.push(Proc { name: name.to_string(), child, log });
         self.procs.len() - 1
     }
 
     pub fn get(&mut self, name: &str) -> &mut Proc {
-        self.procs
-            .iter_mut()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no process {name}"))
+        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
     }
 
     pub fn pid(&mut self, name: &str) -> u32 {
@@ -285,10 +225,7 @@ impl Procs {
     /// Sends SIGTERM (through `kill(1)`, no libc needed).
     pub fn sigterm(&mut self, name: &str) {
         let pid = self.pid(name).to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill(1) runs");
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill(1) runs");
         assert!(status.success(), "kill -TERM {pid} failed");
     }
 
@@ -302,10 +239,7 @@ impl Procs {
                 return url;
             }
         }
-        panic!(
-            "no coordinator could start on a free port; last log:\n{}",
-            self.log(name)
-        );
+        panic!("no coordinator could start on a free port; last log:\n{}", self.log(name));
     }
 
     /// Starts a coordinator on `port`; None if it exited (the port was taken).
@@ -318,9 +252,7 @@ impl Procs {
         self.spawn(name, cmd);
         let url = format!("http://{listen}");
         let addr: SocketAddr = listen.parse().unwrap();
-        let ready = wait_until(Duration::from_secs(10), || {
-            !self.alive(name) || (accepts(addr) && list_agents(&url).is_some())
-        });
+        let ready = wait_until(Duration::from_secs(10), || !self.alive(name) || (accepts(addr) && list_agents(&url).is_some()));
         (ready && self.alive(name)).then_some(url)
     }
 
@@ -330,13 +262,10 @@ impl Procs {
         for _ in 0..5 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let mut cmd = Command::new(stampede());
-            cmd.args(["target", "--listen", &addr.to_string()])
-                .args(extra);
+            cmd.args(["target", "--listen", &addr.to_string()]).args(extra);
             self.forget(name);
             self.spawn(name, cmd);
-            let up = wait_until(Duration::from_secs(10), || {
-                !self.alive(name) || accepts(addr)
-            });
+            let up = wait_until(Duration::from_secs(10), || !self.alive(name) || accepts(addr));
             // A port taken by someone else also accepts; our target then exits
             // on its bind error — give it a moment to show that.
             std::thread::sleep(Duration::from_millis(100));
@@ -344,26 +273,13 @@ impl Procs {
                 return addr;
             }
         }
-        panic!(
-            "no target could start on a free port; last log:\n{}",
-            self.log(name)
-        );
+        panic!("no target could start on a free port; last log:\n{}", self.log(name));
     }
 
     /// Starts `stampede-agent --coordinator URL --id ID --labels LABELS --workers 1`.
     pub fn agent(&mut self, id: &str, url: &str, labels: &str) {
         let mut cmd = Command::new(agent_bin());
-        cmd.args([
-            "--coordinator",
-            url,
-            "--id",
-            id,
-            "--labels",
-            labels,
-            "--workers",
-            "1",
-        ])
-        .env("RUST_LOG", "info");
+        cmd.args(["--coordinator", url, "--id", id, "--labels", labels, "--workers", "1"]).env("RUST_LOG", "info");
         self.spawn(id, cmd);
     }
 
@@ -389,12 +305,7 @@ impl Procs {
             let text = self.log(&p.name);
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(30)..];
-            out.push_str(&format!(
-                "--- {} (last {} lines) ---\n{}\n",
-                p.name,
-                tail.len(),
-                tail.join("\n")
-            ));
+            out.push_str(&format!("--- {} (last {} lines) ---\n{}\n", p.name, tail.len(), tail.join("\n")));
         }
         out
     }
@@ -424,18 +335,9 @@ impl Background {
     pub fn start(mut cmd: Command, dir: &Path, name: &str) -> Self {
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap())
-            .env("NO_COLOR", "1");
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Background {
-            child,
-            stdout,
-            stderr,
-        }
+        cmd.stdin(Stdio::null()).stdout(File::create(&stdout).unwrap()).stderr(File::create(&stderr).unwrap()).env("NO_COLOR", "1");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Background { child, stdout, stderr }
     }
 
     /// Waits up to `limit`; panics (and the drop kills it) if it is still running.
@@ -445,18 +347,10 @@ impl Background {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {limit:?}; stderr so far:\n{}",
-                self.stderr_text()
-            );
+            assert!(Instant::now() < deadline, "still running after {limit:?}; stderr so far:\n{}", self.stderr_text());
             std::thread::sleep(Duration::from_millis(20));
         };
-        (
-            status.code().unwrap_or(-1),
-            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
-            self.stderr_text(),
-        )
+        (status.code().unwrap_or(-1), std::fs::read_to_string(&self.stdout).unwrap_or_default(), self.stderr_text())
     }
 
     pub fn stderr_text(&self) -> String {
