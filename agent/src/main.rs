@@ -3,9 +3,12 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use stampede_agent::fault::pressure::{stress_main, StressCommand};
+use stampede_agent::fault::sweep;
 use stampede_agent::session::{self, AgentConfig};
+use stampede_common::tls::{ClientTls, Mode, TlsArgs, Token, INSECURE_WARNING};
 use tokio_util::sync::CancellationToken;
 
 /// Generates load for a stampede coordinator: dials it, registers, runs the
@@ -15,9 +18,17 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
-    /// The coordinator's gRPC URL.
+    /// The coordinator's gRPC URL: https://HOST:PORT with TLS, http:// with --insecure.
     #[arg(long, default_value = "http://127.0.0.1:7000")]
     coordinator: String,
+    /// Mutual TLS with the coordinator (--ca is the CA its certificate must
+    /// chain to), or --insecure.
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// The enrollment token the coordinator expects (`stampede certs token`);
+    /// required with TLS.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
     /// This agent's id (default: host name and a random suffix).
     #[arg(long)]
     id: Option<String>,
@@ -30,6 +41,11 @@ struct Args {
     /// Load worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// This agent's node name: faults apply once per node (default: the host
+    /// name). Give agents in separate network namespaces of one host their
+    /// own node names, so a network fault is applied in each namespace.
+    #[arg(long)]
+    node: Option<String>,
     /// Where the fault journal lives.
     #[arg(long, default_value = "/var/lib/stampede")]
     state_dir: std::path::PathBuf,
@@ -43,6 +59,17 @@ enum Sub {
     /// A CPU or memory pressure helper, spawned by the agent for a fault.
     #[command(subcommand, hide = true)]
     Stress(StressCommand),
+    /// Remove everything stampede left on this node: reverts the journal's
+    /// pending faults, deletes `inet stampede_*` nft tables and stampede's
+    /// root qdisc, kills leftover pressure helpers. Prints one line per thing.
+    Sweep {
+        /// Where the fault journal lives.
+        #[arg(long, default_value = "/var/lib/stampede")]
+        state_dir: std::path::PathBuf,
+        /// Print what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -54,23 +81,43 @@ fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(labels)
 }
 
+/// TLS or `--insecure`, chosen explicitly; `Err` is a usage message.
+fn transport(args: &Args) -> Result<Mode, String> {
+    let mode = args.tls.mode_for(&args.coordinator, true)?;
+    if matches!(mode, Mode::Tls(_)) && args.token_file.is_none() {
+        return Err("with TLS the agent needs --token-file PATH too: the coordinator enrolls only agents that present its token".into());
+    }
+    Ok(mode)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Sub::Stress(cmd)) = args.command {
-        return stress_main(cmd);
+    match args.command {
+        Some(Sub::Stress(cmd)) => return stress_main(cmd),
+        Some(Sub::Sweep { state_dir, dry_run }) => std::process::exit(sweep::main(&state_dir, dry_run)),
+        None => {}
     }
-    let cfg = AgentConfig {
+    let mode = transport(&args).unwrap_or_else(|message| Args::command().error(ErrorKind::MissingRequiredArgument, message).exit());
+    let mut cfg = AgentConfig {
         coordinator: args.coordinator.clone(),
+        tls: None,
+        token: None,
         agent_id: args.id.unwrap_or_else(default_id),
         labels: parse_labels(&args.labels).context("--labels")?,
         capacity: args.capacity.max(1),
         workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        node: session::host_name(),
+        node: args.node.clone().unwrap_or_else(session::host_name),
         state_dir: args.state_dir.clone(),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let _telemetry = stampede_common::telemetry::init("stampede-agent", "info", args.otlp_endpoint).map_err(anyhow::Error::msg)?;
+        // Read after the log is set up: reading the token may warn.
+        match &mode {
+            Mode::Tls(files) => cfg.tls = Some(ClientTls::load(files)?),
+            Mode::Insecure => tracing::warn!(message = INSECURE_WARNING),
+        }
+        cfg.token = args.token_file.as_deref().map(Token::read).transpose()?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         session::run(cfg, shutdown).await

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stampede_common::plan::{validate, Fault, Plan};
+use stampede_common::tls::{self, ClientTls, Token, AUTHORIZATION};
 use stampede_proto::convert::encode_steps;
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_client::AgentServiceClient;
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{AgentMessage, Assignment, FaultEffect, FaultEvent, Heartbeat, Register, RunFinished, Snapshot};
+use stampede_proto::v1::{AgentMessage, Assignment, ClockEcho, FaultEffect, FaultEvent, Heartbeat, Register, RunFinished, Snapshot};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -24,8 +25,14 @@ use crate::fault::{self, Action, Node, Runner};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The coordinator's gRPC URL, `http://host:port`.
+    /// The coordinator's gRPC URL: `https://host:port` with `tls`, else `http://host:port`.
     pub coordinator: String,
+    /// Mutual TLS: our certificate, and the CA the coordinator's certificate
+    /// must chain to — an agent obeys only a coordinator it trusts. `None`:
+    /// plain text (`--insecure`, or the in-process agents on loopback).
+    pub tls: Option<ClientTls>,
+    /// The enrollment token, sent as `authorization: Bearer TOKEN` on the session.
+    pub token: Option<Token>,
     pub agent_id: String,
     pub labels: BTreeMap<String, String>,
     /// Relative weight for splitting load between agents.
@@ -42,6 +49,9 @@ pub struct AgentConfig {
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// On shutdown, how long to wait for fault windows to finish reverting: an
+/// apply under way (the runner's 10 s timeout) and a revert's three attempts.
+const SETTLE_LIMIT: Duration = Duration::from_secs(45);
 
 enum SessionEnd {
     Shutdown,
@@ -61,22 +71,43 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         let mut backoff = BACKOFF_MIN;
         loop {
             match session(&cfg, injector.clone(), &capabilities, &shutdown).await {
-                Ok(SessionEnd::Shutdown) => return Ok(()),
+                Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Closed) => {
                     info!(message = "Coordinator closed the session.", coordinator = %cfg.coordinator);
                     backoff = BACKOFF_MIN;
                 }
-                Err(error) => warn!(message = "Session with the coordinator failed.", %error, retry_in = ?backoff),
+                Err(error) => warn!(message = "Session with the coordinator failed.", error = %session_error(&error, &cfg), retry_in = ?backoff),
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => break,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+        // The runs are cancelled; their fault windows revert before we
+        // return, since the caller then drops the runtime and the windows
+        // with it (and exits, ending the dead-man threads).
+        if let Some(injector) = &injector {
+            if !injector.settle(SETTLE_LIMIT).await {
+                warn!(message = "Fault windows still running at exit; the journal reverts them at the next start.");
+            }
+        }
+        Ok(())
     }
     .instrument(span)
     .await
+}
+
+/// Why a session failed, in an operator's words for a refused token or a
+/// TLS failure (tonic's own top line is a bare "transport error").
+fn session_error(error: &anyhow::Error, cfg: &AgentConfig) -> String {
+    match error.downcast_ref::<tonic::Status>() {
+        Some(status) if status.code() == tonic::Code::Unauthenticated => {
+            format!("unauthenticated: the coordinator refused our enrollment token; check --token-file ({})", status.message())
+        }
+        Some(status) => tls::describe_call(status, cfg.tls.is_some()),
+        None => tls::describe(error.as_ref()),
+    }
 }
 
 fn unix_nanos(t: SystemTime) -> i64 {
@@ -120,7 +151,8 @@ async fn session(
     capabilities: &[stampede_proto::v1::Capability],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SessionEnd> {
-    let mut client = AgentServiceClient::connect(cfg.coordinator.clone()).await?;
+    let channel = tls::endpoint(&cfg.coordinator, cfg.tls.as_ref())?.connect().await?;
+    let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
     tx.send(message(Up::Register(Register {
         agent_id: cfg.agent_id.clone(),
@@ -133,7 +165,11 @@ async fn session(
         node: cfg.node.clone(),
     })))
     .await?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &cfg.token {
+        request.metadata_mut().insert(AUTHORIZATION, token.metadata());
+    }
+    let mut inbound = client.session(request).await?.into_inner();
     info!(message = "Registered with the coordinator.", coordinator = %cfg.coordinator);
 
     let mut run: Option<ActiveRun> = None;
@@ -157,6 +193,11 @@ async fn session(
                             warn!(message = "Run aborted by the coordinator.", run = %r.id, reason = %a.reason);
                             r.cancel.cancel();
                         }
+                    }
+                    Some(Down::ClockProbe(p)) => {
+                        let t2 = unix_nanos(SystemTime::now());
+                        let echo = ClockEcho { t1_unix_nanos: p.t1_unix_nanos, t2_unix_nanos: t2, t3_unix_nanos: unix_nanos(SystemTime::now()) };
+                        let _ = tx.try_send(message(Up::ClockEcho(echo)));
                     }
                     Some(Down::Registered(_)) | Some(Down::Ack(_)) | None => {}
                 },

@@ -25,6 +25,9 @@ use crate::http::{Conn, RequestError, RequestTemplate, Response};
 use crate::recorder::{Outcome, Recorder};
 use crate::schedule::ArrivalSchedule;
 
+/// How long before the common start a worker stops sleeping and spins.
+const START_SPIN: Duration = Duration::from_millis(3);
+
 /// What one worker is told to do.
 pub struct WorkerPlan {
     pub index: usize,
@@ -86,6 +89,17 @@ async fn run(plan: WorkerPlan) {
     let finished = Rc::new(tokio::sync::Notify::new());
     let flusher = tokio::task::spawn_local(flush_intervals(w.clone(), finished.clone()));
 
+    // The common start: sleep to just before it (tokio's timers are 1 ms
+    // grained), then spin, so every agent's first request leaves within
+    // microseconds of the instant rather than anywhere in the next tick.
+    let spin_from = w.plan.run_start.checked_sub(START_SPIN).unwrap_or(w.plan.run_start);
+    tokio::select! {
+        _ = sleep_until(spin_from.into()) => {}
+        _ = w.plan.cancel.cancelled() => {}
+    }
+    while Instant::now() < w.plan.run_start && !w.plan.cancel.is_cancelled() {
+        std::hint::spin_loop();
+    }
     let offsets = w.plan.plan.phase_offsets();
     for (i, phase) in w.plan.plan.phases.iter().enumerate() {
         let start = w.plan.run_start + offsets[i];

@@ -8,6 +8,8 @@
 //! - [`histogram`]: the one histogram shape and its V2+DEFLATE wire encoding.
 //! - [`stats`]: per-step records and schedule counters, and how they add up.
 //! - `telemetry` (feature): log set-up for the binaries, with OTLP export.
+//! - `tls` (feature): mutual TLS, the enrollment token and the transport
+//!   flags, shared by the coordinator and the agent.
 #![forbid(unsafe_code)]
 
 pub mod histogram;
@@ -16,4 +18,6 @@ pub mod slo;
 pub mod stats;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod units;

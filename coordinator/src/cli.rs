@@ -5,8 +5,10 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
 use stampede_common::plan::{load_file, Format, Plan};
+use stampede_common::tls::{ClientTls, Mode, ServerTls, TlsArgs, Token, INSECURE_WARNING};
 use stampede_common::units::{Dur, Percent};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +17,8 @@ use crate::control::Control;
 use crate::fleet::Fleet;
 use crate::orchestrate::{self, RunRequest};
 use crate::report::{self, Report};
-use crate::{local, remote, server};
+use crate::server::Security;
+use crate::{certs, local, remote, server};
 
 /// Exit code for usage, plan and infrastructure errors.
 pub const EXIT_ERROR: i32 = 2;
@@ -39,15 +42,12 @@ pub enum Command {
         plan: PathBuf,
     },
     /// Serve a standing coordinator that agents dial and runs are submitted to.
-    Coordinator {
-        #[arg(long, default_value = "0.0.0.0:7000")]
-        listen: String,
-    },
+    Coordinator(CoordinatorArgs),
     /// List the agents connected to a standing coordinator.
-    Agents {
-        #[arg(long, default_value = "http://127.0.0.1:7000")]
-        coordinator: String,
-    },
+    Agents(AgentsArgs),
+    /// Make a CA, certificates and the enrollment token for mutual TLS.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Serve the built-in HTTP target.
     Target(TargetArgs),
     /// A CPU or memory pressure helper: in-process agents spawn it from this
@@ -86,6 +86,82 @@ pub struct RunArgs {
     /// Where local agents keep their fault journals (default: a folder under the system temp dir).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// With --coordinator: mutual TLS (a client certificate signed by the
+    /// coordinator's CA) or --insecure.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    #[arg(long, default_value = "0.0.0.0:7000")]
+    pub listen: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The enrollment token agents must present (`stampede certs token`);
+    /// required with TLS, optional with --insecure.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl CoordinatorArgs {
+    fn mode(&self) -> Result<Mode, String> {
+        let mode = self.tls.mode(true)?;
+        if matches!(mode, Mode::Tls(_)) && self.token_file.is_none() {
+            return Err("with TLS the coordinator needs --token-file PATH too: agents must present the enrollment token (make one with `stampede certs token --out FILE`)".into());
+        }
+        Ok(mode)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentsArgs {
+    #[arg(long, default_value = "http://127.0.0.1:7000")]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+impl Cli {
+    /// Parses the command line and checks the transport flags: TLS or
+    /// `--insecure` must be chosen explicitly. A usage error exits 2 naming
+    /// the flags, as clap does for its own errors.
+    pub fn parse_checked() -> Cli {
+        let cli = Cli::parse();
+        if let Some((sub, message)) = cli.transport_error() {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let sub = cmd.find_subcommand_mut(sub).expect("a subcommand of this CLI");
+            sub.error(ErrorKind::MissingRequiredArgument, message).exit();
+        }
+        cli
+    }
+
+    fn transport_error(&self) -> Option<(&'static str, String)> {
+        match &self.command {
+            Command::Coordinator(a) => a.mode().err().map(|m| ("coordinator", m)),
+            Command::Agents(a) => a.tls.mode_for(&a.coordinator, false).err().map(|m| ("agents", m)),
+            Command::Run(a) => match (&a.coordinator, a.tls.any()) {
+                (Some(url), _) => a.tls.mode_for(url, false).err(),
+                (None, true) => Some("--ca, --cert, --key and --insecure are for a standing coordinator: give --coordinator URL too (in-process agents always use loopback)".into()),
+                (None, false) => None,
+            }
+            .map(|m| ("run", m)),
+            _ => None,
+        }
+    }
+}
+
+/// The client side of the transport flags: the certificate to present and
+/// the CA to trust, or nothing with `--insecure` (which says so in the log).
+fn client_tls(args: &TlsArgs) -> anyhow::Result<Option<ClientTls>> {
+    match args.mode(false).map_err(anyhow::Error::msg)? {
+        Mode::Tls(files) => Ok(Some(ClientTls::load(&files)?)),
+        Mode::Insecure => {
+            tracing::warn!(message = INSECURE_WARNING);
+            Ok(None)
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,8 +191,12 @@ pub async fn main(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Run(args) => run(args).await,
         Command::Validate { plan } => validate(&plan),
-        Command::Coordinator { listen } => coordinator(&listen).await,
-        Command::Agents { coordinator } => remote::list_agents(&coordinator).await,
+        Command::Coordinator(args) => coordinator(args).await,
+        Command::Agents(args) => match client_tls(&args.tls) {
+            Ok(tls) => remote::list_agents(&args.coordinator, tls.as_ref()).await,
+            Err(e) => Err(e),
+        },
+        Command::Certs(cmd) => certs::main(cmd),
         Command::Target(args) => target(args).await,
         Command::Stress(cmd) => match tokio::task::spawn_blocking(move || stampede_agent::fault::pressure::stress_main(cmd)).await {
             Ok(done) => done.map(|()| 0),
@@ -173,7 +253,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let file_name = args.plan.file_name().map_or("plan".into(), |n| n.to_string_lossy().into_owned());
     if let Some(url) = &args.coordinator {
         let format = Format::from_path(&args.plan).expect("load_file checked the extension");
-        return remote::submit(url, &file_name, &text, format, &args).await;
+        let tls = client_tls(&args.tls)?;
+        return remote::submit(url, tls.as_ref(), &file_name, &text, format, &args).await;
     }
     let report = match run_local(plan, &args).await? {
         Ok(r) => r,
@@ -202,7 +283,8 @@ async fn run_local(mut plan: Plan, args: &RunArgs) -> anyhow::Result<Result<Repo
     let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the coordinator on loopback")?;
     let fleet = Fleet::default();
     let shutdown = CancellationToken::new();
-    let (addr, server) = server::spawn(listener, fleet.clone(), None, shutdown.clone());
+    // In-process agents dial 127.0.0.1 inside this process: plain text, no token.
+    let (addr, server) = server::spawn(listener, fleet.clone(), None, Security::default(), shutdown.clone());
     let agents_stop = CancellationToken::new();
     let state_dir = args.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("stampede-state"));
     let agents = local::spawn_agents(n, addr, args.workers, &state_dir, &agents_stop);
@@ -233,12 +315,23 @@ async fn abort_on_ctrl_c(abort: CancellationToken) {
     }
 }
 
-async fn coordinator(listen: &str) -> anyhow::Result<i32> {
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<i32> {
+    let mode = args.mode().map_err(anyhow::Error::msg)?;
+    let token = args.token_file.as_deref().map(Token::read).transpose()?;
+    let security = match mode {
+        Mode::Tls(files) => Security { tls: Some(ServerTls::load(&files)?), token },
+        Mode::Insecure => {
+            tracing::warn!(message = INSECURE_WARNING);
+            Security { tls: None, token }
+        }
+    };
+    let (tls, enrollment) = (security.tls.is_some(), security.token.is_some());
+    let listen = &args.listen;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let fleet = Fleet::default();
     let shutdown = CancellationToken::new();
-    let (addr, server) = server::spawn(listener, fleet.clone(), Some(Control { fleet }), shutdown.clone());
-    tracing::warn!(message = "Coordinator listening without TLS; use it only on a trusted network.", %addr);
+    let (addr, server) = server::spawn(listener, fleet.clone(), Some(Control { fleet }), security, shutdown.clone());
+    tracing::info!(message = "Coordinator listening.", %addr, mutual_tls = tls, enrollment_token = enrollment);
     tokio::select! {
         r = server => { r??; }
         _ = tokio::signal::ctrl_c() => { shutdown.cancel(); }

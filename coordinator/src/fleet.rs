@@ -29,6 +29,10 @@ pub struct AgentEntry {
     pub capabilities: Vec<Capability>,
     /// Estimated (agent clock − coordinator clock), nanoseconds.
     pub clock_offset_nanos: i64,
+    /// Round trip of the sample the offset came from; `i64::MAX` until the
+    /// first probe returns (the offset is then the registration's one-way guess).
+    pub clock_rtt_nanos: i64,
+    pub clock_sampled_at: SystemTime,
     pub last_seen: SystemTime,
     pub version: String,
     /// The host the agent runs on; faults apply once per node.
@@ -89,6 +93,22 @@ impl Fleet {
         }
         drop(s);
         self.changed.notify_waiters();
+    }
+
+    /// Keeps the best clock sample: the smallest round trip, unless the kept
+    /// one is older than a minute (clocks drift).
+    pub fn clock_sample(&self, agent_id: &str, offset_nanos: i64, rtt_nanos: i64) {
+        if rtt_nanos < 0 {
+            return; // a clock stepped mid-probe; the sample means nothing
+        }
+        if let Some(a) = self.lock().agents.get_mut(agent_id) {
+            let stale = a.clock_sampled_at.elapsed().map_or(true, |e| e > std::time::Duration::from_secs(60));
+            if rtt_nanos < a.clock_rtt_nanos || stale {
+                a.clock_offset_nanos = offset_nanos;
+                a.clock_rtt_nanos = rtt_nanos;
+                a.clock_sampled_at = SystemTime::now();
+            }
+        }
     }
 
     pub fn touch(&self, agent_id: &str) {

@@ -12,10 +12,13 @@
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
 //! - [`local`]: in-process agents and built-in target for `--local-agents`.
 //! - [`control`] / [`remote`]: the standing coordinator's submit API and its client.
-//! - [`server`]: serving the gRPC services until shutdown.
+//! - [`server`]: serving the gRPC services until shutdown, with mutual TLS
+//!   and the enrollment token ([`server::Security`]) or without.
+//! - [`certs`]: `stampede certs`: the fleet's CA, its certificates, the token.
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod certs;
 pub mod cli;
 pub mod control;
 pub mod faults;

@@ -41,7 +41,10 @@ pub fn spawn_agents(n: usize, coordinator: SocketAddr, workers: Option<usize>, s
     (0..n)
         .map(|i| {
             let cfg = AgentConfig {
+                // Loopback inside this process: plain text, no token.
                 coordinator: format!("http://{coordinator}"),
+                tls: None,
+                token: None,
                 agent_id: format!("local-{i}"),
                 labels: BTreeMap::from([("local".to_string(), i.to_string())]),
                 capacity: 1,

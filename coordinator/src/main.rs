@@ -1,10 +1,9 @@
 //! `stampede`: parse the command line and hand it to the library.
 
-use clap::Parser;
 use stampede_coordinator::cli::{self, Cli};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -16,7 +15,7 @@ fn main() -> std::process::ExitCode {
         // `run` and `validate` talk to a person through progress and summary;
         // routine log lines would bury them.
         let level = match cli.command {
-            cli::Command::Run(_) | cli::Command::Validate { .. } => "warn",
+            cli::Command::Run(_) | cli::Command::Validate { .. } | cli::Command::Certs(_) => "warn",
             _ => "info",
         };
         let _telemetry = match stampede_common::telemetry::init("stampede", level, cli.otlp_endpoint.clone()) {

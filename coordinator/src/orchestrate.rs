@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use stampede_common::plan::{Model, Plan};
+use stampede_common::plan::{AgentSelector, Model, Plan};
 use stampede_proto::v1::coordinator_message::Msg as Down;
 use stampede_proto::v1::{Abort, Assignment, CoordinatorMessage};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,8 @@ const START_LEAD: Duration = Duration::from_secs(1);
 const END_GRACE: Duration = Duration::from_secs(10);
 /// After an abort, how long agents get to send what they measured.
 const ABORT_GRACE: Duration = Duration::from_secs(3);
+/// How long a run waits for fresh agents' first clock samples.
+const CLOCK_WAIT: Duration = Duration::from_millis(500);
 
 pub struct RunRequest {
     pub plan: Plan,
@@ -39,14 +41,25 @@ pub struct RunRequest {
 pub enum RunError {
     #[error("another run is in progress on this coordinator; try again when it ends")]
     Busy,
-    #[error("waited {waited:?} for {expected} agent(s) but {connected} connected")]
-    NotEnoughAgents { expected: usize, connected: usize, waited: Duration },
+    #[error("waited {waited:?} for {expected} agent(s){selector} but {connected} connected{}", describe_matching(matching, *others))]
+    NotEnoughAgents { expected: usize, connected: usize, waited: Duration, selector: String, matching: Vec<String>, others: usize },
     #[error("agent {agent} could not run the plan: {error}")]
     AgentFailed { agent: String, error: String },
     #[error("could not send the assignment to agent {0}: its session closed")]
     Send(String),
     #[error("preflight refused the plan: {0}")]
     Preflight(#[from] crate::faults::PreflightError),
+}
+
+fn describe_matching(matching: &[String], all: usize) -> String {
+    let mut s = String::new();
+    if !matching.is_empty() {
+        s.push_str(&format!(" ({})", matching.join(", ")));
+    }
+    if all > matching.len() {
+        s.push_str(&format!("; {} other agent(s) do not match", all - matching.len()));
+    }
+    s
 }
 
 /// Claims the fleet for one run and gives it back on every path.
@@ -66,7 +79,10 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
     let _claim = RunClaim(fleet);
     let plan = Arc::new(req.plan);
 
-    let agents = wait_for_agents(fleet, req.expect_agents, req.wait, &abort).await?;
+    // The CLI's number wins over the plan's, so one plan serves fleets of any size.
+    let expect = if req.expect_agents > 0 { req.expect_agents } else { plan.agents.count.unwrap_or(0) as usize };
+    let agents = wait_for_agents(fleet, &plan.agents, expect, req.wait, &abort).await?;
+    let agents = with_clock_estimates(fleet, agents).await;
     progress(format!("run {run_id}: {} agent(s): {}", agents.len(), agents.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")));
 
     let faults_per_agent = crate::faults::assign(&plan, &agents)?;
@@ -175,12 +191,18 @@ async fn abort_all(agents: &[AgentEntry], run_id: &str, reason: &str) {
 
 /// Waits until enough agents are connected; picks them in id order so the
 /// split is reproducible.
-async fn wait_for_agents(fleet: &Fleet, expect: usize, wait: Duration, abort: &CancellationToken) -> Result<Vec<AgentEntry>, RunError> {
+async fn wait_for_agents(fleet: &Fleet, selector: &AgentSelector, expect: usize, wait: Duration, abort: &CancellationToken) -> Result<Vec<AgentEntry>, RunError> {
     let deadline = tokio::time::Instant::now() + wait;
+    let want = expect.max(1);
+    let matching = || fleet.agents().into_iter().filter(|a| selector.matches(&a.labels)).collect::<Vec<_>>();
+    let too_few = || {
+        let all = fleet.agents();
+        let m: Vec<String> = all.iter().filter(|a| selector.matches(&a.labels)).map(|a| a.id.clone()).collect();
+        RunError::NotEnoughAgents { expected: want, connected: m.len(), waited: wait, selector: selector_text(selector), matching: m, others: all.len() }
+    };
     loop {
         let changed = fleet.changed();
-        let agents = fleet.agents();
-        let want = expect.max(1);
+        let agents = matching();
         if agents.len() >= want {
             let take = if expect == 0 { agents.len() } else { expect };
             return Ok(agents.into_iter().take(take).collect());
@@ -188,14 +210,31 @@ async fn wait_for_agents(fleet: &Fleet, expect: usize, wait: Duration, abort: &C
         tokio::select! {
             _ = changed => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(RunError::NotEnoughAgents { expected: want, connected: fleet.agents().len(), waited: wait });
-            }
-            _ = abort.cancelled() => {
-                return Err(RunError::NotEnoughAgents { expected: want, connected: fleet.agents().len(), waited: wait });
-            }
+            _ = tokio::time::sleep_until(deadline) => return Err(too_few()),
+            _ = abort.cancelled() => return Err(too_few()),
         }
     }
+}
+
+/// Gives agents that just registered a moment to answer their first clock
+/// probes, so the start instant uses a measured offset, not the one-way guess.
+async fn with_clock_estimates(fleet: &Fleet, agents: Vec<AgentEntry>) -> Vec<AgentEntry> {
+    let deadline = Instant::now() + CLOCK_WAIT;
+    loop {
+        let fresh: Vec<AgentEntry> = agents.iter().map(|a| fleet.agent(&a.id).unwrap_or_else(|| a.clone())).collect();
+        if fresh.iter().all(|a| a.clock_rtt_nanos < i64::MAX) || Instant::now() >= deadline {
+            return fresh;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn selector_text(selector: &AgentSelector) -> String {
+    if selector.labels.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<_> = selector.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(" matching {{{}}}", parts.join(", "))
 }
 
 fn progress_line(plan: &Plan, agg: &Aggregate, seq: u64) -> String {

@@ -1,16 +1,33 @@
 //! The client side of a standing coordinator: submit a run and stream its
 //! progress, or list the connected agents.
 
-use anyhow::Context;
 use stampede_common::plan::Format;
+use stampede_common::tls::{self, ClientTls};
 use stampede_proto::v1::control_service_client::ControlServiceClient;
 use stampede_proto::v1::run_event::Event;
 use stampede_proto::v1::{ListAgentsRequest, SubmitRunRequest};
+use tonic::transport::Channel;
 
 use crate::cli::{progress_printer, RunArgs, EXIT_ERROR};
 
-pub async fn submit(url: &str, file_name: &str, text: &str, format: Format, args: &RunArgs) -> anyhow::Result<i32> {
-    let mut client = ControlServiceClient::connect(url.to_string()).await.with_context(|| format!("connecting to the coordinator at {url}"))?;
+/// Dials the control API: `https://` with a client certificate, `http://` with `--insecure`.
+async fn connect(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<ControlServiceClient<Channel>> {
+    let channel = tls::endpoint(url, tls)?.connect().await.map_err(|e| anyhow::anyhow!("connecting to the coordinator at {url}: {}", tls::describe(&e)))?;
+    Ok(ControlServiceClient::new(channel))
+}
+
+/// A failed call: the coordinator's own message, or what broke the
+/// connection — with TLS 1.3 a refused client certificate only shows here,
+/// at the first call, not when connecting.
+fn call_failed(url: &str, status: tonic::Status) -> anyhow::Error {
+    if std::error::Error::source(&status).is_none() {
+        return anyhow::anyhow!("{}", status.message());
+    }
+    anyhow::anyhow!("the connection to the coordinator at {url} failed: {}", tls::describe_call(&status, url.starts_with("https://")))
+}
+
+pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &str, format: Format, args: &RunArgs) -> anyhow::Result<i32> {
+    let mut client = connect(url, tls).await?;
     let request = SubmitRunRequest {
         plan_name: file_name.to_string(),
         plan_text: text.to_string(),
@@ -18,9 +35,9 @@ pub async fn submit(url: &str, file_name: &str, text: &str, format: Format, args
         expect_agents: args.expect_agents as u32,
         wait_ms: args.wait.as_duration().as_millis() as u64,
     };
-    let mut events = client.submit_run(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+    let mut events = client.submit_run(request).await.map_err(|s| call_failed(url, s))?.into_inner();
     let progress = progress_printer();
-    while let Some(event) = events.message().await? {
+    while let Some(event) = events.message().await.map_err(|s| call_failed(url, s))? {
         match event.event {
             Some(Event::Progress(line)) => progress(line),
             Some(Event::Result(r)) => {
@@ -46,9 +63,9 @@ pub async fn submit(url: &str, file_name: &str, text: &str, format: Format, args
     Ok(EXIT_ERROR)
 }
 
-pub async fn list_agents(url: &str) -> anyhow::Result<i32> {
-    let mut client = ControlServiceClient::connect(url.to_string()).await.with_context(|| format!("connecting to the coordinator at {url}"))?;
-    let agents = client.list_agents(ListAgentsRequest {}).await?.into_inner().agents;
+pub async fn list_agents(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<i32> {
+    let mut client = connect(url, tls).await?;
+    let agents = client.list_agents(ListAgentsRequest {}).await.map_err(|s| call_failed(url, s))?.into_inner().agents;
     println!("{:<24} {:<30} {:>8} {:>14} {:>10}", "AGENT", "LABELS", "CAPACITY", "CLOCK OFFSET", "LAST SEEN");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
     for a in agents {

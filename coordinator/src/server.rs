@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use stampede_common::tls::{self, ServerTls, Token};
 use stampede_proto::v1::agent_service_server::AgentServiceServer;
 use stampede_proto::v1::control_service_server::ControlServiceServer;
 use tokio::net::TcpListener;
@@ -15,15 +16,36 @@ use crate::service::AgentSessions;
 /// Snapshots of a large plan with many steps can exceed tonic's 4 MiB default.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// Who may talk to the coordinator. The default — no TLS, no token — is for
+/// the in-process agents of `stampede run --local-agents`, which dial a
+/// listener on 127.0.0.1 inside the same process, and for `--insecure`.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Mutual TLS: every client (agent or control client) presents a
+    /// certificate signed by the coordinator's CA.
+    pub tls: Option<ServerTls>,
+    /// The enrollment token agents must present on their session.
+    pub token: Option<Token>,
+}
+
 /// Starts serving on `listener`; the task ends when `shutdown` is cancelled.
 /// With `control`, also serves run submissions (a standing coordinator).
-pub fn spawn(listener: TcpListener, fleet: Fleet, control: Option<Control>, shutdown: CancellationToken) -> (SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+pub fn spawn(
+    listener: TcpListener,
+    fleet: Fleet,
+    control: Option<Control>,
+    security: Security,
+    shutdown: CancellationToken,
+) -> (SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
     let addr = listener.local_addr().expect("a bound listener has an address");
-    let agents = AgentServiceServer::new(AgentSessions { fleet }).max_decoding_message_size(MAX_MESSAGE);
+    let agents = AgentServiceServer::new(AgentSessions { fleet, token: security.token }).max_decoding_message_size(MAX_MESSAGE);
     let mut router = tonic::transport::Server::builder().add_service(agents);
     if let Some(c) = control {
         router = router.add_service(ControlServiceServer::new(c).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE));
     }
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned()));
+    let task = match security.tls {
+        Some(t) => tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(listener, t), shutdown.cancelled_owned())),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())),
+    };
     (addr, task)
 }

@@ -3,10 +3,11 @@
 use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use stampede_common::tls::{Token, AUTHORIZATION};
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_server::AgentService;
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{AgentMessage, CoordinatorMessage, Registered, SnapshotAck};
+use stampede_proto::v1::{AgentMessage, ClockProbe, CoordinatorMessage, Registered, SnapshotAck};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -17,6 +18,8 @@ use crate::fleet::{AgentEntry, AgentEvent, Fleet};
 
 pub struct AgentSessions {
     pub fleet: Fleet,
+    /// When set, a session must carry `authorization: Bearer TOKEN`.
+    pub token: Option<Token>,
 }
 
 pub fn unix_nanos_now() -> i64 {
@@ -34,6 +37,16 @@ impl AgentService for AgentSessions {
     type SessionStream = Outbound;
 
     async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Outbound>, Status> {
+        // Enrollment first, before reading anything the agent sends.
+        if let Some(token) = &self.token {
+            let presented = request.metadata().get(AUTHORIZATION).map(|v| v.as_bytes());
+            if !presented.is_some_and(|p| token.matches(p)) {
+                let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+                let reason = if presented.is_some() { "wrong token" } else { "no token" };
+                warn!(message = "Agent refused: bad enrollment token.", %peer, %reason);
+                return Err(Status::unauthenticated("bad enrollment token: the agent's --token-file must hold the coordinator's token"));
+            }
+        }
         let mut inbound = request.into_inner();
         let first = inbound
             .next()
@@ -57,6 +70,8 @@ impl AgentService for AgentSessions {
             capabilities: reg.capabilities,
             // One sample, including the one-way delay; good enough on a LAN.
             clock_offset_nanos: reg.clock_unix_nanos - now,
+            clock_rtt_nanos: i64::MAX,
+            clock_sampled_at: SystemTime::now(),
             last_seen: SystemTime::now(),
             version: reg.version,
             node: if reg.node.is_empty() { agent_id.clone() } else { reg.node },
@@ -64,6 +79,7 @@ impl AgentService for AgentSessions {
             session: 0,
         });
         info!(message = "Agent registered.", agent = %agent_id);
+        tokio::spawn(probe_clock(tx.clone()));
 
         let fleet = self.fleet.clone();
         tokio::spawn(async move {
@@ -88,6 +104,12 @@ impl AgentService for AgentSessions {
                                 let run_id = ev.run_id.clone();
                                 fleet.deliver(&run_id, AgentEvent::Fault(ev));
                             }
+                            Some(Up::ClockEcho(e)) => {
+                                let t4 = unix_nanos_now();
+                                let rtt = (t4 - e.t1_unix_nanos) - (e.t3_unix_nanos - e.t2_unix_nanos);
+                                let offset = ((e.t2_unix_nanos - e.t1_unix_nanos) + (e.t3_unix_nanos - t4)) / 2;
+                                fleet.clock_sample(&agent_id, offset, rtt);
+                            }
                             Some(Up::Heartbeat(_)) => {}
                             Some(Up::Register(_)) => warn!(message = "Agent registered twice on one session; ignored.", agent = %agent_id),
                             None => {}
@@ -99,5 +121,25 @@ impl AgentService for AgentSessions {
             fleet.unregister(&agent_id, session, reason);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as Outbound))
+    }
+}
+
+/// Clock probes per round, their spacing, and how often a round repeats
+/// (clocks drift; a fresh estimate before each run is worth 160 ms of probes).
+const PROBES: usize = 8;
+const PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(20);
+const PROBE_ROUND: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends rounds of clock probes until the session's queue closes.
+async fn probe_clock(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>) {
+    loop {
+        for _ in 0..PROBES {
+            let probe = ClockProbe { t1_unix_nanos: unix_nanos_now() };
+            if tx.send(down(Down::ClockProbe(probe))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(PROBE_GAP).await;
+        }
+        tokio::time::sleep(PROBE_ROUND).await;
     }
 }

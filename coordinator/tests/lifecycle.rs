@@ -80,7 +80,7 @@ fn sigterm_mid_run_stops_the_agent_and_the_run_is_incomplete() {
     .unwrap();
     let out = procs.dir.path().join("out");
     let mut cmd = Command::new(stampede());
-    cmd.arg("run").arg(&plan).args(["--coordinator", &url, "--expect-agents", "2", "--out", out.to_str().unwrap()]);
+    cmd.arg("run").arg(&plan).args(["--coordinator", &url, "--insecure", "--expect-agents", "2", "--out", out.to_str().unwrap()]);
     let mut run = Background::start(cmd, procs.dir.path(), "run");
 
     // Wait until the load runs (two progress lines), then stop one agent.

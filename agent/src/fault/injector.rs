@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stampede_common::plan::Fault;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -71,6 +71,18 @@ pub struct Injector {
     pub runner: Runner,
     journal: Journal,
     node: Node,
+    /// Fault windows in progress, so that shutting down can wait for their
+    /// reverts (see [`Injector::settle`]).
+    windows: watch::Sender<usize>,
+}
+
+/// Counts one window as in progress until it ends or its task is dropped.
+struct InProgress(Arc<Injector>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.windows.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -79,7 +91,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 impl Injector {
     pub fn new(state_dir: &Path, node: Node, runner: Runner) -> std::io::Result<Injector> {
-        Ok(Injector { runner, journal: Journal::open(state_dir)?, node })
+        Ok(Injector { runner, journal: Journal::open(state_dir)?, node, windows: watch::channel(0).0 })
     }
 
     /// The exact actions `fault` takes on this node.
@@ -116,6 +128,24 @@ impl Injector {
         lines
     }
 
+    /// Waits (at most `limit`) until no fault window is in progress: call it
+    /// after cancelling the runs, before the runtime goes away. A cancelled
+    /// window still finishes an apply that is under way and then reverts;
+    /// dropping the runtime instead would drop the window between the two
+    /// and leave the fault applied (the dead-man thread dies with the
+    /// process). False if some window was still running at `limit`.
+    pub async fn settle(&self, limit: Duration) -> bool {
+        let mut count = self.windows.subscribe();
+        let running = *count.borrow_and_update();
+        if running == 0 {
+            return true;
+        }
+        info!(message = "Waiting for fault windows to finish their reverts.", windows = running);
+        // Bound to a name so the borrow of `count` ends before it is dropped.
+        let settled = tokio::time::timeout(limit, count.wait_for(|n| *n == 0)).await.is_ok_and(|r| r.is_ok());
+        settled
+    }
+
     fn revert_with_retries(&self, revert: &[Action]) -> Result<(), String> {
         revert_all(&self.runner, revert)
     }
@@ -123,6 +153,8 @@ impl Injector {
     /// One fault's window: waits until `start + fault.at`, then journals,
     /// applies, holds until the window ends or `cancel`, and reverts.
     pub async fn run_window(self: Arc<Self>, run_id: String, fault: Fault, start: SystemTime, cancel: CancellationToken, updates: mpsc::UnboundedSender<FaultUpdate>) {
+        self.windows.send_modify(|n| *n += 1);
+        let _in_progress = InProgress(self.clone());
         let scheduled = start + fault.at.as_duration();
         let end = scheduled + fault.duration.as_duration();
         let mut update = FaultUpdate {

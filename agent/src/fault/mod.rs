@@ -12,6 +12,7 @@
 //! - [`effect`]: what a network fault measurably did (achieved vs requested).
 //! - [`journal`]: the fsynced on-disk record of applied faults and their reverts.
 //! - [`injector`]: the timeline: journal, apply, hold, revert on every path, dead-man thread.
+//! - [`sweep`]: `stampede-agent sweep`, removing whatever stampede left on a node.
 
 pub mod action;
 pub mod effect;
@@ -22,6 +23,7 @@ pub mod journal;
 pub mod net;
 pub mod nft;
 pub mod probe;
+pub mod sweep;
 
 use stampede_common::plan::{Fault, FaultKind};
 

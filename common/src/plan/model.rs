@@ -15,6 +15,10 @@ pub struct Plan {
     pub name: String,
     /// Base URL every step's path is appended to: `http://host:port`.
     pub target: String,
+    /// Which agents run the plan: a label selector and how many (default:
+    /// every connected agent, or the number the CLI asks for).
+    #[serde(default, skip_serializing_if = "AgentSelector::is_empty")]
+    pub agents: AgentSelector,
     /// When present, `stampede run` starts the built-in target in-process with
     /// this behaviour, listening on `target`'s host and port (port 0 = any free port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,6 +36,27 @@ pub struct Plan {
     /// Faults injected by the agents on the run's timeline (see `fault.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<super::Fault>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSelector {
+    /// How many agents the run needs; it waits for them and fails if too few match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Only agents whose labels include all of these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl AgentSelector {
+    pub fn is_empty(&self) -> bool {
+        self.count.is_none() && self.labels.is_empty()
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
 }
 
 fn default_interval() -> Dur {

@@ -25,6 +25,9 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         return err("name".into(), "must not be empty");
     }
     check_target(&plan.target).map_err(|m| ("target".to_string(), m))?;
+    if plan.agents.count == Some(0) {
+        return err("agents.count".into(), "must be at least 1");
+    }
     if plan.interval.as_duration() < std::time::Duration::from_millis(100) {
         return err("interval".into(), "must be at least 100ms");
     }

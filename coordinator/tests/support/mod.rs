@@ -9,6 +9,9 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+/// A fleet in network namespaces (`deploy/netns/fleet.sh`), for `fleet_*.rs`.
+pub mod fleet;
+
 use std::fs::File;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -134,9 +137,9 @@ pub fn stampede_output(args: &[&str], limit: Duration) -> Output {
     out
 }
 
-/// `stampede agents --coordinator URL`'s table, or None if it failed.
+/// `stampede agents --coordinator URL --insecure`'s table, or None if it failed.
 pub fn list_agents(url: &str) -> Option<String> {
-    let out = stampede_output(&["agents", "--coordinator", url], Duration::from_secs(10));
+    let out = stampede_output(&["agents", "--coordinator", url, "--insecure"], Duration::from_secs(10));
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -246,7 +249,8 @@ impl Procs {
     pub fn coordinator_on(&mut self, name: &str, port: u16) -> Option<String> {
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(stampede());
-        cmd.args(["coordinator", "--listen", &listen]);
+        // Plain text on loopback; `mtls.rs` tests the TLS flags.
+        cmd.args(["coordinator", "--listen", &listen, "--insecure"]);
         // A retry reuses the name: forget the earlier (exited) attempt.
         self.forget(name);
         self.spawn(name, cmd);
@@ -276,10 +280,10 @@ impl Procs {
         panic!("no target could start on a free port; last log:\n{}", self.log(name));
     }
 
-    /// Starts `stampede-agent --coordinator URL --id ID --labels LABELS --workers 1`.
+    /// Starts `stampede-agent --coordinator URL --id ID --labels LABELS --workers 1 --insecure`.
     pub fn agent(&mut self, id: &str, url: &str, labels: &str) {
         let mut cmd = Command::new(agent_bin());
-        cmd.args(["--coordinator", url, "--id", id, "--labels", labels, "--workers", "1"]).env("RUST_LOG", "info");
+        cmd.args(["--coordinator", url, "--id", id, "--labels", labels, "--workers", "1", "--insecure"]).env("RUST_LOG", "info");
         self.spawn(id, cmd);
     }
 

@@ -1,0 +1,373 @@
+//! `stampede-agent sweep`: removes everything stampede left on this node,
+//! for an operator cleaning up after a crash the agent could not recover
+//! from by itself (the agent is gone for good, its host was rebooted, the
+//! state dir was lost):
+//!
+//! 1. every fault still pending in the journal of `--state-dir` is reverted
+//!    with the exact actions journaled for it (and marked reverted);
+//! 2. every nftables table `inet stampede_*` is deleted;
+//! 3. stampede's root qdisc (handle [`ROOT_HANDLE`]) is deleted from every
+//!    device that has one;
+//! 4. pressure helpers (`…/stampede stress …`, `…/stampede-agent stress …`)
+//!    still running are SIGKILLed, by their positive pid.
+//!
+//! Only what stampede owns is touched: tables of other names or families,
+//! qdiscs with other handles and other processes are left alone (the
+//! parsers below are pure and tested on mixed input). `--dry-run` prints
+//! what would be removed and changes nothing (it does not even create the
+//! state dir or the journal).
+
+use std::io::ErrorKind;
+use std::path::Path;
+use std::process::Command;
+
+use super::action::{Action, Runner};
+use super::injector::revert_all;
+use super::journal::Journal;
+use super::net::{ROOT_HANDLE, TREE_GONE};
+use super::nft;
+
+/// The journal's file name inside the state dir (as [`Journal::open`] names
+/// it); checked first so that a sweep never creates a state dir or journal.
+const JOURNAL_FILE: &str = "faults.journal";
+
+/// What a sweep did (or, with `dry_run`, would do).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// One line per thing removed (or that would be removed).
+    pub removed: Vec<String>,
+    /// One line per thing that could not be checked or removed.
+    pub failed: Vec<String>,
+}
+
+/// The devices where `tc qdisc show` lists stampede's root qdisc
+/// (`qdisc prio 5ea7: dev eth0 root refcnt 2 …`). Qdiscs with another
+/// handle, and stampede's handle anywhere but at the root, are skipped.
+pub fn stampede_qdisc_devs(tc_qdisc_show: &str) -> Vec<String> {
+    let mut devs: Vec<String> = Vec::new();
+    for line in tc_qdisc_show.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [first, _kind, handle, rest @ ..] = &words[..] else { continue };
+        if *first != "qdisc" || *handle != ROOT_HANDLE || !rest.contains(&"root") {
+            continue;
+        }
+        let dev = rest.iter().position(|w| *w == "dev").and_then(|i| rest.get(i + 1));
+        if let Some(dev) = dev {
+            if !devs.iter().any(|d| d == dev) {
+                devs.push(dev.to_string());
+            }
+        }
+    }
+    devs
+}
+
+/// What deletes stampede's tree on `dev`; "already gone" counts as done.
+pub fn qdisc_delete(dev: &str) -> Action {
+    Action::run_ok_if(&["tc", "qdisc", "del", "dev", dev, "root", "handle", ROOT_HANDLE], &TREE_GONE)
+}
+
+/// Whether a `/proc/PID/cmdline` (NUL-separated arguments) is a pressure
+/// helper: `stampede` or `stampede-agent` (a bare name or a path ending in
+/// one) with `stress` as its first argument.
+pub fn is_pressure_helper(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|b| *b == 0);
+    let (Some(exe), Some(sub)) = (args.next(), args.next()) else { return false };
+    let name = exe.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    (name == b"stampede" || name == b"stampede-agent") && sub == b"stress"
+}
+
+/// A command line for display: arguments joined by spaces.
+fn cmdline_text(cmdline: &[u8]) -> String {
+    let args: Vec<String> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    args.join(" ")
+}
+
+/// Pressure helpers running now: (pid, command line).
+pub fn pressure_helpers() -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found: Vec<(i32, String)> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid > 1 && *pid != me)
+        .filter_map(|pid| {
+            // A zombie's cmdline is empty: it is dead already and not matched.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            is_pressure_helper(&cmdline).then(|| (pid, cmdline_text(&cmdline)))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Runs a listing command; `Ok(None)` when the tool is not installed (so
+/// nothing of ours can exist), `Err` when it is there but failed.
+fn list(argv: &[&str]) -> Result<Option<String>, String> {
+    match Command::new(argv[0]).args(&argv[1..]).output() {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot run `{}`: {e}", argv.join(" "))),
+        Ok(out) if out.status.success() => Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned())),
+        Ok(out) => Err(format!("`{}` failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim())),
+    }
+}
+
+/// SIGKILL to one positive pid; a process already gone counts as done.
+fn kill_pid(pid: i32) -> Result<(), String> {
+    if pid <= 1 {
+        return Err(format!("refusing to signal pid {pid}"));
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Sweeps this node (see the module docs). Never panics on a missing tool
+/// or permission: those become `failed` lines.
+pub fn sweep(state_dir: &Path, dry_run: bool, runner: &Runner) -> Swept {
+    let mut s = Swept::default();
+    let killed_groups = sweep_journal(state_dir, dry_run, runner, &mut s);
+    sweep_tables(dry_run, runner, &mut s);
+    sweep_qdiscs(dry_run, runner, &mut s);
+    sweep_helpers(dry_run, &killed_groups, &mut s);
+    s
+}
+
+fn verb(dry_run: bool, did: &str, would: &str) -> String {
+    if dry_run { would.to_string() } else { did.to_string() }
+}
+
+/// Step 1, the journal: exact reverts of what an agent applied and never
+/// undid. Returns the pressure helpers' process groups the reverts killed.
+fn sweep_journal(state_dir: &Path, dry_run: bool, runner: &Runner, s: &mut Swept) -> Vec<i32> {
+    let mut killed_groups = Vec::new();
+    if !state_dir.join(JOURNAL_FILE).exists() {
+        return killed_groups;
+    }
+    let (journal, pending) = match Journal::open(state_dir).and_then(|j| j.pending().map(|p| (j, p))) {
+        Ok(found) => found,
+        Err(e) => {
+            s.failed.push(format!("cannot read the fault journal in {}: {e}", state_dir.display()));
+            return killed_groups;
+        }
+    };
+    for p in pending {
+        let what = format!("fault {} ({}) of run {} from the journal", p.entry.fault, p.entry.kind, p.entry.run_id);
+        let commands: Vec<String> = p.entry.revert.iter().map(Action::display).collect();
+        if dry_run {
+            s.removed.push(format!("would revert {what}: {}", commands.join("; ")));
+            continue;
+        }
+        for (tag, pgid) in &p.spawned {
+            // Only if the group leader is still a pressure helper: after a
+            // reboot the number may belong to anything.
+            let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
+            if is_pressure_helper(&cmdline) {
+                runner.adopt(tag, *pgid);
+                killed_groups.push(*pgid);
+            }
+        }
+        match revert_all(runner, &p.entry.revert) {
+            Ok(()) => {
+                if let Err(e) = journal.record_reverted(&p.entry.id) {
+                    s.failed.push(format!("reverted {what} but could not journal it: {e}"));
+                }
+                s.removed.push(format!("reverted {what}: {}", commands.join("; ")));
+            }
+            Err(e) => s.failed.push(format!("could not revert {what}: {e}")),
+        }
+    }
+    if !dry_run {
+        let _ = journal.compact();
+    }
+    killed_groups
+}
+
+/// Step 2: nftables tables `inet stampede_*`.
+fn sweep_tables(dry_run: bool, runner: &Runner, s: &mut Swept) {
+    let listed = match list(&["nft", "list", "tables"]) {
+        Ok(Some(listed)) => listed,
+        Ok(None) => return,
+        Err(e) => return s.failed.push(format!("cannot list nftables tables: {e}")),
+    };
+    for table in nft::stampede_tables(&listed) {
+        let Some(action) = nft::sweep_actions(std::slice::from_ref(&table)).pop() else { continue };
+        let line = format!("{} nft table inet {table}", verb(dry_run, "deleted", "would delete"));
+        if dry_run {
+            s.removed.push(line);
+            continue;
+        }
+        match runner.execute(&action) {
+            Ok(()) => s.removed.push(line),
+            Err(e) => s.failed.push(format!("could not delete nft table inet {table}: {e}")),
+        }
+    }
+}
+
+/// Step 3: stampede's root qdisc, on any device.
+fn sweep_qdiscs(dry_run: bool, runner: &Runner, s: &mut Swept) {
+    let listed = match list(&["tc", "qdisc", "show"]) {
+        Ok(Some(listed)) => listed,
+        Ok(None) => return,
+        Err(e) => return s.failed.push(format!("cannot list qdiscs: {e}")),
+    };
+    for dev in stampede_qdisc_devs(&listed) {
+        let line = format!("{} qdisc {ROOT_HANDLE} (root) on dev {dev}", verb(dry_run, "deleted", "would delete"));
+        if dry_run {
+            s.removed.push(line);
+            continue;
+        }
+        match runner.execute(&qdisc_delete(&dev)) {
+            Ok(()) => s.removed.push(line),
+            Err(e) => s.failed.push(format!("could not delete qdisc {ROOT_HANDLE} on dev {dev}: {e}")),
+        }
+    }
+}
+
+/// Step 4: pressure helpers nobody killed (`already` were, by the journal step).
+fn sweep_helpers(dry_run: bool, already: &[i32], s: &mut Swept) {
+    for (pid, cmdline) in pressure_helpers() {
+        if already.contains(&pid) {
+            continue;
+        }
+        let line = format!("{} pressure helper pid {pid}: {cmdline}", verb(dry_run, "killed", "would kill"));
+        if dry_run {
+            s.removed.push(line);
+            continue;
+        }
+        match kill_pid(pid) {
+            Ok(()) => s.removed.push(line),
+            Err(e) => s.failed.push(format!("could not kill pressure helper pid {pid}: {e}")),
+        }
+    }
+}
+
+/// `stampede-agent sweep`: prints one line per removed thing (or "nothing to
+/// sweep") and each failure on stderr; the exit code is 0, or 1 when
+/// something could not be checked or removed.
+pub fn main(state_dir: &Path, dry_run: bool) -> i32 {
+    let s = sweep(state_dir, dry_run, &Runner::default());
+    if s.removed.is_empty() && s.failed.is_empty() {
+        println!("nothing to sweep");
+    }
+    for line in &s.removed {
+        println!("{line}");
+    }
+    for line in &s.failed {
+        eprintln!("error: {line}");
+    }
+    if s.failed.is_empty() {
+        0
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qdisc_parser_finds_only_stampede_roots() {
+        let shown = "\
+qdisc noqueue 0: dev lo root refcnt 2 
+qdisc prio 5ea7: dev eth0 root refcnt 2 bands 4 priomap 1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1
+qdisc netem 5ea8: dev eth0 parent 5ea7:4 limit 1000 delay 200ms  20ms loss 1%
+qdisc htb 5ea7: dev veth-a root refcnt 2 r2q 10 default 0 direct_packets_stat 0 direct_qlen 1000
+qdisc htb 1: dev veth-b root refcnt 2 r2q 10 default 0x30 direct_packets_stat 0 direct_qlen 1000
+qdisc fq_codel 0: dev veth-b parent 1:10 limit 10240p flows 1024 quantum 1514
+qdisc tbf 5ea7: dev veth-c parent 1:1 rate 1Mbit burst 16Kb lat 50ms
+qdisc ingress ffff: dev eth1 parent ffff:fff1 ----------------
+qdisc pfifo_fast 0: dev eth1 root refcnt 2 bands 3 priomap 1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1
+qdisc prio 5ea77: dev eth2 root refcnt 2 bands 3
+";
+        // The operator's `1:` htb, the default roots, ingress, a 5ea7: that is
+        // not a root and a longer handle that only starts like ours: untouched.
+        assert_eq!(stampede_qdisc_devs(shown), ["eth0", "veth-a"]);
+        assert!(stampede_qdisc_devs("").is_empty());
+        assert_eq!(qdisc_delete("eth0").display(), "tc qdisc del dev eth0 root handle 5ea7:");
+    }
+
+    /// A `/proc/PID/cmdline`: each argument followed by a NUL.
+    fn cmdline(args: &[&str]) -> Vec<u8> {
+        args.iter().flat_map(|a| a.bytes().chain([0])).collect()
+    }
+
+    #[test]
+    fn helper_parser_matches_only_stampede_stress() {
+        let yes: [&[&str]; 5] = [
+            &["/usr/local/bin/stampede-agent", "stress", "cpu", "--workers", "2", "--for", "15s"],
+            &["/work/target/debug/stampede", "stress", "memory", "--size", "64MiB", "--for", "5s"],
+            &["stampede-agent", "stress", "cpu"],
+            &["./stampede", "stress"],
+            &["/opt/stampede/bin/stampede", "stress", "cpu", "--for", "1s"],
+        ];
+        for c in yes {
+            assert!(is_pressure_helper(&cmdline(c)), "{c:?}");
+        }
+        let no: [&[&str]; 9] = [
+            &["stress", "--cpu", "2"], // the operator's stress(1)
+            &["/usr/bin/stress-ng", "--cpu", "4"],
+            &["/usr/local/bin/stampede-agent", "--coordinator", "http://c:7000"], // an agent
+            &["/usr/local/bin/stampede-agent", "sweep"], // this command
+            &["/usr/bin/notstampede", "stress", "cpu"],
+            &["/usr/bin/stampede-agent-old", "stress"],
+            &["/bin/sh", "-c", "stampede stress cpu"],
+            &[], // a zombie
+            &["/usr/bin/stampede"],
+        ];
+        for c in no {
+            assert!(!is_pressure_helper(&cmdline(c)), "{c:?}");
+        }
+        assert_eq!(cmdline_text(&cmdline(&["/x/stampede", "stress", "cpu"])), "/x/stampede stress cpu");
+    }
+
+    #[test]
+    fn journal_file_name_matches_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.path(), dir.path().join(JOURNAL_FILE));
+    }
+
+    /// Only the journal step: the others act on the whole node, where other
+    /// tests may own tables and helpers right now (`coordinator/tests/crash_sweep.rs`
+    /// runs the whole sweep in throwaway namespaces).
+    #[test]
+    fn journal_step_dry_run_touches_nothing_then_reverts_once() {
+        use super::super::journal::Entry;
+        let journal_lines = |dir: &Path, dry_run: bool| {
+            let mut s = Swept::default();
+            sweep_journal(dir, dry_run, &Runner::default(), &mut s);
+            assert!(s.failed.is_empty(), "{s:?}");
+            s.removed
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // No journal: nothing is created.
+        let missing = dir.path().join("never");
+        assert!(journal_lines(&missing, true).is_empty());
+        assert!(journal_lines(&missing, false).is_empty());
+        assert!(!missing.exists());
+
+        let marker = dir.path().join("reverted");
+        let j = Journal::open(dir.path()).unwrap();
+        let entry = Entry {
+            id: "r1/f1".into(),
+            run_id: "r1".into(),
+            fault: "f1".into(),
+            kind: "partition".into(),
+            revert: vec![Action::run(&["touch", marker.to_str().unwrap()])],
+            deadline_unix_ms: 1,
+        };
+        j.record_apply(&entry).unwrap();
+        let want = format!("fault f1 (partition) of run r1 from the journal: touch {}", marker.display());
+        assert_eq!(journal_lines(dir.path(), true), [format!("would revert {want}")]);
+        assert!(!marker.exists(), "a dry run ran the revert");
+        assert_eq!(j.pending().unwrap().len(), 1);
+
+        // For real: the revert runs once and the journal says so.
+        assert_eq!(journal_lines(dir.path(), false), [format!("reverted {want}")]);
+        assert!(marker.exists());
+        assert!(j.pending().unwrap().is_empty());
+        assert!(journal_lines(dir.path(), false).is_empty());
+    }
+}

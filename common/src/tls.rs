@@ -1,0 +1,536 @@
+//! Transport security shared by both binaries: mutual TLS between the
+//! coordinator and everyone who dials it (agents and control clients), the
+//! enrollment token agents present, and the explicit `--insecure` opt-out.
+//!
+//! - The coordinator serves TLS with its own acceptor ([`incoming`]) rather
+//!   than tonic's `ServerTlsConfig`, for one reason: tonic logs a refused
+//!   handshake at debug level without the peer, and an operator needs to see
+//!   "who was refused and why" at the default level. The rustls config is
+//!   the same one tonic would build (ring provider, ALPN h2, client
+//!   certificates required and verified against `--ca`).
+//! - Clients (the agent, `stampede run/agents --coordinator`) use tonic's
+//!   `ClientTlsConfig`: the server's certificate must chain to `--ca` and
+//!   name the URL's host; the client presents `--cert`/`--key`.
+//! - The enrollment token travels as `authorization: Bearer TOKEN` on the
+//!   agent's `Session` call and is compared in constant time ([`Token::matches`]).
+//!
+//! Certificates and keys are read once, when a process starts: a bad file
+//! fails at once with its path, and rotating one means restarting.
+
+use std::error::Error as StdError;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{AlertDescription, CertificateError, RootCertStore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tracing::warn;
+
+/// Logged by every process that runs with `--insecure`.
+pub const INSECURE_WARNING: &str = "Plain-text gRPC: no TLS, no client certificates. Use only on a trusted network.";
+
+/// How long a peer may take over its TLS handshake before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A refused handshake is logged once per peer address and reason in this
+/// window; repeats are counted into the next line. With TLS 1.3 a client
+/// learns that its certificate was refused only after its side of the
+/// handshake, and tonic's channel then reconnects at once, many times —
+/// without this, one misconfigured agent floods the coordinator's log.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The flags that choose the transport, the same on every command that
+/// serves or dials gRPC: `--ca --cert --key` for mutual TLS, or `--insecure`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// CA certificate (PEM): the peer's certificate must be signed by it
+    /// (`stampede certs init`).
+    #[arg(long, value_name = "PATH")]
+    pub ca: Option<PathBuf>,
+    /// This process's certificate (PEM), signed by the CA (`stampede certs issue`).
+    #[arg(long, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+    /// Plain-text gRPC: no TLS, no client certificates. Only on a trusted network.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    pub insecure: bool,
+}
+
+/// The three files of mutual TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What the flags chose.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Tls(TlsFiles),
+    Insecure,
+}
+
+/// The message of a usage error when neither TLS nor `--insecure` is chosen.
+pub fn choose_message(token: bool) -> String {
+    let token = if token { " --token-file PATH" } else { "" };
+    format!("choose the transport: --ca PATH --cert PATH --key PATH{token} for mutual TLS, or --insecure for plain text on a trusted network")
+}
+
+impl TlsArgs {
+    /// Which transport the flags choose. `Err` is a usage message naming the
+    /// flags; `token` says whether this command also takes `--token-file`.
+    pub fn mode(&self, token: bool) -> Result<Mode, String> {
+        if self.insecure {
+            return Ok(Mode::Insecure);
+        }
+        let given = [("--ca", &self.ca), ("--cert", &self.cert), ("--key", &self.key)];
+        let missing: Vec<&str> = given.iter().filter(|(_, v)| v.is_none()).map(|(n, _)| *n).collect();
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Mode::Tls(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })),
+            (None, None, None) => Err(choose_message(token)),
+            _ => Err(format!("--ca, --cert and --key go together; missing: {} (or use --insecure instead of all three)", missing.join(", "))),
+        }
+    }
+
+    /// `mode`, and the URL's scheme must match it: `https://` with TLS,
+    /// `http://` with `--insecure`.
+    pub fn mode_for(&self, url: &str, token: bool) -> Result<Mode, String> {
+        let mode = self.mode(token)?;
+        check_scheme(url, matches!(mode, Mode::Tls(_)))?;
+        Ok(mode)
+    }
+
+    /// Whether any transport flag was given (for commands where they do not apply).
+    pub fn any(&self) -> bool {
+        self.insecure || self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+fn certificates(pem: &[u8], path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().with_context(|| format!("{what} {}: not a PEM certificate", path.display()))?;
+    if certs.is_empty() {
+        bail!("{what} {}: no PEM certificate in it", path.display());
+    }
+    Ok(certs)
+}
+
+fn private_key(pem: &[u8], path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_slice(pem).with_context(|| format!("--key {}: no PEM private key in it", path.display()))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The coordinator's side: its certificate, and the CA every client
+/// certificate must chain to.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+
+impl ServerTls {
+    pub fn load(files: &TlsFiles) -> anyhow::Result<Self> {
+        let ca = certificates(&read(&files.ca, "--ca")?, &files.ca, "--ca")?;
+        let chain = certificates(&read(&files.cert, "--cert")?, &files.cert, "--cert")?;
+        let key = private_key(&read(&files.key, "--key")?, &files.key)?;
+        let mut roots = RootCertStore::empty();
+        for c in ca {
+            roots.add(c).with_context(|| format!("--ca {}: not a usable CA certificate", files.ca.display()))?;
+        }
+        // Every client must present a certificate signed by the CA: agents
+        // and control clients alike.
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().context("building the client-certificate verifier")?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .with_context(|| format!("--cert {} with --key {}", files.cert.display(), files.key.display()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ServerTls { config: Arc::new(config) })
+    }
+}
+
+/// Accepts TCP connections on `listener` and completes each TLS handshake in
+/// its own task (a slow peer holds up nobody); yields the connections whose
+/// handshake succeeded, and logs every refused one with its peer and reason.
+/// Ends when the returned stream is dropped (the server shut down).
+pub fn incoming(listener: TcpListener, tls: ServerTls) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(tls.config);
+    let refusals = Arc::new(RefusalLog::default());
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = tx.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause, do not spin.
+                    warn!(message = "Accepting a connection failed.", %error);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (acceptor, tx, refusals) = (acceptor.clone(), tx.clone(), refusals.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        let reason = rustls_error(&error).map_or_else(|| error.to_string(), explain_server);
+                        match refusals.should_log(peer.ip(), &reason) {
+                            Some(0) => warn!(message = "TLS handshake refused; connection dropped.", %peer, %reason, %error),
+                            Some(repeats) => warn!(message = "TLS handshake refused; connection dropped.", %peer, %reason, %error, repeats),
+                            None => {}
+                        }
+                    }
+                    Err(_) => warn!(message = "TLS handshake timed out; connection dropped.", %peer, timeout = ?HANDSHAKE_TIMEOUT),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// When each (peer address, reason) was last logged, and how many refusals
+/// went unlogged since.
+#[derive(Default)]
+struct RefusalLog {
+    seen: std::sync::Mutex<std::collections::HashMap<(std::net::IpAddr, String), (std::time::Instant, u64)>>,
+}
+
+impl RefusalLog {
+    /// `Some(repeats not logged since the last line)` when this refusal is to be logged.
+    fn should_log(&self, ip: std::net::IpAddr, reason: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 4096 {
+            seen.retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_LOG_WINDOW);
+        }
+        match seen.get_mut(&(ip, reason.to_string())) {
+            Some((at, repeats)) if now.duration_since(*at) < REFUSAL_LOG_WINDOW => {
+                *repeats += 1;
+                None
+            }
+            Some((at, repeats)) => {
+                let r = std::mem::take(repeats);
+                *at = now;
+                Some(r)
+            }
+            None => {
+                seen.insert((ip, reason.to_string()), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// A dialing side's certificate and the CA the coordinator's must chain to.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    ca: Certificate,
+    identity: Identity,
+}
+
+impl ClientTls {
+    /// Reads and checks the three files (tonic itself would only parse them
+    /// at the first connection, with a vaguer error).
+    pub fn load(files: &TlsFiles) -> anyhow::Result<Self> {
+        let ca = read(&files.ca, "--ca")?;
+        let cert = read(&files.cert, "--cert")?;
+        let key = read(&files.key, "--key")?;
+        certificates(&ca, &files.ca, "--ca")?;
+        certificates(&cert, &files.cert, "--cert")?;
+        private_key(&key, &files.key)?;
+        Ok(ClientTls { ca: Certificate::from_pem(ca), identity: Identity::from_pem(cert, key) })
+    }
+}
+
+/// `https://` with TLS, `http://` without; `Err` is a usage message.
+pub fn check_scheme(url: &str, tls: bool) -> Result<(), String> {
+    match (tls, url.split_once("://").map(|(scheme, _)| scheme)) {
+        (true, Some("https")) | (false, Some("http")) => Ok(()),
+        (true, _) => Err(format!("with --ca/--cert/--key the coordinator URL must be https://HOST:PORT (got {url})")),
+        (false, Some("https")) => Err(format!("an https:// coordinator needs --ca, --cert and --key; --insecure takes an http:// URL (got {url})")),
+        (false, _) => Err(format!("the coordinator URL must be http://HOST:PORT with --insecure, https://HOST:PORT with TLS (got {url})")),
+    }
+}
+
+/// A gRPC endpoint for `url`: `https://` with TLS, `http://` without.
+pub fn endpoint(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<Endpoint> {
+    check_scheme(url, tls.is_some()).map_err(anyhow::Error::msg)?;
+    let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("`{url}` is not a URL"))?.connect_timeout(Duration::from_secs(10));
+    match tls {
+        Some(tls) => {
+            let host = endpoint.uri().host().with_context(|| format!("`{url}` has no host"))?;
+            // The certificate must name the host as written in the URL.
+            let domain = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let config = ClientTlsConfig::new().ca_certificate(tls.ca.clone()).identity(tls.identity.clone()).domain_name(domain);
+            endpoint.tls_config(config).context("TLS configuration")
+        }
+        None => Ok(endpoint),
+    }
+}
+
+/// The rustls error in an error's chain, looking inside `io::Error`s (whose
+/// `source` skips the error they wrap).
+fn rustls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut next: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            if let Some(r) = rustls_error(inner) {
+                return Some(r);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn is_not_tls(e: &rustls::Error) -> bool {
+    matches!(e, rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } | rustls::Error::InappropriateHandshakeMessage { .. })
+}
+
+/// Why the coordinator refused a handshake, in an operator's words.
+fn explain_server(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::NoCertificatesPresented => "the client presented no certificate (it needs --cert and --key signed by this coordinator's --ca)".into(),
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            "the client's certificate is not signed by this coordinator's --ca".into()
+        }
+        rustls::Error::InvalidCertificate(c) => format!("the client's certificate is not acceptable: {c:?}"),
+        rustls::Error::AlertReceived(AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::DecryptError) => {
+            "the client refused this coordinator's certificate (is its --ca another CA?)".into()
+        }
+        e if is_not_tls(e) => "the client does not speak TLS (plain-text --insecure against a TLS coordinator?)".into(),
+        e => e.to_string(),
+    }
+}
+
+/// Why a connection to the coordinator failed, in an operator's words, when
+/// the cause is TLS; `None` for anything else.
+pub fn explain_client(err: &(dyn StdError + 'static)) -> Option<String> {
+    let Some(e) = rustls_error(err) else {
+        // Some layers keep only the text of the rustls error.
+        let text = chain_text(err);
+        let alert = |name: &str| text.contains(&format!("received fatal alert: {name}"));
+        return if alert("CertificateRequired") {
+            Some("the coordinator requires a client certificate".into())
+        } else if alert("UnknownCA") || alert("BadCertificate") || alert("DecryptError") {
+            Some("the coordinator refused our certificate: it is not signed by the coordinator's --ca".into())
+        } else if text.contains("received fatal alert") || text.contains("invalid peer certificate") {
+            Some(format!("TLS: {text}"))
+        } else {
+            None
+        };
+    };
+    Some(match e {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            "the coordinator's certificate is not signed by our --ca: this is not the coordinator we trust".into()
+        }
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
+            "the coordinator's certificate does not name the URL's host (issue it with --san HOST)".into()
+        }
+        rustls::Error::InvalidCertificate(c) => format!("the coordinator's certificate is not acceptable: {c:?}"),
+        rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => "the coordinator requires a client certificate".into(),
+        rustls::Error::AlertReceived(AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::DecryptError) => {
+            "the coordinator refused our certificate: it is not signed by the coordinator's --ca".into()
+        }
+        e if is_not_tls(e) => "the coordinator does not speak TLS (is it running with --insecure? then use http:// and --insecure)".into(),
+        e => format!("TLS: {e}"),
+    })
+}
+
+/// An error's whole chain on one line, looking inside `io::Error`s.
+fn chain_text(err: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source().or_else(|| e.downcast_ref::<io::Error>().and_then(io::Error::get_ref).map(|i| i as &(dyn StdError + 'static)));
+    }
+    parts.join(": ")
+}
+
+/// An error's whole chain on one line, led by the TLS explanation when TLS
+/// is the cause (tonic's own top line is a bare "transport error").
+pub fn describe(err: &(dyn StdError + 'static)) -> String {
+    let chain = chain_text(err);
+    match explain_client(err) {
+        Some(why) => format!("{why} ({chain})"),
+        None => chain,
+    }
+}
+
+/// Why a call failed once connected. When the transport broke rather than
+/// the coordinator answering, and TLS does not say why, the likely causes
+/// are named: with TLS 1.3 a client learns that its certificate was refused
+/// only as a closed connection, and a plain-text client talking to a TLS
+/// coordinator sees garbage.
+pub fn describe_call(status: &tonic::Status, tls: bool) -> String {
+    if StdError::source(status).is_none() {
+        return status.message().to_string();
+    }
+    let text = describe(status);
+    if explain_client(status).is_some() {
+        text
+    } else if tls {
+        format!("the coordinator closed the connection; it may have refused our certificate (is --cert signed by the coordinator's CA?), and its log says why ({text})")
+    } else {
+        format!("{text} (if the coordinator serves TLS, use an https:// URL with --ca, --cert and --key)")
+    }
+}
+
+/// The shared secret an agent must present to be enrolled.
+#[derive(Clone)]
+pub struct Token {
+    /// `Bearer TOKEN`, exactly as it travels.
+    bearer: Arc<str>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// The gRPC metadata key the token travels in.
+pub const AUTHORIZATION: &str = "authorization";
+
+impl Token {
+    /// A token from text: surrounding whitespace is ignored; it must be
+    /// visible ASCII (it travels in a header).
+    pub fn new(text: &str) -> anyhow::Result<Self> {
+        let t = text.trim();
+        if t.is_empty() {
+            bail!("the token is empty");
+        }
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            bail!("the token must be visible ASCII without spaces (`stampede certs token` writes 64 hex digits)");
+        }
+        Ok(Token { bearer: format!("Bearer {t}").into() })
+    }
+
+    /// Reads `--token-file`; warns when other users can read it.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading --token-file {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    warn!(message = "The token file is readable by other users; chmod 600 it.", path = %path.display());
+                }
+            }
+        }
+        Token::new(&text).with_context(|| format!("--token-file {}", path.display()))
+    }
+
+    /// 32 random bytes from the OS, as 64 hex digits.
+    pub fn generate() -> anyhow::Result<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The `authorization` metadata value.
+    pub fn metadata(&self) -> MetadataValue<Ascii> {
+        MetadataValue::try_from(&*self.bearer).expect("Token::new allows only visible ASCII")
+    }
+
+    /// Whether `presented` (the whole `authorization` value) is this token.
+    ///
+    /// Constant time in the content (`subtle`): a byte-by-byte `==` returns
+    /// at the first difference, and timing it would let a client guess the
+    /// token one byte at a time. `subtle` rather than a hand-written XOR
+    /// fold because its fold goes through an optimization barrier, so the
+    /// compiler cannot turn it back into an early exit. Only the length
+    /// may leak, and every token `certs token` writes has the same one.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.bearer.as_bytes().ct_eq(presented).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_matches_only_itself() {
+        let t = Token::new(" abc123\n").unwrap();
+        assert!(t.matches(b"Bearer abc123"));
+        assert!(!t.matches(b"Bearer abc124"));
+        assert!(!t.matches(b"Bearer abc12"));
+        assert!(!t.matches(b"abc123"));
+        assert!(!t.matches(b""));
+        assert_eq!(t.metadata().to_str().unwrap(), "Bearer abc123");
+        assert!(Token::new("  ").is_err());
+        assert!(Token::new("a b").is_err());
+        assert!(!format!("{t:?}").contains("abc"));
+    }
+
+    #[test]
+    fn generated_tokens_are_64_hex_digits_and_differ() {
+        let (a, b) = (Token::generate().unwrap(), Token::generate().unwrap());
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn mode_names_the_flags() {
+        let none = TlsArgs::default();
+        let e = none.mode(true).unwrap_err();
+        for flag in ["--ca", "--cert", "--key", "--token-file", "--insecure"] {
+            assert!(e.contains(flag), "{e}");
+        }
+        let partial = TlsArgs { ca: Some("ca.pem".into()), ..Default::default() };
+        let e = partial.mode(false).unwrap_err();
+        assert!(e.contains("missing: --cert, --key"), "{e}");
+        assert!(matches!(TlsArgs { insecure: true, ..Default::default() }.mode(true), Ok(Mode::Insecure)));
+    }
+
+    #[test]
+    fn endpoint_matches_scheme_to_transport() {
+        assert!(endpoint("http://127.0.0.1:7000", None).is_ok());
+        let e = endpoint("https://127.0.0.1:7000", None).unwrap_err().to_string();
+        assert!(e.contains("--ca"), "{e}");
+        assert!(endpoint("127.0.0.1:7000", None).is_err());
+    }
+}

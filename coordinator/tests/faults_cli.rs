@@ -1,0 +1,226 @@
+//! Faults through the `stampede` command line: the `--dry-run` listing
+//! (golden), the preflight that refuses a plan before any load, and a fault
+//! that fails to apply, which makes the run `invalid`.
+//!
+//! In-process agents (`--local-agents 1`) keep their journals in a temp dir.
+//! Tests that need what only root has print why they skip otherwise.
+
+mod support;
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stampede_agent::fault::nft::stampede_tables;
+use stampede_agent::fault::probe::probe;
+use stampede_agent::fault::driver_for;
+use stampede_common::plan::load_file;
+use support::stampede;
+
+const GOLDEN: &str = "tests/golden/dry-run.txt";
+
+fn plans() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plans")
+}
+
+/// `plans/NAME` with `@KEY@` placeholders filled in, written to `dir`.
+fn plan(dir: &Path, name: &str, vars: &[(&str, String)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(plans().join(name)).unwrap();
+    for (k, v) in vars {
+        text = text.replace(&format!("@{k}@"), v);
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `stampede ARGS` with a time limit, PATH prefixed by `path_prefix`.
+fn stampede_run(args: &[&str], path_prefix: Option<&Path>, limit: Duration) -> Output {
+    let mut cmd = Command::new(stampede());
+    cmd.args(args).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(dir) = path_prefix {
+        cmd.env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()));
+    }
+    let child = cmd.spawn().expect("stampede starts");
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    });
+    let out = child.wait_with_output().expect("stampede runs");
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+fn nft_tables() -> Vec<String> {
+    Command::new("nft").args(["list", "tables"]).output().map(|o| stampede_tables(&text(&o.stdout))).unwrap_or_default()
+}
+
+/// Processes whose command line is the dry-run plan's pressure helper
+/// (`<this stampede binary> stress cpu --workers 2 --load 50 --for 8s`).
+fn stress_helpers() -> Vec<String> {
+    let helper = format!("{} stress cpu --workers 2 --load 50 --for 8s", stampede().display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| c.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>().join(" "))
+        .filter(|c| c.starts_with(&helper))
+        .collect()
+}
+
+/// Deletes the tables a buggy dry run would have made, if they were not there before.
+struct TableGuard(Vec<String>);
+
+impl Drop for TableGuard {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            let _ = Command::new("nft").args(["delete", "table", "inet", t]).output();
+        }
+    }
+}
+
+#[test]
+fn dry_run_prints_the_exact_commands_and_touches_nothing() {
+    if !is_root() {
+        eprintln!("skipped: not root, so the preflight refuses the partition and loss faults (net_admin)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A recording `docker` first on PATH: the preflight finds it, and a dry
+    // run must never call it.
+    let shims = dir.path().join("bin");
+    std::fs::create_dir_all(&shims).unwrap();
+    let docker_log = dir.path().join("docker.log");
+    std::fs::write(shims.join("docker"), format!("#!/bin/sh\necho \"docker $*\" >> '{}'\n", docker_log.display())).unwrap();
+    std::fs::set_permissions(shims.join("docker"), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let ours = ["stampede_db_split", "stampede_db_loss"];
+    let before = nft_tables();
+    let _guard = TableGuard(ours.iter().filter(|t| !before.iter().any(|b| b == *t)).map(|t| t.to_string()).collect());
+    let state = dir.path().join("state");
+    let plan = plans().join("faults-dry-run.yaml");
+    let args = ["run", plan.to_str().unwrap(), "--dry-run", "--local-agents", "1", "--state-dir", state.to_str().unwrap()];
+    let out = stampede_run(&args, Some(&shims), Duration::from_secs(30));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    // The only thing that differs between machines: where the binary is.
+    let listing = stdout.replace(&stampede().display().to_string(), "<stampede>");
+    let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden_path, &listing).unwrap();
+    }
+    let golden = std::fs::read_to_string(&golden_path).unwrap();
+    assert_eq!(listing, golden, "the dry-run listing differs from {GOLDEN} (UPDATE_GOLDEN=1 rewrites it)");
+
+    // Nothing was applied, spawned or called.
+    let after = nft_tables();
+    for t in ours {
+        assert_eq!(before.contains(&t.to_string()), after.contains(&t.to_string()), "the dry run changed table {t}");
+    }
+    assert!(stress_helpers().is_empty(), "the dry run spawned a pressure helper: {:?}", stress_helpers());
+    assert!(!docker_log.exists(), "the dry run called docker: {}", std::fs::read_to_string(&docker_log).unwrap_or_default());
+    assert!(!stderr.lines().any(|l| l.starts_with('[')), "a dry run generates no load:\n{stderr}");
+}
+
+/// A listener the plan targets: it must never see a connection.
+fn untouched_target() -> TcpListener {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+fn assert_no_load(target: &TcpListener, stderr: &str) {
+    assert!(matches!(target.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "the target got a connection:\n{stderr}");
+    assert!(!stderr.lines().any(|l| l.starts_with('[')), "load ran:\n{stderr}");
+}
+
+#[test]
+fn preflight_refuses_a_fault_the_node_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = untouched_target();
+    let port = target.local_addr().unwrap().port().to_string();
+    let plan = plan(dir.path(), "faults-netem.yaml", &[("PORT", port)]);
+    // What this node lacks for it, in the order the driver asks: the
+    // preflight names the first.
+    let fault = load_file(&plan).unwrap().faults[0].clone();
+    let caps = probe();
+    let needs = driver_for(fault.kind).requires(&fault);
+    let Some(missing) = needs.iter().find(|n| !caps.iter().any(|c| &c.name == *n && c.available)) else {
+        eprintln!("skipped: this node can do netem ({needs:?} all available), so there is nothing to refuse");
+        return;
+    };
+    let state = dir.path().join("state");
+    let started = Instant::now();
+    let out = stampede_run(&["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", state.to_str().unwrap()], None, Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{stderr}", text(&out.stdout));
+    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    for part in ["preflight", "fault `slow-db`", "agent local-0", &format!("`{missing}`")] {
+        assert!(line.contains(part), "`{line}` does not name {part}");
+    }
+    assert_no_load(&target, &stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "refused only after {:?}", started.elapsed());
+}
+
+#[test]
+fn preflight_refuses_a_selector_that_matches_no_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = untouched_target();
+    let port = target.local_addr().unwrap().port().to_string();
+    let plan = plan(dir.path(), "faults-no-agent.yaml", &[("PORT", port)]);
+    let state = dir.path().join("state");
+    let out = stampede_run(&["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", state.to_str().unwrap()], None, Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{stderr}", text(&out.stdout));
+    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    assert_eq!(line, "error: preflight refused the plan: fault `burn-nowhere`: its selector {zone=nowhere} matches none of this run's agents");
+    assert_no_load(&target, &stderr);
+}
+
+/// A pid no process has (high, so a new process is unlikely to take it soon).
+fn unused_pid() -> u32 {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768);
+    (2..max).rev().find(|p| !Path::new(&format!("/proc/{p}")).exists()).unwrap()
+}
+
+#[test]
+fn a_fault_that_fails_to_apply_makes_the_run_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid = unused_pid();
+    let plan = plan(dir.path(), "faults-stop-missing.yaml", &[("PID", pid.to_string())]);
+    let (state, out_dir) = (dir.path().join("state"), dir.path().join("out"));
+    let args = ["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", state.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
+    let out = stampede_run(&args, None, Duration::from_secs(30));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["verdict"], "invalid", "{r:#}");
+    let faults = r["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 1, "{r:#}");
+    let f = &faults[0];
+    assert_eq!((f["name"].as_str(), f["kind"].as_str(), f["status"].as_str()), (Some("stop-ghost"), Some("stop"), Some("failed")), "{f:#}");
+    let error = f["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("kill -TERM {pid}")) && error.contains("No such process"), "{f:#}");
+    assert!(f["applied_at"].is_null(), "{f:#}");
+    let reasons = r["verdict_reasons"].to_string();
+    assert!(reasons.contains("fault stop-ghost on local-0 failed"), "{reasons}");
+    // The load itself was fine: the run is invalid only because the drill did not happen.
+    assert!(r["totals"]["requests"].as_u64().unwrap() > 40, "{r:#}");
+    assert_eq!(r["totals"]["errors"], 0, "{r:#}");
+}

@@ -1,0 +1,215 @@
+//! stampede's fuzz targets as plain functions, shared by the libFuzzer
+//! binaries (`fuzz_targets/`, run with cargo-fuzz on nightly) and the stable
+//! harness (`src/bin/stable_fuzz.rs`, no libFuzzer). A target returns
+//! normally for every input; a panic is a finding.
+//!
+//! - [`plan_parser`]: bytes → a plan in YAML, TOML or JSON
+//!   (`stampede_common::plan::load_str`), the path every plan file and every
+//!   plan submitted to a standing coordinator takes.
+//! - [`snapshot_decoder`]: bytes → a protobuf `Snapshot` → the measurement
+//!   types (`stampede_proto::convert::decode_steps`), and bytes → one
+//!   histogram (`stampede_common::histogram::decode`): what a coordinator
+//!   does with every message an agent sends.
+
+pub mod mutate;
+
+use std::path::Path;
+
+use prost::Message;
+use stampede_common::histogram;
+use stampede_common::plan::{load_str, Format, Plan};
+use stampede_proto::convert::decode_steps;
+use stampede_proto::v1::Snapshot;
+
+/// A fuzz target: returns for every input; a panic is a finding.
+pub type Target = fn(&[u8]);
+/// A fuzz target that also says what happened (see [`plan_parser_outcome`]).
+pub type OutcomeTarget = fn(&[u8]) -> String;
+
+/// The targets by name, as the harness and the seed folders call them.
+pub const TARGETS: [(&str, Target); 2] = [("plan_parser", plan_parser), ("snapshot_decoder", snapshot_decoder)];
+
+/// The same targets, returning their outcome (for the stable harness).
+pub const TARGETS_WITH_OUTCOME: [(&str, OutcomeTarget); 2] =
+    [("plan_parser", plan_parser_outcome), ("snapshot_decoder", snapshot_decoder_outcome)];
+
+/// The format a `plan_parser` input is read in: its first byte modulo 3.
+/// Seed files start with the line `0`, `1` or `2`; the newline after it is
+/// part of the text, where every format ignores it.
+pub fn plan_format(selector: u8) -> Format {
+    match selector % 3 {
+        0 => Format::Yaml,
+        1 => Format::Toml,
+        _ => Format::Json,
+    }
+}
+
+/// First byte: the format ([`plan_format`]); the rest: the plan text. Bytes
+/// that are not UTF-8 are replaced (a plan file that is not UTF-8 is refused
+/// when it is read, before the parser).
+///
+/// Besides "no panic", a plan that loads must make the trip every run makes:
+/// the coordinator serializes it to JSON (`orchestrate.rs`, with `expect`)
+/// and each agent deserializes that JSON into the same plan (`session.rs`).
+pub fn plan_parser(data: &[u8]) {
+    plan_parser_outcome(data);
+}
+
+/// [`plan_parser`], returning what happened in a few words (the format, and
+/// `ok` or the error's field path and message without numbers): the stable
+/// harness keeps an input that makes a new outcome, as a cheap stand-in for
+/// coverage feedback.
+pub fn plan_parser_outcome(data: &[u8]) -> String {
+    let Some((&selector, text)) = data.split_first() else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(text);
+    let format = plan_format(selector);
+    match load_str(&text, format, Path::new("fuzz.plan")) {
+        Ok(plan) => {
+            let json = serde_json::to_string(&plan).expect("a loaded plan serializes to JSON (the coordinator expects it)");
+            let back: Plan = serde_json::from_str(&json)
+                .unwrap_or_else(|e| panic!("an agent refuses the JSON of a plan that loaded: {e}\n{json}"));
+            // NaN is the one value that is not equal to itself.
+            if back != plan && format!("{back:?}") != format!("{plan:?}") {
+                panic!("a plan changes on its way to the agents:\nbefore: {plan:?}\nafter:  {back:?}");
+            }
+            format!("{} ok phases={} faults={}", format.name(), plan.phases.len().min(3), plan.faults.len().min(3))
+        }
+        Err(e) => {
+            // The message users see must render.
+            let shown = e.to_string();
+            format!("{} {} {}", format.name(), path_shape(&e.path), message_shape(&e.message))
+                + if shown.is_empty() { " (empty)" } else { "" }
+        }
+    }
+}
+
+/// Field names a plan has (docs/plan.md), to tell a path from fuzz bytes.
+const PLAN_FIELDS: &[&str] = &[
+    "name", "target", "agents", "count", "labels", "builtin_target", "latency", "latency_max", "error_rate", "stall_every",
+    "stall_hold", "body_size", "interval", "timeout", "phases", "duration", "load", "model", "rate", "to", "concurrency", "steps",
+    "weight", "request", "method", "path", "body", "headers", "expect", "status", "slos", "metric", "scope", "pass", "warn",
+    "faults", "kind", "at", "netem", "delay", "jitter", "correlation", "distribution", "loss", "duplicate", "corrupt", "reorder",
+    "dst", "port", "dev", "instance", "driver", "pid", "force", "start", "cpu", "workers", "memory", "size",
+];
+
+/// An error's field path without indices, and with `?` for what is not a
+/// plan field (an unknown key made of fuzz bytes):
+/// `phases[12].load.rate` → `phases[].load.rate`, `phases[0].lod` → `phases[].?`.
+fn path_shape(path: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    // A key of fuzz bytes may hold dots itself: 4 segments say enough.
+    for seg in path.split('.').take(4) {
+        let seg: String = seg.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let shape = if PLAN_FIELDS.contains(&seg.trim_end_matches("[]")) { seg } else { "?".to_string() };
+        if !(shape == "?" && out.last().is_some_and(|l| l == "?")) {
+            out.push(shape);
+        }
+    }
+    out.join(".")
+}
+
+/// The kind of an error message: up to its first quoted value, without
+/// digits (`` `fast` is not a rate`` and `` `slow` is not a rate`` are one).
+fn message_shape(message: &str) -> String {
+    message.split(['`', '"', '\'']).next().unwrap_or("").chars().filter(|c| !c.is_ascii_digit()).take(48).collect()
+}
+
+/// The input as a protobuf `Snapshot`, then its steps and phases as the
+/// coordinator's aggregation decodes them; and the input as one histogram.
+pub fn snapshot_decoder(data: &[u8]) {
+    snapshot_decoder_outcome(data);
+}
+
+/// [`snapshot_decoder`], returning what happened in a few words (see
+/// [`plan_parser_outcome`]).
+pub fn snapshot_decoder_outcome(data: &[u8]) -> String {
+    let snapshot = match Snapshot::decode(data) {
+        Err(_) => "snapshot: not protobuf".to_string(),
+        Ok(snapshot) => match decode_steps(&snapshot.steps, &snapshot.phases) {
+            Err(e) => format!("snapshot: {}", message_shape(&e.to_string())),
+            Ok(stats) => {
+                let mut seen = 0;
+                for record in stats.steps.values() {
+                    // What the report reads from every decoded histogram.
+                    for h in [&record.latency, &record.service, &record.dispatch] {
+                        if !h.is_empty() {
+                            let _ = (h.value_at_quantile(0.99), h.max(), h.len());
+                            seen += 1;
+                        }
+                    }
+                }
+                format!("snapshot: ok steps={} phases={} hists={}", stats.steps.len().min(4), stats.schedule.len().min(2), seen.min(4))
+            }
+        },
+    };
+    let hist = match histogram::decode(data) {
+        Err(e) => format!("hist: {}", message_shape(&e.to_string())),
+        Ok(h) => {
+            let mut total = histogram::new_hist();
+            let fits = histogram::add(&mut total, &h).is_ok();
+            if !h.is_empty() {
+                let _ = (h.value_at_quantile(0.5), h.max(), h.min());
+            }
+            format!("hist: ok empty={} fits={fits}", h.is_empty())
+        }
+    };
+    format!("{snapshot}; {hist}")
+}
+
+/// The reproducer behind the target binaries on stable: runs `target` on
+/// each file named on the command line and prints its outcome; a panic
+/// shows as usual, with its backtrace under `RUST_BACKTRACE=1`.
+pub fn reproduce(target: OutcomeTarget) {
+    let files: Vec<String> = std::env::args().skip(1).collect();
+    if files.is_empty() {
+        eprintln!("usage: {} FILE... (runs the target on each file; fuzz with cargo-fuzz or stable_fuzz)", env!("CARGO_PKG_NAME"));
+        std::process::exit(2);
+    }
+    for file in files {
+        let data = std::fs::read(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        println!("{file}: {}", target(&data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every committed seed runs clean: the corpus is a regression suite.
+    #[test]
+    fn seeds_run_clean() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+        for (name, target) in TARGETS {
+            let dir = root.join(name);
+            let mut n = 0;
+            for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                let path = entry.unwrap().path();
+                target(&std::fs::read(&path).unwrap());
+                n += 1;
+            }
+            assert!(n >= 3, "{}: only {n} seeds", dir.display());
+        }
+    }
+
+    #[test]
+    fn plan_seeds_load() {
+        // The example plans among the seeds are valid: mutations start from
+        // inputs that reach validation, not from syntax errors.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/plan_parser");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !name.starts_with("valid-") {
+                continue;
+            }
+            let data = std::fs::read(&path).unwrap();
+            let text = std::str::from_utf8(&data[1..]).unwrap();
+            load_str(text, plan_format(data[0]), &path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            loaded += 1;
+        }
+        assert!(loaded >= 3, "only {loaded} valid plan seeds");
+    }
+}
