@@ -3,7 +3,11 @@
 //!
 //! # Layout
 //! - [`session`]: the gRPC session with the coordinator (register, assignment,
-//!   snapshots, abort), with reconnect and backoff.
+//!   abort, heartbeats), with reconnect, backoff and the lease.
+//! - `assignment`: one run on this agent: load, fault windows, and the
+//!   messages reporting them.
+//! - `outbox`: the resend buffer: run messages wait there, numbered, until
+//!   the coordinator acknowledges them.
 //! - [`engine`]: runs a share of a plan on worker threads and merges their
 //!   parts into one interval at a time.
 //! - `worker`: one thread, one current_thread runtime: the open-model pacer,
@@ -13,9 +17,11 @@
 //! - `recorder`: a worker's per-interval histograms and counters.
 #![forbid(unsafe_code)]
 
+mod assignment;
 pub mod engine;
 pub mod fault;
 mod http;
+pub mod outbox;
 mod recorder;
 mod schedule;
 pub mod session;

@@ -49,6 +49,11 @@ struct Args {
     /// Where the fault journal lives.
     #[arg(long, default_value = "/var/lib/stampede")]
     state_dir: std::path::PathBuf,
+    /// How long a run goes on without the coordinator (partition, restart):
+    /// the agent keeps its load and faults and reconnects; past the lease it
+    /// stops the load and reverts its faults by itself.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease: std::time::Duration,
     /// Export traces over OTLP/gRPC to this endpoint (or set OTEL_EXPORTER_OTLP_ENDPOINT).
     #[arg(long)]
     otlp_endpoint: Option<String>,
@@ -108,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         node: args.node.clone().unwrap_or_else(session::host_name),
         state_dir: args.state_dir.clone(),
+        lease: args.lease,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

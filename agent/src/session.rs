@@ -1,27 +1,35 @@
 //! The agent's side of the session: dial the coordinator, register, run what
-//! it assigns, stream one snapshot per interval, and obey aborts. One task
-//! owns the session; a run executes in its own task and talks back through
-//! the session's outbound queue.
+//! it assigns and obey aborts, with reconnect and backoff.
+//!
+//! A run is not tied to one session. It pushes what it measures into the
+//! [`Outbox`]; each session pumps the outbox onto its stream, and the
+//! coordinator's `Delivered` acknowledgements empty it. When a session
+//! breaks, the run goes on while the agent reconnects, and the next session
+//! sends again everything unacknowledged. Only when the coordinator has been
+//! silent for longer than the lease does the agent stop the load and revert
+//! its faults by itself: an agent never keeps hammering a target nobody is
+//! watching.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use stampede_common::plan::{validate, Fault, Plan};
 use stampede_common::tls::{self, ClientTls, Token, AUTHORIZATION};
-use stampede_proto::convert::encode_steps;
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_client::AgentServiceClient;
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{AgentMessage, Assignment, ClockEcho, FaultEffect, FaultEvent, Heartbeat, Register, RunFinished, Snapshot};
+use stampede_proto::v1::{AgentMessage, Assignment, ClockEcho, Heartbeat, Register};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::engine::{self, RunSpec};
-use crate::fault::injector::{FaultStatus, FaultUpdate, Injector};
-use crate::fault::{self, Action, Node, Runner};
+use crate::assignment;
+use crate::fault::injector::Injector;
+use crate::fault::{self, Node, Runner};
+use crate::outbox::{self, Outbox};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -44,22 +52,66 @@ pub struct AgentConfig {
     /// Where the fault journal lives; faults left applied by a crashed agent
     /// are reverted from it at start-up.
     pub state_dir: std::path::PathBuf,
+    /// How long a run goes on without the coordinator: past it, the agent
+    /// stops the load and reverts its faults by itself.
+    pub lease: Duration,
 }
 
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Heartbeats both ways; a session silent for `SILENCE` is taken as dead
+/// (a partitioned link does not close a TCP connection by itself).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const SILENCE: Duration = Duration::from_secs(3);
+/// How long one attempt to open a session may take.
+const CONNECT_LIMIT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// While a run goes on without its coordinator, retry at least this often.
+const BACKOFF_MAX_IN_RUN: Duration = Duration::from_secs(1);
 /// On shutdown, how long to wait for fault windows to finish reverting: an
 /// apply under way (the runner's 10 s timeout) and a revert's three attempts.
 const SETTLE_LIMIT: Duration = Duration::from_secs(45);
+/// On shutdown, how long the last messages get to reach the coordinator.
+const FLUSH_LIMIT: Duration = Duration::from_secs(1);
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 enum SessionEnd {
     Shutdown,
     Closed,
 }
 
+/// What outlives a session: the run in progress, its unacknowledged
+/// messages, and when we last heard from a coordinator.
+struct AgentState {
+    injector: Option<Arc<Injector>>,
+    capabilities: Vec<stampede_proto::v1::Capability>,
+    outbox: Arc<Outbox>,
+    run: Option<ActiveRun>,
+    /// Random per process: the coordinator restarts delivery numbers when it changes.
+    instance: u64,
+    last_contact: Instant,
+}
+
+struct ActiveRun {
+    id: String,
+    cancel: CancellationToken,
+    /// Why the run was stopped early, for its RunFinished.
+    stop_reason: Arc<Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ActiveRun {
+    fn stop(&self, reason: &str) {
+        self.stop_reason.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| reason.to_string());
+        self.cancel.cancel();
+    }
+
+    fn is_over(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
 /// Runs the agent until `shutdown`: reconnects with exponential backoff
-/// whenever the session ends or cannot be opened.
+/// whenever the session ends or cannot be opened, and enforces the lease.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let span = info_span!("agent", id = %cfg.agent_id);
     async move {
@@ -68,9 +120,17 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         let capabilities = tokio::task::spawn_blocking(fault::probe::probe).await.unwrap_or_default();
         let missing: Vec<_> = capabilities.iter().filter(|c| !c.available).map(|c| c.name.as_str()).collect();
         info!(message = "Capabilities probed.", available = capabilities.len() - missing.len(), missing = ?missing);
+        let mut state = AgentState {
+            injector,
+            capabilities,
+            outbox: Arc::new(Outbox::new(outbox::DEFAULT_LIMIT_BYTES)),
+            run: None,
+            instance: random_instance(),
+            last_contact: Instant::now(),
+        };
         let mut backoff = BACKOFF_MIN;
         loop {
-            match session(&cfg, injector.clone(), &capabilities, &shutdown).await {
+            match session(&cfg, &mut state, &shutdown).await {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Closed) => {
                     info!(message = "Coordinator closed the session.", coordinator = %cfg.coordinator);
@@ -78,16 +138,27 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 }
                 Err(error) => warn!(message = "Session with the coordinator failed.", error = %session_error(&error, &cfg), retry_in = ?backoff),
             }
+            if state.run.as_ref().is_some_and(ActiveRun::is_over) {
+                state.run = None;
+            }
+            let lease_end = state.last_contact + cfg.lease;
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep_until(lease_end), if state.run.is_some() => {
+                    warn!(message = "No coordinator for longer than the lease: stopping the load and reverting faults.", lease = ?cfg.lease);
+                    let reason = format!("the agent lost its coordinator for longer than its lease ({:?})", cfg.lease);
+                    stop_run(state.run.take(), &reason).await;
+                }
                 _ = shutdown.cancelled() => break,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let cap = if state.run.is_some() { BACKOFF_MAX_IN_RUN } else { BACKOFF_MAX };
+            backoff = (backoff * 2).min(cap);
         }
+        stop_run(state.run.take(), "the agent is shutting down").await;
         // The runs are cancelled; their fault windows revert before we
         // return, since the caller then drops the runtime and the windows
         // with it (and exits, ending the dead-man threads).
-        if let Some(injector) = &injector {
+        if let Some(injector) = &state.injector {
             if !injector.settle(SETTLE_LIMIT).await {
                 warn!(message = "Fault windows still running at exit; the journal reverts them at the next start.");
             }
@@ -96,6 +167,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     }
     .instrument(span)
     .await
+}
+
+fn random_instance() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    // Distinct per process even for agents started in the same nanosecond.
+    nanos ^ (u64::from(std::process::id()) << 32) ^ (uuid::Uuid::new_v4().as_u128() as u64)
 }
 
 /// Why a session failed, in an operator's words for a refused token or a
@@ -115,13 +192,7 @@ fn unix_nanos(t: SystemTime) -> i64 {
 }
 
 fn message(msg: Up) -> AgentMessage {
-    AgentMessage { msg: Some(msg) }
-}
-
-struct ActiveRun {
-    id: String,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    AgentMessage { msg: Some(msg), delivery: 0 }
 }
 
 /// Opens the fault journal and reverts whatever an earlier agent left behind.
@@ -145,34 +216,40 @@ fn open_injector(cfg: &AgentConfig) -> Option<Arc<Injector>> {
     }
 }
 
-async fn session(
-    cfg: &AgentConfig,
-    injector: Option<Arc<Injector>>,
-    capabilities: &[stampede_proto::v1::Capability],
-    shutdown: &CancellationToken,
-) -> anyhow::Result<SessionEnd> {
-    let channel = tls::endpoint(&cfg.coordinator, cfg.tls.as_ref())?.connect().await?;
-    let mut client = AgentServiceClient::new(channel);
+async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &CancellationToken) -> anyhow::Result<SessionEnd> {
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
+    let active_run_id = state.run.as_ref().filter(|r| !r.is_over()).map(|r| r.id.clone()).unwrap_or_default();
     tx.send(message(Up::Register(Register {
         agent_id: cfg.agent_id.clone(),
         labels: cfg.labels.clone().into_iter().collect(),
         capacity: cfg.capacity,
-        capabilities: capabilities.to_vec(),
+        capabilities: state.capabilities.clone(),
         clock_unix_nanos: unix_nanos(SystemTime::now()),
         version: env!("CARGO_PKG_VERSION").to_string(),
         workers: cfg.workers as u32,
         node: cfg.node.clone(),
+        instance: state.instance,
+        active_run_id,
+        lease_ms: cfg.lease.as_millis() as u64,
     })))
     .await?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = &cfg.token {
         request.metadata_mut().insert(AUTHORIZATION, token.metadata());
     }
-    let mut inbound = client.session(request).await?.into_inner();
-    info!(message = "Registered with the coordinator.", coordinator = %cfg.coordinator);
+    let open = async {
+        let channel = tls::endpoint(&cfg.coordinator, cfg.tls.as_ref())?.connect().await?;
+        let inbound = AgentServiceClient::new(channel).session(request).await?.into_inner();
+        anyhow::Ok(inbound)
+    };
+    let mut inbound = tokio::time::timeout(CONNECT_LIMIT, open).await.map_err(|_| anyhow::anyhow!("no session within {CONNECT_LIMIT:?}"))??;
+    state.last_contact = Instant::now();
+    info!(message = "Registered with the coordinator.", coordinator = %cfg.coordinator, unacknowledged = state.outbox.pending());
 
-    let mut run: Option<ActiveRun> = None;
+    // Everything unacknowledged goes out again first, then what comes next.
+    let sent = Arc::new(AtomicU64::new(0));
+    let pump = tokio::spawn(pump(state.outbox.clone(), tx.clone(), sent.clone()));
+    let _pump_guard = AbortOnDrop(pump);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let end = loop {
         tokio::select! {
@@ -180,249 +257,106 @@ async fn session(
             _ = heartbeat.tick() => {
                 let _ = tx.try_send(message(Up::Heartbeat(Heartbeat { clock_unix_nanos: unix_nanos(SystemTime::now()) })));
             }
+            _ = tokio::time::sleep_until(state.last_contact + SILENCE) => {
+                anyhow::bail!("no word from the coordinator for {SILENCE:?}");
+            }
             msg = inbound.message() => match msg {
-                Ok(Some(m)) => match m.msg {
-                    Some(Down::Assignment(a)) => {
-                        if let Some(r) = run.take() {
-                            r.cancel.cancel();
+                Ok(Some(m)) => {
+                    state.last_contact = Instant::now();
+                    match m.msg {
+                        Some(Down::Assignment(a)) => assign(a, cfg, state),
+                        Some(Down::Abort(a)) => {
+                            if let Some(r) = state.run.as_ref().filter(|r| r.id == a.run_id) {
+                                warn!(message = "Run aborted by the coordinator.", run = %r.id, reason = %a.reason);
+                                r.stop(&format!("aborted by the coordinator: {}", a.reason));
+                            }
                         }
-                        run = Some(start_run(a, cfg, injector.clone(), tx.clone()));
-                    }
-                    Some(Down::Abort(a)) => {
-                        if let Some(r) = run.as_ref().filter(|r| r.id == a.run_id) {
-                            warn!(message = "Run aborted by the coordinator.", run = %r.id, reason = %a.reason);
-                            r.cancel.cancel();
+                        Some(Down::ClockProbe(p)) => {
+                            let t2 = unix_nanos(SystemTime::now());
+                            let echo = ClockEcho { t1_unix_nanos: p.t1_unix_nanos, t2_unix_nanos: t2, t3_unix_nanos: unix_nanos(SystemTime::now()) };
+                            let _ = tx.try_send(message(Up::ClockEcho(echo)));
                         }
+                        Some(Down::Delivered(d)) => state.outbox.ack(d.upto),
+                        Some(Down::Registered(_)) | Some(Down::Heartbeat(_)) | None => {}
                     }
-                    Some(Down::ClockProbe(p)) => {
-                        let t2 = unix_nanos(SystemTime::now());
-                        let echo = ClockEcho { t1_unix_nanos: p.t1_unix_nanos, t2_unix_nanos: t2, t3_unix_nanos: unix_nanos(SystemTime::now()) };
-                        let _ = tx.try_send(message(Up::ClockEcho(echo)));
-                    }
-                    Some(Down::Registered(_)) | Some(Down::Ack(_)) | None => {}
-                },
-                Ok(None) => break SessionEnd::Closed,
-                Err(status) => {
-                    stop_run(run.take()).await;
-                    return Err(status.into());
                 }
+                Ok(None) => break SessionEnd::Closed,
+                Err(status) => return Err(status.into()),
             },
         }
     };
-    // Losing the coordinator or shutting down stops the load: an agent never
-    // keeps hammering a target nobody is watching.
-    stop_run(run.take()).await;
     if matches!(end, SessionEnd::Shutdown) {
-        // Deliver what the stopped run measured before leaving: close our half
-        // of the session and give the coordinator a moment to read it.
-        // Returning at once would reset the stream and discard the queued
-        // last snapshot and RunFinished.
+        // Deliver what the stopped run measured before leaving: stop it, let
+        // the pump send its last messages, close our half of the session and
+        // give the coordinator a moment to read it. Returning at once would
+        // reset the stream and discard them.
+        stop_run(state.run.take(), "the agent is shutting down").await;
+        let newest = state.outbox.newest();
+        let _ = tokio::time::timeout(FLUSH_LIMIT, async {
+            while sent.load(Ordering::Acquire) < newest {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        drop(_pump_guard);
         drop(tx);
-        let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Ok(Some(_)) = inbound.message().await {} }).await;
+        let _ = tokio::time::timeout(FLUSH_LIMIT, async { while let Ok(Some(_)) = inbound.message().await {} }).await;
     }
     Ok(end)
 }
 
-async fn stop_run(run: Option<ActiveRun>) {
-    if let Some(r) = run {
-        r.cancel.cancel();
-        // Gives the run a moment to send its final snapshot.
-        let _ = tokio::time::timeout(Duration::from_secs(2), r.task).await;
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
-fn start_run(a: Assignment, cfg: &AgentConfig, injector: Option<Arc<Injector>>, tx: mpsc::Sender<AgentMessage>) -> ActiveRun {
+/// Copies the outbox onto one session's stream, in delivery order: first
+/// every message not yet acknowledged, then each new one. `sent` is the
+/// highest number handed to the stream.
+async fn pump(outbox: Arc<Outbox>, tx: mpsc::Sender<AgentMessage>, sent: Arc<AtomicU64>) {
+    let mut pushed = outbox.subscribe();
+    let mut cursor = 0;
+    loop {
+        for m in outbox.after(cursor) {
+            cursor = m.delivery;
+            if tx.send(m).await.is_err() {
+                return;
+            }
+            sent.store(cursor, Ordering::Release);
+        }
+        if pushed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Starts an assignment. The same run assigned again (a coordinator that
+/// resent it) is not restarted; another run replaces the current one.
+fn assign(a: Assignment, cfg: &AgentConfig, state: &mut AgentState) {
+    if let Some(r) = state.run.take() {
+        if r.id == a.run_id && !r.is_over() {
+            state.run = Some(r);
+            return;
+        }
+        r.stop("replaced by a newer run");
+    }
     let cancel = CancellationToken::new();
+    let stop_reason = Arc::new(Mutex::new(None));
     let id = a.run_id.clone();
     let span = info_span!("run", run = %id);
-    let task = tokio::spawn(execute(a, cfg.clone(), injector, tx, cancel.clone()).instrument(span));
-    ActiveRun { id, cancel, task }
+    let task = tokio::spawn(assignment::execute(a, cfg.clone(), state.injector.clone(), state.outbox.clone(), cancel.clone(), stop_reason.clone()).instrument(span));
+    state.run = Some(ActiveRun { id, cancel, stop_reason, task });
 }
 
-/// Runs one assignment to its end and reports it as finished, with an error
-/// when it could not run at all.
-async fn execute(a: Assignment, cfg: AgentConfig, injector: Option<Arc<Injector>>, tx: mpsc::Sender<AgentMessage>, cancel: CancellationToken) {
-    let mut finished = RunFinished { run_id: a.run_id.clone(), agent_id: cfg.agent_id.clone(), ..Default::default() };
-    if let Err(e) = stream_run(&a, &cfg, injector, &tx, cancel.clone(), &mut finished).await {
-        warn!(message = "Run failed on this agent.", error = %e);
-        finished.error = e;
-    } else if cancel.is_cancelled() {
-        // Aborted, shutting down or replaced: what was measured is sent, but
-        // it is not this agent's whole share, and the coordinator must not
-        // count it as complete.
-        finished.error = "stopped before the end of the run (aborted, or the agent is shutting down)".into();
+async fn stop_run(run: Option<ActiveRun>, reason: &str) {
+    if let Some(r) = run {
+        r.stop(reason);
+        // Gives the run a moment to push its final snapshot.
+        let _ = tokio::time::timeout(Duration::from_secs(2), r.task).await;
     }
-    info!(message = "Run finished.", requests = finished.requests, errors = finished.errors, snapshots = finished.snapshots_sent);
-    let _ = tx.send(message(Up::Finished(finished))).await;
-}
-
-async fn stream_run(
-    a: &Assignment,
-    cfg: &AgentConfig,
-    injector: Option<Arc<Injector>>,
-    tx: &mpsc::Sender<AgentMessage>,
-    cancel: CancellationToken,
-    finished: &mut RunFinished,
-) -> Result<(), String> {
-    let plan: Plan = serde_json::from_str(&a.plan_json).map_err(|e| format!("the assigned plan does not parse: {e}"))?;
-    validate(&plan).map_err(|(path, msg)| format!("the assigned plan is invalid: {path}: {msg}"))?;
-    if a.concurrency.len() != plan.phases.len() {
-        return Err(format!("assignment has {} concurrency entries for {} phases", a.concurrency.len(), plan.phases.len()));
-    }
-    // The coordinator gives the start in its clock; ours is offset from it.
-    let start_nanos = a.start_unix_nanos + a.clock_offset_nanos;
-    let start = UNIX_EPOCH + Duration::from_nanos(start_nanos.max(0) as u64);
-    info!(message = "Assignment received.", rate_share = a.rate_share, starts_in = ?start.duration_since(SystemTime::now()).unwrap_or_default());
-    let plan = Arc::new(plan);
-    let mut faults = Vec::new();
-    for &i in &a.faults {
-        let fault = plan.faults.get(i as usize).ok_or_else(|| format!("assignment names fault #{i}, which the plan lacks"))?;
-        faults.push(fault.clone());
-    }
-    if a.dry_run {
-        for fault in &faults {
-            let event = dry_run_event(a, cfg, injector.as_deref(), fault, start);
-            let _ = tx.send(message(Up::Fault(event))).await;
-        }
-        return Ok(());
-    }
-    let fault_stop = cancel.child_token();
-    let fault_tasks = start_faults(a, cfg, injector, faults, start, &fault_stop, tx);
-    let spec = RunSpec {
-        plan: plan.clone(),
-        rate_share: a.rate_share,
-        concurrency: a.concurrency.clone(),
-        agent_index: a.agent_index,
-        agent_count: a.agent_count,
-        start,
-        workers: cfg.workers,
-    };
-    let mut intervals = engine::start(spec, cancel).await.map_err(|e| e.to_string())?;
-    while let Some(iv) = intervals.recv().await {
-        for r in iv.stats.steps.values() {
-            finished.requests += r.requests;
-            finished.errors += r.error_count();
-        }
-        let (steps, phases) = encode_steps(&iv.stats);
-        let snapshot = Snapshot {
-            run_id: a.run_id.clone(),
-            agent_id: cfg.agent_id.clone(),
-            seq: iv.seq,
-            interval_start_unix_nanos: unix_nanos(iv.start),
-            interval_end_unix_nanos: unix_nanos(iv.end),
-            steps,
-            phases,
-            last: iv.last,
-        };
-        if tx.send(message(Up::Snapshot(snapshot))).await.is_err() {
-            return Err("the session closed while the run was streaming".into());
-        }
-        finished.snapshots_sent += 1;
-        if let Some(t) = iv.first_request {
-            finished.first_request_unix_nanos = unix_nanos(t);
-        }
-        if iv.last {
-            break;
-        }
-    }
-    // The run is over: any fault still active is reverted before we say so.
-    fault_stop.cancel();
-    for t in fault_tasks {
-        let _ = t.await;
-    }
-    Ok(())
-}
-
-fn fault_event(a: &Assignment, cfg: &AgentConfig, u: FaultUpdate) -> FaultEvent {
-    FaultEvent {
-        run_id: a.run_id.clone(),
-        agent_id: cfg.agent_id.clone(),
-        fault: u.fault,
-        kind: u.kind.to_string(),
-        status: u.status.as_str().to_string(),
-        scheduled_unix_nanos: unix_nanos(u.scheduled),
-        applied_unix_nanos: u.applied.map_or(0, unix_nanos),
-        reverted_unix_nanos: u.reverted.map_or(0, unix_nanos),
-        error: u.error,
-        apply_commands: u.apply_commands,
-        revert_commands: u.revert_commands,
-        effect: u.effect.map(|e| FaultEffect {
-            measure: e.measure.to_string(),
-            baseline: e.baseline,
-            during: e.during,
-            effective: e.effective,
-            detail: format!("requested {}; {}", e.requested, e.detail),
-        }),
-    }
-}
-
-fn dry_run_event(a: &Assignment, cfg: &AgentConfig, injector: Option<&Injector>, fault: &Fault, start: SystemTime) -> FaultEvent {
-    let mut u = FaultUpdate {
-        fault: fault.name.clone(),
-        kind: fault.kind.name(),
-        status: FaultStatus::DryRun,
-        scheduled: start + fault.at.as_duration(),
-        applied: None,
-        reverted: None,
-        error: String::new(),
-        apply_commands: Vec::new(),
-        revert_commands: Vec::new(),
-        effect: None,
-    };
-    match injector.map(|i| i.plan(fault)) {
-        Some(Ok(actions)) => {
-            u.apply_commands = actions.apply.iter().map(Action::display).collect();
-            u.revert_commands = actions.revert.iter().map(Action::display).collect();
-        }
-        Some(Err(e)) => u.error = e.to_string(),
-        None => u.error = "this agent has no fault journal".into(),
-    }
-    fault_event(a, cfg, u)
-}
-
-/// Starts each fault's window; their updates go to the coordinator as they happen.
-fn start_faults(
-    a: &Assignment,
-    cfg: &AgentConfig,
-    injector: Option<Arc<Injector>>,
-    faults: Vec<Fault>,
-    start: SystemTime,
-    stop: &CancellationToken,
-    tx: &mpsc::Sender<AgentMessage>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    if faults.is_empty() {
-        return Vec::new();
-    }
-    let (updates_tx, mut updates) = mpsc::unbounded_channel::<FaultUpdate>();
-    let mut tasks = Vec::new();
-    for fault in faults {
-        match &injector {
-            Some(inj) => tasks.push(tokio::spawn(inj.clone().run_window(a.run_id.clone(), fault, start, stop.clone(), updates_tx.clone()))),
-            None => {
-                let _ = updates_tx.send(FaultUpdate {
-                    fault: fault.name.clone(),
-                    kind: fault.kind.name(),
-                    status: FaultStatus::Failed,
-                    scheduled: start + fault.at.as_duration(),
-                    applied: None,
-                    reverted: None,
-                    error: "this agent has no fault journal, so it refuses faults".into(),
-                    apply_commands: Vec::new(),
-                    revert_commands: Vec::new(),
-                    effect: None,
-                });
-            }
-        }
-    }
-    drop(updates_tx);
-    let (a, cfg, tx) = (a.clone(), cfg.clone(), tx.clone());
-    // Forwards updates until every window has ended; awaited with the windows.
-    tasks.push(tokio::spawn(async move {
-        while let Some(u) = updates.recv().await {
-            let _ = tx.send(message(Up::Fault(fault_event(&a, &cfg, u)))).await;
-        }
-    }));
-    tasks
 }
 
 /// This host's name, the default node name.

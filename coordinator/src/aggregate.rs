@@ -29,9 +29,11 @@ impl AgentProgress {
         self.finished.is_some() || self.lost.is_some()
     }
 
-    /// Intervals that should have arrived and did not.
-    pub fn missing(&self) -> Vec<u64> {
-        let end = self.last_seq.or_else(|| self.seqs.last().copied());
+    /// Intervals that should have arrived and did not. `run_last` is the
+    /// run's last interval as the other agents saw it: an agent that never
+    /// sent its own last one is missing everything up to there.
+    pub fn missing(&self, run_last: Option<u64>) -> Vec<u64> {
+        let end = self.last_seq.or_else(|| self.seqs.last().copied().max(run_last)).or(run_last);
         match end {
             Some(end) => (0..=end).filter(|s| !self.seqs.contains(s)).collect(),
             None => Vec::new(),
@@ -42,7 +44,7 @@ impl AgentProgress {
     pub fn complete(&self) -> bool {
         self.lost.is_none()
             && self.last_seq.is_some()
-            && self.missing().is_empty()
+            && self.missing(None).is_empty()
             && self.finished.as_ref().is_some_and(|f| f.error.is_empty() && f.requests == self.requests && f.errors == self.errors)
     }
 }
@@ -141,6 +143,12 @@ impl Aggregate {
         if let Some(a) = self.agents.get_mut(agent_id).filter(|a| a.finished.is_none()) {
             a.lost.get_or_insert(reason);
         }
+    }
+
+    /// The run's last interval: the highest any agent marked last, or else
+    /// the highest that arrived at all.
+    pub fn run_last_seq(&self) -> Option<u64> {
+        self.agents.values().filter_map(|a| a.last_seq).max().or_else(|| self.timeline.keys().last().copied())
     }
 
     pub fn all_done(&self) -> bool {

@@ -2,9 +2,9 @@
 //! run messages to the run in progress. Session handlers only insert, remove
 //! and forward; the orchestrator owns everything about a run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use stampede_proto::v1::{Capability, CoordinatorMessage, FaultEvent, RunFinished, Snapshot};
 use tokio::sync::{mpsc, Notify};
@@ -16,8 +16,12 @@ pub enum AgentEvent {
     Snapshot(Snapshot),
     Finished(RunFinished),
     Fault(FaultEvent),
-    /// The agent's session ended (crash, network loss, shutdown).
-    Lost { agent_id: String, reason: String },
+    /// The agent's session ended (crash, network loss, shutdown). It may
+    /// come back within its lease, counted from `last_seen`.
+    Lost { agent_id: String, reason: String, last_seen: SystemTime },
+    /// An agent (re)registered while the run goes on; `active_run_id` is
+    /// the run it says it is executing ("" for none: a restarted agent).
+    Returned { agent_id: String, active_run_id: String, session: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +45,11 @@ pub struct AgentEntry {
     pub tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
     /// Distinguishes this session from an earlier one of the same agent id.
     pub session: u64,
+    /// The agent process (random per start): delivery numbers are per instance.
+    pub instance: u64,
+    /// How long the agent keeps a run going without us; after a lost
+    /// session, how long we wait for it to come back.
+    pub lease: Duration,
 }
 
 struct RunRoute {
@@ -53,6 +62,9 @@ struct State {
     agents: BTreeMap<String, AgentEntry>,
     route: Option<RunRoute>,
     next_session: u64,
+    /// Per agent id: (instance, highest delivery number received). Kept
+    /// across sessions, so a resent message is recognized after a reconnect.
+    deliveries: HashMap<String, (u64, u64)>,
 }
 
 /// Shared between the gRPC handlers and the orchestrator.
@@ -68,14 +80,19 @@ impl Fleet {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds (or replaces, after a reconnect) an agent; returns its session number.
-    pub fn register(&self, mut entry: AgentEntry) -> u64 {
+    /// Adds (or replaces, after a reconnect) an agent; returns its session
+    /// number. The run in progress hears of it with the run the agent is on.
+    pub fn register(&self, mut entry: AgentEntry, active_run_id: &str) -> u64 {
         let mut s = self.lock();
         s.next_session += 1;
         entry.session = s.next_session;
         let session = entry.session;
-        if s.agents.insert(entry.id.clone(), entry).is_some() {
-            tracing::warn!("An agent re-registered with an id already connected; the newer session wins.");
+        let id = entry.id.clone();
+        if let Some(route) = &s.route {
+            let _ = route.events.send(AgentEvent::Returned { agent_id: id.clone(), active_run_id: active_run_id.to_string(), session });
+        }
+        if s.agents.insert(id.clone(), entry).is_some() {
+            tracing::info!(message = "An agent re-registered while its old session was still open; the newer session wins.", agent = %id);
         }
         drop(s);
         self.changed.notify_waiters();
@@ -86,9 +103,10 @@ impl Fleet {
     pub fn unregister(&self, agent_id: &str, session: u64, reason: String) {
         let mut s = self.lock();
         if s.agents.get(agent_id).is_some_and(|a| a.session == session) {
-            s.agents.remove(agent_id);
-            if let Some(route) = &s.route {
-                let _ = route.events.send(AgentEvent::Lost { agent_id: agent_id.to_string(), reason });
+            if let Some(gone) = s.agents.remove(agent_id) {
+                if let Some(route) = &s.route {
+                    let _ = route.events.send(AgentEvent::Lost { agent_id: agent_id.to_string(), reason, last_seen: gone.last_seen });
+                }
             }
         }
         drop(s);
@@ -109,6 +127,28 @@ impl Fleet {
                 a.clock_sampled_at = SystemTime::now();
             }
         }
+    }
+
+    /// Whether a run message numbered `delivery` from this agent instance is
+    /// new; a resent one (at or below the highest received) is not.
+    pub fn accept_delivery(&self, agent_id: &str, instance: u64, delivery: u64) -> bool {
+        let mut s = self.lock();
+        let seen = s.deliveries.entry(agent_id.to_string()).or_insert((instance, 0));
+        if seen.0 != instance {
+            *seen = (instance, 0);
+        }
+        if delivery <= seen.1 {
+            return false;
+        }
+        // Not necessarily seen.1 + 1: an agent whose resend buffer
+        // overflowed skips numbers, and the run's own seqs show the gap.
+        seen.1 = delivery;
+        true
+    }
+
+    /// The run in progress, if any.
+    pub fn current_run(&self) -> Option<String> {
+        self.lock().route.as_ref().map(|r| r.run_id.clone())
     }
 
     pub fn touch(&self, agent_id: &str) {

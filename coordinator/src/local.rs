@@ -51,6 +51,7 @@ pub fn spawn_agents(n: usize, coordinator: SocketAddr, workers: Option<usize>, s
                 workers,
                 node: session::host_name(),
                 state_dir: state_dir.join(format!("local-{i}")),
+                lease: session::DEFAULT_LEASE,
             };
             tokio::spawn(session::run(cfg, shutdown.clone()))
         })

@@ -118,6 +118,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
     let planned_end = Instant::now() + START_LEAD + plan.duration() + plan.timeout.as_duration() + END_GRACE;
     let mut deadline = tokio::time::Instant::from_std(planned_end);
     let mut aborted = false;
+    // Agents whose session broke: when their lease runs out, and why.
+    let mut away: BTreeMap<String, (tokio::time::Instant, String)> = BTreeMap::new();
 
     while !agg.all_done() {
         tokio::select! {
@@ -131,7 +133,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                     if !f.error.is_empty() && f.snapshots_sent == 0 {
                         // The agent could not even start: the run is broken
                         // for everyone, not just short of data.
-                        abort_all(&agents, &run_id, "another agent could not start").await;
+                        abort_all(fleet, &agents, &run_id, "another agent could not start").await;
                         return Err(RunError::AgentFailed { agent: f.agent_id, error: f.error });
                     }
                     if f.first_request_unix_nanos > 0 {
@@ -144,14 +146,47 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                     progress(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.status, if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
                     fault_log.record(ev);
                 }
-                Some(AgentEvent::Lost { agent_id, reason }) => agg.lost(&agent_id, reason),
+                Some(AgentEvent::Lost { agent_id, reason, last_seen }) => {
+                    let Some(a) = agents.iter().find(|a| a.id == agent_id).filter(|_| agg.agents.get(&agent_id).is_some_and(|p| !p.done())) else { continue };
+                    // The agent keeps its share going for its lease and
+                    // reconnects; it is lost only if it is not back by then.
+                    let left = a.lease.saturating_sub(last_seen.elapsed().unwrap_or_default());
+                    progress(format!("agent {agent_id} lost its session ({reason}); waiting up to {left:.1?} for it to come back"));
+                    away.insert(agent_id, (tokio::time::Instant::now() + left, reason));
+                }
+                Some(AgentEvent::Returned { agent_id, active_run_id, session }) => {
+                    // Only a session opened after the assignment is a return;
+                    // earlier ones are the registrations the run started with.
+                    let assigned = agents.iter().find(|a| a.id == agent_id).map(|a| a.session);
+                    if assigned.is_none_or(|s| session <= s) || agg.agents.get(&agent_id).is_none_or(|p| p.done()) {
+                        continue;
+                    }
+                    away.remove(&agent_id);
+                    if active_run_id == run_id {
+                        progress(format!("agent {agent_id} is back; it resends what we have not acknowledged"));
+                    } else {
+                        // Restarted: whatever it measured of this run died with it.
+                        agg.lost(&agent_id, format!("{agent_id} came back without this run (it restarted); its share was not completed"));
+                    }
+                }
                 None => break,
             },
+            _ = sleep_until_first(&away), if !away.is_empty() => {
+                let now = tokio::time::Instant::now();
+                let expired: Vec<String> = away.iter().filter(|(_, (at, _))| *at <= now).map(|(id, _)| id.clone()).collect();
+                for id in expired {
+                    if let Some((_, reason)) = away.remove(&id) {
+                        let lease = agents.iter().find(|a| a.id == id).map(|a| a.lease).unwrap_or_default();
+                        progress(format!("agent {id} did not come back within its lease ({lease:?}): its share is incomplete"));
+                        agg.lost(&id, format!("lost its session ({reason}) and did not come back within its lease ({lease:?})"));
+                    }
+                }
+            }
             _ = abort.cancelled(), if !aborted => {
                 aborted = true;
                 progress("abort requested: stopping every agent".into());
                 extra_incomplete.push("the run was aborted before its end".to_string());
-                abort_all(&agents, &run_id, "aborted by the operator").await;
+                abort_all(fleet, &agents, &run_id, "aborted by the operator").await;
                 deadline = tokio::time::Instant::now() + ABORT_GRACE;
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -182,10 +217,20 @@ fn unix_nanos(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
-async fn abort_all(agents: &[AgentEntry], run_id: &str, reason: &str) {
+/// Tells every agent of the run to stop, on its current session (an agent
+/// may have reconnected since the run began).
+async fn abort_all(fleet: &Fleet, agents: &[AgentEntry], run_id: &str, reason: &str) {
     for a in agents {
+        let Some(current) = fleet.agent(&a.id) else { continue };
         let msg = CoordinatorMessage { msg: Some(Down::Abort(Abort { run_id: run_id.to_string(), reason: reason.to_string() })) };
-        let _ = a.tx.send(Ok(msg)).await;
+        let _ = current.tx.send(Ok(msg)).await;
+    }
+}
+
+async fn sleep_until_first(away: &BTreeMap<String, (tokio::time::Instant, String)>) {
+    match away.values().map(|(at, _)| *at).min() {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

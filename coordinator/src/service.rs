@@ -1,13 +1,13 @@
 //! The gRPC face agents dial: one bidirectional `Session` per agent.
 
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stampede_common::tls::{Token, AUTHORIZATION};
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_server::AgentService;
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{AgentMessage, ClockProbe, CoordinatorMessage, Registered, SnapshotAck};
+use stampede_proto::v1::{Abort, AgentMessage, ClockProbe, CoordinatorMessage, Delivered, Heartbeat, Registered};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -59,9 +59,18 @@ impl AgentService for AgentSessions {
             return Err(Status::invalid_argument("Register.agent_id is empty"));
         }
         let now = unix_nanos_now();
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(256);
         let _ = tx.send(down(Down::Registered(Registered { clock_unix_nanos: now, coordinator_version: env!("CARGO_PKG_VERSION").into() }))).await;
         let agent_id = reg.agent_id.clone();
+        // An agent still executing a run we do not know (we restarted, or
+        // the run ended without it) must stop it and revert its faults.
+        if !reg.active_run_id.is_empty() && self.fleet.current_run().as_deref() != Some(reg.active_run_id.as_str()) {
+            warn!(message = "Agent is executing a run this coordinator does not know; aborting it.", agent = %agent_id, run = %reg.active_run_id);
+            let abort = Abort { run_id: reg.active_run_id.clone(), reason: "the coordinator does not know this run (it restarted, or the run ended)".into() };
+            let _ = tx.send(down(Down::Abort(abort))).await;
+        }
+        let instance = reg.instance;
+        let lease = if reg.lease_ms == 0 { DEFAULT_LEASE } else { Duration::from_millis(reg.lease_ms) };
         let session = self.fleet.register(AgentEntry {
             id: reg.agent_id,
             labels: reg.labels.into_iter().collect(),
@@ -77,24 +86,40 @@ impl AgentService for AgentSessions {
             node: if reg.node.is_empty() { agent_id.clone() } else { reg.node },
             tx: tx.clone(),
             session: 0,
-        });
-        info!(message = "Agent registered.", agent = %agent_id);
-        tokio::spawn(probe_clock(tx.clone()));
+            instance,
+            lease,
+        }, &reg.active_run_id);
+        info!(message = "Agent registered.", agent = %agent_id, resuming = %reg.active_run_id);
+        let ended = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(keepalive(tx.clone(), ended.clone()));
 
         let fleet = self.fleet.clone();
         tokio::spawn(async move {
             let reason = loop {
-                match inbound.next().await {
+                // A partitioned link keeps its TCP connection open: silence
+                // past a few heartbeats is what tells us it is gone.
+                let next = match tokio::time::timeout(SILENCE, inbound.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break format!("no word from the agent for {SILENCE:?}"),
+                };
+                match next {
                     None => break "the agent closed its session".to_string(),
                     Some(Err(status)) => break format!("the session broke: {}", status.message()),
                     Some(Ok(m)) => {
                         fleet.touch(&agent_id);
+                        if m.delivery > 0 {
+                            let new = fleet.accept_delivery(&agent_id, instance, m.delivery);
+                            // Acknowledged either way: a resent message we
+                            // already have must leave the agent's buffer too.
+                            let _ = tx.try_send(down(Down::Delivered(Delivered { upto: m.delivery })));
+                            if !new {
+                                continue;
+                            }
+                        }
                         match m.msg {
                             Some(Up::Snapshot(s)) => {
-                                let ack = SnapshotAck { run_id: s.run_id.clone(), seq: s.seq };
                                 let run_id = s.run_id.clone();
                                 fleet.deliver(&run_id, AgentEvent::Snapshot(s));
-                                let _ = tx.try_send(down(Down::Ack(ack)));
                             }
                             Some(Up::Finished(f)) => {
                                 let run_id = f.run_id.clone();
@@ -117,6 +142,10 @@ impl AgentService for AgentSessions {
                     }
                 }
             };
+            // Stop the heartbeats; with the fleet's entry gone too, the
+            // outbound stream ends.
+            ended.cancel();
+            drop(tx);
             info!(message = "Agent left.", agent = %agent_id, %reason);
             fleet.unregister(&agent_id, session, reason);
         });
@@ -127,19 +156,36 @@ impl AgentService for AgentSessions {
 /// Clock probes per round, their spacing, and how often a round repeats
 /// (clocks drift; a fresh estimate before each run is worth 160 ms of probes).
 const PROBES: usize = 8;
-const PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(20);
-const PROBE_ROUND: std::time::Duration = std::time::Duration::from_secs(30);
+const PROBE_GAP: Duration = Duration::from_millis(20);
+const PROBE_ROUND: Duration = Duration::from_secs(30);
+/// Heartbeats to the agent, and how long its silence is tolerated before the
+/// session counts as lost (the agent heartbeats every second too).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const SILENCE: Duration = Duration::from_secs(3);
+/// The lease of an agent that does not state one (the agent's own default).
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
-/// Sends rounds of clock probes until the session's queue closes.
-async fn probe_clock(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>) {
+/// Heartbeats and rounds of clock probes, until the session's queue closes.
+async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: tokio_util::sync::CancellationToken) {
+    let mut next_round = tokio::time::Instant::now();
     loop {
-        for _ in 0..PROBES {
-            let probe = ClockProbe { t1_unix_nanos: unix_nanos_now() };
-            if tx.send(down(Down::ClockProbe(probe))).await.is_err() {
-                return;
+        if tokio::time::Instant::now() >= next_round {
+            for _ in 0..PROBES {
+                let probe = ClockProbe { t1_unix_nanos: unix_nanos_now() };
+                if ended.is_cancelled() || tx.send(down(Down::ClockProbe(probe))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(PROBE_GAP).await;
             }
-            tokio::time::sleep(PROBE_GAP).await;
+            next_round = tokio::time::Instant::now() + PROBE_ROUND;
         }
-        tokio::time::sleep(PROBE_ROUND).await;
+        // try_send: a full queue (a stalled link) must not stall the beat;
+        // the messages queued say the same thing.
+        let _ = tx.try_send(down(Down::Heartbeat(Heartbeat { clock_unix_nanos: unix_nanos_now() })));
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = ended.cancelled() => return,
+            _ = tx.closed() => return,
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Crash drills: a real partition applied by a real `stampede-agent`
 //! process, and every way the agent can lose it — SIGKILL (the journal
-//! reverts it at the next start), a dead coordinator (the session loss
-//! reverts it), SIGTERM (reverted before the process exits), and SIGTERM
+//! reverts it at the next start), a dead coordinator (the agent reverts it
+//! when its lease runs out), SIGTERM (reverted before the process exits), and SIGTERM
 //! in the middle of a slow apply (finished, then reverted, then exit). The
 //! dead-man thread is drilled in `agent/tests/dead_man.rs`.
 //!
@@ -26,6 +26,9 @@ use stampede_agent::fault::nft::stampede_tables;
 use support::{accepts, agent_bin, stampede, wait_until, Background, Procs};
 
 const PLAN: &str = include_str!("plans/crash-partition.yaml");
+/// The agents' lease: shorter than the default 10 s so that a lease-driven
+/// revert lands well inside the plan's 10 s partition window.
+const LEASE: Duration = Duration::from_secs(3);
 const SLOW_STOP_PLAN: &str = include_str!("plans/crash-slow-stop.yaml");
 
 /// Why these tests cannot run here, if they cannot.
@@ -67,7 +70,10 @@ fn spawn_agent(procs: &mut Procs, id: &str, url: &str, state: &Path) {
 /// An agent whose PATH starts with `shims`, if given.
 fn spawn_agent_with_path(procs: &mut Procs, id: &str, url: &str, state: &Path, shims: Option<&Path>) {
     let mut cmd = Command::new(agent_bin());
-    cmd.args(["--coordinator", url, "--id", id, "--workers", "1", "--state-dir"]).arg(state).args(insecure()).env("RUST_LOG", "info");
+    cmd.args(["--coordinator", url, "--id", id, "--workers", "1", "--lease", &format!("{}s", LEASE.as_secs()), "--state-dir"])
+        .arg(state)
+        .args(insecure())
+        .env("RUST_LOG", "info");
     if let Some(dir) = shims {
         cmd.env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()));
     }
@@ -196,10 +202,14 @@ fn sigkill_leaves_the_partition_and_the_next_agent_start_reverts_it() {
 fn a_dead_coordinator_makes_the_agent_revert() {
     let Some(mut d) = Drill::start(1) else { return };
     d.kill9("coordinator");
-    // Session loss stops the run and its faults; the bound is a lease (10 s)
-    // plus the dead-man's 5 s grace.
-    let took = d.wait_gone(Duration::from_secs(15)).unwrap_or_else(|| panic!("the partition outlived its coordinator by 15 s:\n{}", d.procs.logs()));
-    println!("the agent reverted the partition {took:?} after its coordinator was killed");
+    // The agent keeps its run for the lease (a coordinator may come back),
+    // then stops the load and reverts: within lease + 5 s.
+    let bound = LEASE + Duration::from_secs(5);
+    let took = d.wait_gone(bound).unwrap_or_else(|| panic!("the partition outlived its coordinator by {bound:?}:\n{}", d.procs.logs()));
+    println!("the agent reverted the partition {took:?} after its coordinator was killed (lease {LEASE:?})");
+    // Its last word from the coordinator came at most a heartbeat (1 s) before the kill.
+    assert!(took >= LEASE - Duration::from_secs(1), "reverted {took:?} after the kill: before the lease ({LEASE:?}) ran out");
+    assert!(d.procs.log("agent-a").contains("No coordinator for longer than the lease"), "{}", d.procs.log("agent-a"));
     assert!(d.procs.alive("agent-a"), "the agent should outlive its coordinator (and reconnect):\n{}", d.procs.logs());
     assert!(wait_until(Duration::from_secs(2), || d.pending() == 0), "the revert is not journaled");
     assert!(d.applied.elapsed() < Duration::from_secs(10), "reverted only around the window's planned end: not by the session loss");

@@ -233,6 +233,25 @@ pub struct RunFacts<'a> {
     pub dry_run: bool,
 }
 
+/// Interval numbers as ranges: `0-3, 7, 9-12`.
+fn intervals_text(seqs: &[u64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let mut j = i;
+        while j + 1 < seqs.len() && seqs[j + 1] == seqs[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { seqs[i].to_string() } else { format!("{}-{}", seqs[i], seqs[j]) });
+        i = j + 1;
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 pub fn build(f: RunFacts<'_>) -> Report {
     let plan = f.plan;
     let stats: &RunStats = &f.aggregate.total;
@@ -240,20 +259,23 @@ pub fn build(f: RunFacts<'_>) -> Report {
     let slos = verdict::evaluate_slos(plan, stats);
 
     let mut reasons = f.extra_incomplete;
+    let run_last = f.aggregate.run_last_seq();
     let agents: Vec<AgentReport> = f
         .aggregate
         .agents
         .iter()
         .map(|(id, a)| {
             let complete = a.complete();
+            let missing = a.missing(run_last);
             if !complete {
                 let why = match (&a.lost, &a.finished) {
-                    (Some(l), _) => format!("agent {id} was lost: {l}"),
+                    (Some(l), _) if missing.is_empty() => format!("agent {id} was lost: {l}"),
+                    (Some(l), _) => format!("agent {id} was lost: {l}; intervals missing: {}", intervals_text(&missing)),
                     (None, Some(fin)) if !fin.error.is_empty() => format!("agent {id} failed: {}", fin.error),
                     (None, Some(fin)) if fin.requests != a.requests => {
                         format!("agent {id} counted {} requests but {} reached the coordinator", fin.requests, a.requests)
                     }
-                    _ => format!("agent {id} did not deliver every interval (missing {:?})", a.missing()),
+                    _ => format!("agent {id} did not deliver every interval (missing: {})", intervals_text(&missing)),
                 };
                 reasons.push(why);
             }
@@ -265,7 +287,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
                 start_skew_ms: f.first_requests.get(id).map(|t| (t - f.start_unix_nanos) as f64 / 1e6),
                 complete,
                 lost: a.lost.clone(),
-                missing_intervals: a.missing(),
+                missing_intervals: missing,
             }
         })
         .collect();

@@ -151,6 +151,23 @@ pub struct RunOutcome {
     pub elapsed: Duration,
 }
 
+/// A `stampede run` under way.
+pub struct PendingRun {
+    bg: Background,
+    out: PathBuf,
+    started: Instant,
+}
+
+impl PendingRun {
+    /// Waits for the run (killed after `limit`) and reads its report.
+    pub fn finish(mut self, limit: Duration) -> RunOutcome {
+        let (code, stdout, stderr) = self.bg.finish(limit);
+        let elapsed = self.started.elapsed();
+        let report = std::fs::read_to_string(self.out.join("report.json")).ok().map(|t| serde_json::from_str(&t).expect("report.json is JSON"));
+        RunOutcome { code, stdout, stderr, report, elapsed }
+    }
+}
+
 /// A fleet of namespaces and the processes started in them.
 pub struct Fleet {
     pub prefix: String,
@@ -315,6 +332,12 @@ impl Fleet {
     /// `stampede run PLAN --coordinator http://198.18.0.1:7000 --expect-agents
     /// N --wait 20s --out DIR` inside `P-coord`, killed after `limit`.
     pub fn run(&self, plan: &Path, expect_agents: usize, limit: Duration) -> RunOutcome {
+        self.start_run(plan, expect_agents).finish(limit)
+    }
+
+    /// Like [`Fleet::run`], but returns at once: the test acts on the fleet
+    /// while the run goes on, then calls [`PendingRun::finish`].
+    pub fn start_run(&self, plan: &Path, expect_agents: usize) -> PendingRun {
         static RUNS: AtomicU32 = AtomicU32::new(0);
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
         let out = self.dir.join(format!("run{n}"));
@@ -324,11 +347,13 @@ impl Fleet {
         cmd.arg("run").arg(plan).args(["--coordinator", COORD_URL, "--expect-agents", &expect, "--wait", "20s", "--out"]).arg(&out);
         cmd.args(insecure_flag(stampede(), Some("run")));
         let started = Instant::now();
-        let mut bg = Background::start(cmd, &self.dir, &format!("run{n}"));
-        let (code, stdout, stderr) = bg.finish(limit);
-        let elapsed = started.elapsed();
-        let report = std::fs::read_to_string(out.join("report.json")).ok().map(|t| serde_json::from_str(&t).expect("report.json is JSON"));
-        RunOutcome { code, stdout, stderr, report, elapsed }
+        let bg = Background::start(cmd, &self.dir, &format!("run{n}"));
+        PendingRun { bg, out, started }
+    }
+
+    /// SIGKILLs process `name` (through `Child::kill`: its own pid, never a group).
+    pub fn kill(&mut self, name: &str) {
+        let _ = self.procs().get(name).child.kill();
     }
 
     /// `nft list tables` inside `member`'s namespace.

@@ -1,0 +1,209 @@
+//! One assignment on this agent: its load, its fault windows, and the
+//! messages that report them. Everything it measures goes into the outbox,
+//! not onto a session, so it survives the session breaking mid-run.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use stampede_common::plan::{validate, Fault, Plan};
+use stampede_proto::convert::encode_steps;
+use stampede_proto::v1::agent_message::Msg as Up;
+use stampede_proto::v1::{Assignment, FaultEffect, FaultEvent, RunFinished, Snapshot};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::engine::{self, RunSpec};
+use crate::fault::injector::{FaultStatus, FaultUpdate, Injector};
+use crate::fault::Action;
+use crate::outbox::Outbox;
+use crate::session::AgentConfig;
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Runs one assignment to its end and reports it as finished, with an error
+/// when it could not run at all.
+pub async fn execute(a: Assignment, cfg: AgentConfig, injector: Option<Arc<Injector>>, outbox: Arc<Outbox>, cancel: CancellationToken, stop_reason: Arc<std::sync::Mutex<Option<String>>>) {
+    let mut finished = RunFinished { run_id: a.run_id.clone(), agent_id: cfg.agent_id.clone(), ..Default::default() };
+    if let Err(e) = stream_run(&a, &cfg, injector, &outbox, cancel.clone(), &mut finished).await {
+        warn!(message = "Run failed on this agent.", error = %e);
+        finished.error = e;
+    } else if cancel.is_cancelled() {
+        // Aborted, shutting down, replaced or past the lease: what was
+        // measured is sent, but it is not this agent's whole share, and the
+        // coordinator must not count it as complete.
+        let why = stop_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        finished.error = format!("stopped before the end of the run: {}", why.as_deref().unwrap_or("aborted, or the agent is shutting down"));
+    }
+    info!(message = "Run finished.", requests = finished.requests, errors = finished.errors, snapshots = finished.snapshots_sent);
+    outbox.push(Up::Finished(finished));
+}
+
+async fn stream_run(
+    a: &Assignment,
+    cfg: &AgentConfig,
+    injector: Option<Arc<Injector>>,
+    outbox: &Arc<Outbox>,
+    cancel: CancellationToken,
+    finished: &mut RunFinished,
+) -> Result<(), String> {
+    let plan: Plan = serde_json::from_str(&a.plan_json).map_err(|e| format!("the assigned plan does not parse: {e}"))?;
+    validate(&plan).map_err(|(path, msg)| format!("the assigned plan is invalid: {path}: {msg}"))?;
+    if a.concurrency.len() != plan.phases.len() {
+        return Err(format!("assignment has {} concurrency entries for {} phases", a.concurrency.len(), plan.phases.len()));
+    }
+    // The coordinator gives the start in its clock; ours is offset from it.
+    let start_nanos = a.start_unix_nanos + a.clock_offset_nanos;
+    let start = UNIX_EPOCH + Duration::from_nanos(start_nanos.max(0) as u64);
+    info!(message = "Assignment received.", rate_share = a.rate_share, starts_in = ?start.duration_since(SystemTime::now()).unwrap_or_default());
+    let plan = Arc::new(plan);
+    let mut faults = Vec::new();
+    for &i in &a.faults {
+        let fault = plan.faults.get(i as usize).ok_or_else(|| format!("assignment names fault #{i}, which the plan lacks"))?;
+        faults.push(fault.clone());
+    }
+    if a.dry_run {
+        for fault in &faults {
+            outbox.push(Up::Fault(dry_run_event(a, cfg, injector.as_deref(), fault, start)));
+        }
+        return Ok(());
+    }
+    let fault_stop = cancel.child_token();
+    let fault_tasks = start_faults(a, cfg, injector, faults, start, &fault_stop, outbox);
+    let spec = RunSpec {
+        plan: plan.clone(),
+        rate_share: a.rate_share,
+        concurrency: a.concurrency.clone(),
+        agent_index: a.agent_index,
+        agent_count: a.agent_count,
+        start,
+        workers: cfg.workers,
+    };
+    let mut intervals = engine::start(spec, cancel).await.map_err(|e| e.to_string())?;
+    while let Some(iv) = intervals.recv().await {
+        for r in iv.stats.steps.values() {
+            finished.requests += r.requests;
+            finished.errors += r.error_count();
+        }
+        let (steps, phases) = encode_steps(&iv.stats);
+        let snapshot = Snapshot {
+            run_id: a.run_id.clone(),
+            agent_id: cfg.agent_id.clone(),
+            seq: iv.seq,
+            interval_start_unix_nanos: unix_nanos(iv.start),
+            interval_end_unix_nanos: unix_nanos(iv.end),
+            steps,
+            phases,
+            last: iv.last,
+        };
+        outbox.push(Up::Snapshot(snapshot));
+        finished.snapshots_sent += 1;
+        if let Some(t) = iv.first_request {
+            finished.first_request_unix_nanos = unix_nanos(t);
+        }
+        if iv.last {
+            break;
+        }
+    }
+    // The run is over: any fault still active is reverted before we say so.
+    fault_stop.cancel();
+    for t in fault_tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+fn fault_event(a: &Assignment, cfg: &AgentConfig, u: FaultUpdate) -> FaultEvent {
+    FaultEvent {
+        run_id: a.run_id.clone(),
+        agent_id: cfg.agent_id.clone(),
+        fault: u.fault,
+        kind: u.kind.to_string(),
+        status: u.status.as_str().to_string(),
+        scheduled_unix_nanos: unix_nanos(u.scheduled),
+        applied_unix_nanos: u.applied.map_or(0, unix_nanos),
+        reverted_unix_nanos: u.reverted.map_or(0, unix_nanos),
+        error: u.error,
+        apply_commands: u.apply_commands,
+        revert_commands: u.revert_commands,
+        effect: u.effect.map(|e| FaultEffect {
+            measure: e.measure.to_string(),
+            baseline: e.baseline,
+            during: e.during,
+            effective: e.effective,
+            detail: format!("requested {}; {}", e.requested, e.detail),
+        }),
+    }
+}
+
+fn dry_run_event(a: &Assignment, cfg: &AgentConfig, injector: Option<&Injector>, fault: &Fault, start: SystemTime) -> FaultEvent {
+    let mut u = FaultUpdate {
+        fault: fault.name.clone(),
+        kind: fault.kind.name(),
+        status: FaultStatus::DryRun,
+        scheduled: start + fault.at.as_duration(),
+        applied: None,
+        reverted: None,
+        error: String::new(),
+        apply_commands: Vec::new(),
+        revert_commands: Vec::new(),
+        effect: None,
+    };
+    match injector.map(|i| i.plan(fault)) {
+        Some(Ok(actions)) => {
+            u.apply_commands = actions.apply.iter().map(Action::display).collect();
+            u.revert_commands = actions.revert.iter().map(Action::display).collect();
+        }
+        Some(Err(e)) => u.error = e.to_string(),
+        None => u.error = "this agent has no fault journal".into(),
+    }
+    fault_event(a, cfg, u)
+}
+
+/// Starts each fault's window; their updates go to the coordinator as they happen.
+fn start_faults(
+    a: &Assignment,
+    cfg: &AgentConfig,
+    injector: Option<Arc<Injector>>,
+    faults: Vec<Fault>,
+    start: SystemTime,
+    stop: &CancellationToken,
+    outbox: &Arc<Outbox>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if faults.is_empty() {
+        return Vec::new();
+    }
+    let (updates_tx, mut updates) = mpsc::unbounded_channel::<FaultUpdate>();
+    let mut tasks = Vec::new();
+    for fault in faults {
+        match &injector {
+            Some(inj) => tasks.push(tokio::spawn(inj.clone().run_window(a.run_id.clone(), fault, start, stop.clone(), updates_tx.clone()))),
+            None => {
+                let _ = updates_tx.send(FaultUpdate {
+                    fault: fault.name.clone(),
+                    kind: fault.kind.name(),
+                    status: FaultStatus::Failed,
+                    scheduled: start + fault.at.as_duration(),
+                    applied: None,
+                    reverted: None,
+                    error: "this agent has no fault journal, so it refuses faults".into(),
+                    apply_commands: Vec::new(),
+                    revert_commands: Vec::new(),
+                    effect: None,
+                });
+            }
+        }
+    }
+    drop(updates_tx);
+    let (a, cfg, outbox) = (a.clone(), cfg.clone(), outbox.clone());
+    // Forwards updates until every window has ended; awaited with the windows.
+    tasks.push(tokio::spawn(async move {
+        while let Some(u) = updates.recv().await {
+            outbox.push(Up::Fault(fault_event(&a, &cfg, u)));
+        }
+    }));
+    tasks
+}
+
