@@ -66,7 +66,8 @@ enum Sub {
     Stress(StressCommand),
     /// Remove everything stampede left on this node: reverts the journal's
     /// pending faults, deletes `inet stampede_*` nft tables and stampede's
-    /// root qdisc, kills leftover pressure helpers. Prints one line per thing.
+    /// root qdisc, kills leftover pressure helpers, deletes stale probe
+    /// namespaces. Prints one line per thing.
     Sweep {
         /// Where the fault journal lives.
         #[arg(long, default_value = "/var/lib/stampede")]
@@ -74,6 +75,10 @@ enum Sub {
         /// Print what would be removed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Capability-probe namespaces (`stp-probe-*`) younger than this may
+        /// belong to a probe running now and are left alone.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        probe_min_age: std::time::Duration,
     },
 }
 
@@ -99,7 +104,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Some(Sub::Stress(cmd)) => return stress_main(cmd),
-        Some(Sub::Sweep { state_dir, dry_run }) => std::process::exit(sweep::main(&state_dir, dry_run)),
+        Some(Sub::Sweep { state_dir, dry_run, probe_min_age }) => std::process::exit(sweep::main(&state_dir, dry_run, probe_min_age)),
         None => {}
     }
     let mode = transport(&args).unwrap_or_else(|message| Args::command().error(ErrorKind::MissingRequiredArgument, message).exit());

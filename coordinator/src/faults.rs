@@ -4,17 +4,25 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use stampede_common::plan::Plan;
+use stampede_common::plan::{FaultKind, Plan};
 use stampede_proto::v1::FaultEvent;
 
 use crate::fleet::AgentEntry;
 
+/// Everything wrong with a plan's faults on this run's agents, all at once:
+/// an operator fixing a plan should not discover problems one run at a time.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PreflightError {
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct PreflightError(pub Vec<Problem>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Problem {
     #[error("fault `{fault}`: its selector {selector} matches none of this run's agents")]
     NoAgent { fault: String, selector: String },
-    #[error("fault `{fault}` cannot run on agent {agent}: it needs `{capability}`, which that node lacks{detail}")]
-    Missing { fault: String, agent: String, capability: String, detail: String },
+    #[error("fault `{fault}` cannot run on agent {agent}: it needs {}, which that node lacks", .missing.join(", "))]
+    Missing { fault: String, agent: String, missing: Vec<String> },
+    #[error("faults `{first}` and `{second}` both shape traffic with tc on node {node} at overlapping times ({first_window} and {second_window}); stampede keeps one tc tree per device, so schedule them one after the other")]
+    TcOverlap { first: String, second: String, node: String, first_window: String, second_window: String },
 }
 
 fn selector_text(sel: &BTreeMap<String, String>) -> String {
@@ -27,6 +35,7 @@ fn selector_text(sel: &BTreeMap<String, String>) -> String {
 /// agents on one host do not stack three copies of the same rule.
 pub fn assign(plan: &Plan, agents: &[AgentEntry]) -> Result<Vec<Vec<u32>>, PreflightError> {
     let mut per_agent = vec![Vec::new(); agents.len()];
+    let mut problems = Vec::new();
     for (fi, fault) in plan.faults.iter().enumerate() {
         let mut nodes = HashSet::new();
         let chosen: Vec<usize> = agents
@@ -37,22 +46,69 @@ pub fn assign(plan: &Plan, agents: &[AgentEntry]) -> Result<Vec<Vec<u32>>, Prefl
             .map(|(i, _)| i)
             .collect();
         if chosen.is_empty() {
-            return Err(PreflightError::NoAgent { fault: fault.name.clone(), selector: selector_text(&fault.agents) });
+            problems.push(Problem::NoAgent { fault: fault.name.clone(), selector: selector_text(&fault.agents) });
+            continue;
         }
         let needs = stampede_agent::fault::driver_for(fault.kind).requires(fault);
         for &ai in &chosen {
             let agent = &agents[ai];
-            for capability in &needs {
-                let found = agent.capabilities.iter().find(|c| &c.name == capability);
-                if !found.is_some_and(|c| c.available) {
+            let missing: Vec<String> = needs
+                .iter()
+                .filter_map(|capability| {
+                    let found = agent.capabilities.iter().find(|c| &c.name == capability);
+                    if found.is_some_and(|c| c.available) {
+                        return None;
+                    }
                     let detail = found.filter(|c| !c.detail.is_empty()).map(|c| format!(" ({})", c.detail)).unwrap_or_default();
-                    return Err(PreflightError::Missing { fault: fault.name.clone(), agent: agent.id.clone(), capability: capability.clone(), detail });
-                }
+                    Some(format!("`{capability}`{detail}"))
+                })
+                .collect();
+            if missing.is_empty() {
+                per_agent[ai].push(fi as u32);
+            } else {
+                problems.push(Problem::Missing { fault: fault.name.clone(), agent: agent.id.clone(), missing });
             }
-            per_agent[ai].push(fi as u32);
         }
     }
-    Ok(per_agent)
+    problems.extend(tc_overlaps(plan, agents, &per_agent));
+    if problems.is_empty() {
+        Ok(per_agent)
+    } else {
+        Err(PreflightError(problems))
+    }
+}
+
+/// Two tc faults (netem, rate) on one node at once: the second would find
+/// the first's root qdisc in place and fail mid-run, so refuse it up front.
+fn tc_overlaps(plan: &Plan, agents: &[AgentEntry], per_agent: &[Vec<u32>]) -> Vec<Problem> {
+    let window = |i: u32| {
+        let f = &plan.faults[i as usize];
+        (f.at.as_duration(), f.at.as_duration() + f.duration.as_duration())
+    };
+    let text = |i: u32| {
+        let (from, to) = window(i);
+        format!("`{}` {:?}-{:?}", plan.faults[i as usize].name, from, to)
+    };
+    let mut problems = Vec::new();
+    let mut reported = HashSet::new();
+    for (ai, faults) in per_agent.iter().enumerate() {
+        let tc: Vec<u32> = faults.iter().copied().filter(|&i| matches!(plan.faults[i as usize].kind, FaultKind::Netem | FaultKind::Rate)).collect();
+        for (x, &a) in tc.iter().enumerate() {
+            for &b in &tc[x + 1..] {
+                let ((a0, a1), (b0, b1)) = (window(a), window(b));
+                if a0 < b1 && b0 < a1 && reported.insert((a, b)) {
+                    problems.push(Problem::TcOverlap {
+                        first: plan.faults[a as usize].name.clone(),
+                        second: plan.faults[b as usize].name.clone(),
+                        node: agents[ai].node.clone(),
+                        first_window: text(a),
+                        second_window: text(b),
+                    });
+                }
+            }
+        }
+    }
+    problems
 }
 
 /// The latest state of each (agent, fault), as the agents reported it.
@@ -64,5 +120,73 @@ pub struct FaultLog {
 impl FaultLog {
     pub fn record(&mut self, ev: FaultEvent) {
         self.events.insert((ev.agent_id.clone(), ev.fault.clone()), ev);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::SystemTime;
+
+    use stampede_common::plan::{load_str, Format};
+    use stampede_proto::v1::Capability;
+
+    use super::*;
+
+    fn plan(faults: &str) -> Plan {
+        let text = format!(
+            "name: t\ntarget: http://127.0.0.1:9\nphases:\n  - {{ name: p, duration: 60s, load: {{ model: open, rate: 1/s }} }}\nsteps:\n  - {{ name: s, request: {{ method: GET, path: / }} }}\nfaults:\n{faults}"
+        );
+        load_str(&text, Format::Yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn agent(id: &str, node: &str, available: &[&str], lacking: &[(&str, &str)]) -> AgentEntry {
+        let mut capabilities: Vec<Capability> = available.iter().map(|n| Capability { name: n.to_string(), available: true, detail: String::new() }).collect();
+        capabilities.extend(lacking.iter().map(|(n, d)| Capability { name: n.to_string(), available: false, detail: d.to_string() }));
+        AgentEntry {
+            id: id.into(),
+            labels: BTreeMap::new(),
+            capacity: 1,
+            workers: 1,
+            capabilities,
+            clock_offset_nanos: 0,
+            clock_rtt_nanos: 0,
+            clock_sampled_at: SystemTime::now(),
+            last_seen: SystemTime::now(),
+            version: String::new(),
+            node: node.into(),
+            tx: tokio::sync::mpsc::channel(1).0,
+            session: 0,
+            instance: 0,
+            lease: std::time::Duration::from_secs(10),
+        }
+    }
+
+    const TC: &[&str] = &["tc", "qdisc.prio", "qdisc.netem", "qdisc.htb", "net_admin", "nft"];
+
+    #[test]
+    fn every_missing_capability_of_every_agent_is_named_at_once() {
+        let p = plan("  - { name: slow, kind: netem, at: 1s, duration: 5s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n");
+        let a = agent("a", "n1", &["tc", "net_admin"], &[("qdisc.prio", "not in this kernel"), ("qdisc.netem", "not in this kernel")]);
+        let b = agent("b", "n2", &[], &[("tc", "not installed")]);
+        let err = assign(&p, &[a, b]).unwrap_err().to_string();
+        assert!(err.contains("agent a: it needs `qdisc.prio` (not in this kernel), `qdisc.netem` (not in this kernel),"), "{err}");
+        assert!(err.contains("agent b: it needs `tc` (not installed), `qdisc.prio`, `qdisc.netem`, `net_admin`"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_tc_faults_on_one_node_are_refused_but_sequential_ones_pass() {
+        let overlapping = plan(
+            "  - { name: slow, kind: netem, at: 10s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n  - { name: cut, kind: partition, at: 20s, duration: 5s, scope: { dst: 10.0.0.1/32 } }\n",
+        );
+        let err = assign(&overlapping, &[agent("a", "n1", TC, &[])]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "only the two tc faults clash: {err}");
+        let text = err.to_string();
+        assert!(text.contains("faults `slow` and `cap` both shape traffic with tc on node n1") && text.contains("`slow` 10s-40s") && text.contains("`cap` 20s-50s"), "{text}");
+
+        let sequential = plan(
+            "  - { name: slow, kind: netem, at: 10s, duration: 10s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n",
+        );
+        assert_eq!(assign(&sequential, &[agent("a", "n1", TC, &[])]).unwrap(), vec![vec![0, 1]]);
     }
 }

@@ -81,6 +81,9 @@ fn sweep_removes_only_what_stampede_left() {
     let agent = agent_bin().display().to_string();
     let script = format!(
         r#"set -e
+# Named network namespaces live in /run/netns, which unshare does not
+# isolate: a private one, so the sweep sees no other test's probe namespaces.
+mkdir -p /run/netns && mount -t tmpfs stampede-test /run/netns
 ip link set lo up
 ip link add op-a type veth peer name op-b
 nft -f - <<'EOF'
@@ -161,4 +164,36 @@ echo "--- end"
     let procs = section(&out, "processes");
     assert!(!procs.iter().any(|p| p.starts_with(&format!("{agent} stress"))), "the helper survived:\n{procs:#?}");
     assert!(procs.iter().any(|p| p.starts_with("sleep 20")), "the operator's process was killed:\n{procs:#?}");
+}
+
+#[test]
+fn sweep_deletes_stale_probe_namespaces_only() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let agent = agent_bin().display().to_string();
+    // In a private /run/netns: a probe namespace left by a killed agent, one
+    // made just now (a probe may be using it), and an operator's namespace.
+    // A namespace's age cannot be faked (its file is nsfs), so the first is
+    // made 2 s before the sweep and the sweep's threshold is 1 s.
+    let script = format!(
+        r#"set -e
+mkdir -p /run/netns && mount -t tmpfs stampede-test /run/netns
+ip netns add stp-probe-4000001-0
+sleep 2
+ip netns add stp-probe-4000002-0
+ip netns add operator-ns
+echo "--- sweep"
+{agent} sweep --state-dir {state} --probe-min-age 1s
+echo "--- left"
+ip netns list | cut -d' ' -f1 | sort
+"#,
+        state = state.path().display()
+    );
+    let (ok, out, err) = in_namespaces(&script, Duration::from_secs(30));
+    assert!(ok, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(section(&out, "sweep"), ["deleted probe namespace stp-probe-4000001-0 (left by agent pid 4000001)"]);
+    assert_eq!(section(&out, "left"), ["operator-ns", "stp-probe-4000002-0"]);
 }

@@ -157,7 +157,7 @@ fn preflight_refuses_a_fault_the_node_cannot_do() {
     let port = target.local_addr().unwrap().port().to_string();
     let plan = plan(dir.path(), "faults-netem.yaml", &[("PORT", port)]);
     // What this node lacks for it, in the order the driver asks: the
-    // preflight names the first.
+    // preflight names every one; the first is checked here.
     let fault = load_file(&plan).unwrap().faults[0].clone();
     let caps = probe();
     let needs = driver_for(fault.kind).requires(&fault);

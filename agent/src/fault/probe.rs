@@ -30,6 +30,9 @@ pub const QDISCS: [(&str, &[&str]); 4] = [
     ("htb", &["htb"]),
 ];
 
+/// The capability probe's throwaway namespaces are `stp-probe-<agent pid>-<n>`;
+/// `sweep` removes those whose agent is gone.
+pub const PROBE_NETNS_PREFIX: &str = "stp-probe-";
 /// The whole probe stays well under the 2 s registration budget.
 const BUDGET: Duration = Duration::from_millis(1500);
 
@@ -97,9 +100,14 @@ impl Drop for Namespace {
 
 fn probe_in_namespace(nft: bool, deadline: Instant) -> Vec<Capability> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let name = format!("stp-probe-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let name = format!("{PROBE_NETNS_PREFIX}{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     let _ = run(&["ip", "netns", "del", &name], None, left()); // a leftover of a crashed probe
+    // And those of agents killed mid-probe (SIGKILL runs no Drop): stale
+    // ones only, so a probe running beside us is never touched.
+    for (stale, _) in super::sweep::stale_probe_namespaces(super::sweep::PROBE_NETNS_MIN_AGE).unwrap_or_default() {
+        let _ = run(&["ip", "netns", "del", &stale], None, left());
+    }
     let ready = run(&["ip", "netns", "add", &name], None, left()).map(|_| Namespace(name.clone()));
     let ns = ready.and_then(|ns| run(&["ip", "-n", &name, "link", "set", "lo", "up"], None, left()).map(|_| ns));
     let mut caps = Vec::new();

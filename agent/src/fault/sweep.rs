@@ -9,7 +9,12 @@
 //! 3. stampede's root qdisc (handle [`ROOT_HANDLE`]) is deleted from every
 //!    device that has one;
 //! 4. pressure helpers (`…/stampede stress …`, `…/stampede-agent stress …`)
-//!    still running are SIGKILLed, by their positive pid.
+//!    still running are SIGKILLed, by their positive pid;
+//! 5. the capability probe's throwaway network namespaces
+//!    (`stp-probe-<pid>-<n>`) older than a minute (`--probe-min-age`) are deleted (an agent
+//!    killed in the middle of its start-up probe leaves one; a probe lasts
+//!    under 1.5 s). Age, not "is `<pid>` alive": a sweep run inside a pid
+//!    namespace cannot see the agent that is probing right now.
 //!
 //! Only what stampede owns is touched: tables of other names or families,
 //! qdiscs with other handles and other processes are left alone (the
@@ -20,6 +25,7 @@
 use std::io::ErrorKind;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use super::action::{Action, Runner};
 use super::injector::revert_all;
@@ -124,12 +130,13 @@ fn kill_pid(pid: i32) -> Result<(), String> {
 
 /// Sweeps this node (see the module docs). Never panics on a missing tool
 /// or permission: those become `failed` lines.
-pub fn sweep(state_dir: &Path, dry_run: bool, runner: &Runner) -> Swept {
+pub fn sweep(state_dir: &Path, dry_run: bool, runner: &Runner, probe_min_age: Duration) -> Swept {
     let mut s = Swept::default();
     let killed_groups = sweep_journal(state_dir, dry_run, runner, &mut s);
     sweep_tables(dry_run, runner, &mut s);
     sweep_qdiscs(dry_run, runner, &mut s);
     sweep_helpers(dry_run, &killed_groups, &mut s);
+    sweep_probe_namespaces(dry_run, runner, probe_min_age, &mut s);
     s
 }
 
@@ -242,11 +249,62 @@ fn sweep_helpers(dry_run: bool, already: &[i32], s: &mut Swept) {
     }
 }
 
+/// The probe's namespaces in an `ip netns list` listing, with the pid of the
+/// agent that made each (`stp-probe-<pid>-<n>`, possibly followed by
+/// `(id: N)`). Any other name is not ours.
+pub fn probe_namespaces(ip_netns_list: &str) -> Vec<(String, i32)> {
+    ip_netns_list
+        .lines()
+        .filter_map(|line| {
+            let name = line.split_whitespace().next()?;
+            let (pid, n) = name.strip_prefix(super::probe::PROBE_NETNS_PREFIX)?.split_once('-')?;
+            n.parse::<u32>().ok()?;
+            Some((name.to_string(), pid.parse::<i32>().ok().filter(|p| *p > 0)?))
+        })
+        .collect()
+}
+
+/// A probe namespace younger than this may be in use.
+pub const PROBE_NETNS_MIN_AGE: Duration = Duration::from_secs(60);
+
+/// Probe namespaces old enough that no probe can be using them:
+/// (name, pid of the agent that made it).
+pub fn stale_probe_namespaces(min_age: Duration) -> Result<Vec<(String, i32)>, String> {
+    let listed = list(&["ip", "netns", "list"])?.unwrap_or_default();
+    Ok(probe_namespaces(&listed)
+        .into_iter()
+        .filter(|(name, _)| {
+            // `ip netns add` makes /run/netns/NAME when it creates the namespace.
+            let age = std::fs::metadata(format!("/run/netns/{name}")).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            age.is_some_and(|a| a >= min_age)
+        })
+        .collect())
+}
+
+/// Step 5: the probe namespaces nobody is using any more.
+fn sweep_probe_namespaces(dry_run: bool, runner: &Runner, min_age: Duration, s: &mut Swept) {
+    let stale = match stale_probe_namespaces(min_age) {
+        Ok(stale) => stale,
+        Err(e) => return s.failed.push(format!("cannot list network namespaces: {e}")),
+    };
+    for (name, pid) in stale {
+        let line = format!("{} probe namespace {name} (left by agent pid {pid})", verb(dry_run, "deleted", "would delete"));
+        if dry_run {
+            s.removed.push(line);
+            continue;
+        }
+        match runner.execute(&Action::run(&["ip", "netns", "del", &name])) {
+            Ok(()) => s.removed.push(line),
+            Err(e) => s.failed.push(format!("could not delete probe namespace {name}: {e}")),
+        }
+    }
+}
+
 /// `stampede-agent sweep`: prints one line per removed thing (or "nothing to
 /// sweep") and each failure on stderr; the exit code is 0, or 1 when
 /// something could not be checked or removed.
-pub fn main(state_dir: &Path, dry_run: bool) -> i32 {
-    let s = sweep(state_dir, dry_run, &Runner::default());
+pub fn main(state_dir: &Path, dry_run: bool, probe_min_age: Duration) -> i32 {
+    let s = sweep(state_dir, dry_run, &Runner::default(), probe_min_age);
     if s.removed.is_empty() && s.failed.is_empty() {
         println!("nothing to sweep");
     }
@@ -266,6 +324,13 @@ pub fn main(state_dir: &Path, dry_run: bool) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_namespace_parser_finds_only_the_probes() {
+        let listed = "stp-probe-4242-0 (id: 7)\nstp-probe-17-3\nstpf99-0-agent1 (id: 2)\nstp-probe-x-1\nstp-probe-5\nprod-ns\n";
+        assert_eq!(probe_namespaces(listed), [("stp-probe-4242-0".to_string(), 4242), ("stp-probe-17-3".to_string(), 17)]);
+        assert!(probe_namespaces("").is_empty());
+    }
 
     #[test]
     fn qdisc_parser_finds_only_stampede_roots() {

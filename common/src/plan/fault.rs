@@ -56,7 +56,7 @@ pub struct Fault {
 pub enum FaultKind {
     /// Delay, jitter, loss, duplication, corruption, reordering (tc netem).
     Netem,
-    /// Bandwidth cap (tc tbf).
+    /// Bandwidth cap on traffic to the scope (tc htb class with a u32 filter).
     Rate,
     /// Drop everything to and from the scope (nftables).
     Partition,
