@@ -185,6 +185,10 @@ pub struct TargetArgs {
     /// Response body size for GET requests, bytes.
     #[arg(long)]
     pub body_size: Option<usize>,
+    /// Append `PEER_IP UNIX_NANOS` to FILE for the first request of each new
+    /// peer address (e.g. to measure how closely a fleet's agents started).
+    #[arg(long, value_name = "FILE")]
+    pub arrivals: Option<PathBuf>,
 }
 
 pub async fn main(cli: Cli) -> i32 {
@@ -350,8 +354,12 @@ async fn target(args: TargetArgs) -> anyhow::Result<i32> {
     if let Some(n) = args.body_size {
         behaviour.body_size = n;
     }
+    let arrivals = match &args.arrivals {
+        Some(path) => Some(stampede_target::ArrivalLog::create(path).with_context(|| format!("opening the arrivals file {}", path.display()))?),
+        None => None,
+    };
     eprintln!("built-in target listening on http://{}", args.listen);
-    stampede_target::serve_until(args.listen, behaviour, async {
+    stampede_target::serve_until_with(args.listen, behaviour, arrivals, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await
