@@ -87,7 +87,25 @@ fn agents_lists_every_agent_with_its_labels() {
     let row = |id: &str| table.lines().find(|l| l.split_whitespace().next() == Some(id)).unwrap_or_else(|| panic!("no row for {id}:\n{table}")).to_string();
     assert!(row("a1").contains("zone=a"), "{table}");
     assert!(row("a2").contains("zone=b"), "{table}");
-    assert!(table.lines().next().unwrap().contains("LABELS"), "{table}");
+    let head: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(head, ["AGENT", "LABELS", "CAPACITY", "CLOCK", "OFFSET", "LAST", "SEEN", "STATE", "AVAILABLE", "MISSING"], "{table}");
+    for id in ["a1", "a2"] {
+        // id, labels, capacity, clock offset, last seen, state, available, missing.
+        let row = row(id);
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols.len(), 8, "{row}");
+        assert!(cols[2].parse::<u32>().is_ok_and(|c| c > 0), "capacity: {row}");
+        assert!(cols[3].strip_suffix("ms").is_some_and(|v| v.parse::<f64>().is_ok()), "clock offset: {row}");
+        let seen: f64 = cols[4].strip_suffix('s').and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("last seen: {row}"));
+        assert!((0.0..30.0).contains(&seen), "last seen {seen} s ago: {row}");
+        assert_eq!(cols[5], "idle", "{row}");
+        // Every probed capability is in one list or the other; the probe
+        // always reports `net_admin` and `tc`, whatever this host has.
+        let listed: Vec<&str> = cols[6].split(',').chain(cols[7].split(',')).collect();
+        for cap in ["net_admin", "tc"] {
+            assert!(listed.contains(&cap), "{cap} missing from {row}");
+        }
+    }
 }
 
 #[test]
