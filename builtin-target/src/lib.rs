@@ -10,6 +10,8 @@
 //! - `stats` — [`TargetStats`] and the atomic counters behind it.
 //! - `server` — [`serve`], [`serve_until`], [`TargetHandle`]: listener, accept
 //!   loop, one task per keep-alive connection, shutdown.
+//! - `arrivals` — [`ArrivalLog`]: when each peer's first request arrived
+//!   (`stampede target --arrivals FILE`, for measuring a fleet's start).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -26,12 +28,14 @@
 
 #![forbid(unsafe_code)]
 
+mod arrivals;
 mod behaviour;
 mod body;
 mod server;
 mod service;
 mod stats;
 
+pub use arrivals::ArrivalLog;
 pub use behaviour::{Behaviour, Stall};
-pub use server::{serve, serve_until, TargetHandle};
+pub use server::{serve, serve_until, serve_until_with, serve_with, TargetHandle};
 pub use stats::TargetStats;

@@ -3,8 +3,9 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -13,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::arrivals::ArrivalLog;
 use crate::behaviour::Behaviour;
 use crate::service::{handle, Shared};
 use crate::stats::TargetStats;
@@ -62,10 +64,20 @@ impl TargetHandle {
 /// Binds `addr` (port 0 = ephemeral) and serves on the current tokio runtime;
 /// returns once listening. Fails with `InvalidInput` on a nonsensical [`Behaviour`].
 pub async fn serve(addr: SocketAddr, behaviour: Behaviour) -> io::Result<TargetHandle> {
+    serve_with(addr, behaviour, None).await
+}
+
+/// [`serve`], also appending the first request of every new peer IP to
+/// `arrivals` (see [`ArrivalLog`]).
+pub async fn serve_with(
+    addr: SocketAddr,
+    behaviour: Behaviour,
+    arrivals: Option<ArrivalLog>,
+) -> io::Result<TargetHandle> {
     behaviour.validate()?;
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(behaviour, Instant::now()));
+    let shared = Arc::new(Shared::new(behaviour, Instant::now(), arrivals));
     let (stop, stop_rx) = watch::channel(false);
     let accept_loop = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
     tracing::debug!(%local_addr, "target bound");
@@ -84,7 +96,17 @@ pub async fn serve_until(
     behaviour: Behaviour,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let handle = serve(addr, behaviour).await?;
+    serve_until_with(addr, behaviour, None, shutdown).await
+}
+
+/// [`serve_until`] with an [`ArrivalLog`].
+pub async fn serve_until_with(
+    addr: SocketAddr,
+    behaviour: Behaviour,
+    arrivals: Option<ArrivalLog>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let handle = serve_with(addr, behaviour, arrivals).await?;
     tracing::info!(addr = %handle.local_addr, "Target listening.");
     shutdown.await;
     tracing::info!(addr = %handle.local_addr, "Target stopping.");
@@ -155,7 +177,18 @@ fn serve_connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "target could not set TCP_NODELAY");
     }
-    let service = service_fn(move |req| handle(shared.clone(), req));
+    // Only a connection's first request can be its peer's first: later ones
+    // skip the arrivals log's lock (`logged` starts true when there is none).
+    let logged = AtomicBool::new(shared.arrivals.is_none());
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        if !logged.load(Ordering::Relaxed) && req.uri().path() != "/health" {
+            logged.store(true, Ordering::Relaxed);
+            if let Some(log) = &shared.arrivals {
+                log.first_request(peer.ip(), SystemTime::now());
+            }
+        }
+        handle(shared.clone(), req)
+    });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     async move {
         let mut conn = std::pin::pin!(conn);

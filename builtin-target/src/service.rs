@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::arrivals::ArrivalLog;
 use crate::behaviour::Behaviour;
 use crate::body::RepeatBody;
 use crate::stats::Counters;
@@ -26,16 +27,19 @@ pub(crate) struct Shared {
     /// Origin of the stall windows.
     pub(crate) started_at: Instant,
     pub(crate) counters: Counters,
+    /// `--arrivals FILE`: the first request per peer IP.
+    pub(crate) arrivals: Option<ArrivalLog>,
 }
 
 impl Shared {
-    pub(crate) fn new(behaviour: Behaviour, started_at: Instant) -> Self {
+    pub(crate) fn new(behaviour: Behaviour, started_at: Instant, arrivals: Option<ArrivalLog>) -> Self {
         let delays = behaviour.delays();
         Self {
             behaviour,
             delays,
             started_at,
             counters: Counters::default(),
+            arrivals,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::fleet::Fleet;
 use crate::orchestrate::{self, RunRequest};
 use crate::report::{self, Report};
 use crate::server::Security;
+use crate::store::RunStore;
 use crate::{certs, local, remote, server};
 
 /// Exit code for usage, plan and infrastructure errors.
@@ -102,7 +103,17 @@ pub struct CoordinatorArgs {
     /// required with TLS, optional with --insecure.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// The run store: every submitted run's reports and plan are kept in
+    /// DIR/runs/<UTC start>-<run id>/ when it ends. Created if missing; the
+    /// coordinator refuses to start if it cannot write there.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data: PathBuf,
 }
+
+/// Where a standing coordinator keeps its runs by default: the state
+/// directory systemd's `StateDirectory=stampede-coordinator` makes, beside
+/// the agent's `/var/lib/stampede`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/stampede-coordinator";
 
 impl CoordinatorArgs {
     fn mode(&self) -> Result<Mode, String> {
@@ -185,6 +196,10 @@ pub struct TargetArgs {
     /// Response body size for GET requests, bytes.
     #[arg(long)]
     pub body_size: Option<usize>,
+    /// Append `PEER_IP UNIX_NANOS` to FILE for the first request of each new
+    /// peer address (e.g. to measure how closely a fleet's agents started).
+    #[arg(long, value_name = "FILE")]
+    pub arrivals: Option<PathBuf>,
 }
 
 pub async fn main(cli: Cli) -> i32 {
@@ -326,11 +341,13 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<i32> {
         }
     };
     let (tls, enrollment) = (security.tls.is_some(), security.token.is_some());
+    let store = RunStore::open(&args.data).context("--data DIR: the coordinator keeps every run there")?;
+    tracing::info!(message = "Run store ready.", path = %store.runs_dir().display());
     let listen = &args.listen;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let fleet = Fleet::default();
     let shutdown = CancellationToken::new();
-    let (addr, server) = server::spawn(listener, fleet.clone(), Some(Control { fleet }), security, shutdown.clone());
+    let (addr, server) = server::spawn(listener, fleet.clone(), Some(Control { fleet, store }), security, shutdown.clone());
     tracing::info!(message = "Coordinator listening.", %addr, mutual_tls = tls, enrollment_token = enrollment);
     tokio::select! {
         r = server => { r??; }
@@ -350,8 +367,12 @@ async fn target(args: TargetArgs) -> anyhow::Result<i32> {
     if let Some(n) = args.body_size {
         behaviour.body_size = n;
     }
+    let arrivals = match &args.arrivals {
+        Some(path) => Some(stampede_target::ArrivalLog::create(path).with_context(|| format!("opening the arrivals file {}", path.display()))?),
+        None => None,
+    };
     eprintln!("built-in target listening on http://{}", args.listen);
-    stampede_target::serve_until(args.listen, behaviour, async {
+    stampede_target::serve_until_with(args.listen, behaviour, arrivals, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await

@@ -1,5 +1,6 @@
 //! The standing coordinator's control API: `stampede run --coordinator URL`
-//! submits a plan here and streams progress and the final reports back.
+//! submits a plan here and streams progress and the final reports back; each
+//! run's reports are also kept in the run store (`store.rs`).
 
 use std::path::Path;
 use std::pin::Pin;
@@ -17,11 +18,14 @@ use tonic::{Request, Response, Status};
 
 use crate::fleet::Fleet;
 use crate::orchestrate::{self, RunRequest};
-use crate::report;
+use crate::report::{self, Report};
+use crate::store::{RunStore, StoredRun};
 
 #[derive(Clone)]
 pub struct Control {
     pub fleet: Fleet,
+    /// Where every run is kept when it ends (`--data DIR`).
+    pub store: RunStore,
 }
 
 type Events = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
@@ -49,6 +53,7 @@ impl ControlService for Control {
             return Err(Status::failed_precondition("another run is in progress on this coordinator; try again when it ends"));
         }
         let fleet = self.fleet.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             let target = match crate::local::start_builtin_target(&mut plan).await {
                 Ok(t) => t,
@@ -73,16 +78,21 @@ impl ControlService for Control {
             };
             let request = RunRequest { plan, expect_agents: req.expect_agents as usize, wait: Duration::from_millis(req.wait_ms.max(1)), dry_run: false };
             let event = match orchestrate::execute(&fleet, request, abort, &progress).await {
-                Ok(r) => RunEvent {
-                    event: Some(Event::Result(RunResult {
+                Ok(r) => {
+                    let result = RunResult {
                         exit_code: r.verdict.exit_code(),
                         verdict: r.verdict.as_str().into(),
                         report_json: serde_json::to_string_pretty(&r).expect("reports serialize"),
                         report_md: report::markdown(&r),
                         report_junit: report::junit_xml(&r),
                         error: String::new(),
-                    })),
-                },
+                    };
+                    // The run's last progress line says where it was kept; the
+                    // client gets its result whether or not that worked.
+                    let line = store_run(&store, &r, &result, &req.plan_name, &req.plan_text).await;
+                    let _ = tx.send(Ok(RunEvent { event: Some(Event::Progress(line)) })).await;
+                    RunEvent { event: Some(Event::Result(result)) }
+                }
                 Err(e) => result(2, e.to_string()),
             };
             watch.abort();
@@ -111,5 +121,38 @@ impl ControlService for Control {
             })
             .collect();
         Ok(Response::new(ListAgentsResponse { agents }))
+    }
+}
+
+/// Keeps a finished run in the store; returns the line that tells the client
+/// where, or — loudly, in the coordinator's log too — why not.
+async fn store_run(store: &RunStore, r: &Report, res: &RunResult, plan_name: &str, plan_text: &str) -> String {
+    let (store, run_id, started_at) = (store.clone(), r.run_id.clone(), r.started_at.clone());
+    let (json, md, junit) = (res.report_json.clone(), res.report_md.clone(), res.report_junit.clone());
+    let (plan_name, plan_text) = (plan_name.to_string(), plan_text.to_string());
+    let runs = store.runs_dir().to_path_buf();
+    let saved = tokio::task::spawn_blocking(move || {
+        let run = StoredRun {
+            run_id: &run_id,
+            started_at: &started_at,
+            report_json: &json,
+            report_md: &md,
+            junit_xml: &junit,
+            plan_name: &plan_name,
+            plan_text: &plan_text,
+        };
+        store.save(&run)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(format!("the writer failed: {e}"))));
+    match saved {
+        Ok(dir) => {
+            tracing::info!(message = "Run stored.", run_id = %r.run_id, path = %dir.display());
+            format!("run {}: stored in {}", r.run_id, dir.display())
+        }
+        Err(e) => {
+            tracing::error!(message = "Could not store the run; the client's copy is the only one.", run_id = %r.run_id, store = %runs.display(), error = %e);
+            format!("run {}: ERROR: could not store the run in {}: {e}; the reports sent to this client are the only copy", r.run_id, runs.display())
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
 //! - [`local`]: in-process agents and built-in target for `--local-agents`.
 //! - [`control`] / [`remote`]: the standing coordinator's submit API and its client.
+//! - [`store`]: the standing coordinator's run store (`--data DIR`).
 //! - [`server`]: serving the gRPC services until shutdown, with mutual TLS
 //!   and the enrollment token ([`server::Security`]) or without.
 //! - [`certs`]: `stampede certs`: the fleet's CA, its certificates, the token.
@@ -30,4 +31,5 @@ pub mod report;
 pub mod server;
 pub mod service;
 pub mod split;
+pub mod store;
 pub mod verdict;

@@ -5,7 +5,7 @@ use stampede_common::plan::Format;
 use stampede_common::tls::{self, ClientTls};
 use stampede_proto::v1::control_service_client::ControlServiceClient;
 use stampede_proto::v1::run_event::Event;
-use stampede_proto::v1::{ListAgentsRequest, SubmitRunRequest};
+use stampede_proto::v1::{AgentInfo, ListAgentsRequest, SubmitRunRequest};
 use tonic::transport::Channel;
 
 use crate::cli::{progress_printer, RunArgs, EXIT_ERROR};
@@ -66,19 +66,64 @@ pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &
 pub async fn list_agents(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<i32> {
     let mut client = connect(url, tls).await?;
     let agents = client.list_agents(ListAgentsRequest {}).await.map_err(|s| call_failed(url, s))?.into_inner().agents;
-    println!("{:<24} {:<30} {:>8} {:>14} {:>10}", "AGENT", "LABELS", "CAPACITY", "CLOCK OFFSET", "LAST SEEN");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    print!("{}", agents_table(&agents, now));
+    Ok(0)
+}
+
+/// `stampede agents`' table: one agent per line, whitespace-separated
+/// columns (a label list or capability list never contains a space, so
+/// `awk` can take it apart). Capabilities are the fault tools a node has
+/// (`AVAILABLE`) and lacks (`MISSING`); `-` when none.
+pub fn agents_table(agents: &[AgentInfo], now_unix_nanos: i64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<24} {:<30} {:>8} {:>14} {:>10} {:<5} {:<40} MISSING", "AGENT", "LABELS", "CAPACITY", "CLOCK OFFSET", "LAST SEEN", "STATE", "AVAILABLE");
+    let list = |v: Vec<&str>| if v.is_empty() { "-".to_string() } else { v.join(",") };
     for a in agents {
         let mut labels: Vec<_> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
-        println!(
-            "{:<24} {:<30} {:>8} {:>12.3}ms {:>9.1}s",
+        let labels = if labels.is_empty() { "-".to_string() } else { labels.join(",") };
+        let available = list(a.capabilities.iter().filter(|c| c.available).map(|c| c.name.as_str()).collect());
+        let missing = list(a.capabilities.iter().filter(|c| !c.available).map(|c| c.name.as_str()).collect());
+        let _ = writeln!(
+            out,
+            "{:<24} {:<30} {:>8} {:>12.3}ms {:>9.1}s {:<5} {:<40} {}",
             a.agent_id,
-            labels.join(","),
+            labels,
             a.capacity,
             a.clock_offset_nanos as f64 / 1e6,
-            (now - a.last_seen_unix_nanos) as f64 / 1e9
+            (now_unix_nanos - a.last_seen_unix_nanos).max(0) as f64 / 1e9,
+            if a.busy { "busy" } else { "idle" },
+            available,
+            missing
         );
     }
-    Ok(0)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stampede_proto::v1::Capability;
+
+    #[test]
+    fn every_column_is_printed() {
+        let cap = |name: &str, available| Capability { name: name.into(), available, detail: String::new() };
+        let a = AgentInfo {
+            agent_id: "a1".into(),
+            labels: [("zone".to_string(), "z1".to_string()), ("role".to_string(), "load".to_string())].into_iter().collect(),
+            capacity: 4,
+            capabilities: vec![cap("tc", true), cap("nft", true), cap("docker", false)],
+            clock_offset_nanos: -1_500_000,
+            last_seen_unix_nanos: 1_000_000_000,
+            busy: false,
+        };
+        let table = agents_table(&[a], 3_500_000_000);
+        let lines: Vec<&str> = table.lines().collect();
+        let head: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(head, ["AGENT", "LABELS", "CAPACITY", "CLOCK", "OFFSET", "LAST", "SEEN", "STATE", "AVAILABLE", "MISSING"]);
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(row, ["a1", "role=load,zone=z1", "4", "-1.500ms", "2.5s", "idle", "tc,nft", "docker"]);
+    }
 }

@@ -964,6 +964,9 @@ fn systemd_units_are_hardened_and_consistent() {
         }
     }
     assert_eq!(coord_cmd.flag("listen"), Some("0.0.0.0:7000"), "{coord_file}: --listen");
+    // The run store is where the sandbox lets the coordinator write.
+    let data = coord_cmd.flag("data").unwrap_or_else(|| panic!("{coord_file}: no --data"));
+    assert!(writable(&coord, data), "{coord_file}: --data {data} is not writable under ProtectSystem=strict");
     let url = main.flag("coordinator").expect("--coordinator");
     assert!(url.starts_with("https://") && url.ends_with(":7000"), "{agent_file}: --coordinator {url}");
     // ${VAR}s in ExecStart have an Environment= default.
@@ -1086,6 +1089,10 @@ fn compose_runs_a_fleet_from_one_image_with_certificates_first() {
     assert!(coord[0].starts_with("stampede", &["coordinator"]));
     let port = coord[0].flag("listen").and_then(|l| l.rsplit_once(':')).map(|(_, p)| p.to_string()).expect("--listen");
     assert_eq!(port, "7000");
+    // Its run store survives the container: a writable named volume.
+    let data = coord[0].flag("data").expect("the coordinator's --data");
+    let mounts = compose_mounts(&services["coordinator"]);
+    assert!(mounts.iter().any(|(v, p, ro)| p == data && !ro && hash_keys(&doc["volumes"]).contains(v)), "{file}: coordinator: --data {data} is not a writable named volume");
     let mut zones = BTreeSet::new();
     for agent in ["agent-a", "agent-b", "agent-c"] {
         let svc = &services[agent];
@@ -1202,6 +1209,12 @@ fn kubernetes_manifests_have_what_the_fleet_needs() {
     let container_port = coord_container["ports"].as_vec().into_iter().flatten().find(|p| p["name"] == target_port || p["containerPort"] == target_port).expect("the Service's targetPort is a container port");
     assert_eq!(container_port["containerPort"].as_i64().map(|p| p.to_string()), Some(listen_port.clone()), "the Service reaches --listen");
     assert_eq!(agent_cmd.flag("coordinator"), Some(format!("https://{svc_host}:7000").as_str()), "agents dial the Service");
+    // The coordinator's run store is a persistent volume claim of this kustomization.
+    let data = coord_cmd.flag("data").expect("the coordinator's --data");
+    let mount = coord_container["volumeMounts"].as_vec().into_iter().flatten().find(|m| m["mountPath"].as_str() == Some(data)).unwrap_or_else(|| panic!("--data {data} is not a mounted volume"));
+    let volume = coord_spec["volumes"].as_vec().into_iter().flatten().find(|v| v["name"] == mount["name"]).expect("the mount's volume");
+    let claim = s(&volume["persistentVolumeClaim"]["claimName"]);
+    assert!(objects_of(&objects, "PersistentVolumeClaim").iter().any(|c| s(&c["metadata"]["name"]) == claim), "no PersistentVolumeClaim {claim}");
 
     // The Secret: made by the kustomization's secretGenerator, mounted
     // read-only, holding every file the flags name.

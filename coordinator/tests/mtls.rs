@@ -98,7 +98,7 @@ fn coordinator(procs: &mut Procs, scheme: &str, flags: &[String], ready: impl Fn
         name = if attempt == 0 { "coordinator".to_string() } else { format!("coordinator-{attempt}") };
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(stampede());
-        cmd.args(["coordinator", "--listen", &addr.to_string()]).args(flags);
+        cmd.args(["coordinator", "--listen", &addr.to_string()]).args(flags).arg("--data").arg(procs.data_dir(&name));
         procs.spawn(&name, cmd);
         let url = format!("{scheme}://{addr}");
         let up = wait_until(Duration::from_secs(10), || !procs.alive(&name) || (accepts(addr) && ready(&url)));

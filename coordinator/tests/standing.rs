@@ -87,7 +87,25 @@ fn agents_lists_every_agent_with_its_labels() {
     let row = |id: &str| table.lines().find(|l| l.split_whitespace().next() == Some(id)).unwrap_or_else(|| panic!("no row for {id}:\n{table}")).to_string();
     assert!(row("a1").contains("zone=a"), "{table}");
     assert!(row("a2").contains("zone=b"), "{table}");
-    assert!(table.lines().next().unwrap().contains("LABELS"), "{table}");
+    let head: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(head, ["AGENT", "LABELS", "CAPACITY", "CLOCK", "OFFSET", "LAST", "SEEN", "STATE", "AVAILABLE", "MISSING"], "{table}");
+    for id in ["a1", "a2"] {
+        // id, labels, capacity, clock offset, last seen, state, available, missing.
+        let row = row(id);
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols.len(), 8, "{row}");
+        assert!(cols[2].parse::<u32>().is_ok_and(|c| c > 0), "capacity: {row}");
+        assert!(cols[3].strip_suffix("ms").is_some_and(|v| v.parse::<f64>().is_ok()), "clock offset: {row}");
+        let seen: f64 = cols[4].strip_suffix('s').and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("last seen: {row}"));
+        assert!((0.0..30.0).contains(&seen), "last seen {seen} s ago: {row}");
+        assert_eq!(cols[5], "idle", "{row}");
+        // Every probed capability is in one list or the other; the probe
+        // always reports `net_admin` and `tc`, whatever this host has.
+        let listed: Vec<&str> = cols[6].split(',').chain(cols[7].split(',')).collect();
+        for cap in ["net_admin", "tc"] {
+            assert!(listed.contains(&cap), "{cap} missing from {row}");
+        }
+    }
 }
 
 #[test]
@@ -114,6 +132,55 @@ fn a_submitted_run_streams_progress_and_downloads_every_report() {
         assert_eq!(a["labels"]["zone"], zone);
     }
     assert!(std::fs::read_to_string(out.join("junit.xml")).unwrap().contains("<testsuite"));
+
+    // The coordinator kept the run too: DIR/runs/<UTC start>-<run id>/ with
+    // every file, and the last progress line says where.
+    let runs = f.procs.data_dir("coordinator").join("runs");
+    let stored: Vec<_> = std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let dir = &stored[0];
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    let run_id = r["run_id"].as_str().unwrap();
+    assert!(name.ends_with(&format!("-{run_id}")) && name.as_bytes()[8] == b'T' && name.as_bytes()[15] == b'Z', "{name}");
+    for file in ["report.json", "report.md", "junit.xml", "steady.yaml"] {
+        assert!(dir.join(file).is_file(), "{file} missing from {}", dir.display());
+    }
+    assert_eq!(report(dir), r, "the stored report.json is the one the client got");
+    assert_eq!(std::fs::read_to_string(dir.join("steady.yaml")).unwrap(), std::fs::read_to_string(&plan).unwrap());
+    let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap();
+    assert_eq!(last, format!("run {run_id}: stored in {}", dir.display()), "{stderr}");
+    assert!(f.procs.log("coordinator").contains("Run stored."), "{}", f.procs.log("coordinator"));
+}
+
+#[test]
+fn a_run_that_cannot_be_stored_still_reaches_the_client() {
+    let f = fleet();
+    // The store's `runs` folder turns into a file: the coordinator started
+    // fine, and now cannot write the run (as root, permissions would not stop it).
+    let runs = f.procs.data_dir("coordinator").join("runs");
+    std::fs::remove_dir_all(&runs).unwrap();
+    std::fs::write(&runs, "not a folder").unwrap();
+    let plan = f.plan("steady.yaml", 1);
+    let out = f.procs.dir.path().join("out");
+    let (code, stdout, stderr) =
+        f.submit("run", &plan, &["--expect-agents", "2", "--wait", "20s", "--out", out.to_str().unwrap()]).finish(Duration::from_secs(25));
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}\n{}", f.procs.logs());
+    assert_eq!(report(&out)["verdict"], "pass");
+    assert!(stderr.contains("ERROR: could not store the run in") && stderr.contains("the only copy"), "{stderr}");
+    assert!(f.procs.log("coordinator").contains("Could not store the run"), "{}", f.procs.log("coordinator"));
+}
+
+#[test]
+fn a_coordinator_that_cannot_write_its_data_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let port = support::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let out = support::stampede_output(&["coordinator", "--listen", &listen, "--insecure", "--data", file.to_str().unwrap()], Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--data") && stderr.contains("run store"), "{stderr}");
 }
 
 #[test]

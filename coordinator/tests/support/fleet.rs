@@ -255,11 +255,18 @@ impl Fleet {
         out.status.success().then(|| text(&out.stdout))
     }
 
+    /// The coordinator's run store (`--data`).
+    pub fn coord_data(&self) -> PathBuf {
+        self.dir.join("coord-data")
+    }
+
     /// `stampede coordinator --listen 198.18.0.1:7000` in `P-coord`, once it
     /// answers `stampede agents`.
     pub fn start_coordinator(&mut self) {
         let bin = stampede().to_str().unwrap().to_string();
-        let mut argv = vec![bin.as_str(), "coordinator", "--listen", COORD_LISTEN];
+        let data = self.coord_data();
+        let data = data.to_str().unwrap();
+        let mut argv = vec![bin.as_str(), "coordinator", "--listen", COORD_LISTEN, "--data", data];
         let tls = insecure_flag(stampede(), Some("coordinator"));
         argv.extend(tls.iter().map(String::as_str));
         self.spawn("coord", "coordinator", &argv);

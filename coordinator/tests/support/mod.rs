@@ -250,7 +250,7 @@ impl Procs {
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(stampede());
         // Plain text on loopback; `mtls.rs` tests the TLS flags.
-        cmd.args(["coordinator", "--listen", &listen, "--insecure"]);
+        cmd.args(["coordinator", "--listen", &listen, "--insecure", "--data"]).arg(self.data_dir(name));
         // A retry reuses the name: forget the earlier (exited) attempt.
         self.forget(name);
         self.spawn(name, cmd);
@@ -258,6 +258,11 @@ impl Procs {
         let addr: SocketAddr = listen.parse().unwrap();
         let ready = wait_until(Duration::from_secs(10), || !self.alive(name) || (accepts(addr) && list_agents(&url).is_some()));
         (ready && self.alive(name)).then_some(url)
+    }
+
+    /// The run store (`--data`) of the coordinator started as `name`.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("data-{name}"))
     }
 
     /// Starts the built-in target (`stampede target`) on a free loopback port;

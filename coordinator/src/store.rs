@@ -1,0 +1,186 @@
+//! The standing coordinator's run store (`stampede coordinator --data DIR`).
+//!
+//! Every run submitted to a standing coordinator is kept when it ends, in
+//! `DIR/runs/<UTC start, 20240131T120000Z>-<run id>/` with `report.json`,
+//! `report.md`, `junit.xml` and the plan as submitted — so a nightly CI job
+//! whose runner died, or an operator who hung up, still finds the result, and
+//! `ls DIR/runs` lists the runs in time order.
+//!
+//! A run is written into `DIR/runs/.tmp-<name>/`, every file and the folder
+//! fsynced, then renamed into place and the parent fsynced: a crash leaves
+//! either the whole run or a `.tmp-*` folder, which the next start removes.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// Where a run's files go inside the store.
+pub const RUNS: &str = "runs";
+const TMP_PREFIX: &str = ".tmp-";
+const REPORT_FILES: [&str; 3] = ["report.json", "report.md", "junit.xml"];
+
+/// One run's files, ready to be stored.
+pub struct StoredRun<'a> {
+    pub run_id: &'a str,
+    /// RFC 3339, as in `report.json`'s `started_at`.
+    pub started_at: &'a str,
+    pub report_json: &'a str,
+    pub report_md: &'a str,
+    pub junit_xml: &'a str,
+    /// The plan's file name as the client sent it, and its text.
+    pub plan_name: &'a str,
+    pub plan_text: &'a str,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunStore {
+    runs: PathBuf,
+}
+
+impl RunStore {
+    /// Opens the store at `dir`, creating `dir/runs`; fails unless a file can
+    /// be written there, so a wrong `--data` stops the coordinator at start-up
+    /// rather than after an hour-long run. Removes the `.tmp-*` folders a
+    /// crash left half-written.
+    pub fn open(dir: &Path) -> anyhow::Result<RunStore> {
+        let runs = dir.join(RUNS);
+        fs::create_dir_all(&runs).with_context(|| format!("creating the run store {}", runs.display()))?;
+        let probe = runs.join(format!("{TMP_PREFIX}probe-{}", std::process::id()));
+        File::create(&probe).and_then(|mut f| f.write_all(b"ok")).with_context(|| format!("the run store {} is not writable", runs.display()))?;
+        fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))?;
+        for entry in fs::read_dir(&runs)?.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(TMP_PREFIX) {
+                match fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_file(entry.path())) {
+                    Ok(()) => tracing::warn!(message = "Removed a run left half-written by a crash.", path = %entry.path().display()),
+                    Err(e) => tracing::warn!(message = "Cannot remove a half-written run.", path = %entry.path().display(), error = %e),
+                }
+            }
+        }
+        Ok(RunStore { runs })
+    }
+
+    pub fn runs_dir(&self) -> &Path {
+        &self.runs
+    }
+
+    /// Writes `run` atomically and returns its folder.
+    pub fn save(&self, run: &StoredRun<'_>) -> io::Result<PathBuf> {
+        let name = format!("{}-{}", compact_utc(run.started_at), sanitize(run.run_id));
+        let tmp = self.runs.join(format!("{TMP_PREFIX}{name}"));
+        let done = self.runs.join(&name);
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir(&tmp)?;
+        let written = (|| {
+            write_synced(&tmp.join("report.json"), format!("{}\n", run.report_json).as_bytes())?;
+            write_synced(&tmp.join("report.md"), run.report_md.as_bytes())?;
+            write_synced(&tmp.join("junit.xml"), run.junit_xml.as_bytes())?;
+            write_synced(&tmp.join(plan_file_name(run.plan_name)), run.plan_text.as_bytes())?;
+            File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, &done)?;
+            File::open(&self.runs)?.sync_all()
+        })();
+        if written.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        written.map(|()| done)
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// `2024-01-31T12:00:00.123Z` → `20240131T120000Z` (no `:` in folder names).
+fn compact_utc(rfc3339: &str) -> String {
+    let seconds: String = rfc3339.chars().take(19).filter(|c| c.is_ascii_alphanumeric()).collect();
+    if seconds.len() == 15 {
+        format!("{seconds}Z")
+    } else {
+        "unknown-time".into()
+    }
+}
+
+/// Run ids are UUIDs; anything else is reduced to a safe folder name.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+/// The plan keeps its name (as `--out` does) unless that name is a path, is
+/// empty or would overwrite a report: the client chooses it, the store must
+/// not let it escape the run's folder.
+fn plan_file_name(sent: &str) -> String {
+    let base = Path::new(sent).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let safe = !base.is_empty() && base == sent && !base.starts_with('.') && !REPORT_FILES.contains(&base);
+    if safe {
+        base.to_string()
+    } else {
+        "plan".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<'a>(plan_name: &'a str) -> StoredRun<'a> {
+        StoredRun {
+            run_id: "0f1e2d3c-aaaa-bbbb-cccc-000000000001",
+            started_at: "2024-01-31T12:34:56.789Z",
+            report_json: "{}",
+            report_md: "# r\n",
+            junit_xml: "<testsuite/>",
+            plan_name,
+            plan_text: "name: x\n",
+        }
+    }
+
+    #[test]
+    fn a_run_is_stored_whole_under_its_start_and_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(dir.path()).unwrap();
+        let at = store.save(&run("nightly.yaml")).unwrap();
+        assert_eq!(at, dir.path().join("runs/20240131T123456Z-0f1e2d3c-aaaa-bbbb-cccc-000000000001"));
+        for f in ["report.json", "report.md", "junit.xml", "nightly.yaml"] {
+            assert!(at.join(f).is_file(), "{f}");
+        }
+        assert_eq!(fs::read_to_string(at.join("report.json")).unwrap(), "{}\n");
+        let names: Vec<_> = fs::read_dir(dir.path().join(RUNS)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no temp folder left: {names:?}");
+    }
+
+    #[test]
+    fn a_plan_name_cannot_escape_or_overwrite() {
+        assert_eq!(plan_file_name("../../etc/passwd"), "plan");
+        assert_eq!(plan_file_name("/abs.yaml"), "plan");
+        assert_eq!(plan_file_name("report.json"), "plan");
+        assert_eq!(plan_file_name(".."), "plan");
+        assert_eq!(plan_file_name(""), "plan");
+        assert_eq!(plan_file_name("soak.toml"), "soak.toml");
+    }
+
+    #[test]
+    fn opening_removes_half_written_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let half = dir.path().join(RUNS).join(".tmp-20240131T123456Z-x");
+        fs::create_dir_all(&half).unwrap();
+        fs::write(half.join("report.json"), "{").unwrap();
+        RunStore::open(dir.path()).unwrap();
+        assert!(!half.exists());
+    }
+
+    #[test]
+    fn an_unwritable_store_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        fs::write(&file, "").unwrap();
+        let err = RunStore::open(&file).unwrap_err();
+        assert!(format!("{err:#}").contains("run store"), "{err:#}");
+    }
+}
