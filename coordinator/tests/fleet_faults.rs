@@ -229,9 +229,15 @@ fn rate_cap_on_downloads_works_from_the_target_side_only() {
 
     assert_reverted(r, "cap-at-agent", &["agent1"]);
     assert_reverted(r, "cap-at-target", &["tside"]);
-    for f in r["faults"].as_array().unwrap() {
-        // The effect check does not measure rate caps (see product findings).
-        assert!(f["effect"].is_null(), "{f}");
+    // The effect check reads each cap's own class counters. Both caps
+    // throttled what they shape: at the target the download itself; at the
+    // agent the ACK stream of downloads at full speed (about 2 Mbit/s of
+    // 100-byte ACKs), which leaves the download far above the cap (below).
+    for name in ["cap-at-target", "cap-at-agent"] {
+        let effect = faults(r, name)[0]["effect"].clone();
+        println!("effect of {name}: {effect}");
+        assert_eq!((effect["measure"].as_str(), effect["effective"].as_bool()), (Some("throughput_kbit"), Some(true)), "{effect}");
+        assert!(num(&effect, "during") <= 2000.0 * 1.2, "more went through the cap than it allows: {effect}");
     }
     let mut measured = Vec::new();
     for name in ["free", "agent-cap", "target-cap"] {
@@ -283,6 +289,10 @@ fn rate_cap_on_the_agent_caps_uploads() {
     println!("verdict {} (exit {}), totals {}", r["verdict"], run.code, r["totals"]);
 
     assert_reverted(r, "cap-upload", &["agent1"]);
+    // The uploads hit the cap: the effect check saw the class hold them back.
+    let effect = faults(r, "cap-upload")[0]["effect"].clone();
+    println!("effect: {effect}");
+    assert_eq!((effect["measure"].as_str(), effect["effective"].as_bool()), (Some("throughput_kbit"), Some(true)), "{effect}");
     let mut rates = Vec::new();
     for name in ["free", "capped", "after"] {
         let p = phase(r, name);

@@ -133,7 +133,7 @@ impl Runner {
     /// Runs one action to completion (blocking: call from `spawn_blocking`).
     pub fn execute(&self, action: &Action) -> Result<(), ActionError> {
         match action {
-            Action::Run { argv, stdin, ok_if } => self.run(argv, stdin.as_deref(), ok_if),
+            Action::Run { argv, stdin, ok_if } => self.run(argv, stdin.as_deref(), ok_if).map(drop),
             Action::Spawn { argv, tag } => {
                 use std::os::unix::process::CommandExt;
                 let child = self
@@ -171,7 +171,16 @@ impl Runner {
         }
     }
 
-    fn run(&self, argv: &[String], stdin: Option<&str>, ok_if: &[String]) -> Result<(), ActionError> {
+    /// Runs a read-only `Run` action (e.g. a statistics listing) and returns
+    /// its standard output.
+    pub fn output(&self, action: &Action) -> Result<String, ActionError> {
+        match action {
+            Action::Run { argv, stdin, ok_if } => self.run(argv, stdin.as_deref(), ok_if),
+            other => Err(ActionError::Failed { command: other.display(), detail: "only a command has an output".into() }),
+        }
+    }
+
+    fn run(&self, argv: &[String], stdin: Option<&str>, ok_if: &[String]) -> Result<String, ActionError> {
         let command = shell_join(argv);
         let fail = |detail: String| ActionError::Failed { command: command.clone(), detail };
         let mut child = self
@@ -198,11 +207,11 @@ impl Runner {
         }
         let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
         if out.status.success() {
-            return Ok(());
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
         if ok_if.iter().any(|pattern| stderr.contains(pattern.as_str())) {
-            return Ok(());
+            return Ok(String::new());
         }
         Err(fail(format!("{}: {}", out.status, stderr.trim())))
     }

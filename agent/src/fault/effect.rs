@@ -4,8 +4,10 @@
 //!
 //! The probe is a TCP connect to the scope's destination and port, from this
 //! node — i.e. through the fault. A connect costs one round trip, so its time
-//! shows added delay, and its failures show loss and partitions. Rate caps
-//! need a bulk transfer to show and are not measured here.
+//! shows added delay, and its failures show loss and partitions. A rate cap
+//! is judged from its own htb class's counters instead ([`judge_rate`]):
+//! what went through it, and whether it ever held traffic back — a bulk
+//! transfer to measure it would compete with the load it shapes.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -141,9 +143,46 @@ pub fn judge(fault: &Fault, baseline: &Samples, during: &Samples) -> Option<Effe
     }
 }
 
+/// Judges a rate cap from its class's counters after `held` of being active.
+/// Effective when the cap held traffic back (htb overlimits); a cap the
+/// scoped traffic never reached changed nothing and is flagged.
+pub fn judge_rate(fault: &Fault, stats: &super::net::ClassStats, held: Duration) -> Option<Effect> {
+    let cap_kbit = super::net::tc_rate_bits(fault.rate.as_deref()?).ok()? / 1e3;
+    let secs = held.as_secs_f64().max(1e-3);
+    let achieved_kbit = stats.bytes as f64 * 8.0 / 1e3 / secs;
+    let effective = stats.overlimits > 0;
+    let verdict = if effective { "the cap held traffic back" } else { "the scoped traffic never reached the cap" };
+    Some(Effect {
+        measure: "throughput_kbit",
+        requested: cap_kbit,
+        // Not measured before the window: the cap's class exists only while it is applied.
+        baseline: 0.0,
+        during: achieved_kbit,
+        effective,
+        detail: format!(
+            "{} bytes in {} packets through the cap in {secs:.1} s ({achieved_kbit:.0} kbit/s), {} times over the limit, {} dropped: {verdict}",
+            stats.bytes, stats.packets, stats.overlimits, stats.dropped
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cap_is_judged_by_its_class_counters() {
+        let f = fault("rate", r#","rate":"2mbit""#);
+        let shown = "class htb 5ea7:4 root prio 0 rate 2Mbit ceil 2Mbit burst 3200b cburst 3200b \n Sent 750000 bytes 500 pkt (dropped 3, overlimits 420 requeues 0) \n backlog 0b 0p requeues 0\n";
+        let stats = super::super::net::parse_class_stats(shown).unwrap();
+        assert_eq!(stats, super::super::net::ClassStats { bytes: 750000, packets: 500, dropped: 3, overlimits: 420 });
+        let e = judge_rate(&f, &stats, Duration::from_secs(3)).unwrap();
+        assert_eq!((e.measure, e.requested, e.during, e.effective), ("throughput_kbit", 2000.0, 2000.0, true));
+        let idle = super::super::net::ClassStats { bytes: 3000, packets: 40, dropped: 0, overlimits: 0 };
+        let e = judge_rate(&f, &idle, Duration::from_secs(3)).unwrap();
+        assert!(!e.effective && e.detail.ends_with("never reached the cap"), "{}", e.detail);
+        assert_eq!(super::super::net::parse_class_stats("class htb 5ea7:4 root"), None);
+    }
 
     fn fault(yaml_kind: &str, extra: &str) -> Fault {
         serde_json::from_str(&format!(

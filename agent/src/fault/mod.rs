@@ -49,6 +49,12 @@ pub enum FaultError {
 pub trait Driver {
     /// The actions that apply `fault` on `node`, and those that undo it.
     fn actions(&self, fault: &Fault, node: &Node) -> Result<FaultActions, FaultError>;
+    /// A read-only command whose output, taken while the fault is active,
+    /// tells what it did (the effect check); `None` when the effect is
+    /// measured another way.
+    fn observe(&self, _fault: &Fault, _node: &Node) -> Option<Action> {
+        None
+    }
     /// Capability names (as `probe` reports them) this fault needs on a node.
     fn requires(&self, fault: &Fault) -> Vec<String>;
 }

@@ -275,6 +275,33 @@ impl Driver for RateDriver {
     fn requires(&self, fault: &Fault) -> Vec<String> {
         requires(fault, &["tc", "qdisc.htb", "net_admin"])
     }
+
+    /// The cap's own class counters: what went through it, and how often
+    /// the cap held traffic back. Passive: measuring a cap with a bulk
+    /// transfer would compete with the load it is meant to shape.
+    fn observe(&self, fault: &Fault, node: &Node) -> Option<Action> {
+        let s = scoped(fault).ok()?;
+        let dev = device(fault, &s, node).ok()?;
+        Some(Action::run(&["tc", "-s", "class", "show", "dev", &dev, "classid", FAULT_CLASS]))
+    }
+}
+
+/// An htb class's counters, from `tc -s class show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassStats {
+    pub bytes: u64,
+    pub packets: u64,
+    pub dropped: u64,
+    /// Times the class was over its rate and had to hold a packet back.
+    pub overlimits: u64,
+}
+
+/// Parses ` Sent 123 bytes 4 pkt (dropped 0, overlimits 5 requeues 0)`.
+pub fn parse_class_stats(shown: &str) -> Option<ClassStats> {
+    let line = shown.lines().map(str::trim).find(|l| l.starts_with("Sent "))?;
+    let words: Vec<&str> = line.split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',').filter(|w| !w.is_empty()).collect();
+    let after = |key: &str| words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).and_then(|v| v.parse::<u64>().ok());
+    Some(ClassStats { bytes: after("Sent")?, packets: after("bytes")?, dropped: after("dropped")?, overlimits: after("overlimits")? })
 }
 
 #[cfg(test)]
