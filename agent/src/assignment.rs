@@ -70,6 +70,16 @@ async fn stream_run(
         }
         return Ok(());
     }
+    // Before any load: every fault must be possible here as planned (a
+    // route to its scope, an instance that exists). A refusal reaches the
+    // coordinator as this agent failing to start, which stops the whole run.
+    if let Some(inj) = &injector {
+        for fault in &faults {
+            let (inj, f) = (inj.clone(), fault.clone());
+            let checked = tokio::task::spawn_blocking(move || inj.check(&f)).await.unwrap_or_else(|e| Err(e.to_string()));
+            checked.map_err(|e| format!("preflight on this node: {e}"))?;
+        }
+    }
     let fault_stop = cancel.child_token();
     let fault_tasks = start_faults(a, cfg, injector, faults, start, &fault_stop, outbox);
     let spec = RunSpec {

@@ -139,3 +139,31 @@ exit 0"#;
     let actions = InstanceDriver.actions(&f, &node()).unwrap();
     assert!(shims.runner().execute(&actions.revert[0]).is_err());
 }
+
+#[test]
+fn the_check_at_assignment_finds_missing_instances_with_read_only_commands() {
+    // Every CLI knows the instance: the check passes, and only looks.
+    let present = Shims::new("check-ok", "exit 0");
+    for (driver, expect) in [
+        (Kind::Docker, "docker inspect --type container web"),
+        (Kind::Incus, "incus info web"),
+        (Kind::Systemd, "systemctl show --property=LoadState --value web"),
+    ] {
+        present.clear();
+        let f = fault(FaultKind::Stop, driver, "web", false);
+        assert_eq!(InstanceDriver.check(&f, &node(), &present.runner()), Ok(()), "{driver:?}");
+        assert_eq!(present.log(), [expect], "{driver:?}");
+    }
+    // No such instance: docker and incus fail, systemctl says not-found.
+    let absent = Shims::new("check-missing", "[ \"$1\" = show ] && { echo not-found; exit 0; }\necho \"Error: No such object: $4\" >&2; exit 1");
+    for (driver, says) in [(Kind::Docker, "no docker container `web`"), (Kind::Incus, "no incus instance `web`"), (Kind::Systemd, "no systemd unit `web`")] {
+        let f = fault(FaultKind::Stop, driver, "web", false);
+        let err = InstanceDriver.check(&f, &node(), &absent.runner()).unwrap_err();
+        assert!(err.contains("fault `f`") && err.contains(says) && err.contains("on this node"), "{driver:?}: {err}");
+    }
+    // A process by name that is not running (pgrep finds nothing).
+    let mut p = fault(FaultKind::Pause, Kind::Process, "nosuchproc9", false);
+    p.instance.as_mut().unwrap().start = vec!["true".into()];
+    let err = InstanceDriver.check(&p, &node(), &Runner::default()).unwrap_err();
+    assert!(err.contains("no process named `nosuchproc9`"), "{err}");
+}

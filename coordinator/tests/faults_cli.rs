@@ -202,11 +202,16 @@ fn unused_pid() -> u32 {
 #[test]
 fn a_fault_that_fails_to_apply_makes_the_run_invalid() {
     let dir = tempfile::tempdir().unwrap();
-    let pid = unused_pid();
-    let plan = plan(dir.path(), "faults-stop-missing.yaml", &[("PID", pid.to_string())]);
+    // A docker CLI that knows the container but cannot stop it.
+    let shims = dir.path().join("bin");
+    std::fs::create_dir_all(&shims).unwrap();
+    let shim = "#!/bin/sh\ncase \"$1\" in\n  stop) echo 'Error response from daemon: cannot stop container: web: permission denied' >&2; exit 1 ;;\n  *) exit 0 ;;\nesac\n";
+    std::fs::write(shims.join("docker"), shim).unwrap();
+    std::fs::set_permissions(shims.join("docker"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let plan = plan(dir.path(), "faults-apply-fails.yaml", &[]);
     let (state, out_dir) = (dir.path().join("state"), dir.path().join("out"));
     let args = ["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", state.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
-    let out = stampede_run(&args, None, Duration::from_secs(30));
+    let out = stampede_run(&args, Some(&shims), Duration::from_secs(30));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
@@ -214,13 +219,32 @@ fn a_fault_that_fails_to_apply_makes_the_run_invalid() {
     let faults = r["faults"].as_array().unwrap();
     assert_eq!(faults.len(), 1, "{r:#}");
     let f = &faults[0];
-    assert_eq!((f["name"].as_str(), f["kind"].as_str(), f["status"].as_str()), (Some("stop-ghost"), Some("stop"), Some("failed")), "{f:#}");
+    assert_eq!((f["name"].as_str(), f["kind"].as_str(), f["status"].as_str()), (Some("stop-web"), Some("stop"), Some("failed")), "{f:#}");
     let error = f["error"].as_str().unwrap_or_default();
-    assert!(error.contains(&format!("kill -TERM {pid}")) && error.contains("No such process"), "{f:#}");
+    assert!(error.contains("docker stop web") && error.contains("permission denied"), "{f:#}");
     assert!(f["applied_at"].is_null(), "{f:#}");
     let reasons = r["verdict_reasons"].to_string();
-    assert!(reasons.contains("fault stop-ghost on local-0 failed"), "{reasons}");
+    assert!(reasons.contains("fault stop-web on local-0 failed"), "{reasons}");
     // The load itself was fine: the run is invalid only because the drill did not happen.
     assert!(r["totals"]["requests"].as_u64().unwrap() > 40, "{r:#}");
     assert_eq!(r["totals"]["errors"], 0, "{r:#}");
 }
+
+#[test]
+fn an_instance_that_does_not_exist_is_refused_before_any_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid = unused_pid();
+    let plan = plan(dir.path(), "faults-stop-missing.yaml", &[("PID", pid.to_string())]);
+    let state = dir.path().join("state");
+    let started = Instant::now();
+    let out = stampede_run(&["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", state.to_str().unwrap()], None, Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{stderr}", text(&out.stdout));
+    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    for part in ["agent local-0", "preflight", "fault `stop-ghost`", &format!("no process with pid {pid}")] {
+        assert!(line.contains(part), "`{line}` does not name {part}");
+    }
+    assert!(!stderr.lines().any(|l| l.starts_with('[')), "load ran:\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused only after {:?}", started.elapsed());
+}
+

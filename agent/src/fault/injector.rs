@@ -99,6 +99,12 @@ impl Injector {
         driver_for(fault.kind).actions(fault, &self.node)
     }
 
+    /// Whether `fault` can be applied here as planned (blocking: runs
+    /// read-only commands such as `docker inspect`).
+    pub fn check(&self, fault: &Fault) -> Result<(), String> {
+        driver_for(fault.kind).check(fault, &self.node, &self.runner)
+    }
+
     /// At start-up: reverts every fault an earlier agent process applied and
     /// never reverted. Returns one line per fault, for the log.
     pub fn recover(&self) -> Vec<String> {

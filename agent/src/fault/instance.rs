@@ -9,7 +9,7 @@
 
 use stampede_common::plan::{Fault, FaultKind, Instance, InstanceDriver as Kind};
 
-use super::{Action, Driver, FaultActions, FaultError, Node};
+use super::{Action, Driver, FaultActions, FaultError, Node, Runner};
 
 /// Stop, pause and restart of one instance on the agent's node.
 pub struct InstanceDriver;
@@ -49,6 +49,30 @@ impl Driver for InstanceDriver {
                     _ => systemd(fault.kind, name, inst.force),
                 })
             }
+        }
+    }
+
+    /// The instance must exist now: a stop of nothing would otherwise fail
+    /// only at its scheduled time, minutes into the load.
+    fn check(&self, fault: &Fault, node: &Node, runner: &Runner) -> Result<(), String> {
+        self.actions(fault, node).map_err(|e| e.to_string())?;
+        let inst = fault.instance.as_ref().expect("actions() checked it");
+        let name = inst.name.as_deref().unwrap_or_default();
+        let (probe, missing) = match inst.driver {
+            Kind::Process => match Target::of(inst)? {
+                Target::Pid(pid) if std::path::Path::new(&format!("/proc/{pid}")).exists() => return Ok(()),
+                Target::Pid(pid) => return Err(format!("fault `{}`: no process with pid {pid} on this node", fault.name)),
+                Target::Name(pattern) => (Action::run(&["pgrep", "-x", "--", &pattern]), format!("no process named `{name}`")),
+            },
+            Kind::Systemd => (Action::run(&["systemctl", "show", "--property=LoadState", "--value", name]), format!("no systemd unit `{name}`")),
+            Kind::Docker => (Action::run(&["docker", "inspect", "--type", "container", name]), format!("no docker container `{name}`")),
+            Kind::Incus => (Action::run(&["incus", "info", name]), format!("no incus instance `{name}`")),
+        };
+        match runner.output(&probe) {
+            // systemctl answers for any name; an unknown unit is "not-found".
+            Ok(out) if out.trim() == "not-found" => Err(format!("fault `{}`: {missing} on this node", fault.name)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("fault `{}`: {missing} on this node ({e})", fault.name)),
         }
     }
 

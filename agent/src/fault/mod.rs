@@ -55,6 +55,12 @@ pub trait Driver {
     fn observe(&self, _fault: &Fault, _node: &Node) -> Option<Action> {
         None
     }
+    /// Whether `fault` can be applied on this node as planned, checked when
+    /// the run is assigned, before any load: a scope with no route, an
+    /// instance that does not exist. Read-only.
+    fn check(&self, fault: &Fault, node: &Node, _runner: &Runner) -> Result<(), String> {
+        self.actions(fault, node).map(drop).map_err(|e| e.to_string())
+    }
     /// Capability names (as `probe` reports them) this fault needs on a node.
     fn requires(&self, fault: &Fault) -> Vec<String>;
 }
