@@ -147,7 +147,43 @@ pub fn markdown(r: &Report) -> String {
             if a.complete { "yes".to_string() } else { format!("no: {}", a.lost.as_deref().unwrap_or("missing data")) }
         );
     }
+    timeline(r, &mut out);
     out
+}
+
+/// Most rows the timeline gets; longer runs are shown in coarser rows.
+const TIMELINE_ROWS: usize = 120;
+/// Fault offsets go through nanosecond clocks: a window ending at 2 s may
+/// read 2.00003 s, and must not spill into the row that starts at 2 s.
+const SLOP: f64 = 1e-3;
+
+/// The run over time, with the faults active in each row: what the load did
+/// while each fault was on, at a glance.
+fn timeline(r: &Report, out: &mut String) {
+    if r.timeline.is_empty() {
+        return;
+    }
+    let interval = r.plan.interval.as_duration().as_secs_f64();
+    let per_row = r.timeline.len().div_ceil(TIMELINE_ROWS);
+    let _ = writeln!(out, "\n## Timeline\n\n| from | req/s | errors | p99 (ms) | faults active |\n|---:|---:|---:|---:|---|");
+    for rows in r.timeline.chunks(per_row) {
+        let from = rows[0].t_s;
+        let to = rows[rows.len() - 1].t_s + interval;
+        let requests: u64 = rows.iter().map(|p| p.requests).sum();
+        let errors: u64 = rows.iter().map(|p| p.errors).sum();
+        // A coarse row shows its worst interval's p99.
+        let p99 = rows.iter().filter_map(|p| p.p99_ms).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        let mut active: Vec<&str> = r.faults.iter().filter(|f| f.offset_s < to - SLOP && f.offset_s + f.duration_s > from + SLOP).map(|f| f.name.as_str()).collect();
+        active.sort_unstable();
+        active.dedup();
+        let _ = writeln!(
+            out,
+            "| +{from:.0}s | {:.1} | {errors} | {} | {} |",
+            requests as f64 / (to - from).max(interval),
+            ms(p99),
+            if active.is_empty() { "-".to_string() } else { active.join(", ") }
+        );
+    }
 }
 
 /// The end-of-run summary for the terminal or the CI log.
