@@ -114,3 +114,51 @@ fn sigterm_mid_run_stops_the_agent_and_the_run_is_incomplete() {
     assert!(leaves["lost"].is_null(), "{leaves:#}");
     assert!(leaves.get("missing_intervals").is_none_or(|m| m.as_array().is_some_and(Vec::is_empty)), "{leaves:#}");
 }
+
+/// A coordinator that restarts mid-run has forgotten the run. The agent
+/// keeps its load for its lease, reconnects, says which run it is on, and
+/// the new coordinator tells it to stop: it does, at once, well before
+/// the run's planned end, and stays registered for the next run.
+#[test]
+fn an_agent_stops_a_run_its_restarted_coordinator_does_not_know() {
+    let mut procs = Procs::new();
+    let port = free_port();
+    let Some(url) = procs.coordinator_on("coordinator", port) else {
+        eprintln!("skipped: port {port} was taken");
+        return;
+    };
+    let target = procs.target("target", &["--latency", "1ms"]);
+    procs.agent("a1", &url, "zone=a");
+    procs.wait_for_agents(&url, &["a1"], Duration::from_secs(10));
+    // 30 s of load: far longer than the test waits.
+    let plan = procs.dir.path().join("long.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name: long\ntarget: http://{target}\n\
+             phases:\n  - {{ name: steady, duration: 30s, load: {{ model: open, rate: 20/s }} }}\n\
+             steps:\n  - {{ name: get, request: {{ path: /items/1 }} }}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(stampede());
+    cmd.arg("run").arg(&plan).args(["--coordinator", &url, "--insecure", "--expect-agents", "1"]);
+    let mut run = Background::start(cmd, procs.dir.path(), "run");
+    let running = wait_until(Duration::from_secs(10), || run.stderr_text().lines().filter(|l| l.starts_with('[')).count() >= 2);
+    assert!(running, "the run did not start:\n{}\n{}", run.stderr_text(), procs.logs());
+
+    // The coordinator dies and comes back on the same port, within the lease.
+    let _ = procs.get("coordinator").child.kill();
+    let restarted = Instant::now();
+    assert!(procs.coordinator_on("coordinator", port).is_some(), "the coordinator did not come back on {port}");
+    let _ = run.finish(Duration::from_secs(5));
+
+    let stopped = wait_until(Duration::from_secs(10), || procs.log("a1").contains("Run finished."));
+    assert!(stopped, "the agent did not stop the unknown run:\n{}", procs.logs());
+    println!("the agent stopped the forgotten run {:?} after the coordinator restarted", restarted.elapsed());
+    let log = procs.log("a1");
+    assert!(log.contains("Run aborted by the coordinator."), "{log}");
+    assert!(procs.log("coordinator").contains("does not know"), "{}", procs.log("coordinator"));
+    assert!(procs.alive("a1"), "{log}");
+    procs.wait_for_agents(&url, &["a1"], Duration::from_secs(10));
+}
