@@ -56,6 +56,8 @@ pub struct IntervalAgg {
     pub start_unix_nanos: i64,
     pub requests: u64,
     pub errors: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     pub reported: usize,
     hist: Option<Hist>,
     pub p99_ms: Option<f64>,
@@ -99,11 +101,13 @@ impl Aggregate {
         if s.last {
             agent.last_seq = Some(s.seq);
         }
-        let (mut requests, mut errors) = (0, 0);
+        let (mut requests, mut errors, mut sent, mut received) = (0, 0, 0, 0);
         let mut ok_latency = histogram::new_hist();
         for (k, r) in &stats.steps {
             requests += r.requests;
             errors += r.error_count();
+            sent += r.bytes_sent;
+            received += r.bytes_received;
             if k.ok {
                 histogram::add(&mut ok_latency, &r.latency)?;
             }
@@ -116,12 +120,16 @@ impl Aggregate {
             start_unix_nanos: s.interval_start_unix_nanos,
             requests: 0,
             errors: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
             reported: 0,
             hist: Some(histogram::new_hist()),
             p99_ms: None,
         });
         iv.requests += requests;
         iv.errors += errors;
+        iv.bytes_sent += sent;
+        iv.bytes_received += received;
         iv.reported += 1;
         if let Some(h) = iv.hist.as_mut() {
             histogram::add(h, &ok_latency)?;

@@ -68,6 +68,13 @@ fn three_agents_pass_with_every_contract_field() {
     assert_eq!(r["slos"].as_array().unwrap().len(), 3);
     assert!(r["slos"].as_array().unwrap().iter().all(|s| s["status"] == "pass"));
     assert_eq!(r["faults"].as_array().unwrap().len(), 0);
+    // Bytes add up the same three ways: totals, phases, timeline.
+    for dir in ["bytes_sent", "bytes_received"] {
+        let total = r["totals"][dir].as_u64().unwrap();
+        let phases: u64 = r["phases"].as_array().unwrap().iter().map(|p| p[dir].as_u64().unwrap()).sum();
+        let timeline: u64 = r["timeline"].as_array().unwrap().iter().map(|p| p[dir].as_u64().unwrap()).sum();
+        assert!(total > 0 && phases == total && timeline == total, "{dir}: totals {total}, phases {phases}, timeline {timeline}");
+    }
 }
 
 #[test]

@@ -90,6 +90,8 @@ pub struct PhaseReport {
     pub throughput_rps: f64,
     pub latency_ms: Percentiles,
     pub service_ms: Percentiles,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     /// Open model only: how well the client kept its schedule.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleReport>,
@@ -196,6 +198,10 @@ pub struct TimelinePoint {
     pub requests: u64,
     pub errors: u64,
     pub p99_ms: Option<f64>,
+    /// Request and response bytes on the wire (HTTP head and body): a rate
+    /// cap shows here, interval by interval.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 fn percentiles(s: &Summary, service: bool) -> Percentiles {
@@ -340,6 +346,8 @@ pub fn build(f: RunFacts<'_>) -> Report {
                 throughput_rps: s.requests as f64 / secs,
                 latency_ms: percentiles(&s, false),
                 service_ms: percentiles(&s, true),
+                bytes_sent: stats.steps.iter().filter(|(k, _)| k.phase == i as u32).map(|(_, r)| r.bytes_sent).sum(),
+                bytes_received: stats.steps.iter().filter(|(k, _)| k.phase == i as u32).map(|(_, r)| r.bytes_received).sum(),
                 schedule,
             }
         })
@@ -362,6 +370,8 @@ pub fn build(f: RunFacts<'_>) -> Report {
             requests: iv.requests,
             errors: iv.errors,
             p99_ms: iv.p99_ms,
+            bytes_sent: iv.bytes_sent,
+            bytes_received: iv.bytes_received,
         })
         .collect();
     let planned_s = plan.duration().as_secs_f64();
