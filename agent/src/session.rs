@@ -170,9 +170,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
 }
 
 fn random_instance() -> u64 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    // Distinct per process even for agents started in the same nanosecond.
-    nanos ^ (u64::from(std::process::id()) << 32) ^ (uuid::Uuid::new_v4().as_u128() as u64)
+    // Random, so two agents in one process (`--local-agents`) differ too.
+    uuid::Uuid::new_v4().as_u128() as u64
 }
 
 /// Why a session failed, in an operator's words for a refused token or a
