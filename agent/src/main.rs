@@ -119,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         node: args.node.clone().unwrap_or_else(session::host_name),
         state_dir: args.state_dir.clone(),
         lease: args.lease,
+        probe_capabilities: true,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// How long a run goes on without the coordinator: past it, the agent
     /// stops the load and reverts its faults by itself.
     pub lease: Duration,
+    /// Probe what faults this node can do (tc, nft, qdiscs, CLIs). Off only
+    /// for in-process agents of a plan without faults: the probe starts a
+    /// dozen short processes, a fixed cost a benchmark run should not pay.
+    pub probe_capabilities: bool,
 }
 
 /// Heartbeats both ways; a session silent for `SILENCE` is taken as dead
@@ -117,7 +121,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     async move {
         let injector = open_injector(&cfg);
         // Probed once: what this node can do does not change while we run.
-        let capabilities = tokio::task::spawn_blocking(fault::probe::probe).await.unwrap_or_default();
+        let capabilities = if cfg.probe_capabilities { tokio::task::spawn_blocking(fault::probe::probe).await.unwrap_or_default() } else { Vec::new() };
         let missing: Vec<_> = capabilities.iter().filter(|c| !c.available).map(|c| c.name.as_str()).collect();
         info!(message = "Capabilities probed.", available = capabilities.len() - missing.len(), missing = ?missing);
         let mut state = AgentState {

@@ -302,7 +302,7 @@ async fn run_local(mut plan: Plan, args: &RunArgs) -> anyhow::Result<Result<Repo
     let (addr, server) = server::spawn(listener, fleet.clone(), None, Security::default(), shutdown.clone());
     let agents_stop = CancellationToken::new();
     let state_dir = args.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("stampede-state"));
-    let agents = local::spawn_agents(n, addr, args.workers, &state_dir, &agents_stop);
+    let agents = local::spawn_agents(n, addr, args.workers, &state_dir, !plan.faults.is_empty(), &agents_stop);
 
     let abort = CancellationToken::new();
     let on_signal = tokio::spawn(abort_on_ctrl_c(abort.clone()));

@@ -35,7 +35,16 @@ pub async fn start_builtin_target(plan: &mut Plan) -> anyhow::Result<Option<Targ
 }
 
 /// Spawns `n` agents in this process, splitting this machine's cores between them.
-pub fn spawn_agents(n: usize, coordinator: SocketAddr, workers: Option<usize>, state_dir: &std::path::Path, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
+/// `probe`: whether they probe their fault capabilities (only a plan with
+/// faults needs them).
+pub fn spawn_agents(
+    n: usize,
+    coordinator: SocketAddr,
+    workers: Option<usize>,
+    state_dir: &std::path::Path,
+    probe: bool,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let workers = workers.unwrap_or((cores / n.max(1)).max(1));
     (0..n)
@@ -52,6 +61,7 @@ pub fn spawn_agents(n: usize, coordinator: SocketAddr, workers: Option<usize>, s
                 node: session::host_name(),
                 state_dir: state_dir.join(format!("local-{i}")),
                 lease: session::DEFAULT_LEASE,
+                probe_capabilities: probe,
             };
             tokio::spawn(session::run(cfg, shutdown.clone()))
         })
