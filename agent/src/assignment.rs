@@ -27,9 +27,12 @@ fn unix_nanos(t: SystemTime) -> i64 {
 /// when it could not run at all.
 pub async fn execute(a: Assignment, cfg: AgentConfig, injector: Option<Arc<Injector>>, outbox: Arc<Outbox>, cancel: CancellationToken, stop_reason: Arc<std::sync::Mutex<Option<String>>>) {
     let mut finished = RunFinished { run_id: a.run_id.clone(), agent_id: cfg.agent_id.clone(), ..Default::default() };
+    let evicted_before = outbox.evicted();
     if let Err(e) = stream_run(&a, &cfg, injector, &outbox, cancel.clone(), &mut finished).await {
+        // Every error of stream_run comes before the load starts.
         warn!(message = "Run failed on this agent.", error = %e);
         finished.error = e;
+        finished.not_started = true;
     } else if cancel.is_cancelled() {
         // Aborted, shutting down, replaced or past the lease: what was
         // measured is sent, but it is not this agent's whole share, and the
@@ -37,6 +40,7 @@ pub async fn execute(a: Assignment, cfg: AgentConfig, injector: Option<Arc<Injec
         let why = stop_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
         finished.error = format!("stopped before the end of the run: {}", why.as_deref().unwrap_or("aborted, or the agent is shutting down"));
     }
+    finished.evicted = outbox.evicted() - evicted_before;
     info!(message = "Run finished.", requests = finished.requests, errors = finished.errors, snapshots = finished.snapshots_sent);
     outbox.push(Up::Finished(finished));
 }

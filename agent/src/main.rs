@@ -52,7 +52,7 @@ struct Args {
     /// How long a run goes on without the coordinator (partition, restart):
     /// the agent keeps its load and faults and reconnects; past the lease it
     /// stops the load and reverts its faults by itself.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_lease)]
     lease: std::time::Duration,
     /// Export traces over OTLP/gRPC to this endpoint (or set OTEL_EXPORTER_OTLP_ENDPOINT).
     #[arg(long)]
@@ -134,6 +134,16 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         session::run(cfg, shutdown).await
     })
+}
+
+/// A lease shorter than a second would end sessions that are merely slow
+/// (heartbeats are 1 s apart).
+fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
+    let lease = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if lease < std::time::Duration::from_secs(1) {
+        return Err(format!("`{text}` is shorter than the 1 s minimum"));
+    }
+    Ok(lease)
 }
 
 fn default_id() -> String {

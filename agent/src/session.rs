@@ -74,6 +74,8 @@ const BACKOFF_MAX_IN_RUN: Duration = Duration::from_secs(1);
 /// On shutdown, how long to wait for fault windows to finish reverting: an
 /// apply under way (the runner's 10 s timeout) and a revert's three attempts.
 const SETTLE_LIMIT: Duration = Duration::from_secs(45);
+/// How long a stopped run gets to push its last messages.
+const STOP_LIMIT: Duration = Duration::from_secs(12);
 /// On shutdown, how long the last messages get to reach the coordinator.
 const FLUSH_LIMIT: Duration = Duration::from_secs(1);
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
@@ -245,7 +247,12 @@ async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &Cancellat
         let inbound = AgentServiceClient::new(channel).session(request).await?.into_inner();
         anyhow::Ok(inbound)
     };
-    let mut inbound = tokio::time::timeout(CONNECT_LIMIT, open).await.map_err(|_| anyhow::anyhow!("no session within {CONNECT_LIMIT:?}"))??;
+    // With a run going on, an attempt must not outlast the lease.
+    let limit = match state.run {
+        Some(_) => CONNECT_LIMIT.min((state.last_contact + cfg.lease).saturating_duration_since(Instant::now()).max(Duration::from_millis(100))),
+        None => CONNECT_LIMIT,
+    };
+    let mut inbound = tokio::time::timeout(limit, open).await.map_err(|_| anyhow::anyhow!("no session within {limit:?}"))??;
     state.last_contact = Instant::now();
     info!(message = "Registered with the coordinator.", coordinator = %cfg.coordinator, unacknowledged = state.outbox.pending());
 
@@ -294,9 +301,8 @@ async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &Cancellat
         // give the coordinator a moment to read it. Returning at once would
         // reset the stream and discard them.
         stop_run(state.run.take(), "the agent is shutting down").await;
-        let newest = state.outbox.newest();
         let _ = tokio::time::timeout(FLUSH_LIMIT, async {
-            while sent.load(Ordering::Acquire) < newest {
+            while !state.outbox.after(sent.load(Ordering::Acquire)).is_empty() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -357,8 +363,9 @@ fn assign(a: Assignment, cfg: &AgentConfig, state: &mut AgentState) {
 async fn stop_run(run: Option<ActiveRun>, reason: &str) {
     if let Some(r) = run {
         r.stop(reason);
-        // Gives the run a moment to push its final snapshot.
-        let _ = tokio::time::timeout(Duration::from_secs(2), r.task).await;
+        // Gives the run time to push its final snapshot and, once its
+        // faults are reverted (a revert may retry), its RunFinished.
+        let _ = tokio::time::timeout(STOP_LIMIT, r.task).await;
     }
 }
 

@@ -45,7 +45,7 @@ impl AgentProgress {
         self.lost.is_none()
             && self.last_seq.is_some()
             && self.missing(None).is_empty()
-            && self.finished.as_ref().is_some_and(|f| f.error.is_empty() && f.requests == self.requests && f.errors == self.errors)
+            && self.finished.as_ref().is_some_and(|f| f.error.is_empty() && f.evicted == 0 && f.requests == self.requests && f.errors == self.errors)
     }
 }
 

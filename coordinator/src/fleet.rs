@@ -21,7 +21,7 @@ pub enum AgentEvent {
     Lost { agent_id: String, reason: String, last_seen: SystemTime },
     /// An agent (re)registered while the run goes on; `active_run_id` is
     /// the run it says it is executing ("" for none: a restarted agent).
-    Returned { agent_id: String, active_run_id: String, session: u64 },
+    Returned { agent_id: String, active_run_id: String, session: u64, instance: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +50,17 @@ pub struct AgentEntry {
     /// How long the agent keeps a run going without us; after a lost
     /// session, how long we wait for it to come back.
     pub lease: Duration,
+}
+
+/// What became of a numbered run message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    New,
+    /// Already received (resent after a reconnect): acknowledged, not counted.
+    Duplicate,
+    /// From a session the agent has since replaced: neither counted nor
+    /// acknowledged; the agent resends it on its current session.
+    StaleSession,
 }
 
 struct RunRoute {
@@ -89,7 +100,8 @@ impl Fleet {
         let session = entry.session;
         let id = entry.id.clone();
         if let Some(route) = &s.route {
-            let _ = route.events.send(AgentEvent::Returned { agent_id: id.clone(), active_run_id: active_run_id.to_string(), session });
+            let instance = entry.instance;
+            let _ = route.events.send(AgentEvent::Returned { agent_id: id.clone(), active_run_id: active_run_id.to_string(), session, instance });
         }
         if s.agents.insert(id.clone(), entry).is_some() {
             tracing::info!(message = "An agent re-registered while its old session was still open; the newer session wins.", agent = %id);
@@ -129,21 +141,30 @@ impl Fleet {
         }
     }
 
-    /// Whether a run message numbered `delivery` from this agent instance is
-    /// new; a resent one (at or below the highest received) is not.
-    pub fn accept_delivery(&self, agent_id: &str, instance: u64, delivery: u64) -> bool {
+    /// Takes a run message numbered `delivery` from one session of an
+    /// agent: forwards it to the run if it is new, under one lock so that
+    /// two sessions of the agent can never reorder what the run sees.
+    pub fn deliver_numbered(&self, agent_id: &str, session: u64, instance: u64, delivery: u64, run_id: &str, event: AgentEvent) -> Delivery {
         let mut s = self.lock();
+        // A session that has been replaced: the current one resends
+        // everything unacknowledged, in order.
+        if s.agents.get(agent_id).is_none_or(|a| a.session != session) {
+            return Delivery::StaleSession;
+        }
         let seen = s.deliveries.entry(agent_id.to_string()).or_insert((instance, 0));
         if seen.0 != instance {
             *seen = (instance, 0);
         }
         if delivery <= seen.1 {
-            return false;
+            return Delivery::Duplicate;
         }
         // Not necessarily seen.1 + 1: an agent whose resend buffer
         // overflowed skips numbers, and the run's own seqs show the gap.
         seen.1 = delivery;
-        true
+        if let Some(route) = s.route.as_ref().filter(|r| r.run_id == run_id) {
+            let _ = route.events.send(event);
+        }
+        Delivery::New
     }
 
     /// The run in progress, if any.

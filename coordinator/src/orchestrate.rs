@@ -24,6 +24,10 @@ const START_LEAD: Duration = Duration::from_secs(1);
 const END_GRACE: Duration = Duration::from_secs(10);
 /// After an abort, how long agents get to send what they measured.
 const ABORT_GRACE: Duration = Duration::from_secs(3);
+/// Beyond an agent's lease, how long to wait for it: its lease counts from
+/// the last word it heard (up to one 3 s silence after ours), and its
+/// reconnect may be one 3 s connect attempt late.
+const LEASE_GRACE: Duration = Duration::from_secs(6);
 /// How long a run waits for fresh agents' first clock samples.
 const CLOCK_WAIT: Duration = Duration::from_millis(500);
 
@@ -130,7 +134,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                     Err(e) => tracing::warn!(message = "Snapshot does not decode; dropped.", agent = %s.agent_id, error = %e),
                 },
                 Some(AgentEvent::Finished(f)) => {
-                    if !f.error.is_empty() && f.snapshots_sent == 0 {
+                    if f.not_started && agg.agents.get(&f.agent_id).is_some_and(|p| !p.done()) {
                         // The agent could not even start: the run is broken
                         // for everyone, not just short of data.
                         abort_all(fleet, &agents, &run_id, "another agent could not start").await;
@@ -150,23 +154,37 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                     let Some(a) = agents.iter().find(|a| a.id == agent_id).filter(|_| agg.agents.get(&agent_id).is_some_and(|p| !p.done())) else { continue };
                     // The agent keeps its share going for its lease and
                     // reconnects; it is lost only if it is not back by then.
-                    let left = a.lease.saturating_sub(last_seen.elapsed().unwrap_or_default());
+                    // Its lease counts from the last word it heard, which
+                    // can be up to one silence later than ours, and a
+                    // reconnect may take one connect attempt more.
+                    let left = (a.lease + LEASE_GRACE).saturating_sub(last_seen.elapsed().unwrap_or_default());
                     progress(format!("agent {agent_id} lost its session ({reason}); waiting up to {left:.1?} for it to come back"));
                     away.insert(agent_id, (tokio::time::Instant::now() + left, reason));
                 }
-                Some(AgentEvent::Returned { agent_id, active_run_id, session }) => {
+                Some(AgentEvent::Returned { agent_id, active_run_id, session, instance }) => {
                     // Only a session opened after the assignment is a return;
                     // earlier ones are the registrations the run started with.
-                    let assigned = agents.iter().find(|a| a.id == agent_id).map(|a| a.session);
-                    if assigned.is_none_or(|s| session <= s) || agg.agents.get(&agent_id).is_none_or(|p| p.done()) {
+                    let Some(assigned) = agents.iter().find(|a| a.id == agent_id).filter(|a| session > a.session) else { continue };
+                    let Some(progress_of) = agg.agents.get(&agent_id) else { continue };
+                    if progress_of.finished.is_some() {
+                        continue;
+                    }
+                    if progress_of.lost.is_some() {
+                        // Back after we gave up on it: it must not go on
+                        // loading a target for a run nobody counts.
+                        if active_run_id == run_id {
+                            abort_agent(fleet, &agent_id, &run_id, "the coordinator counted this agent as lost").await;
+                        }
                         continue;
                     }
                     away.remove(&agent_id);
-                    if active_run_id == run_id {
+                    if instance == assigned.instance {
+                        // The same process: still running the share, or
+                        // finished while away; either way it resends.
                         progress(format!("agent {agent_id} is back; it resends what we have not acknowledged"));
                     } else {
                         // Restarted: whatever it measured of this run died with it.
-                        agg.lost(&agent_id, format!("{agent_id} came back without this run (it restarted); its share was not completed"));
+                        agg.lost(&agent_id, format!("{agent_id} came back as a new process (it restarted); its share was not completed"));
                     }
                 }
                 None => break,
@@ -189,12 +207,20 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                 abort_all(fleet, &agents, &run_id, "aborted by the operator").await;
                 deadline = tokio::time::Instant::now() + ABORT_GRACE;
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            // An agent away on its lease may come back after the planned end.
+            _ = tokio::time::sleep_until(away.values().map(|(at, _)| *at).max().map_or(deadline, |at| at.max(deadline))) => {
                 for (id, a) in agg.agents.iter_mut().filter(|(_, a)| !a.done()) {
                     a.lost = Some(format!("no final snapshot from {id} by the run's deadline"));
                 }
                 break;
             }
+        }
+    }
+    // Whoever has not finished (lost, or past the deadline) is told to stop
+    // and revert, in case it is still at it.
+    for (id, p) in &agg.agents {
+        if p.finished.is_none() {
+            abort_agent(fleet, id, &run_id, "the run is over for this agent").await;
         }
     }
     agg.seal();
@@ -221,10 +247,15 @@ fn unix_nanos(t: SystemTime) -> i64 {
 /// may have reconnected since the run began).
 async fn abort_all(fleet: &Fleet, agents: &[AgentEntry], run_id: &str, reason: &str) {
     for a in agents {
-        let Some(current) = fleet.agent(&a.id) else { continue };
-        let msg = CoordinatorMessage { msg: Some(Down::Abort(Abort { run_id: run_id.to_string(), reason: reason.to_string() })) };
-        let _ = current.tx.send(Ok(msg)).await;
+        abort_agent(fleet, &a.id, run_id, reason).await;
     }
+}
+
+async fn abort_agent(fleet: &Fleet, agent_id: &str, run_id: &str, reason: &str) {
+    let Some(current) = fleet.agent(agent_id) else { return };
+    let msg = CoordinatorMessage { msg: Some(Down::Abort(Abort { run_id: run_id.to_string(), reason: reason.to_string() })) };
+    // Bounded: a stalled session must not hold the run's end.
+    let _ = tokio::time::timeout(Duration::from_secs(1), current.tx.send(Ok(msg))).await;
 }
 
 async fn sleep_until_first(away: &BTreeMap<String, (tokio::time::Instant, String)>) {

@@ -14,7 +14,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::fleet::{AgentEntry, AgentEvent, Fleet};
+use crate::fleet::{AgentEntry, AgentEvent, Delivery, Fleet};
 
 pub struct AgentSessions {
     pub fleet: Fleet,
@@ -107,37 +107,28 @@ impl AgentService for AgentSessions {
                     Some(Err(status)) => break format!("the session broke: {}", status.message()),
                     Some(Ok(m)) => {
                         fleet.touch(&agent_id);
-                        if m.delivery > 0 {
-                            let new = fleet.accept_delivery(&agent_id, instance, m.delivery);
+                        let run_message = match m.msg {
+                            Some(Up::Snapshot(s)) => Some((s.run_id.clone(), AgentEvent::Snapshot(s))),
+                            Some(Up::Finished(f)) => Some((f.run_id.clone(), AgentEvent::Finished(f))),
+                            Some(Up::Fault(ev)) => Some((ev.run_id.clone(), AgentEvent::Fault(ev))),
+                            other => {
+                                session_message(&fleet, &agent_id, other);
+                                None
+                            }
+                        };
+                        let Some((run_id, event)) = run_message else { continue };
+                        if m.delivery == 0 {
+                            // An agent that does not number its messages.
+                            fleet.deliver(&run_id, event);
+                            continue;
+                        }
+                        match fleet.deliver_numbered(&agent_id, session, instance, m.delivery, &run_id, event) {
                             // Acknowledged either way: a resent message we
                             // already have must leave the agent's buffer too.
-                            let _ = tx.try_send(down(Down::Delivered(Delivered { upto: m.delivery })));
-                            if !new {
-                                continue;
+                            Delivery::New | Delivery::Duplicate => {
+                                let _ = tx.try_send(down(Down::Delivered(Delivered { upto: m.delivery })));
                             }
-                        }
-                        match m.msg {
-                            Some(Up::Snapshot(s)) => {
-                                let run_id = s.run_id.clone();
-                                fleet.deliver(&run_id, AgentEvent::Snapshot(s));
-                            }
-                            Some(Up::Finished(f)) => {
-                                let run_id = f.run_id.clone();
-                                fleet.deliver(&run_id, AgentEvent::Finished(f));
-                            }
-                            Some(Up::Fault(ev)) => {
-                                let run_id = ev.run_id.clone();
-                                fleet.deliver(&run_id, AgentEvent::Fault(ev));
-                            }
-                            Some(Up::ClockEcho(e)) => {
-                                let t4 = unix_nanos_now();
-                                let rtt = (t4 - e.t1_unix_nanos) - (e.t3_unix_nanos - e.t2_unix_nanos);
-                                let offset = ((e.t2_unix_nanos - e.t1_unix_nanos) + (e.t3_unix_nanos - t4)) / 2;
-                                fleet.clock_sample(&agent_id, offset, rtt);
-                            }
-                            Some(Up::Heartbeat(_)) => {}
-                            Some(Up::Register(_)) => warn!(message = "Agent registered twice on one session; ignored.", agent = %agent_id),
-                            None => {}
+                            Delivery::StaleSession => {}
                         }
                     }
                 }
@@ -172,8 +163,10 @@ async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: 
         if tokio::time::Instant::now() >= next_round {
             for _ in 0..PROBES {
                 let probe = ClockProbe { t1_unix_nanos: unix_nanos_now() };
-                if ended.is_cancelled() || tx.send(down(Down::ClockProbe(probe))).await.is_err() {
-                    return;
+                // A half-open link can fill the queue: never wait on it past the session's end.
+                tokio::select! {
+                    sent = tx.send(down(Down::ClockProbe(probe))) => if sent.is_err() { return },
+                    _ = ended.cancelled() => return,
                 }
                 tokio::time::sleep(PROBE_GAP).await;
             }
@@ -187,5 +180,19 @@ async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: 
             _ = ended.cancelled() => return,
             _ = tx.closed() => return,
         }
+    }
+}
+
+/// The messages of the session itself, not of a run.
+fn session_message(fleet: &Fleet, agent_id: &str, msg: Option<Up>) {
+    match msg {
+        Some(Up::ClockEcho(e)) => {
+            let t4 = unix_nanos_now();
+            let rtt = (t4 - e.t1_unix_nanos) - (e.t3_unix_nanos - e.t2_unix_nanos);
+            let offset = ((e.t2_unix_nanos - e.t1_unix_nanos) + (e.t3_unix_nanos - t4)) / 2;
+            fleet.clock_sample(agent_id, offset, rtt);
+        }
+        Some(Up::Register(_)) => warn!(message = "Agent registered twice on one session; ignored.", agent = %agent_id),
+        Some(Up::Heartbeat(_)) | Some(Up::Snapshot(_)) | Some(Up::Finished(_)) | Some(Up::Fault(_)) | None => {}
     }
 }

@@ -107,3 +107,33 @@ fn an_agent_killed_mid_run_makes_the_run_incomplete() {
     assert_eq!(a1["complete"], true, "agent1 ran to the end: {a1}");
     println!("verdict incomplete: {reasons}; agent2 missing intervals {missing:?}; the run took {:?}", outcome.elapsed);
 }
+
+/// The cut spans the run's end: the agent finishes its share while it
+/// cannot reach the coordinator, keeps its last snapshot and its totals in
+/// the resend buffer, and delivers them when the link is back — the same
+/// process, so the coordinator counts it as back, not as restarted.
+#[test]
+fn a_control_cut_across_the_end_of_the_run_loses_nothing() {
+    let Some(mut fleet) = Fleet::up(2, &["nft"]) else { return };
+    fleet.start_all(&[]);
+    let run = fleet.start_run(&plan_path("fleet-steady.yaml"), 2);
+    // 1 s start lead + 9 s of the 12 s of load, then 7 s without a link:
+    // the run ends (t = 13 s) in the middle of the cut.
+    std::thread::sleep(Duration::from_secs(10));
+    cut_control_link(&fleet, "agent1");
+    std::thread::sleep(Duration::from_secs(7));
+    heal_control_link(&fleet, "agent1");
+    let outcome = run.finish(Duration::from_secs(60));
+    let context = || format!("{}\n{}\n{}", outcome.stdout, outcome.stderr, fleet.logs());
+    let report = outcome.report.as_ref().unwrap_or_else(|| panic!("no report:\n{}", context()));
+
+    assert_eq!(report["verdict"], "pass", "verdict {} ({}):\n{}", report["verdict"], report["verdict_reasons"], context());
+    assert_eq!(outcome.code, 0, "{}", context());
+    let (per_agent, sum) = agent_requests(report);
+    assert_eq!(report["totals"]["requests"].as_u64(), Some(sum));
+    assert_eq!(sum, 1200, "{per_agent:?}");
+    let progress = format!("{}{}", outcome.stdout, outcome.stderr);
+    assert!(progress.contains("agent agent1 is back"), "{progress}");
+    assert!(fleet.log("agent1").contains("Run finished."), "{}", fleet.log("agent1"));
+    println!("run took {:?}; requests per agent {per_agent:?}", outcome.elapsed);
+}

@@ -278,6 +278,9 @@ pub fn build(f: RunFacts<'_>) -> Report {
                     (Some(l), _) if missing.is_empty() => format!("agent {id} was lost: {l}"),
                     (Some(l), _) => format!("agent {id} was lost: {l}; intervals missing: {}", intervals_text(&missing)),
                     (None, Some(fin)) if !fin.error.is_empty() => format!("agent {id} failed: {}", fin.error),
+                    (None, Some(fin)) if fin.evicted > 0 => {
+                        format!("agent {id}'s resend buffer overflowed while it could not reach the coordinator: {} message(s) dropped", fin.evicted)
+                    }
                     (None, Some(fin)) if fin.requests != a.requests => {
                         format!("agent {id} counted {} requests but {} reached the coordinator", fin.requests, a.requests)
                     }
