@@ -19,6 +19,9 @@ use crate::fault::Action;
 use crate::outbox::Outbox;
 use crate::session::AgentConfig;
 
+/// The fault checks at assignment end this long before the common start.
+const CHECK_MARGIN: Duration = Duration::from_millis(50);
+
 fn unix_nanos(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
@@ -77,12 +80,22 @@ async fn stream_run(
     // Before any load: every fault must be possible here as planned (a
     // route to its scope, an instance that exists). A refusal reaches the
     // coordinator as this agent failing to start, which stops the whole run.
+    // In parallel, and done before the common start: a slow CLI must not
+    // make this agent start late, nor refuse after the others have begun.
     if let Some(inj) = &injector {
+        let budget = start.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(CHECK_MARGIN);
+        let mut checks = tokio::task::JoinSet::new();
         for fault in &faults {
             let (inj, f) = (inj.clone(), fault.clone());
-            let checked = tokio::task::spawn_blocking(move || inj.check(&f)).await.unwrap_or_else(|e| Err(e.to_string()));
-            checked.map_err(|e| format!("preflight on this node: {e}"))?;
+            checks.spawn_blocking(move || inj.check(&f));
         }
+        let all = async {
+            while let Some(checked) = checks.join_next().await {
+                checked.map_err(|e| e.to_string())?.map_err(|e| format!("preflight on this node: {e}"))?;
+            }
+            Ok::<(), String>(())
+        };
+        tokio::time::timeout(budget, all).await.map_err(|_| format!("preflight on this node: the fault checks did not finish within the {budget:?} before the start"))??;
     }
     let fault_stop = cancel.child_token();
     let fault_tasks = start_faults(a, cfg, injector, faults, start, &fault_stop, outbox);

@@ -12,7 +12,7 @@ use stampede_agent::fault::net::{parse_route_dev, RateDriver};
 use stampede_agent::fault::nft::{self, LossDriver, PartitionDriver};
 use stampede_agent::fault::{Driver, FaultActions, Node};
 use stampede_common::plan::Fault;
-use support::netns::{Pair, CLIENT_ADDR, SERVER_ADDR, SERVER_DEV};
+use support::netns::{Pair, CLIENT_ADDR, CLIENT_DEV, SERVER_ADDR, SERVER_DEV};
 
 fn fault(name: &str, v: serde_json::Value) -> Fault {
     let mut f = json!({ "name": name, "at": "1s", "duration": "10s" });
@@ -146,6 +146,32 @@ fn rate_caps_only_the_scope() {
     let qdiscs = pair.check(&pair.server, &["tc", "qdisc", "show", "dev", SERVER_DEV]);
     assert!(qdiscs.contains("noqueue 0: root"), "the default root is not back: {qdiscs}");
     assert!(download(&pair, CLIENT_ADDR) > 4.0 * cap, "still capped after revert");
+}
+
+#[test]
+fn ingress_rate_caps_downloads_on_the_receiving_side() {
+    let Some(pair) = Pair::new("ingress", &["tc"]) else { return };
+    let mut server = pair.spawn_netio(&pair.server, &["serve", SERVER_ADDR, "20", "500000", "7000"]);
+    assert_eq!(server.wait_ready(), "ready");
+
+    // On the client, the side that downloads: what comes in from the
+    // server's port goes through the fault's ifb and its cap.
+    let f = fault("down", json!({"kind": "rate", "scope": {"dst": SERVER_ADDR, "port": 7000, "direction": "ingress"}, "rate": "2mbit"}));
+    let a = actions(&RateDriver, &f, &node_in(&pair.client));
+    pair.run_actions(&pair.client, &a.apply).unwrap();
+    let cap = 2e6 / 8.0;
+    let capped = download(&pair, CLIENT_ADDR);
+    println!("ingress rate 2mbit (cap {:.0} KB/s): download {:.1} KB/s ({:+.1}%)", cap / 1e3, capped / 1e3, (capped / cap - 1.0) * 100.0);
+    assert!((0.8 * cap..=1.2 * cap).contains(&capped), "download {capped:.0} B/s under a cap of {cap} B/s");
+
+    pair.run_actions(&pair.client, &a.revert).unwrap();
+    pair.run_actions(&pair.client, &a.revert).expect("revert is idempotent");
+    let links = pair.check(&pair.client, &["ip", "-o", "link", "show"]);
+    assert!(!links.contains("stpifb"), "the ifb is left: {links}");
+    let qdiscs = pair.check(&pair.client, &["tc", "qdisc", "show", "dev", CLIENT_DEV]);
+    assert!(!qdiscs.contains("ingress"), "the ingress qdisc is left: {qdiscs}");
+    let free = download(&pair, CLIENT_ADDR);
+    assert!(free > 4.0 * cap, "still capped after revert: {free:.0} B/s");
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub enum Problem {
     NoAgent { fault: String, selector: String },
     #[error("fault `{fault}` cannot run on agent {agent}: it needs {}, which that node lacks", .missing.join(", "))]
     Missing { fault: String, agent: String, missing: Vec<String> },
-    #[error("faults `{first}` and `{second}` both shape traffic with tc on node {node} at overlapping times ({first_window} and {second_window}); stampede keeps one tc tree per device, so schedule them one after the other")]
+    #[error("faults `{first}` and `{second}` both shape traffic with tc on node {node} at overlapping times ({first_window} and {second_window}); stampede keeps one tc tree per device and direction, so schedule them one after the other, at least 1s apart")]
     TcOverlap { first: String, second: String, node: String, first_window: String, second_window: String },
 }
 
@@ -78,6 +78,10 @@ pub fn assign(plan: &Plan, agents: &[AgentEntry]) -> Result<Vec<Vec<u32>>, Prefl
     }
 }
 
+/// Between two tc faults of one node and direction: the first's revert and
+/// the second's 1 s effect baseline must not overlap.
+const TC_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Two tc faults (netem, rate) on one node at once: the second would find
 /// the first's root qdisc in place and fail mid-run, so refuse it up front.
 fn tc_overlaps(plan: &Plan, agents: &[AgentEntry], per_agent: &[Vec<u32>]) -> Vec<Problem> {
@@ -89,18 +93,28 @@ fn tc_overlaps(plan: &Plan, agents: &[AgentEntry], per_agent: &[Vec<u32>]) -> Ve
         let (from, to) = window(i);
         format!("`{}` {:?}-{:?}", plan.faults[i as usize].name, from, to)
     };
-    let mut problems = Vec::new();
-    let mut reported = HashSet::new();
+    // Trees belong to a node, not to an agent: faults with different
+    // selectors can land on two agents of one node.
+    let mut per_node: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
     for (ai, faults) in per_agent.iter().enumerate() {
-        let tc: Vec<u32> = faults.iter().copied().filter(|&i| matches!(plan.faults[i as usize].kind, FaultKind::Netem | FaultKind::Rate)).collect();
+        let tc = faults.iter().copied().filter(|&i| matches!(plan.faults[i as usize].kind, FaultKind::Netem | FaultKind::Rate));
+        per_node.entry(agents[ai].node.as_str()).or_default().extend(tc);
+    }
+    let mut problems = Vec::new();
+    for (node, tc) in per_node {
         for (x, &a) in tc.iter().enumerate() {
             for &b in &tc[x + 1..] {
                 let ((a0, a1), (b0, b1)) = (window(a), window(b));
-                if a0 < b1 && b0 < a1 && reported.insert((a, b)) {
+                // Egress trees sit on the device, ingress ones on their own
+                // ifb behind the device's one ingress qdisc: each direction
+                // takes one fault at a time. The gap leaves the first's
+                // revert time to finish and the second a clean baseline.
+                let direction = |i: u32| plan.faults[i as usize].scope.as_ref().map(|s| s.direction);
+                if direction(a) == direction(b) && a0 < b1 + TC_GAP && b0 < a1 + TC_GAP {
                     problems.push(Problem::TcOverlap {
                         first: plan.faults[a as usize].name.clone(),
                         second: plan.faults[b as usize].name.clone(),
-                        node: agents[ai].node.clone(),
+                        node: node.to_string(),
                         first_window: text(a),
                         second_window: text(b),
                     });
@@ -185,8 +199,30 @@ mod tests {
         assert!(text.contains("faults `slow` and `cap` both shape traffic with tc on node n1") && text.contains("`slow` 10s-40s") && text.contains("`cap` 20s-50s"), "{text}");
 
         let sequential = plan(
-            "  - { name: slow, kind: netem, at: 10s, duration: 10s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n",
+            "  - { name: slow, kind: netem, at: 10s, duration: 9s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n",
         );
         assert_eq!(assign(&sequential, &[agent("a", "n1", TC, &[])]).unwrap(), vec![vec![0, 1]]);
+        // Back to back, with no gap, the second would race the first's revert.
+        let back_to_back = plan(
+            "  - { name: slow, kind: netem, at: 10s, duration: 10s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n",
+        );
+        assert!(assign(&back_to_back, &[agent("a", "n1", TC, &[])]).is_err());
+        // Two agents of one node, picked by different selectors: one node's tree.
+        let split = plan(
+            "  - { name: slow, kind: netem, at: 10s, duration: 30s, agents: { role: x }, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, agents: { role: y }, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n",
+        );
+        let (mut x, mut y) = (agent("ax", "n1", TC, &[]), agent("ay", "n1", TC, &[]));
+        x.labels.insert("role".into(), "x".into());
+        y.labels.insert("role".into(), "y".into());
+        let err = assign(&split, &[x, y]).unwrap_err().to_string();
+        assert!(err.contains("on node n1"), "{err}");
+
+        // An upload cap and a download cap at once: one tree each way.
+        let both_ways = plan(
+            "  - { name: up, kind: rate, at: 10s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n  - { name: down, kind: rate, at: 10s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0, direction: ingress }, rate: 1mbit }\n",
+        );
+        let mut caps = TC.to_vec();
+        caps.extend(["ip", "link.ifb", "qdisc.ingress", "tc.mirred"]);
+        assert_eq!(assign(&both_ways, &[agent("a", "n1", &caps, &[])]).unwrap(), vec![vec![0, 1]]);
     }
 }

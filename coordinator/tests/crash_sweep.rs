@@ -197,3 +197,42 @@ ip netns list | cut -d' ' -f1 | sort
     assert_eq!(section(&out, "sweep"), ["deleted probe namespace stp-probe-4000001-0 (left by agent pid 4000001)"]);
     assert_eq!(section(&out, "left"), ["operator-ns", "stp-probe-4000002-0"]);
 }
+
+#[test]
+fn sweep_removes_an_ingress_faults_plumbing_only() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let agent = agent_bin().display().to_string();
+    // What a killed agent leaves of an ingress fault (an ifb of its own and
+    // an ingress qdisc redirecting to it), beside an operator's ingress
+    // qdisc redirecting to the operator's own ifb.
+    let script = format!(
+        r#"set -e
+mkdir -p /run/netns && mount -t tmpfs stampede-test /run/netns
+ip link set lo up
+ip link add op-a type veth peer name op-b
+ip link set op-a up
+ip link add stpifb0badcafe type ifb
+ip link add ifbop type ifb
+tc qdisc add dev lo handle ffff: ingress
+tc filter add dev lo parent ffff: protocol ip prio 1 u32 match ip src 198.18.0.2/32 action mirred egress redirect dev stpifb0badcafe
+tc qdisc add dev op-a handle ffff: ingress
+tc filter add dev op-a parent ffff: protocol ip prio 1 u32 match ip src 10.0.0.0/8 action mirred egress redirect dev ifbop
+echo "--- sweep"
+{agent} sweep --state-dir {state}
+echo "--- links"
+ip -o link show | cut -d' ' -f2 | tr -d ':' | cut -d@ -f1 | sort
+echo "--- ingress"
+tc qdisc show | grep ingress | cut -d' ' -f5 | sort
+"#,
+        state = state.path().display()
+    );
+    let (ok, out, err) = in_namespaces(&script, Duration::from_secs(30));
+    assert!(ok, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(section(&out, "sweep"), ["deleted ingress qdisc on dev lo (redirecting to a stampede ifb)", "deleted ifb device stpifb0badcafe"]);
+    assert_eq!(section(&out, "links"), ["ifbop", "lo", "op-a", "op-b"]);
+    assert_eq!(section(&out, "ingress"), ["op-a"]);
+}

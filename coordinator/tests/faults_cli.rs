@@ -225,12 +225,10 @@ fn a_fault_that_fails_to_apply_makes_the_run_invalid() {
     assert!(f["applied_at"].is_null(), "{f:#}");
     let reasons = r["verdict_reasons"].to_string();
     assert!(reasons.contains("fault stop-web on local-0 failed"), "{reasons}");
-    // report.md's timeline marks the rows the fault's window covers (+1s to +2s).
+    // report.md's timeline shows no fault active: this one never was.
     let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     let rows: Vec<&str> = md.lines().skip_while(|l| *l != "## Timeline").filter(|l| l.starts_with("| +")).collect();
-    assert!(rows.iter().any(|l| l.starts_with("| +0s ") && l.ends_with("| - |")), "{md}");
-    assert!(rows.iter().any(|l| l.starts_with("| +1s ") && l.ends_with("| stop-web |")), "{md}");
-    assert!(rows.iter().any(|l| l.starts_with("| +2s ") && l.ends_with("| - |")), "{md}");
+    assert!(rows.len() >= 3 && rows.iter().all(|l| l.ends_with("| - |")), "{md}");
     // The load itself was fine: the run is invalid only because the drill did not happen.
     assert!(r["totals"]["requests"].as_u64().unwrap() > 40, "{r:#}");
     assert_eq!(r["totals"]["errors"], 0, "{r:#}");

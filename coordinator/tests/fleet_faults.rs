@@ -127,6 +127,14 @@ fn partition_cuts_the_target_but_not_the_control_channel() {
     // + timeout) only answers — except the timeouts of requests sent between
     // 5 s and the moment the revert took hold (a few ms; more on a busy
     // machine), which end in the interval at 6 s (or later, if very late).
+    // report.md's timeline marks the rows of the window [2 s, 5 s), and no other.
+    let md = std::fs::read_to_string(run.out.join("report.md")).unwrap();
+    for row in md.lines().skip_while(|l| *l != "## Timeline").filter(|l| l.starts_with("| +")) {
+        let t: f64 = row[3..].split('s').next().unwrap().parse().unwrap();
+        let marked = row.ends_with("| split |");
+        assert_eq!(marked, (2.0..5.0).contains(&t), "row {row}\n{md}");
+    }
+
     let tl = timeline(r);
     for &(t, req, err) in tl.iter().filter(|(t, _, _)| (3.0..5.0).contains(t)) {
         assert!(req >= 50, "t={t}: only {req} requests ended in the partition\n{}", describe(&run, &fleet));

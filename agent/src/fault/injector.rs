@@ -244,18 +244,15 @@ impl Injector {
                         },
                     }
                 }
-                update.effect = match driver_for(fault.kind).observe(&fault, &self.node) {
-                    // The counters are read before the revert deletes them.
-                    Some(observe) => {
-                        let runner = self.runner.clone();
-                        let held = update.applied.and_then(|t| t.elapsed().ok()).unwrap_or_default();
-                        let shown = tokio::task::spawn_blocking(move || runner.output(&observe)).await;
-                        match shown {
-                            Ok(Ok(text)) => super::net::parse_class_stats(&text).and_then(|stats| effect::judge_rate(&fault, &stats, held)),
-                            _ => None,
-                        }
-                    }
-                    None => effect::judge(&fault, &baseline, &during),
+                // The counters are read before the revert deletes them;
+                // blocking (resolving `dev: auto` runs `ip route get`).
+                let held = update.applied.and_then(|t| t.elapsed().ok()).unwrap_or_default();
+                let (me, f) = (self.clone(), fault.clone());
+                let shown = tokio::task::spawn_blocking(move || driver_for(f.kind).observe(&f, &me.node).map(|o| me.runner.output(&o))).await;
+                update.effect = match shown {
+                    Ok(Some(Ok(text))) => super::net::parse_class_stats(&text).and_then(|stats| effect::judge_rate(&fault, &stats, held)),
+                    Ok(Some(Err(_))) | Err(_) => None,
+                    Ok(None) => effect::judge(&fault, &baseline, &during),
                 };
                 if update.effect.as_ref().is_some_and(|e| !e.effective) {
                     warn!(message = "Fault had no measurable effect on the scoped traffic.", fault = %fault.name);

@@ -43,15 +43,33 @@
 //!
 //! `match ip dport` reads the port at the fixed offset of an IP header without
 //! options (TCP and UDP alike), as tc's u32 shorthand does.
+//!
+//! `direction: ingress` shapes what the node receives from the scope (a
+//! download cap on the load agent). tc shapes only on egress, so, as
+//! everyone does it, the scope's incoming packets are redirected to an ifb
+//! device of the fault's own (`stpifb` + a hash of its name) and the same
+//! tree goes on the ifb's egress, matching the scope as the *source*:
+//! ```text
+//! ip link add stpifb1a2b3c4d type ifb
+//! ip link set dev stpifb1a2b3c4d up
+//! tc qdisc add dev eth0 handle ffff: ingress
+//! tc filter add dev eth0 parent ffff: protocol ip prio 1 u32 match ip src 198.18.0.2/32 match ip sport 8080 0xffff action mirred egress redirect dev stpifb1a2b3c4d
+//! tc qdisc add dev stpifb1a2b3c4d root handle 5ea7: htb direct_qlen 1000   (and the rest as above, `src`/`sport`)
+//! ```
+//! reverted with `tc qdisc del dev eth0 handle ffff: ingress` first (no
+//! packet is ever redirected to a missing device), then `ip link del
+//! stpifb1a2b3c4d` (which takes its tree). A device has one ingress qdisc:
+//! the agent's check at assignment refuses an ingress fault on a device that
+//! already has one, so the revert never removes an operator's.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
-use stampede_common::plan::{Distribution, Fault, Netem};
+use stampede_common::plan::{Direction, Distribution, Fault, Netem};
 use stampede_common::units::Percent;
 
-use super::{Action, Driver, FaultActions, FaultError, Node};
+use super::{Action, Driver, FaultActions, FaultError, Node, Runner};
 
 /// stampede's root qdisc on a device (`5ea7` ≈ "seat"; any fixed handle works).
 pub const ROOT_HANDLE: &str = "5ea7:";
@@ -79,6 +97,7 @@ pub(crate) struct Scoped {
     pub port: Option<u16>,
     /// As written in the plan (`auto` or a device name).
     pub dev: String,
+    pub direction: Direction,
 }
 
 pub(crate) fn plan_error(fault: &Fault, message: impl Into<String>) -> FaultError {
@@ -90,7 +109,7 @@ pub(crate) fn scoped(fault: &Fault) -> Result<Scoped, FaultError> {
     let (ip, len) = scope.cidr().map_err(|m| plan_error(fault, m))?;
     let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
     let net = Ipv4Addr::from(u32::from(ip) & mask);
-    Ok(Scoped { cidr: format!("{net}/{len}"), net, port: scope.port, dev: scope.dev.clone() })
+    Ok(Scoped { cidr: format!("{net}/{len}"), net, port: scope.port, dev: scope.dev.clone(), direction: scope.direction })
 }
 
 /// The device to put the tree on: the plan's, or the route's for `auto`.
@@ -215,19 +234,83 @@ fn run(argv: Vec<String>) -> Action {
     Action::Run { argv, stdin: None, ok_if: Vec::new() }
 }
 
-/// The filter that sends the scope's packets to [`FAULT_CLASS`].
-fn filter(dev: &str, s: &Scoped) -> Action {
-    let mut argv = owned(&["tc", "filter", "add", "dev", dev, "parent", ROOT_HANDLE, "protocol", "ip", "prio", "1", "u32"]);
-    argv.extend(owned(&["match", "ip", "dst", &s.cidr]));
-    if let Some(port) = s.port {
-        argv.extend(owned(&["match", "ip", "dport", &port.to_string(), "0xffff"]));
+/// `u32` matches for the scope: as destination (what we send), or as
+/// source (what we receive, on the ifb).
+fn scope_matches(s: &Scoped, from_scope: bool) -> Vec<String> {
+    let (addr, port) = if from_scope { ("src", "sport") } else { ("dst", "dport") };
+    let mut m = owned(&["match", "ip", addr, &s.cidr]);
+    if let Some(p) = s.port {
+        m.extend(owned(&["match", "ip", port, &p.to_string(), "0xffff"]));
     }
+    m
+}
+
+/// The filter that sends the scope's packets to [`FAULT_CLASS`].
+fn filter(p: &Placement, s: &Scoped) -> Action {
+    let mut argv = owned(&["tc", "filter", "add", "dev", &p.tree_dev, "parent", ROOT_HANDLE, "protocol", "ip", "prio", "1", "u32"]);
+    argv.extend(scope_matches(s, p.from_scope));
     argv.extend(owned(&["flowid", FAULT_CLASS]));
     run(argv)
 }
 
-fn revert(dev: &str) -> Vec<Action> {
-    vec![Action::run_ok_if(&["tc", "qdisc", "del", "dev", dev, "root", "handle", ROOT_HANDLE], &TREE_GONE)]
+/// The ifb device of an ingress fault: `stpifb` and 8 hex digits of an
+/// FNV-1a hash of its name (15 bytes at most, a device name's limit).
+pub fn ifb_name(fault: &str) -> String {
+    let hash = fault.bytes().fold(0x811c9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("{IFB_PREFIX}{hash:08x}")
+}
+
+/// Every ifb device stampede makes starts with this; `sweep` looks for it.
+pub const IFB_PREFIX: &str = "stpifb";
+
+/// Where a tc fault's tree goes, and the plumbing around it.
+struct Placement {
+    /// The device whose root gets the tree: the scope's device, or the ifb.
+    tree_dev: String,
+    /// Match the scope as the packets' source (ingress, on the ifb).
+    from_scope: bool,
+    /// What comes before the tree (ingress: the ifb and the redirect).
+    before: Vec<Action>,
+    revert: Vec<Action>,
+}
+
+fn placement(fault: &Fault, s: &Scoped, node: &Node) -> Result<Placement, FaultError> {
+    let dev = device(fault, s, node)?;
+    if s.direction == Direction::Egress {
+        let revert = vec![Action::run_ok_if(&["tc", "qdisc", "del", "dev", &dev, "root", "handle", ROOT_HANDLE], &TREE_GONE)];
+        return Ok(Placement { tree_dev: dev, from_scope: false, before: Vec::new(), revert });
+    }
+    let ifb = ifb_name(&fault.name);
+    let mut redirect = owned(&["tc", "filter", "add", "dev", &dev, "parent", "ffff:", "protocol", "ip", "prio", "1", "u32"]);
+    redirect.extend(scope_matches(s, true));
+    redirect.extend(owned(&["action", "mirred", "egress", "redirect", "dev", &ifb]));
+    let before = vec![
+        Action::run(&["ip", "link", "add", &ifb, "type", "ifb"]),
+        Action::run(&["ip", "link", "set", "dev", &ifb, "up"]),
+        Action::run(&["tc", "qdisc", "add", "dev", &dev, "handle", "ffff:", "ingress"]),
+        run(redirect),
+    ];
+    // The redirect goes first, so no packet is ever sent to a missing device.
+    let revert = vec![
+        Action::run_ok_if(&["tc", "qdisc", "del", "dev", &dev, "handle", "ffff:", "ingress"], &TREE_GONE),
+        Action::run_ok_if(&["ip", "link", "del", &ifb], &["Cannot find device"]),
+    ];
+    Ok(Placement { tree_dev: ifb, from_scope: true, before, revert })
+}
+
+/// An ingress fault needs the device's ingress qdisc to itself: one that is
+/// there already is someone else's, and the revert would remove it.
+fn check_ingress(fault: &Fault, node: &Node, runner: &Runner) -> Result<(), String> {
+    let s = scoped(fault).map_err(|e| e.to_string())?;
+    if s.direction == Direction::Egress {
+        return Ok(());
+    }
+    let dev = device(fault, &s, node).map_err(|e| e.to_string())?;
+    let shown = runner.output(&Action::run(&["tc", "qdisc", "show", "dev", &dev, "ingress"])).map_err(|e| e.to_string())?;
+    if shown.contains("ingress") {
+        return Err(format!("fault `{}`: {dev} already has an ingress qdisc (not stampede's): an ingress fault would have to share it", fault.name));
+    }
+    Ok(())
 }
 
 /// `ip` resolves `dev: auto`; the rest is what the tree itself needs.
@@ -235,6 +318,10 @@ fn requires(fault: &Fault, tree: &[&str]) -> Vec<String> {
     let mut r = owned(tree);
     if fault.scope.as_ref().is_some_and(|s| s.dev == "auto") {
         r.push("ip".into());
+    }
+    if fault.scope.as_ref().is_some_and(|s| s.direction == Direction::Ingress) {
+        r.extend(owned(&["ip", "link.ifb", "qdisc.ingress", "tc.mirred"]));
+        r.dedup();
     }
     r
 }
@@ -244,16 +331,24 @@ impl Driver for NetemDriver {
         let netem = fault.netem.as_ref().ok_or_else(|| plan_error(fault, "a netem fault needs `netem`"))?;
         check_netem(netem).map_err(|m| plan_error(fault, m))?;
         let s = scoped(fault)?;
-        let dev = device(fault, &s, node)?;
-        let mut root = owned(&["tc", "qdisc", "add", "dev", &dev, "root", "handle", ROOT_HANDLE, "prio", "bands", "4", "priomap"]);
+        let p = placement(fault, &s, node)?;
+        let dev = &p.tree_dev;
+        let mut root = owned(&["tc", "qdisc", "add", "dev", dev, "root", "handle", ROOT_HANDLE, "prio", "bands", "4", "priomap"]);
         root.extend(owned(&PRIOMAP));
-        let mut leaf = owned(&["tc", "qdisc", "add", "dev", &dev, "parent", FAULT_CLASS, "handle", FAULT_HANDLE, "netem"]);
+        let mut leaf = owned(&["tc", "qdisc", "add", "dev", dev, "parent", FAULT_CLASS, "handle", FAULT_HANDLE, "netem"]);
         leaf.extend(netem_args(netem));
-        Ok(FaultActions { apply: vec![run(root), run(leaf), filter(&dev, &s)], revert: revert(&dev) })
+        let mut apply = p.before.clone();
+        apply.extend([run(root), run(leaf), filter(&p, &s)]);
+        Ok(FaultActions { apply, revert: p.revert })
     }
 
     fn requires(&self, fault: &Fault) -> Vec<String> {
         requires(fault, &["tc", "qdisc.prio", "qdisc.netem", "net_admin"])
+    }
+
+    fn check(&self, fault: &Fault, node: &Node, runner: &Runner) -> Result<(), String> {
+        self.actions(fault, node).map_err(|e| e.to_string())?;
+        check_ingress(fault, node, runner)
     }
 }
 
@@ -262,14 +357,22 @@ impl Driver for RateDriver {
         let rate = fault.rate.as_deref().ok_or_else(|| plan_error(fault, "a rate fault needs `rate`"))?;
         let burst = burst_bytes(tc_rate_bits(rate).map_err(|m| plan_error(fault, m))?).to_string();
         let s = scoped(fault)?;
-        let dev = device(fault, &s, node)?;
+        let p = placement(fault, &s, node)?;
+        let dev = &p.tree_dev;
         // No `default`: unclassified packets use htb's direct queue, unshaped.
         // Its length is set because htb would otherwise take the device's
         // txqueuelen, which is tiny (or 0 → 2) on some tunnels.
-        let root = owned(&["tc", "qdisc", "add", "dev", &dev, "root", "handle", ROOT_HANDLE, "htb", "direct_qlen", "1000"]);
-        let mut class = owned(&["tc", "class", "add", "dev", &dev, "parent", ROOT_HANDLE, "classid", FAULT_CLASS, "htb"]);
+        let root = owned(&["tc", "qdisc", "add", "dev", dev, "root", "handle", ROOT_HANDLE, "htb", "direct_qlen", "1000"]);
+        let mut class = owned(&["tc", "class", "add", "dev", dev, "parent", ROOT_HANDLE, "classid", FAULT_CLASS, "htb"]);
         class.extend(owned(&["rate", rate, "ceil", rate, "burst", &burst, "cburst", &burst]));
-        Ok(FaultActions { apply: vec![run(root), run(class), filter(&dev, &s)], revert: revert(&dev) })
+        let mut apply = p.before.clone();
+        apply.extend([run(root), run(class), filter(&p, &s)]);
+        Ok(FaultActions { apply, revert: p.revert })
+    }
+
+    fn check(&self, fault: &Fault, node: &Node, runner: &Runner) -> Result<(), String> {
+        self.actions(fault, node).map_err(|e| e.to_string())?;
+        check_ingress(fault, node, runner)
     }
 
     fn requires(&self, fault: &Fault) -> Vec<String> {
@@ -281,8 +384,8 @@ impl Driver for RateDriver {
     /// transfer would compete with the load it is meant to shape.
     fn observe(&self, fault: &Fault, node: &Node) -> Option<Action> {
         let s = scoped(fault).ok()?;
-        let dev = device(fault, &s, node).ok()?;
-        Some(Action::run(&["tc", "-s", "class", "show", "dev", &dev, "classid", FAULT_CLASS]))
+        let p = placement(fault, &s, node).ok()?;
+        Some(Action::run(&["tc", "-s", "class", "show", "dev", &p.tree_dev, "classid", FAULT_CLASS]))
     }
 }
 
@@ -412,6 +515,50 @@ mod tests {
         assert_eq!(RateDriver.requires(&f), ["tc", "qdisc.htb", "net_admin"]);
         assert_eq!(tc_rate_bits("2mbps").unwrap(), 16e6);
         assert_eq!(burst_bytes(tc_rate_bits("1gbit").unwrap()), 1_250_000);
+    }
+
+    #[test]
+    fn ingress_goes_through_the_faults_own_ifb() {
+        let f = fault(serde_json::json!({"name": "slow-download", "kind": "rate", "scope": {"dst": "198.18.0.2", "port": 8080, "direction": "ingress"}, "rate": "2mbit"}));
+        let ifb = ifb_name("slow-download");
+        assert!(ifb.starts_with("stpifb") && ifb.len() == 14, "{ifb}");
+        assert_ne!(ifb, ifb_name("slow-download2"));
+        let a = RateDriver.actions(&f, &node()).unwrap();
+        assert_eq!(argv(&a.apply), [
+            format!("ip link add {ifb} type ifb"),
+            format!("ip link set dev {ifb} up"),
+            "tc qdisc add dev veth9 handle ffff: ingress".to_string(),
+            format!("tc filter add dev veth9 parent ffff: protocol ip prio 1 u32 match ip src 198.18.0.2/32 match ip sport 8080 0xffff action mirred egress redirect dev {ifb}"),
+            format!("tc qdisc add dev {ifb} root handle 5ea7: htb direct_qlen 1000"),
+            format!("tc class add dev {ifb} parent 5ea7: classid 5ea7:4 htb rate 2mbit ceil 2mbit burst 3200 cburst 3200"),
+            format!("tc filter add dev {ifb} parent 5ea7: protocol ip prio 1 u32 match ip src 198.18.0.2/32 match ip sport 8080 0xffff flowid 5ea7:4"),
+        ]);
+        // The redirect goes before the device it points to.
+        assert_eq!(argv(&a.revert), ["tc qdisc del dev veth9 handle ffff: ingress".to_string(), format!("ip link del {ifb}")]);
+        assert_eq!(RateDriver.requires(&f), ["tc", "qdisc.htb", "net_admin", "ip", "link.ifb", "qdisc.ingress", "tc.mirred"]);
+        assert_eq!(RateDriver.observe(&f, &node()).map(|o| o.display()), Some(format!("tc -s class show dev {ifb} classid 5ea7:4")));
+
+        let n = fault(serde_json::json!({"name": "lag", "kind": "netem", "scope": {"dst": "198.18.0.0/24", "dev": "v1", "direction": "ingress"}, "netem": {"delay": "50ms"}}));
+        let a = NetemDriver.actions(&n, &node()).unwrap();
+        let ifb = ifb_name("lag");
+        assert_eq!(argv(&a.apply)[3], format!("tc filter add dev v1 parent ffff: protocol ip prio 1 u32 match ip src 198.18.0.0/24 action mirred egress redirect dev {ifb}"));
+        assert_eq!(argv(&a.apply)[5], format!("tc qdisc add dev {ifb} parent 5ea7:4 handle 5ea8: netem delay 50ms"));
+    }
+
+    #[test]
+    fn an_ingress_fault_refuses_a_device_whose_ingress_qdisc_is_someone_elses() {
+        let dir = tempfile::tempdir().unwrap();
+        let tc = dir.path().join("tc");
+        std::fs::write(&tc, "#!/bin/sh\necho 'qdisc ingress ffff: dev veth9 parent ffff:fff1 ----------------'\n").unwrap();
+        std::fs::set_permissions(&tc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut runner = Runner::default();
+        runner.path_prefix = Some(dir.path().to_path_buf());
+        let f = fault(serde_json::json!({"kind": "rate", "scope": {"dst": "198.18.0.2", "direction": "ingress"}, "rate": "2mbit"}));
+        let err = RateDriver.check(&f, &node(), &runner).unwrap_err();
+        assert!(err.contains("veth9 already has an ingress qdisc"), "{err}");
+        // Egress faults do not look at ingress at all.
+        let egress = fault(serde_json::json!({"kind": "rate", "scope": {"dst": "198.18.0.2"}, "rate": "2mbit"}));
+        assert_eq!(RateDriver.check(&egress, &node(), &runner), Ok(()));
     }
 
     #[test]

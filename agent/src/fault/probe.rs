@@ -3,8 +3,9 @@
 //!
 //! Capability names (what [`super::Driver::requires`] lists): the binaries
 //! `tc`, `nft`, `ip`; `net_admin`; the kernel qdiscs `qdisc.prio`,
-//! `qdisc.netem`, `qdisc.tbf`, `qdisc.htb`; the CLIs `systemctl`, `docker`,
-//! `incus`.
+//! `qdisc.netem`, `qdisc.tbf`, `qdisc.htb`; what ingress shaping needs
+//! (`link.ifb`, `qdisc.ingress`, `tc.mirred`); the CLIs `systemctl`,
+//! `docker`, `incus`.
 //!
 //! A qdisc is in the kernel when tc can actually create it, so each one is
 //! tried on the loopback of a throwaway network namespace (`stp-probe-<pid>-<n>`):
@@ -66,7 +67,7 @@ pub fn probe() -> Vec<Capability> {
         _ => Some("cannot probe: needs CAP_NET_ADMIN"),
     };
     let mut kernel = match blocked {
-        Some(why) => QDISCS.iter().map(|(q, _)| cap(&format!("qdisc.{q}"), false, why)).collect(),
+        Some(why) => QDISCS.iter().map(|(q, _)| format!("qdisc.{q}")).chain(INGRESS.map(String::from)).map(|n| cap(&n, false, why)).collect(),
         None => probe_in_namespace(nft, deadline),
     };
     // `nft` is usable when the binary is there and, where it could be tried,
@@ -129,6 +130,7 @@ fn probe_in_namespace(nft: bool, deadline: Instant) -> Vec<Capability> {
             Err(e) => cap(&format!("qdisc.{q}"), false, e),
         });
     }
+    caps.extend(probe_ingress(&ns.as_ref().map(|_| name.as_str()).map_err(Clone::clone), &left));
     if nft {
         let script = "table inet stampede_probe {\n\tchain output {\n\t\ttype filter hook output priority -150; policy accept;\n\
                       \t\tip daddr 198.18.0.1 meta l4proto { tcp, udp } th dport 9 numgen random mod 10000 < 1 drop\n\t}\n}\n";
@@ -142,6 +144,35 @@ fn probe_in_namespace(nft: bool, deadline: Instant) -> Vec<Capability> {
         });
     }
     caps
+}
+
+/// What `direction: ingress` needs, in the order it is built.
+const INGRESS: [&str; 3] = ["link.ifb", "qdisc.ingress", "tc.mirred"];
+
+/// An ifb device, an ingress qdisc on loopback and a mirred redirect from
+/// it to the ifb, in the probe's namespace `ns`.
+fn probe_ingress(ns: &Result<&str, String>, left: &dyn Fn() -> Duration) -> Vec<Capability> {
+    let name = match ns {
+        Ok(name) => *name,
+        Err(e) => return INGRESS.iter().map(|c| cap(c, false, format!("cannot probe: no namespace: {e}"))).collect(),
+    };
+    let ifb = run(&["ip", "-n", name, "link", "add", "stpifbprobe", "type", "ifb"], None, left());
+    let ingress = run(&["tc", "-n", name, "qdisc", "add", "dev", "lo", "handle", "ffff:", "ingress"], None, left());
+    let mirred = match (&ifb, &ingress) {
+        (Ok(_), Ok(_)) => {
+            let argv = ["tc", "-n", name, "filter", "add", "dev", "lo", "parent", "ffff:", "protocol", "ip", "prio", "1", "u32"];
+            let action = ["match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "stpifbprobe"];
+            run(&[&argv[..], &action[..]].concat(), None, left())
+        }
+        _ => Err("cannot probe: needs link.ifb and qdisc.ingress".into()),
+    };
+    [(INGRESS[0], ifb, "ifb devices"), (INGRESS[1], ingress, "the ingress qdisc"), (INGRESS[2], mirred, "the mirred action")]
+        .into_iter()
+        .map(|(c, r, what)| match r {
+            Ok(_) => cap(c, true, format!("{what} in the kernel")),
+            Err(e) => cap(c, false, e),
+        })
+        .collect()
 }
 
 /// Runs a command to completion within `timeout`; Err carries its stderr.
@@ -215,7 +246,9 @@ mod tests {
         let took = started.elapsed();
         assert!(took < Duration::from_secs(2), "probe took {took:?}");
         let names: Vec<&str> = caps.iter().map(|c| c.name.as_str()).collect();
-        let want = ["tc", "nft", "ip", "net_admin", "qdisc.prio", "qdisc.netem", "qdisc.tbf", "qdisc.htb", "systemctl", "docker", "incus"];
+        let want = [
+            "tc", "nft", "ip", "net_admin", "qdisc.prio", "qdisc.netem", "qdisc.tbf", "qdisc.htb", "link.ifb", "qdisc.ingress", "tc.mirred", "systemctl", "docker", "incus",
+        ];
         assert_eq!(names, want);
         for c in &caps {
             assert!(c.available || !c.detail.is_empty(), "{c:?} gives no reason");
@@ -231,6 +264,8 @@ mod tests {
         }
         // This machine's kernel (DESIGN.md) has tbf and htb but no netem.
         assert!(get("qdisc.tbf").available && get("qdisc.htb").available, "{caps:?}");
+        // And ingress shaping's pieces.
+        assert!(get("link.ifb").available && get("qdisc.ingress").available && get("tc.mirred").available, "{caps:?}");
         let Some(config) = kernel_config() else {
             println!("skipping the cross-check: /proc/config.gz is not readable");
             return;

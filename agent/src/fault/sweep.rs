@@ -8,6 +8,10 @@
 //! 2. every nftables table `inet stampede_*` is deleted;
 //! 3. stampede's root qdisc (handle [`ROOT_HANDLE`]) is deleted from every
 //!    device that has one;
+//!    An ingress fault's plumbing goes too: the ingress qdisc of any device
+//!    whose ingress filters redirect to a `stpifb*` device, then every
+//!    `stpifb*` ifb device (in that order: no packet is ever redirected to
+//!    a device that is gone);
 //! 4. pressure helpers (`…/stampede stress …`, `…/stampede-agent stress …`)
 //!    still running are SIGKILLed, by their positive pid;
 //! 5. the capability probe's throwaway network namespaces
@@ -30,7 +34,7 @@ use std::time::Duration;
 use super::action::{Action, Runner};
 use super::injector::revert_all;
 use super::journal::Journal;
-use super::net::{ROOT_HANDLE, TREE_GONE};
+use super::net::{IFB_PREFIX, ROOT_HANDLE, TREE_GONE};
 use super::nft;
 
 /// The journal's file name inside the state dir (as [`Journal::open`] names
@@ -65,6 +69,31 @@ pub fn stampede_qdisc_devs(tc_qdisc_show: &str) -> Vec<String> {
         }
     }
     devs
+}
+
+/// Devices with an ingress qdisc (`qdisc ingress ffff: dev eth1 parent ffff:fff1`).
+pub fn ingress_devs(tc_qdisc_show: &str) -> Vec<String> {
+    let mut devs: Vec<String> = Vec::new();
+    for line in tc_qdisc_show.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["qdisc", "ingress", "ffff:", "dev", dev, ..] = words[..] {
+            if !devs.iter().any(|d| d == dev) {
+                devs.push(dev.to_string());
+            }
+        }
+    }
+    devs
+}
+
+/// stampede's ifb devices in `ip -o link show` (`12: stpifb1a2b3c4d: <…>`).
+pub fn stampede_ifbs(ip_o_link: &str) -> Vec<String> {
+    ip_o_link
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|n| n.trim_end_matches(':').split('@').next().unwrap_or_default())
+        .filter(|n| n.starts_with(IFB_PREFIX))
+        .map(str::to_string)
+        .collect()
 }
 
 /// What deletes stampede's tree on `dev`; "already gone" counts as done.
@@ -135,6 +164,7 @@ pub fn sweep(state_dir: &Path, dry_run: bool, runner: &Runner, probe_min_age: Du
     let killed_groups = sweep_journal(state_dir, dry_run, runner, &mut s);
     sweep_tables(dry_run, runner, &mut s);
     sweep_qdiscs(dry_run, runner, &mut s);
+    sweep_ingress(dry_run, runner, &mut s);
     sweep_helpers(dry_run, &killed_groups, &mut s);
     sweep_probe_namespaces(dry_run, runner, probe_min_age, &mut s);
     s
@@ -227,6 +257,38 @@ fn sweep_qdiscs(dry_run: bool, runner: &Runner, s: &mut Swept) {
         match runner.execute(&qdisc_delete(&dev)) {
             Ok(()) => s.removed.push(line),
             Err(e) => s.failed.push(format!("could not delete qdisc {ROOT_HANDLE} on dev {dev}: {e}")),
+        }
+    }
+}
+
+/// Step 3, ingress: redirects to stampede's ifb devices, then the devices.
+fn sweep_ingress(dry_run: bool, runner: &Runner, s: &mut Swept) {
+    let (Ok(Some(qdiscs)), Ok(Some(links))) = (list(&["tc", "qdisc", "show"]), list(&["ip", "-o", "link", "show"])) else { return };
+    for dev in ingress_devs(&qdiscs) {
+        // Only an ingress qdisc that redirects to one of ours is ours.
+        let Ok(Some(filters)) = list(&["tc", "filter", "show", "dev", &dev, "ingress"]) else { continue };
+        if !filters.contains(IFB_PREFIX) {
+            continue;
+        }
+        let line = format!("{} ingress qdisc on dev {dev} (redirecting to a stampede ifb)", verb(dry_run, "deleted", "would delete"));
+        if dry_run {
+            s.removed.push(line);
+            continue;
+        }
+        match runner.execute(&Action::run_ok_if(&["tc", "qdisc", "del", "dev", &dev, "handle", "ffff:", "ingress"], &TREE_GONE)) {
+            Ok(()) => s.removed.push(line),
+            Err(e) => s.failed.push(format!("could not delete the ingress qdisc on dev {dev}: {e}")),
+        }
+    }
+    for ifb in stampede_ifbs(&links) {
+        let line = format!("{} ifb device {ifb}", verb(dry_run, "deleted", "would delete"));
+        if dry_run {
+            s.removed.push(line);
+            continue;
+        }
+        match runner.execute(&Action::run_ok_if(&["ip", "link", "del", &ifb], &["Cannot find device"])) {
+            Ok(()) => s.removed.push(line),
+            Err(e) => s.failed.push(format!("could not delete ifb device {ifb}: {e}")),
         }
     }
 }
@@ -324,6 +386,14 @@ pub fn main(state_dir: &Path, dry_run: bool, probe_min_age: Duration) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ingress_parsers_find_only_stampede_plumbing() {
+        let qdiscs = "qdisc noqueue 0: dev lo root refcnt 2\nqdisc ingress ffff: dev eth0 parent ffff:fff1 ----------------\nqdisc ingress ffff: dev op-a parent ffff:fff1 ----------------\nqdisc htb 5ea7: dev stpifb0badcafe root refcnt 2\n";
+        assert_eq!(ingress_devs(qdiscs), ["eth0", "op-a"]);
+        let links = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536\n7: stpifb0badcafe: <BROADCAST,NOARP,UP,LOWER_UP> mtu 1500\n8: ifb0: <BROADCAST,NOARP> mtu 1500\n9: veth1@if10: <BROADCAST> mtu 1500\n";
+        assert_eq!(stampede_ifbs(links), ["stpifb0badcafe"]);
+    }
 
     #[test]
     fn probe_namespace_parser_finds_only_the_probes() {

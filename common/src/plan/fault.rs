@@ -111,6 +111,25 @@ pub struct NetScope {
     /// Network device; `auto` (the default) is the device of the route to `dst`.
     #[serde(default = "auto_dev")]
     pub dev: String,
+    /// `netem` and `rate` only: `egress` (the default) shapes what this node
+    /// sends to `dst`; `ingress` shapes what it receives from `dst` (`port`
+    /// is then the source port), e.g. a download cap on the load agent.
+    #[serde(default, skip_serializing_if = "Direction::is_egress")]
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Egress,
+    Ingress,
+}
+
+impl Direction {
+    pub fn is_egress(&self) -> bool {
+        *self == Direction::Egress
+    }
 }
 
 fn auto_dev() -> String {
@@ -314,6 +333,9 @@ pub fn validate_faults(plan: &Plan) -> Result<(), (String, String)> {
             if scope.dev.is_empty() || scope.dev.contains(char::is_whitespace) {
                 return fail("scope.dev", "must be a device name or `auto`".into());
             }
+            if scope.direction == Direction::Ingress && !matches!(f.kind, FaultKind::Netem | FaultKind::Rate) {
+                return fail("scope.direction", format!("`ingress` is for netem and rate faults; a `{}` fault covers both directions", f.kind.name()));
+            }
         }
         if let Some(n) = &f.netem {
             if n.delay.is_none() && n.loss.is_none() && n.duplicate.is_none() && n.corrupt.is_none() && n.rate.is_none() {
@@ -386,7 +408,7 @@ mod tests {
 
     #[test]
     fn scopes_parse_and_refuse_everything() {
-        let s = |d: &str| NetScope { dst: d.into(), port: None, dev: "auto".into() };
+        let s = |d: &str| NetScope { dst: d.into(), port: None, dev: "auto".into(), direction: Direction::Egress };
         assert_eq!(s("198.18.0.2").cidr().unwrap(), (Ipv4Addr::new(198, 18, 0, 2), 32));
         assert_eq!(s("198.18.0.0/15").cidr().unwrap().1, 15);
         assert!(s("0.0.0.0/0").cidr().is_err());

@@ -165,6 +165,8 @@ fn timeline(r: &Report, out: &mut String) {
     }
     let interval = r.plan.interval.as_duration().as_secs_f64();
     let per_row = r.timeline.len().div_ceil(TIMELINE_ROWS);
+    // Sub-second intervals get sub-second labels.
+    let prec = if interval * per_row as f64 >= 1.0 { 0 } else { 1 };
     let _ = writeln!(out, "\n## Timeline\n\n| from | req/s | errors | p99 (ms) | kB/s received | faults active |\n|---:|---:|---:|---:|---:|---|");
     for rows in r.timeline.chunks(per_row) {
         let from = rows[0].t_s;
@@ -174,12 +176,18 @@ fn timeline(r: &Report, out: &mut String) {
         let received: u64 = rows.iter().map(|p| p.bytes_received).sum();
         // A coarse row shows its worst interval's p99.
         let p99 = rows.iter().filter_map(|p| p.p99_ms).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-        let mut active: Vec<&str> = r.faults.iter().filter(|f| f.offset_s < to - SLOP && f.offset_s + f.duration_s > from + SLOP).map(|f| f.name.as_str()).collect();
+        // Only faults that were applied; a failed one never was active.
+        let mut active: Vec<&str> = r
+            .faults
+            .iter()
+            .filter(|f| f.applied_at.is_some() && f.offset_s < to - SLOP && f.offset_s + f.duration_s > from + SLOP)
+            .map(|f| f.name.as_str())
+            .collect();
         active.sort_unstable();
         active.dedup();
         let _ = writeln!(
             out,
-            "| +{from:.0}s | {:.1} | {errors} | {} | {:.1} | {} |",
+            "| +{from:.prec$}s | {:.1} | {errors} | {} | {:.1} | {} |",
             requests as f64 / (to - from).max(interval),
             ms(p99),
             received as f64 / 1e3 / (to - from).max(interval),

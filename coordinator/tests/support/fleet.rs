@@ -149,6 +149,8 @@ pub struct RunOutcome {
     /// `DIR/report.json`, when the run wrote one.
     pub report: Option<serde_json::Value>,
     pub elapsed: Duration,
+    /// The run's `--out` directory.
+    pub out: PathBuf,
 }
 
 /// A `stampede run` under way.
@@ -164,7 +166,7 @@ impl PendingRun {
         let (code, stdout, stderr) = self.bg.finish(limit);
         let elapsed = self.started.elapsed();
         let report = std::fs::read_to_string(self.out.join("report.json")).ok().map(|t| serde_json::from_str(&t).expect("report.json is JSON"));
-        RunOutcome { code, stdout, stderr, report, elapsed }
+        RunOutcome { code, stdout, stderr, report, elapsed, out: self.out }
     }
 }
 
