@@ -219,7 +219,7 @@ fn bits_per_s(bytes: f64, ms: f64) -> f64 {
 }
 
 #[test]
-fn rate_cap_on_downloads_works_from_the_target_side_only() {
+fn rate_cap_on_downloads_holds_at_the_target_and_with_ingress_on_the_agent() {
     let _serial = serial();
     const CAP: f64 = 2e6; // 2mbit
     const SIZE: f64 = 200_000.0;
@@ -241,14 +241,15 @@ fn rate_cap_on_downloads_works_from_the_target_side_only() {
     // throttled what they shape: at the target the download itself; at the
     // agent the ACK stream of downloads at full speed (about 2 Mbit/s of
     // 100-byte ACKs), which leaves the download far above the cap (below).
-    for name in ["cap-at-target", "cap-at-agent"] {
+    assert_reverted(r, "cap-ingress", &["agent1"]);
+    for name in ["cap-at-target", "cap-at-agent", "cap-ingress"] {
         let effect = faults(r, name)[0]["effect"].clone();
         println!("effect of {name}: {effect}");
         assert_eq!((effect["measure"].as_str(), effect["effective"].as_bool()), (Some("throughput_kbit"), Some(true)), "{effect}");
         assert!(num(&effect, "during") <= 2000.0 * 1.2, "more went through the cap than it allows: {effect}");
     }
     let mut measured = Vec::new();
-    for name in ["free", "agent-cap", "target-cap"] {
+    for name in ["free", "agent-cap", "target-cap", "agent-ingress"] {
         let p = phase(r, name);
         let (requests, errors, secs) = (num(p, "requests"), num(p, "errors"), num(p, "duration_s"));
         assert_eq!(errors, 0.0, "{p}");
@@ -262,12 +263,16 @@ fn rate_cap_on_downloads_works_from_the_target_side_only() {
         println!("  {name:<10} {requests:>5} requests, p50 {p50:>8.2} ms: {:>8.2} Mbit/s per transfer, {:>8.2} Mbit/s over the phase", per_transfer / 1e6, per_phase / 1e6);
         measured.push((per_transfer, per_phase));
     }
-    let [(free, _), (agent_side, _), (target_side, target_phase)] = measured[..] else { unreachable!() };
+    let [(free, _), (agent_side, _), (target_side, target_phase), (ingress_side, ingress_phase)] = measured[..] else { unreachable!() };
     assert!(free > 10.0 * CAP, "an unshaped download ran at only {free} bit/s");
-    // The cap on the agent shapes its egress — requests and ACKs — not the
-    // download. Documents what the product does today: if it gains ingress
-    // shaping (ifb) for `rate`, this phase becomes capped too.
+    // The (egress) cap on the agent shapes what it sends — requests and
+    // ACKs — not the download.
     assert!(agent_side > 5.0 * CAP, "the agent-side cap slowed the download to {agent_side} bit/s");
+    // With `direction: ingress` the agent caps what it receives: the download.
+    assert!((0.7 * CAP..=1.1 * CAP).contains(&ingress_side), "ingress-capped download at {ingress_side} bit/s, cap {CAP}");
+    assert!((0.5 * CAP..=1.3 * CAP).contains(&ingress_phase), "ingress-capped phase at {ingress_phase} bit/s, cap {CAP}");
+    let links = fleet.exec("agent1", &["ip", "-o", "link", "show"], Duration::from_secs(5));
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("stpifb"), "the ifb outlived the fault");
     // On the target's egress the download is capped: htb holds the rate, TCP
     // fills it (per-transfer median within 0.7–1.1 of the cap); the phase
     // figure is coarser (a transfer takes 0.8 s of a 4 s phase, and the last
