@@ -105,19 +105,18 @@ impl ControlService for Control {
     }
 
     async fn list_agents(&self, _: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
-        let busy = self.fleet.is_busy();
         let agents = self
             .fleet
             .agents()
             .into_iter()
             .map(|a| AgentInfo {
+                busy: self.fleet.in_run(&a.id),
                 agent_id: a.id,
                 labels: a.labels.into_iter().collect(),
                 capacity: a.capacity,
                 capabilities: a.capabilities,
                 clock_offset_nanos: a.clock_offset_nanos,
                 last_seen_unix_nanos: a.last_seen.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
-                busy,
             })
             .collect();
         Ok(Response::new(ListAgentsResponse { agents }))

@@ -66,6 +66,8 @@ pub enum Delivery {
 struct RunRoute {
     run_id: String,
     events: mpsc::UnboundedSender<AgentEvent>,
+    /// The agents the run picked (empty while it waits for them).
+    agents: std::collections::HashSet<String>,
 }
 
 #[derive(Default)]
@@ -202,8 +204,20 @@ impl Fleet {
             return None;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        s.route = Some(RunRoute { run_id: run_id.to_string(), events: tx });
+        s.route = Some(RunRoute { run_id: run_id.to_string(), events: tx, agents: Default::default() });
         Some(rx)
+    }
+
+    /// Records which agents the run in progress picked, for `stampede agents`.
+    pub fn set_run_agents(&self, ids: impl IntoIterator<Item = String>) {
+        if let Some(route) = self.lock().route.as_mut() {
+            route.agents = ids.into_iter().collect();
+        }
+    }
+
+    /// Whether this agent takes part in the run in progress.
+    pub fn in_run(&self, agent_id: &str) -> bool {
+        self.lock().route.as_ref().is_some_and(|r| r.agents.contains(agent_id))
     }
 
     pub fn end_run(&self) {

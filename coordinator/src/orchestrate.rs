@@ -87,6 +87,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
     let expect = if req.expect_agents > 0 { req.expect_agents } else { plan.agents.count.unwrap_or(0) as usize };
     let agents = wait_for_agents(fleet, &plan.agents, expect, req.wait, &abort).await?;
     let agents = with_clock_estimates(fleet, agents).await;
+    fleet.set_run_agents(agents.iter().map(|a| a.id.clone()));
     progress(format!("run {run_id}: {} agent(s): {}", agents.len(), agents.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")));
 
     let faults_per_agent = crate::faults::assign(&plan, &agents)?;

@@ -226,3 +226,24 @@ fn too_few_agents_exits_2_saying_how_many_connected() {
     assert!(started.elapsed() < Duration::from_secs(10), "gave up after {:?}", started.elapsed());
     assert!(!out.join("report.json").exists());
 }
+
+#[test]
+fn agents_shows_busy_only_for_the_agents_a_run_picked() {
+    let f = fleet();
+    let plan = f.plan("steady.yaml", 4);
+    let out = f.procs.dir.path().join("out");
+    // One of the two agents runs the plan.
+    let mut run = f.submit("run", &plan, &["--expect-agents", "1", "--out", out.to_str().unwrap()]);
+    let state = |table: &str, id: &str| table.lines().find(|l| l.split_whitespace().next() == Some(id)).and_then(|l| l.split_whitespace().nth(5)).map(str::to_string);
+    let mut table = String::new();
+    let one_busy = support::wait_until(Duration::from_secs(10), || {
+        table = support::list_agents(&f.url).unwrap_or_default();
+        let states = [state(&table, "a1"), state(&table, "a2")];
+        states.iter().filter(|s| s.as_deref() == Some("busy")).count() == 1 && states.iter().filter(|s| s.as_deref() == Some("idle")).count() == 1
+    });
+    let (code, _, stderr) = run.finish(Duration::from_secs(20));
+    assert!(one_busy, "during a one-agent run, `stampede agents` said:\n{table}");
+    assert_eq!(code, 0, "{stderr}");
+    let after = support::list_agents(&f.url).unwrap_or_default();
+    assert_eq!((state(&after, "a1").as_deref(), state(&after, "a2").as_deref()), (Some("idle"), Some("idle")), "{after}");
+}
