@@ -72,18 +72,27 @@ pub async fn probe_once(addr: SocketAddr) -> Option<f64> {
     }
 }
 
-/// Probes `n` times, `PROBE_EVERY` apart (or until `until`).
+/// Probes `n` times, `PROBE_EVERY` apart, and never past `until`: the
+/// baseline runs just before the fault's scheduled instant, and a slow
+/// connect (a busy target) must not make the fault late. A probe cut off by
+/// `until` is not counted.
 pub async fn sample(addr: SocketAddr, n: usize, until: Option<Instant>) -> Samples {
+    let left = || until.map(|u| u.saturating_duration_since(Instant::now()));
     let mut s = Samples::default();
     for _ in 0..n {
-        if until.is_some_and(|u| Instant::now() >= u) {
-            break;
-        }
-        match probe_once(addr).await {
+        let r = match left() {
+            Some(l) if l.is_zero() => break,
+            Some(l) => match tokio::time::timeout(l, probe_once(addr)).await {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+            None => probe_once(addr).await,
+        };
+        match r {
             Some(ms) => s.ok_ms.push(ms),
             None => s.failed += 1,
         }
-        tokio::time::sleep(PROBE_EVERY).await;
+        tokio::time::sleep(left().map_or(PROBE_EVERY, |l| l.min(PROBE_EVERY))).await;
     }
     s
 }
@@ -189,6 +198,28 @@ mod tests {
             r#"{{"name":"f","kind":"{yaml_kind}","at":"1s","duration":"2s","scope":{{"dst":"198.18.0.2/32","port":8080}}{extra}}}"#
         ))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sampling_never_runs_past_its_deadline() {
+        // A loopback listener whose accept queue is full drops new SYNs: a
+        // connect to it hangs (for the whole 900 ms probe timeout).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(100), tokio::net::TcpStream::connect(addr)).await {
+                held.push(c);
+            }
+        }
+        let started = Instant::now();
+        let s = sample(addr, 5, Some(started + Duration::from_millis(150))).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(400), "sampled for {took:?}, past its 150 ms deadline");
+        assert!(s.ok_ms.is_empty() && s.failed == 0, "a probe cut off by the deadline counts for nothing: {s:?}");
+        drop(held);
     }
 
     #[test]
