@@ -166,18 +166,7 @@ fn fault_event(a: &Assignment, cfg: &AgentConfig, u: FaultUpdate) -> FaultEvent 
 }
 
 fn dry_run_event(a: &Assignment, cfg: &AgentConfig, injector: Option<&Injector>, fault: &Fault, start: SystemTime) -> FaultEvent {
-    let mut u = FaultUpdate {
-        fault: fault.name.clone(),
-        kind: fault.kind.name(),
-        status: FaultStatus::DryRun,
-        scheduled: start + fault.at.as_duration(),
-        applied: None,
-        reverted: None,
-        error: String::new(),
-        apply_commands: Vec::new(),
-        revert_commands: Vec::new(),
-        effect: None,
-    };
+    let mut u = FaultUpdate::new(fault, start, FaultStatus::DryRun);
     match injector.map(|i| i.plan(fault)) {
         Some(Ok(actions)) => {
             u.apply_commands = actions.apply.iter().map(Action::display).collect();
@@ -208,18 +197,9 @@ fn start_faults(
         match &injector {
             Some(inj) => tasks.push(tokio::spawn(inj.clone().run_window(a.run_id.clone(), fault, start, stop.clone(), updates_tx.clone()))),
             None => {
-                let _ = updates_tx.send(FaultUpdate {
-                    fault: fault.name.clone(),
-                    kind: fault.kind.name(),
-                    status: FaultStatus::Failed,
-                    scheduled: start + fault.at.as_duration(),
-                    applied: None,
-                    reverted: None,
-                    error: "this agent has no fault journal, so it refuses faults".into(),
-                    apply_commands: Vec::new(),
-                    revert_commands: Vec::new(),
-                    effect: None,
-                });
+                let mut refused = FaultUpdate::new(&fault, start, FaultStatus::Failed);
+                refused.error = "this agent has no fault journal, so it refuses faults".into();
+                let _ = updates_tx.send(refused);
             }
         }
     }

@@ -67,6 +67,24 @@ pub struct FaultUpdate {
     pub effect: Option<Effect>,
 }
 
+impl FaultUpdate {
+    /// `fault` of a run that starts at `start`, before anything happened to it.
+    pub fn new(fault: &Fault, start: SystemTime, status: FaultStatus) -> FaultUpdate {
+        FaultUpdate {
+            fault: fault.name.clone(),
+            kind: fault.kind.name(),
+            status,
+            scheduled: start + fault.at.as_duration(),
+            applied: None,
+            reverted: None,
+            error: String::new(),
+            apply_commands: Vec::new(),
+            revert_commands: Vec::new(),
+            effect: None,
+        }
+    }
+}
+
 pub struct Injector {
     pub runner: Runner,
     journal: Journal,
@@ -163,18 +181,7 @@ impl Injector {
         let _in_progress = InProgress(self.clone());
         let scheduled = start + fault.at.as_duration();
         let end = scheduled + fault.duration.as_duration();
-        let mut update = FaultUpdate {
-            fault: fault.name.clone(),
-            kind: fault.kind.name(),
-            status: FaultStatus::Failed,
-            scheduled,
-            applied: None,
-            reverted: None,
-            error: String::new(),
-            apply_commands: Vec::new(),
-            revert_commands: Vec::new(),
-            effect: None,
-        };
+        let mut update = FaultUpdate::new(&fault, start, FaultStatus::Failed);
         let actions = match self.plan(&fault) {
             Ok(a) => a,
             Err(e) => {
