@@ -10,7 +10,7 @@ mod support;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -39,23 +39,17 @@ fn plan(dir: &Path, name: &str, vars: &[(&str, String)]) -> PathBuf {
 
 /// `stampede ARGS` with a time limit, PATH prefixed by `path_prefix`.
 fn stampede_run(args: &[&str], path_prefix: Option<&Path>, limit: Duration) -> Output {
-    let mut cmd = Command::new(stampede());
-    cmd.args(args).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(dir) = path_prefix {
-        cmd.env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()));
-    }
-    let child = cmd.spawn().expect("stampede starts");
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(limit).is_err() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
-    });
-    let out = child.wait_with_output().expect("stampede runs");
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
-    out
+    support::stampede_output_with_path(args, path_prefix, limit)
+}
+
+/// Runs `plan` with one local agent, which must be refused before any load
+/// (exit 2); returns the `error:` line and stderr.
+fn refused(plan: &Path, state: &Path) -> (String, String) {
+    let out = stampede_run(&["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", state.to_str().unwrap()], None, Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{stderr}", text(&out.stdout));
+    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{stderr}")).to_string();
+    (line, stderr)
 }
 
 fn text(b: &[u8]) -> String {
@@ -167,10 +161,7 @@ fn preflight_refuses_a_fault_the_node_cannot_do() {
     };
     let state = dir.path().join("state");
     let started = Instant::now();
-    let out = stampede_run(&["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", state.to_str().unwrap()], None, Duration::from_secs(30));
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{stderr}", text(&out.stdout));
-    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    let (line, stderr) = refused(&plan, &state);
     for part in ["preflight", "fault `slow-db`", "agent local-0", &format!("`{missing}`")] {
         assert!(line.contains(part), "`{line}` does not name {part}");
     }
@@ -185,10 +176,7 @@ fn preflight_refuses_a_selector_that_matches_no_agent() {
     let port = target.local_addr().unwrap().port().to_string();
     let plan = plan(dir.path(), "faults-no-agent.yaml", &[("PORT", port)]);
     let state = dir.path().join("state");
-    let out = stampede_run(&["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", state.to_str().unwrap()], None, Duration::from_secs(30));
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{stderr}", text(&out.stdout));
-    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    let (line, stderr) = refused(&plan, &state);
     assert_eq!(line, "error: preflight refused the plan: fault `burn-nowhere`: its selector {zone=nowhere} matches none of this run's agents");
     assert_no_load(&target, &stderr);
 }
@@ -241,10 +229,7 @@ fn an_instance_that_does_not_exist_is_refused_before_any_load() {
     let plan = plan(dir.path(), "faults-stop-missing.yaml", &[("PID", pid.to_string())]);
     let state = dir.path().join("state");
     let started = Instant::now();
-    let out = stampede_run(&["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", state.to_str().unwrap()], None, Duration::from_secs(30));
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{stderr}", text(&out.stdout));
-    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    let (line, stderr) = refused(&plan, &state);
     for part in ["agent local-0", "preflight", "fault `stop-ghost`", &format!("no process with pid {pid}")] {
         assert!(line.contains(part), "`{line}` does not name {part}");
     }

@@ -120,8 +120,16 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// Runs a short `stampede` command to completion, with a time limit.
 pub fn stampede_output(args: &[&str], limit: Duration) -> Output {
+    stampede_output_with_path(args, None, limit)
+}
+
+/// Like [`stampede_output`], with `path_prefix` first on PATH (shims).
+pub fn stampede_output_with_path(args: &[&str], path_prefix: Option<&Path>, limit: Duration) -> Output {
     let mut cmd = Command::new(stampede());
-    cmd.args(args).env("NO_COLOR", "1").stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(dir) = path_prefix {
+        cmd.env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()));
+    }
     let child = cmd.spawn().expect("stampede starts");
     let pid = child.id();
     // wait_with_output drains both pipes; a watchdog kills a hung command.
