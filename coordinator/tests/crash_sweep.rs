@@ -31,10 +31,14 @@ fn skip_reason() -> Option<String> {
     }
 }
 
-/// Runs `script` in fresh network, pid and mount namespaces, killed after `limit`.
+/// Runs `script` in fresh network, pid and mount namespaces, killed after
+/// `limit`. Named network namespaces live in /run/netns, which unshare does
+/// not isolate: the script gets a private one, so a sweep sees no other
+/// test's (or the host's) probe namespaces.
 fn in_namespaces(script: &str, limit: Duration) -> (bool, String, String) {
+    let script = format!("set -e\nmkdir -p /run/netns && mount -t tmpfs stampede-test /run/netns\n{script}");
     let child = Command::new("unshare")
-        .args(["--net", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script])
+        .args(["--net", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -80,11 +84,7 @@ fn sweep_removes_only_what_stampede_left() {
         .unwrap();
     let agent = agent_bin().display().to_string();
     let script = format!(
-        r#"set -e
-# Named network namespaces live in /run/netns, which unshare does not
-# isolate: a private one, so the sweep sees no other test's probe namespaces.
-mkdir -p /run/netns && mount -t tmpfs stampede-test /run/netns
-ip link set lo up
+        r#"ip link set lo up
 ip link add op-a type veth peer name op-b
 nft -f - <<'EOF'
 table inet stampede_journaled {{}}
@@ -179,9 +179,7 @@ fn sweep_deletes_stale_probe_namespaces_only() {
     // A namespace's age cannot be faked (its file is nsfs), so the first is
     // made 2 s before the sweep and the sweep's threshold is 1 s.
     let script = format!(
-        r#"set -e
-mkdir -p /run/netns && mount -t tmpfs stampede-test /run/netns
-ip netns add stp-probe-4000001-0
+        r#"ip netns add stp-probe-4000001-0
 sleep 2
 ip netns add stp-probe-4000002-0
 ip netns add operator-ns
@@ -210,9 +208,7 @@ fn sweep_removes_an_ingress_faults_plumbing_only() {
     // an ingress qdisc redirecting to it), beside an operator's ingress
     // qdisc redirecting to the operator's own ifb.
     let script = format!(
-        r#"set -e
-mkdir -p /run/netns && mount -t tmpfs stampede-test /run/netns
-ip link set lo up
+        r#"ip link set lo up
 ip link add op-a type veth peer name op-b
 ip link set op-a up
 ip link add stpifb0badcafe type ifb
