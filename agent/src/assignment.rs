@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stampede_common::plan::{validate, Fault, Plan};
-use stampede_proto::convert::encode_steps;
+use stampede_proto::convert::{encode_steps, unix_nanos};
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::{Assignment, FaultEffect, FaultEvent, RunFinished, Snapshot};
 use tokio::sync::mpsc;
@@ -21,10 +21,6 @@ use crate::session::AgentConfig;
 
 /// The fault checks at assignment end this long before the common start.
 const CHECK_MARGIN: Duration = Duration::from_millis(50);
-
-fn unix_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
 
 /// Runs one assignment to its end and reports it as finished, with an error
 /// when it could not run at all.

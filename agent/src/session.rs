@@ -13,9 +13,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use stampede_common::tls::{self, ClientTls, Token, AUTHORIZATION};
+use stampede_proto::convert::unix_nanos;
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_client::AgentServiceClient;
 use stampede_proto::v1::coordinator_message::Msg as Down;
@@ -190,10 +191,6 @@ fn session_error(error: &anyhow::Error, cfg: &AgentConfig) -> String {
         Some(status) => tls::describe_call(status, cfg.tls.is_some()),
         None => tls::describe(error.as_ref()),
     }
-}
-
-fn unix_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 fn message(msg: Up) -> AgentMessage {

@@ -116,7 +116,7 @@ impl ControlService for Control {
                 capacity: a.capacity,
                 capabilities: a.capabilities,
                 clock_offset_nanos: a.clock_offset_nanos,
-                last_seen_unix_nanos: a.last_seen.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+                last_seen_unix_nanos: stampede_proto::convert::unix_nanos(a.last_seen),
             })
             .collect();
         Ok(Response::new(ListAgentsResponse { agents }))

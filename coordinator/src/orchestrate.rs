@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use stampede_common::plan::{AgentSelector, Model, Plan};
+use stampede_proto::convert::unix_nanos;
 use stampede_proto::v1::coordinator_message::Msg as Down;
 use stampede_proto::v1::{Abort, Assignment, CoordinatorMessage};
 use tokio_util::sync::CancellationToken;
@@ -238,10 +239,6 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
         faults: &fault_log,
         dry_run: req.dry_run,
     }))
-}
-
-fn unix_nanos(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// Tells every agent of the run to stop, on its current session (an agent

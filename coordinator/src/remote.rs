@@ -66,7 +66,7 @@ pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &
 pub async fn list_agents(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<i32> {
     let mut client = connect(url, tls).await?;
     let agents = client.list_agents(ListAgentsRequest {}).await.map_err(|s| call_failed(url, s))?.into_inner().agents;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let now = stampede_proto::convert::unix_nanos(std::time::SystemTime::now());
     print!("{}", agents_table(&agents, now));
     Ok(0)
 }

@@ -1,9 +1,10 @@
 //! The gRPC face agents dial: one bidirectional `Session` per agent.
 
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use stampede_common::tls::{Token, AUTHORIZATION};
+use stampede_proto::convert::unix_nanos;
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_server::AgentService;
 use stampede_proto::v1::coordinator_message::Msg as Down;
@@ -23,7 +24,7 @@ pub struct AgentSessions {
 }
 
 pub fn unix_nanos_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    unix_nanos(SystemTime::now())
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;

@@ -6,6 +6,12 @@ use stampede_common::stats::{ErrorKind, RunStats, ScheduleStats, StepKey, StepRe
 
 use crate::v1::{ErrorCount, Outcome, PhaseSchedule, StepStats};
 
+/// A wall-clock instant as the wire carries it: unix nanoseconds (0 for an
+/// instant before the epoch).
+pub fn unix_nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
 pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
     let steps = stats
         .steps
