@@ -80,6 +80,16 @@ struct State {
     deliveries: HashMap<String, (u64, u64)>,
 }
 
+impl State {
+    /// Forwards a run message if it belongs to the run in progress; stale
+    /// messages of an earlier run are dropped.
+    fn forward_to_run(&self, run_id: &str, event: AgentEvent) {
+        if let Some(route) = self.route.as_ref().filter(|r| r.run_id == run_id) {
+            let _ = route.events.send(event);
+        }
+    }
+}
+
 /// Shared between the gRPC handlers and the orchestrator.
 #[derive(Clone, Default)]
 pub struct Fleet {
@@ -163,9 +173,7 @@ impl Fleet {
         // Not necessarily seen.1 + 1: an agent whose resend buffer
         // overflowed skips numbers, and the run's own seqs show the gap.
         seen.1 = delivery;
-        if let Some(route) = s.route.as_ref().filter(|r| r.run_id == run_id) {
-            let _ = route.events.send(event);
-        }
+        s.forward_to_run(run_id, event);
         Delivery::New
     }
 
@@ -184,9 +192,7 @@ impl Fleet {
     /// messages of an earlier run are dropped.
     pub fn deliver(&self, run_id: &str, event: AgentEvent) {
         let s = self.lock();
-        if let Some(route) = s.route.as_ref().filter(|r| r.run_id == run_id) {
-            let _ = route.events.send(event);
-        }
+        s.forward_to_run(run_id, event);
     }
 
     pub fn agents(&self) -> Vec<AgentEntry> {
