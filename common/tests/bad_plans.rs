@@ -62,6 +62,15 @@ struct Case {
 const CASES: &[Case] = &[
     // ---- unknown keys, at every level
     Case {
+        // `config` would read this key as "index 99999999999 of list x" and
+        // try to allocate it (found by the fuzzer: the process aborted).
+        name: "top-level key that looks like a path",
+        edits: &[("target: http://127.0.0.1:8080\n", "target: http://127.0.0.1:8080\nx[99999999999]: 5s\n")],
+        path: "",
+        line: Some(3),
+        message: "unknown field `x[99999999999]`",
+    },
+    Case {
         name: "unknown key at top level",
         edits: &[("target: http://127.0.0.1:8080\n", "target: http://127.0.0.1:8080\ntimout: 5s\n")],
         path: "timout",

@@ -81,3 +81,18 @@ fn every_example_plan_loads() {
     }
     assert!(seen >= 3);
 }
+
+/// `config` reads a top-level key as a path (`x[N]` = item N of list x) and
+/// allocates the list up to N: such keys must be refused in every format
+/// before `config` sees them, or a one-line plan aborts the process.
+#[test]
+fn a_top_level_key_that_looks_like_a_path_is_refused_in_every_format() {
+    for (format, text) in [
+        (Format::Yaml, "x[99999999999]: 1\n"),
+        (Format::Toml, "\"x[-99999999999]\" = 1\n"),
+        (Format::Json, r#"{"name": "n", "a.b[99999999999]": 1}"#),
+    ] {
+        let e = load_str(text, format, Path::new("plan")).unwrap_err();
+        assert!(e.message.starts_with("unknown field `"), "{}: {e}", format.name());
+    }
+}

@@ -73,8 +73,10 @@ pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanErr
         message,
     };
 
+    let source = config::File::from_str(text, format.config_format());
+    check_top_level_keys(&source, &lines, file)?;
     let tree: config::Value = config::Config::builder()
-        .add_source(config::File::from_str(text, format.config_format()))
+        .add_source(source)
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| PlanError {
@@ -102,6 +104,26 @@ pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanErr
 
     validate(&plan).map_err(|(path, message)| error_at(path, message))?;
     Ok(plan)
+}
+
+/// `config` reads every top-level key as a path expression (`a.b`, `a[3]`)
+/// when it builds the tree, and fills a list up to the index it names: the
+/// key `x[99999999999]` asked it for terabytes and aborted the process (found
+/// by the fuzzer). No plan field has a dot or a bracket in its name, so such
+/// a key is refused here, before `config` interprets it.
+fn check_top_level_keys(source: &config::File<config::FileSourceString, config::FileFormat>, lines: &LineMap, file: &Path) -> Result<(), PlanError> {
+    use config::Source;
+    // A syntax error is reported by the build below, with its line.
+    let Ok(table) = source.collect() else { return Ok(()) };
+    match table.keys().find(|key| key.contains(['.', '['])) {
+        None => Ok(()),
+        Some(key) => Err(PlanError {
+            file: file.to_path_buf(),
+            line: lines.line_of(key),
+            path: String::new(),
+            message: format!("unknown field `{key}`: plan field names have no `.` or `[`"),
+        }),
+    }
 }
 
 /// config's errors end with " in <key>" or similar location hints that repeat
