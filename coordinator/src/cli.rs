@@ -108,6 +108,11 @@ pub struct CoordinatorArgs {
     /// coordinator refuses to start if it cannot write there.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data: PathBuf,
+    /// Keep only the newest N runs in the run store; older run folders are
+    /// removed after each run is saved (0 keeps every run). The default is
+    /// about three years of nightly runs.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub keep_runs: usize,
 }
 
 /// Where a standing coordinator keeps its runs by default: the state
@@ -341,7 +346,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<i32> {
         }
     };
     let (tls, enrollment) = (security.tls.is_some(), security.token.is_some());
-    let store = RunStore::open(&args.data).context("--data DIR: the coordinator keeps every run there")?;
+    let store = RunStore::open(&args.data, (args.keep_runs > 0).then_some(args.keep_runs)).context("--data DIR: the coordinator keeps every run there")?;
     tracing::info!(message = "Run store ready.", path = %store.runs_dir().display());
     let listen = &args.listen;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;

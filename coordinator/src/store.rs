@@ -9,6 +9,12 @@
 //! A run is written into `DIR/runs/.tmp-<name>/`, every file and the folder
 //! fsynced, then renamed into place and the parent fsynced: a crash leaves
 //! either the whole run or a `.tmp-*` folder, which the next start removes.
+//!
+//! Retention (`--keep-runs N`): after each save, the oldest run folders
+//! beyond the newest N are removed, so a standing coordinator fed by a
+//! nightly job does not fill its disk. Only folders named the way the store
+//! names them are counted or removed: whatever else an operator put in
+//! `DIR/runs` is left alone.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -37,6 +43,8 @@ pub struct StoredRun<'a> {
 #[derive(Debug, Clone)]
 pub struct RunStore {
     runs: PathBuf,
+    /// How many runs to keep; `None` keeps them all.
+    keep: Option<usize>,
 }
 
 impl RunStore {
@@ -44,7 +52,7 @@ impl RunStore {
     /// be written there, so a wrong `--data` stops the coordinator at start-up
     /// rather than after an hour-long run. Removes the `.tmp-*` folders a
     /// crash left half-written.
-    pub fn open(dir: &Path) -> anyhow::Result<RunStore> {
+    pub fn open(dir: &Path, keep: Option<usize>) -> anyhow::Result<RunStore> {
         let runs = dir.join(RUNS);
         fs::create_dir_all(&runs).with_context(|| format!("creating the run store {}", runs.display()))?;
         let probe = runs.join(format!("{TMP_PREFIX}probe-{}", std::process::id()));
@@ -59,14 +67,15 @@ impl RunStore {
                 }
             }
         }
-        Ok(RunStore { runs })
+        Ok(RunStore { runs, keep })
     }
 
     pub fn runs_dir(&self) -> &Path {
         &self.runs
     }
 
-    /// Writes `run` atomically and returns its folder.
+    /// Writes `run` atomically, then applies the retention; returns the
+    /// run's folder.
     pub fn save(&self, run: &StoredRun<'_>) -> io::Result<PathBuf> {
         let name = format!("{}-{}", compact_utc(run.started_at), sanitize(run.run_id));
         let tmp = self.runs.join(format!("{TMP_PREFIX}{name}"));
@@ -87,8 +96,51 @@ impl RunStore {
         if written.is_err() {
             let _ = fs::remove_dir_all(&tmp);
         }
-        written.map(|()| done)
+        written?;
+        self.prune();
+        Ok(done)
     }
+
+    /// Removes the oldest stored runs beyond `keep`. A folder that cannot be
+    /// removed is logged and skipped: retention must never fail a run whose
+    /// reports were just saved.
+    fn prune(&self) {
+        let Some(keep) = self.keep else { return };
+        let mut stored: Vec<String> = match fs::read_dir(&self.runs) {
+            Ok(entries) => entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| is_run_folder(name))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(message = "Cannot list the run store for retention.", path = %self.runs.display(), error = %e);
+                return;
+            }
+        };
+        // Names start with the UTC start time: name order is time order.
+        stored.sort();
+        let excess = stored.len().saturating_sub(keep);
+        for name in &stored[..excess] {
+            let path = self.runs.join(name);
+            match fs::remove_dir_all(&path) {
+                Ok(()) => tracing::info!(message = "Removed an old run (--keep-runs).", path = %path.display(), keep),
+                Err(e) => tracing::warn!(message = "Cannot remove an old run.", path = %path.display(), error = %e),
+            }
+        }
+    }
+}
+
+/// A folder [`RunStore::save`] made: `20240131T120000Z-<id>` or
+/// `unknown-time-<id>`.
+fn is_run_folder(name: &str) -> bool {
+    let b = name.as_bytes();
+    let timed = b.len() > 17
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && &b[15..17] == b"Z-";
+    timed || name.starts_with("unknown-time-")
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -144,7 +196,7 @@ mod tests {
     #[test]
     fn a_run_is_stored_whole_under_its_start_and_id() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RunStore::open(dir.path()).unwrap();
+        let store = RunStore::open(dir.path(), None).unwrap();
         let at = store.save(&run("nightly.yaml")).unwrap();
         assert_eq!(at, dir.path().join("runs/20240131T123456Z-0f1e2d3c-aaaa-bbbb-cccc-000000000001"));
         for f in ["report.json", "report.md", "junit.xml", "nightly.yaml"] {
@@ -171,7 +223,7 @@ mod tests {
         let half = dir.path().join(RUNS).join(".tmp-20240131T123456Z-x");
         fs::create_dir_all(&half).unwrap();
         fs::write(half.join("report.json"), "{").unwrap();
-        RunStore::open(dir.path()).unwrap();
+        RunStore::open(dir.path(), None).unwrap();
         assert!(!half.exists());
     }
 
@@ -180,7 +232,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
         fs::write(&file, "").unwrap();
-        let err = RunStore::open(&file).unwrap_err();
+        let err = RunStore::open(&file, None).unwrap_err();
         assert!(format!("{err:#}").contains("run store"), "{err:#}");
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_runs_and_nothing_else_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(dir.path(), Some(2)).unwrap();
+        let runs = dir.path().join(RUNS);
+        // An operator's notes and folder, which retention must not count or remove.
+        fs::write(runs.join("README"), "mine").unwrap();
+        fs::create_dir(runs.join("keep-me")).unwrap();
+        let starts = ["2024-01-31T12:00:03Z", "2024-01-31T12:00:01Z", "2024-01-31T12:00:04Z", "2024-01-31T12:00:02Z"];
+        for (i, started_at) in starts.iter().enumerate() {
+            let id = format!("run-{i}");
+            store.save(&StoredRun { run_id: &id, started_at, ..run("p.yaml") }).unwrap();
+        }
+        let mut left: Vec<String> = fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        // The two latest by start time, whatever order they were saved in.
+        assert_eq!(left, ["20240131T120003Z-run-0", "20240131T120004Z-run-2", "README", "keep-me"]);
+    }
+
+    #[test]
+    fn run_folders_are_told_from_other_folders() {
+        assert!(is_run_folder("20240131T123456Z-0f1e2d3c"));
+        assert!(is_run_folder("unknown-time-abc"));
+        assert!(!is_run_folder("20240131T123456Z"));
+        assert!(!is_run_folder("2024013xT123456Z-a"));
+        assert!(!is_run_folder(".tmp-20240131T123456Z-a"));
+        assert!(!is_run_folder("backups"));
     }
 }
