@@ -1,9 +1,10 @@
 //! The fuzz targets on a stable toolchain, without libFuzzer: each target
 //! runs every seed in `fuzz/seeds/<target>/`, then random mutations of the
-//! corpus (deterministic for a given `--seed`) for a bounded time.
+//! corpus (deterministic for a given `--seed`) for a bounded time, or a
+//! bounded number of mutations (`--runs`, the same run on every machine).
 //!
 //! ```text
-//! cargo run --release --manifest-path fuzz/Cargo.toml --bin stable_fuzz -- --seconds 30
+//! cargo run --release --manifest-path fuzz/Cargo.toml --bin stable_fuzz -- --seconds 30 [--runs N]
 //!     [--target plan_parser|snapshot_decoder]... [--seed N] [--max-len BYTES]
 //!     [--malloc-limit-mb MB] [--timeout-secs S] [--artifacts DIR]
 //! ```
@@ -190,6 +191,10 @@ fn install_panic_hook() {
 
 struct Options {
     seconds: f64,
+    /// Stop a target after this many mutations (seeds not counted), when
+    /// that comes before `seconds`: a fixed count makes a run the same on
+    /// every machine, which is what CI needs to be reproducible.
+    runs: Option<u64>,
     targets: Vec<String>,
     seed: u64,
     max_len: usize,
@@ -204,7 +209,7 @@ struct Options {
 fn usage(error: &str) -> ! {
     eprintln!("error: {error}");
     eprintln!(
-        "usage: stable_fuzz [--seconds S] [--target NAME]... [--seed N] [--max-len BYTES] [--malloc-limit-mb MB] \
+        "usage: stable_fuzz [--seconds S] [--runs N] [--target NAME]... [--seed N] [--max-len BYTES] [--malloc-limit-mb MB] \
          [--timeout-secs S] [--artifacts DIR] [--seeds DIR] [--dump-outcomes FILE]\ntargets: {}",
         TARGETS_WITH_OUTCOME.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
     );
@@ -215,6 +220,7 @@ fn parse_args() -> Options {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut o = Options {
         seconds: 30.0,
+        runs: None,
         targets: Vec::new(),
         seed: 1,
         max_len: 64 * 1024,
@@ -230,6 +236,7 @@ fn parse_args() -> Options {
         let number = |v: String| v.parse::<u64>().unwrap_or_else(|_| usage(&format!("{flag}: `{v}` is not a number")));
         match flag.as_str() {
             "--seconds" => o.seconds = value().parse().unwrap_or_else(|_| usage("--seconds: not a number")),
+            "--runs" => o.runs = Some(number(value())),
             "--target" => o.targets.push(value()),
             "--seed" => o.seed = number(value()),
             "--max-len" => o.max_len = number(value()) as usize,
@@ -266,6 +273,8 @@ struct Report {
     panics: BTreeMap<String, (String, PathBuf, u64)>,
     slowest: Duration,
     elapsed: Duration,
+    /// `--seconds` ran out before `--runs`: the run is not the reproducible one.
+    out_of_time: bool,
 }
 
 fn run_target(name: &str, target: OutcomeTarget, o: &Options) -> Report {
@@ -296,6 +305,7 @@ fn run_target(name: &str, target: OutcomeTarget, o: &Options) -> Report {
         panics: BTreeMap::new(),
         slowest: Duration::ZERO,
         elapsed: Duration::ZERO,
+        out_of_time: false,
     };
     let mut corpus: Vec<Vec<u8>> = seeds.iter().map(|(_, d)| d.clone()).collect();
     let mut outcomes: HashSet<String> = HashSet::new();
@@ -313,6 +323,10 @@ fn run_target(name: &str, target: OutcomeTarget, o: &Options) -> Report {
             next_seed += 1;
         } else {
             if Instant::now() >= deadline {
+                report.out_of_time = o.runs.is_some();
+                break;
+            }
+            if o.runs.is_some_and(|runs| report.execs - seeds.len() as u64 >= runs) {
                 break;
             }
             let base = rng.below(corpus.len());
@@ -392,6 +406,9 @@ fn main() {
             r.slowest.as_secs_f64() * 1e3,
             r.panics.len(),
         );
+        if r.out_of_time {
+            println!("  --seconds ran out before --runs: this run stopped early and is not reproducible by count");
+        }
         for (location, (message, file, times)) in &r.panics {
             println!("  panic at {location} ({times} inputs): {message}\n    reproduce: cargo run --release --manifest-path fuzz/Cargo.toml --bin {name} -- {}", file.display());
         }
