@@ -167,3 +167,32 @@ fn the_check_at_assignment_finds_missing_instances_with_read_only_commands() {
     let err = InstanceDriver.check(&p, &node(), &Runner::default()).unwrap_err();
     assert!(err.contains("no process named `nosuchproc9`"), "{err}");
 }
+
+/// The instance existed when the run was assigned but is gone when its
+/// window comes: the injector checks again just before the window, and the
+/// fault fails with nothing applied — no stop, no revert, nothing journaled.
+#[test]
+fn an_instance_gone_by_its_window_is_not_applied_and_nothing_is_reverted() {
+    use stampede_agent::fault::injector::{FaultStatus, Injector};
+    use stampede_agent::fault::journal::Journal;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    let absent = Shims::new("gone-by-window", "echo \"Error: No such object: $4\" >&2; exit 1");
+    let state = tempfile::tempdir().unwrap();
+    let injector = Arc::new(Injector::new(state.path(), node(), absent.runner()).unwrap());
+    let mut f = fault(FaultKind::Stop, Kind::Docker, "web", false);
+    // The check runs 1.5 s before the window: 0.2 s from now.
+    f.at = "1700ms".parse().unwrap();
+    let (tx, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let began = std::time::Instant::now();
+    rt.block_on(injector.run_window("run-1".into(), f, SystemTime::now(), tokio_util::sync::CancellationToken::new(), tx));
+    let update = updates.try_recv().expect("one update");
+    assert_eq!(update.status, FaultStatus::Failed);
+    assert!(update.error.contains("checked again") && update.error.contains("no docker container `web`"), "{}", update.error);
+    assert!(update.applied.is_none() && update.reverted.is_none());
+    assert!(began.elapsed() < Duration::from_millis(1500), "failed at the check, not at the window: {:?}", began.elapsed());
+    assert_eq!(absent.log(), ["docker inspect --type container web"], "only the read-only check ran");
+    assert!(Journal::open(state.path()).unwrap().pending().unwrap().is_empty(), "nothing journaled");
+}

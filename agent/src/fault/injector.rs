@@ -28,6 +28,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// The effect check's baseline: this many probes, starting this long before the window.
 const BASELINE_PROBES: usize = 5;
 const BASELINE_LEAD: Duration = Duration::from_millis(1100);
+/// How long before the window the fault is checked again (before the
+/// baseline, so the check's commands never delay the apply).
+const RECHECK_LEAD: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultStatus {
@@ -192,6 +195,28 @@ impl Injector {
         };
         update.apply_commands = actions.apply.iter().map(Action::display).collect();
         update.revert_commands = actions.revert.iter().map(Action::display).collect();
+
+        // The world may have changed since the check at assignment: the
+        // instance removed, the route gone, an operator's ingress qdisc added
+        // on the device. Checked again just before the window, such a fault
+        // fails with nothing applied, so there is nothing to revert — rather
+        // than failing halfway, when the revert of a step that never ran
+        // could remove what the operator just made. A fault at the run's
+        // start was checked at assignment, moments ago.
+        if SystemTime::now() + RECHECK_LEAD < scheduled {
+            tokio::select! {
+                _ = sleep_until_wall(scheduled - RECHECK_LEAD) => {}
+                _ = cancel.cancelled() => return,
+            }
+            let (me, f) = (self.clone(), fault.clone());
+            let checked = tokio::task::spawn_blocking(move || me.check(&f)).await.unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = checked {
+                warn!(message = "Fault not applied: it cannot be applied as planned any more.", fault = %fault.name, error = %e);
+                update.error = format!("not applied (checked again before its window): {e}");
+                let _ = updates.send(update);
+                return;
+            }
+        }
 
         // Baseline for the effect check: a second of probes just before the window.
         let probe = effect::probe_target(&fault);

@@ -59,8 +59,10 @@
 //! reverted with `tc qdisc del dev eth0 handle ffff: ingress` first (no
 //! packet is ever redirected to a missing device), then `ip link del
 //! stpifb1a2b3c4d` (which takes its tree). A device has one ingress qdisc:
-//! the agent's check at assignment refuses an ingress fault on a device that
-//! already has one, so the revert never removes an operator's.
+//! the agent checks at assignment, and again 1.5 s before the window
+//! (`injector.rs`), that the device has none, and refuses the fault if it
+//! has: the revert never removes an operator's ingress qdisc unless one is
+//! added in those last 1.5 s.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
