@@ -53,7 +53,8 @@ pub struct Part {
     pub stats: RunStats,
     /// The worker's last part: it has finished the run.
     pub last: bool,
-    /// On the last part: when this worker's first request started.
+    /// On the last part: when this worker's schedule began, as measured by
+    /// its first request (see [`Worker::note_first_request`]).
     pub first_request: Option<Instant>,
 }
 
@@ -71,9 +72,25 @@ struct Worker {
     recorder: RefCell<Recorder>,
     pool: RefCell<Vec<Conn>>,
     in_flight: Cell<u32>,
+    /// `run_start` + how late the first request started (see [`Worker::note_first_request`]).
     first_request: Cell<Option<Instant>>,
     picker: StepPicker,
     timeout: Duration,
+}
+
+impl Worker {
+    /// Keeps, from this worker's first request, `run_start` plus how late
+    /// that request started against its intended time (a closed loop's
+    /// intended time is its phase's start). The agent's start skew is then
+    /// this instant minus the common start: the lateness of its schedule,
+    /// without the arrival stagger that spreads the agents' first arrivals
+    /// over the first inter-arrival gap on purpose (a 2/s plan on 2 agents
+    /// starts the second one 0.5 s in, and that is not skew).
+    fn note_first_request(&self, intended: Instant, started: Instant) {
+        if self.first_request.get().is_none() {
+            self.first_request.set(Some(self.plan.run_start + started.saturating_duration_since(intended)));
+        }
+    }
 }
 
 async fn run(plan: WorkerPlan) {
@@ -120,7 +137,7 @@ async fn run(plan: WorkerPlan) {
             }
             Model::Closed => {
                 for _ in 0..w.plan.connections[i] {
-                    tokio::task::spawn_local(closed_loop(w.clone(), i, end));
+                    tokio::task::spawn_local(closed_loop(w.clone(), i, start, end));
                 }
                 tokio::select! {
                     _ = sleep_until(end.into()) => {}
@@ -223,6 +240,7 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
 
 async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant) {
     let started = Instant::now();
+    w.note_first_request(intended, started);
     w.recorder.borrow_mut().arrival(phase, Some(started.saturating_duration_since(intended)));
     let step = w.picker.pick();
     let conn = w.pool.borrow_mut().pop();
@@ -238,12 +256,13 @@ async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant) {
 
 /// One closed-model connection: the next request goes out when the previous
 /// one answered, until the phase ends.
-async fn closed_loop(w: Rc<Worker>, phase: usize, end: Instant) {
+async fn closed_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant) {
     w.in_flight.set(w.in_flight.get() + 1);
     let mut conn = w.pool.borrow_mut().pop();
     while Instant::now() < end && !w.plan.cancel.is_cancelled() {
         let step = w.picker.pick();
         let started = Instant::now();
+        w.note_first_request(phase_start, started);
         let (outcome, back) = execute(&w, conn.take(), step).await;
         let done = Instant::now();
         let sent = w.plan.templates[step].wire_len() as u64;
@@ -264,9 +283,6 @@ async fn closed_loop(w: Rc<Worker>, phase: usize, end: Instant) {
 /// Runs one request on `conn` (or a new connection) within the timeout.
 /// Returns the connection when it can be reused.
 async fn execute(w: &Worker, conn: Option<Conn>, step: usize) -> (Outcome, Option<Conn>) {
-    if w.first_request.get().is_none() {
-        w.first_request.set(Some(Instant::now()));
-    }
     let template = &w.plan.templates[step];
     let addr = w.plan.addr;
     let attempt = async move {

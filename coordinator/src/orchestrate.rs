@@ -93,7 +93,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
 
     let faults_per_agent = crate::faults::assign(&plan, &agents)?;
     let capacities: Vec<u32> = agents.iter().map(|a| a.capacity).collect();
-    let total_capacity: u32 = capacities.iter().sum();
+    // In u64: two agents declaring `--capacity 3000000000` would wrap a u32.
+    let total_capacity: u64 = capacities.iter().map(|&c| u64::from(c)).sum();
     let per_phase: Vec<Vec<u32>> =
         plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Closed { p.load.concurrency.unwrap_or(0) } else { 0 }, &capacities)).collect();
     let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
@@ -143,12 +144,19 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                         return Err(RunError::AgentFailed { agent: f.agent_id, error: f.error });
                     }
                     if f.first_request_unix_nanos > 0 {
-                        let offset = agents.iter().find(|a| a.id == f.agent_id).map_or(0, |a| a.clock_offset_nanos);
-                        first_requests.insert(f.agent_id.clone(), f.first_request_unix_nanos - offset);
+                        first_requests.insert(f.agent_id.clone(), f.first_request_unix_nanos - clock_offset(&agents, &f.agent_id));
                     }
                     agg.finished(f);
                 }
-                Some(AgentEvent::Fault(ev)) => {
+                Some(AgentEvent::Fault(mut ev)) => {
+                    // The agent stamps its fault times by its own clock; the
+                    // report puts them on the run's (the coordinator's) clock.
+                    let offset = clock_offset(&agents, &ev.agent_id);
+                    for t in [&mut ev.scheduled_unix_nanos, &mut ev.applied_unix_nanos, &mut ev.reverted_unix_nanos] {
+                        if *t != 0 {
+                            *t -= offset;
+                        }
+                    }
                     progress(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.status, if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
                     fault_log.record(ev);
                 }
@@ -243,6 +251,12 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
 
 /// Tells every agent of the run to stop, on its current session (an agent
 /// may have reconnected since the run began).
+/// `agent_id`'s clock minus the coordinator's (0 if unknown): subtracted
+/// from a time the agent stamped, it gives the coordinator's time.
+fn clock_offset(agents: &[AgentEntry], agent_id: &str) -> i64 {
+    agents.iter().find(|a| a.id == agent_id).map_or(0, |a| a.clock_offset_nanos)
+}
+
 async fn abort_all(fleet: &Fleet, agents: &[AgentEntry], run_id: &str, reason: &str) {
     for a in agents {
         abort_agent(fleet, &a.id, run_id, reason).await;

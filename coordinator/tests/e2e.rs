@@ -126,3 +126,18 @@ fn reports_land_in_the_out_dir() {
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("FAIL"), "{md}");
 }
+
+#[test]
+fn start_skew_leaves_out_the_arrival_stagger() {
+    let (code, stderr, report) = run("slow-arrivals.yaml", 2);
+    let r = report.unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let agents = r["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2);
+    for a in agents {
+        assert_eq!(a["requests"], 2, "{a}");
+        // One agent's first arrival is intended 500 ms after the start.
+        let skew = a["start_skew_ms"].as_f64().unwrap();
+        assert!((0.0..50.0).contains(&skew), "start skew {skew} ms: {a}");
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{Model, Plan};
-use crate::slo::Scope;
+use crate::slo::{Cmp, Scope, Threshold};
 
 /// Requests slower than this are not measured (the histograms' range), so no
 /// timeout may be longer.
@@ -166,7 +166,23 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         slo.pass.check_unit(slo.metric).map_err(|m| (at("pass"), m))?;
         if let Some(w) = &slo.warn {
             w.check_unit(slo.metric).map_err(|m| (at("warn"), m))?;
+            check_warn_band(&slo.pass, w).map_err(|m| (at("warn"), m))?;
         }
+    }
+    Ok(())
+}
+
+/// Warn is the band between pass and fail: it bounds the same side as pass
+/// and is looser, or a value that fails pass could land in warn from the
+/// other side (`pass: > 100/s`, `warn: < 50/s` would call 30/s a warning).
+fn check_warn_band(pass: &Threshold, warn: &Threshold) -> Result<(), String> {
+    let upper = |t: &Threshold| matches!(t.cmp, Cmp::Lt | Cmp::Le);
+    if upper(pass) != upper(warn) {
+        return Err(format!("`{warn}` bounds the other side from pass `{pass}`: warn must be a looser limit in the same direction"));
+    }
+    let looser = if upper(pass) { warn.value >= pass.value } else { warn.value <= pass.value };
+    if !looser {
+        return Err(format!("`{warn}` is stricter than pass `{pass}`: warn must be a looser limit in the same direction"));
     }
     Ok(())
 }

@@ -431,4 +431,18 @@ pub const CASES: &[Case] = &[
         line: Some(17),
         message: "unknown field `colour`",
     },
+    Case {
+        name: "warn band on the other side of pass",
+        edits: &[("    warn: \"< 800ms\"", "    warn: \"> 800ms\"")],
+        path: "slos[0].warn",
+        line: Some(37),
+        message: "bounds the other side from pass `< 400ms`",
+    },
+    Case {
+        name: "warn band stricter than pass",
+        edits: &[("    warn: \"< 800ms\"", "    warn: \"< 200ms\"")],
+        path: "slos[0].warn",
+        line: Some(37),
+        message: "`< 200ms` is stricter than pass `< 400ms`",
+    },
 ];
