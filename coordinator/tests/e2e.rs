@@ -123,6 +123,8 @@ fn reports_land_in_the_out_dir() {
     }
     let junit = std::fs::read_to_string(out.path().join("junit.xml")).unwrap();
     assert!(junit.contains("<failure"), "{junit}");
+    // The observed value is in the rule's unit (`p50 < 5ms`: milliseconds).
+    assert!(junit.contains(r#"<failure message="observed "#) && junit.contains("ms</failure>"), "{junit}");
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("FAIL"), "{md}");
 }

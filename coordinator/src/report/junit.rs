@@ -32,7 +32,7 @@ pub fn junit_xml(r: &Report) -> String {
     for s in &r.slos {
         let name = escape(&format!("{} {} ({})", s.metric, s.threshold, s.scope));
         let _ = writeln!(out, r#"  <testcase classname="stampede.slo" name="{name}">"#);
-        let observed = s.observed.map_or("no data".to_string(), |v| format!("{v}"));
+        let observed = escape(&super::markdown::observed(&s.metric, s.observed));
         match s.status {
             Status::Fail => {
                 let _ = writeln!(out, r#"    <failure message="observed {observed}">{name}: observed {observed}</failure>"#);

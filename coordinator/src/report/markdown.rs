@@ -15,7 +15,9 @@ fn pct(r: f64) -> String {
     format!("{:.2}%", r * 100.0)
 }
 
-fn observed(metric: &str, v: Option<f64>) -> String {
+/// An SLO's observed value in the unit its rule is written in (shared with
+/// the JUnit report, so both say `0.40%` where the rule says `< 0.5%`).
+pub(super) fn observed(metric: &str, v: Option<f64>) -> String {
     match (metric, v) {
         (_, None) => "no data".into(),
         ("error_rate", Some(v)) => pct(v),
@@ -41,11 +43,12 @@ fn tables(r: &Report, out: &mut String) {
     let t = &r.totals;
     let _ = writeln!(
         out,
-        "{} requests, {} errors ({}), {:.1} req/s over {:.1}s, {} agent(s)\n",
+        "{} requests, {} errors ({}), {:.1} req/s over the planned {:.1}s (run took {:.1}s with the drain), {} agent(s)\n",
         t.requests,
         t.errors,
         pct(t.error_rate),
         t.throughput_rps,
+        r.plan.duration().as_secs_f64(),
         r.duration_s,
         r.agents.len()
     );
@@ -167,14 +170,14 @@ fn timeline(r: &Report, out: &mut String) {
     let per_row = r.timeline.len().div_ceil(TIMELINE_ROWS);
     // Sub-second intervals get sub-second labels.
     let prec = if interval * per_row as f64 >= 1.0 { 0 } else { 1 };
-    let _ = writeln!(out, "\n## Timeline\n\n| from | req/s | errors | p99 (ms) | kB/s received | faults active |\n|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "\n## Timeline\n\n| from | req/s | errors | worst p99 (ms) | kB/s received | faults active |\n|---:|---:|---:|---:|---:|---|");
     for rows in r.timeline.chunks(per_row) {
         let from = rows[0].t_s;
         let to = rows[rows.len() - 1].t_s + interval;
         let requests: u64 = rows.iter().map(|p| p.requests).sum();
         let errors: u64 = rows.iter().map(|p| p.errors).sum();
         let received: u64 = rows.iter().map(|p| p.bytes_received).sum();
-        // A coarse row shows its worst interval's p99.
+        // A coarse row shows its worst interval's p99 (the header says so).
         let p99 = rows.iter().filter_map(|p| p.p99_ms).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
         // Only faults that were applied; a failed one never was active.
         let mut active: Vec<&str> = r
