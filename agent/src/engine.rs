@@ -78,6 +78,7 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
     let addr = resolve(authority).await?;
     let templates: Arc<Vec<_>> = Arc::new(spec.plan.steps.iter().map(|s| RequestTemplate::new(s, authority)).collect());
     let workers = spec.workers.max(1);
+    raise_open_files_limit();
     // Map the wall-clock start onto this process's monotonic clock once.
     let run_start = match spec.start.duration_since(SystemTime::now()) {
         Ok(ahead) => Instant::now() + ahead,
@@ -111,6 +112,24 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
 }
 
 /// `total` spread over `parts` as evenly as integers allow.
+/// Raises this process's soft limit on open files to its hard limit. An
+/// open phase may hold rate × timeout connections (the default in-flight
+/// bound, `default_max_in_flight`), and the common soft limit of 1024 would
+/// turn the excess into connect errors that look like the server's fault.
+/// wrk's and k6's docs ask users for `ulimit -n`; the agent does it itself.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(message = "Cannot raise the open-files limit; open-model runs may be short of connections.", soft, hard, error = %e);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(message = "Cannot read the open-files limit.", error = %e),
+    }
+}
+
 pub fn split(total: u32, parts: usize, index: usize) -> u32 {
     let parts = parts as u32;
     total / parts + u32::from((index as u32) < total % parts)

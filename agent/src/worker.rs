@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stampede_common::plan::{Model, Plan, DEFAULT_MAX_IN_FLIGHT};
+use stampede_common::plan::{default_max_in_flight, Model, Plan};
 use stampede_common::stats::{ErrorKind, RunStats};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::sleep_until;
@@ -129,7 +129,9 @@ async fn run(plan: WorkerPlan) {
                 let r0 = load.rate.map_or(0.0, |r| r.as_per_second());
                 let r1 = load.to.map_or(r0, |r| r.as_per_second());
                 let schedule = ArrivalSchedule::new(r0, r1, phase.duration.as_duration(), w.plan.rate_share, w.plan.arrival_offset);
-                let limit = load.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT).div_ceil(w.plan.workers as u32).max(1);
+                let peak = r0.max(r1) * w.plan.rate_share;
+                let per_agent = load.max_in_flight.unwrap_or_else(|| default_max_in_flight(peak, w.timeout));
+                let limit = per_agent.div_ceil(w.plan.workers as u32).max(1);
                 tokio::select! {
                     _ = pace(&w, i, start, schedule, limit) => {}
                     _ = w.plan.cancel.cancelled() => break,
@@ -228,7 +230,11 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
                 break;
             }
             if w.in_flight.get() >= limit {
-                w.recorder.borrow_mut().arrival(phase, None);
+                // Not sent, and still a user who was not served: a failed
+                // request as well as a schedule miss.
+                let mut recorder = w.recorder.borrow_mut();
+                recorder.arrival(phase, None);
+                recorder.request(phase, w.picker.pick(), Outcome::Failed(ErrorKind::Dropped), intended, now, now, 0);
             } else {
                 w.in_flight.set(w.in_flight.get() + 1);
                 tokio::task::spawn_local(open_request(w.clone(), phase, intended));

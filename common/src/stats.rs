@@ -26,10 +26,14 @@ pub enum ErrorKind {
     HttpOther,
     /// The response was not valid HTTP/1.1.
     Parse,
+    /// An open-model arrival that was never sent: `max_in_flight` requests
+    /// were already waiting. The user it stands for was not served, so it
+    /// counts as a failed request (in `requests` and in the error rate).
+    Dropped,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Io,
@@ -37,6 +41,7 @@ impl ErrorKind {
         ErrorKind::Http5xx,
         ErrorKind::HttpOther,
         ErrorKind::Parse,
+        ErrorKind::Dropped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Http5xx => "http_5xx",
             ErrorKind::HttpOther => "http_other",
             ErrorKind::Parse => "parse",
+            ErrorKind::Dropped => "dropped",
         }
     }
 

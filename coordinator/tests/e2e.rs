@@ -94,8 +94,13 @@ fn a_saturated_client_is_invalid_and_exits_3() {
     assert_eq!(r["verdict"], "invalid", "{r:#}");
     let schedule = &r["phases"][0]["schedule"];
     assert_eq!(schedule["saturated"], true);
-    assert!(schedule["dropped"].as_u64().unwrap() > 100);
-    assert!(r["verdict_reasons"][0].as_str().unwrap().contains("measured itself"));
+    let dropped = schedule["dropped"].as_u64().unwrap();
+    assert!(dropped > 100);
+    // A dropped arrival is a user not served: a failed request, in the error rate.
+    assert_eq!(r["totals"]["errors_by_kind"]["dropped"].as_u64(), Some(dropped), "{}", r["totals"]);
+    assert_eq!(r["totals"]["requests"].as_u64(), schedule["scheduled"].as_u64(), "{}", r["totals"]);
+    let reason = r["verdict_reasons"][0].as_str().unwrap();
+    assert!(reason.contains("measured itself") && reason.contains(&format!("{dropped} of ")), "{reason}");
     assert_eq!(code, 3);
 }
 
@@ -142,4 +147,15 @@ fn start_skew_leaves_out_the_arrival_stagger() {
         let skew = a["start_skew_ms"].as_f64().unwrap();
         assert!((0.0..50.0).contains(&skew), "start skew {skew} ms: {a}");
     }
+}
+
+#[test]
+fn a_stalled_target_fails_its_slos_and_does_not_look_like_a_saturated_client() {
+    let (code, stderr, report) = run("stalled-target.yaml", 1);
+    let r = report.unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
+    let schedule = &r["phases"][0]["schedule"];
+    assert_eq!(schedule["dropped"], 0, "{schedule}");
+    assert_eq!(r["verdict"], "fail", "{}", r["verdict_reasons"]);
+    assert_eq!(r["totals"]["errors_by_kind"]["timeout"], r["totals"]["requests"], "{}", r["totals"]);
+    assert_eq!(code, 1, "stderr:\n{stderr}");
 }

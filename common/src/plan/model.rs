@@ -142,14 +142,22 @@ pub struct Load {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
     /// Open model: most requests in flight per agent; an arrival beyond it is
-    /// dropped and counted (k6's maxVUs), so a stalled server shows up as drops.
+    /// dropped and counted (k6's maxVUs). Default: [`default_max_in_flight`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
 }
 
-/// Default in-flight bound per agent for the open model: enough for 1 000 req/s
-/// against a server that stalls for one second.
-pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1_000;
+/// The in-flight bound of an open phase without `max_in_flight`, per agent:
+/// its peak arrival rate times the request timeout (at least 1 000). No
+/// request outlives the timeout, so by Little's law the bound is never
+/// reached: a stalled or partitioned server shows up as timeouts — errors
+/// the SLOs judge, with latency from the intended time — and not as drops
+/// that would make the client look saturated. A bound set in the plan is
+/// the user's choice of how much the client may hold, and is kept.
+pub fn default_max_in_flight(peak_rate_per_second: f64, timeout: std::time::Duration) -> u32 {
+    let held = (peak_rate_per_second * timeout.as_secs_f64()).ceil();
+    (held.min(u32::MAX as f64) as u32).max(1_000)
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,5 +256,22 @@ impl Plan {
                 start
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use std::time::Duration;
+
+    use super::default_max_in_flight;
+
+    #[test]
+    fn the_default_in_flight_bound_covers_rate_times_timeout() {
+        // 5000/s for 10 s of timeout: 50 000 requests can be waiting at once.
+        assert_eq!(default_max_in_flight(5000.0, Duration::from_secs(10)), 50_000);
+        assert_eq!(default_max_in_flight(333.4, Duration::from_secs(3)), 1_001);
+        // Never below the floor, never past u32.
+        assert_eq!(default_max_in_flight(10.0, Duration::from_secs(10)), 1_000);
+        assert_eq!(default_max_in_flight(1e12, Duration::from_secs(3600)), u32::MAX);
     }
 }

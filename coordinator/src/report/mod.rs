@@ -310,9 +310,13 @@ pub fn build(f: RunFacts<'_>) -> Report {
         reasons.push(format!("fault {} on {} {}: {}", fr.name, fr.agent, fr.status.replace('_', " "), fr.error));
     }
     for p in &saturated {
+        let sch = plan.phase_index(p).and_then(|i| stats.schedule.get(&(i as u32))).cloned().unwrap_or_default();
         reasons.push(format!(
-            "phase {p}: the client missed more than {}% of its schedule (dropped or late arrivals); it measured itself, not the server",
-            stampede_common::stats::SATURATION_LIMIT * 100.0
+            "phase {p}: the client missed more than {}% of its schedule ({} of {} arrivals dropped because max_in_flight requests were already waiting, {} started late); it measured itself, not the server",
+            stampede_common::stats::SATURATION_LIMIT * 100.0,
+            sch.dropped,
+            sch.scheduled,
+            sch.late,
         ));
     }
     let verdict = verdict::decide(incomplete, !saturated.is_empty() || !broken_faults.is_empty(), &slos);
