@@ -85,6 +85,7 @@ impl ControlService for Control {
                         report_json: serde_json::to_string_pretty(&r).expect("reports serialize"),
                         report_md: report::markdown(&r),
                         report_junit: report::junit_xml(&r),
+                        report_html: report::html(&r),
                         error: String::new(),
                     };
                     // The run's last progress line says where it was kept; the
@@ -127,7 +128,7 @@ impl ControlService for Control {
 /// where, or — loudly, in the coordinator's log too — why not.
 async fn store_run(store: &RunStore, r: &Report, res: &RunResult, plan_name: &str, plan_text: &str) -> String {
     let (store, run_id, started_at) = (store.clone(), r.run_id.clone(), r.started_at.clone());
-    let (json, md, junit) = (res.report_json.clone(), res.report_md.clone(), res.report_junit.clone());
+    let (json, md, junit, html) = (res.report_json.clone(), res.report_md.clone(), res.report_junit.clone(), res.report_html.clone());
     let (plan_name, plan_text) = (plan_name.to_string(), plan_text.to_string());
     let runs = store.runs_dir().to_path_buf();
     let saved = tokio::task::spawn_blocking(move || {
@@ -136,6 +137,7 @@ async fn store_run(store: &RunStore, r: &Report, res: &RunResult, plan_name: &st
             started_at: &started_at,
             report_json: &json,
             report_md: &md,
+            report_html: &html,
             junit_xml: &junit,
             plan_name: &plan_name,
             plan_text: &plan_text,

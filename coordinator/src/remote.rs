@@ -50,6 +50,7 @@ pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &
                     std::fs::create_dir_all(out)?;
                     std::fs::write(out.join("report.json"), &r.report_json)?;
                     std::fs::write(out.join("report.md"), &r.report_md)?;
+                    std::fs::write(out.join("report.html"), &r.report_html)?;
                     std::fs::write(out.join("junit.xml"), &r.report_junit)?;
                     std::fs::write(out.join(file_name), text)?;
                     println!("\nreports written to {}", out.display());

@@ -2,7 +2,7 @@
 //!
 //! Every run submitted to a standing coordinator is kept when it ends, in
 //! `DIR/runs/<UTC start, 20240131T120000Z>-<run id>/` with `report.json`,
-//! `report.md`, `junit.xml` and the plan as submitted — so a nightly CI job
+//! `report.md`, `report.html`, `junit.xml` and the plan as submitted — so a nightly CI job
 //! whose runner died, or an operator who hung up, still finds the result, and
 //! `ls DIR/runs` lists the runs in time order.
 //!
@@ -25,7 +25,7 @@ use anyhow::Context;
 /// Where a run's files go inside the store.
 pub const RUNS: &str = "runs";
 const TMP_PREFIX: &str = ".tmp-";
-const REPORT_FILES: [&str; 3] = ["report.json", "report.md", "junit.xml"];
+const REPORT_FILES: [&str; 4] = ["report.json", "report.md", "report.html", "junit.xml"];
 
 /// One run's files, ready to be stored.
 pub struct StoredRun<'a> {
@@ -34,6 +34,7 @@ pub struct StoredRun<'a> {
     pub started_at: &'a str,
     pub report_json: &'a str,
     pub report_md: &'a str,
+    pub report_html: &'a str,
     pub junit_xml: &'a str,
     /// The plan's file name as the client sent it, and its text.
     pub plan_name: &'a str,
@@ -87,6 +88,7 @@ impl RunStore {
         let written = (|| {
             write_synced(&tmp.join("report.json"), format!("{}\n", run.report_json).as_bytes())?;
             write_synced(&tmp.join("report.md"), run.report_md.as_bytes())?;
+            write_synced(&tmp.join("report.html"), run.report_html.as_bytes())?;
             write_synced(&tmp.join("junit.xml"), run.junit_xml.as_bytes())?;
             write_synced(&tmp.join(plan_file_name(run.plan_name)), run.plan_text.as_bytes())?;
             File::open(&tmp)?.sync_all()?;
@@ -187,6 +189,7 @@ mod tests {
             started_at: "2024-01-31T12:34:56.789Z",
             report_json: "{}",
             report_md: "# r\n",
+            report_html: "<html></html>",
             junit_xml: "<testsuite/>",
             plan_name,
             plan_text: "name: x\n",
@@ -199,7 +202,7 @@ mod tests {
         let store = RunStore::open(dir.path(), None).unwrap();
         let at = store.save(&run("nightly.yaml")).unwrap();
         assert_eq!(at, dir.path().join("runs/20240131T123456Z-0f1e2d3c-aaaa-bbbb-cccc-000000000001"));
-        for f in ["report.json", "report.md", "junit.xml", "nightly.yaml"] {
+        for f in ["report.json", "report.md", "report.html", "junit.xml", "nightly.yaml"] {
             assert!(at.join(f).is_file(), "{f}");
         }
         assert_eq!(fs::read_to_string(at.join("report.json")).unwrap(), "{}\n");

@@ -123,9 +123,15 @@ fn reports_land_in_the_out_dir() {
         .output()
         .unwrap();
     assert_eq!(status.status.code(), Some(1));
-    for f in ["report.json", "report.md", "junit.xml", "slo-fail.yaml"] {
+    for f in ["report.json", "report.md", "report.html", "junit.xml", "slo-fail.yaml"] {
         assert!(out.path().join(f).exists(), "{f} missing");
     }
+    // The HTML report: the verdict, the failed rule, and a chart with a line
+    // (plotters draws a series as an SVG polyline) per interval series.
+    let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+    assert!(html.contains(r#"<span class="verdict fail">FAIL</span>"#), "{html}");
+    assert!(html.contains("<td>p50</td>") && html.contains("&lt; 5ms"), "the SLO row");
+    assert!(html.contains("<svg") && html.matches("<polyline").count() > 10, "no chart");
     let junit = std::fs::read_to_string(out.path().join("junit.xml")).unwrap();
     assert!(junit.contains("<failure"), "{junit}");
     // The observed value is in the rule's unit (`p50 < 5ms`: milliseconds).

@@ -120,7 +120,7 @@ fn a_submitted_run_streams_progress_and_downloads_every_report() {
     assert!(stderr.contains("2 agent(s): a1, a2"), "{stderr}");
     assert!(stderr.lines().filter(|l| l.starts_with('[') && l.contains("req/s")).count() >= 2, "no progress lines:\n{stderr}");
     assert!(stdout.contains("reports written to"), "{stdout}");
-    for file in ["report.json", "report.md", "junit.xml", "steady.yaml"] {
+    for file in ["report.json", "report.md", "report.html", "junit.xml", "steady.yaml"] {
         assert!(out.join(file).exists(), "{file} missing from --out");
     }
     assert_eq!(std::fs::read_to_string(out.join("steady.yaml")).unwrap(), std::fs::read_to_string(&plan).unwrap());
@@ -142,7 +142,7 @@ fn a_submitted_run_streams_progress_and_downloads_every_report() {
     let name = dir.file_name().unwrap().to_str().unwrap();
     let run_id = r["run_id"].as_str().unwrap();
     assert!(name.ends_with(&format!("-{run_id}")) && name.as_bytes()[8] == b'T' && name.as_bytes()[15] == b'Z', "{name}");
-    for file in ["report.json", "report.md", "junit.xml", "steady.yaml"] {
+    for file in ["report.json", "report.md", "report.html", "junit.xml", "steady.yaml"] {
         assert!(dir.join(file).is_file(), "{file} missing from {}", dir.display());
     }
     assert_eq!(report(dir), r, "the stored report.json is the one the client got");

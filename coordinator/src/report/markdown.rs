@@ -7,11 +7,11 @@ use stampede_common::slo::Status;
 
 use super::{Percentiles, Report};
 
-fn ms(v: Option<f64>) -> String {
+pub(super) fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| if v < 10.0 { format!("{v:.2}") } else { format!("{v:.1}") })
 }
 
-fn pct(r: f64) -> String {
+pub(super) fn pct(r: f64) -> String {
     format!("{:.2}%", r * 100.0)
 }
 

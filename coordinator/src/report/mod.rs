@@ -1,7 +1,8 @@
 //! The run report: one [`Report`] value, built once from the merged numbers,
 //! then written as `report.json` (the contract in DESIGN.md), `report.md`,
-//! `junit.xml`, and printed as the terminal summary.
+//! `report.html`, `junit.xml`, and printed as the terminal summary.
 
+mod html;
 mod junit;
 mod markdown;
 
@@ -17,6 +18,7 @@ use crate::aggregate::Aggregate;
 use crate::faults::FaultLog;
 use crate::verdict::{self, SloResult, Verdict};
 
+pub use html::html;
 pub use junit::junit_xml;
 pub use markdown::{dry_run_listing, markdown, terminal_summary};
 
@@ -415,6 +417,7 @@ pub fn write_all(report: &Report, plan_text: &str, plan_file_name: &str, dir: &P
     let json = serde_json::to_string_pretty(report).expect("reports serialize");
     std::fs::write(dir.join("report.json"), json + "\n")?;
     std::fs::write(dir.join("report.md"), markdown(report))?;
+    std::fs::write(dir.join("report.html"), html(report))?;
     std::fs::write(dir.join("junit.xml"), junit_xml(report))?;
     std::fs::write(dir.join(plan_file_name), plan_text)?;
     Ok(())
