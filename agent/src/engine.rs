@@ -78,7 +78,7 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
     let addr = resolve(authority).await?;
     let templates: Arc<Vec<_>> = Arc::new(spec.plan.steps.iter().map(|s| RequestTemplate::new(s, authority)).collect());
     let workers = spec.workers.max(1);
-    raise_open_files_limit();
+    let max_connections = raise_open_files_limit();
     // Map the wall-clock start onto this process's monotonic clock once.
     let run_start = match spec.start.duration_since(SystemTime::now()) {
         Ok(ahead) => Instant::now() + ahead,
@@ -97,6 +97,7 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
             rate_share: spec.rate_share,
             arrival_offset: spec.agent_index as f64 / spec.agent_count.max(1) as f64,
             connections,
+            max_connections,
             run_start,
             parts: parts_tx.clone(),
             cancel: cancel.clone(),
@@ -111,25 +112,34 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
     Ok(rx)
 }
 
-/// `total` spread over `parts` as evenly as integers allow.
-/// Raises this process's soft limit on open files to its hard limit. An
-/// open phase may hold rate × timeout connections (the default in-flight
-/// bound, `default_max_in_flight`), and the common soft limit of 1024 would
-/// turn the excess into connect errors that look like the server's fault.
-/// wrk's and k6's docs ask users for `ulimit -n`; the agent does it itself.
-fn raise_open_files_limit() {
+/// Raises this process's soft limit on open files to its hard limit, and
+/// returns how many connections a run may then hold (the limit less a
+/// reserve for everything else the process has open). An open phase may
+/// hold rate × timeout connections (the default in-flight bound,
+/// `default_max_in_flight`), and the common soft limit of 1024 would turn
+/// the excess into connect errors that look like the server's fault. wrk's
+/// and k6's docs ask users for `ulimit -n`; the agent does it itself.
+fn raise_open_files_limit() -> u32 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+    const RESERVE: u64 = 256;
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
                 tracing::warn!(message = "Cannot raise the open-files limit; open-model runs may be short of connections.", soft, hard, error = %e);
+                soft
             }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(message = "Cannot read the open-files limit.", error = %e);
+            1024
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(message = "Cannot read the open-files limit.", error = %e),
-    }
+    };
+    soft.saturating_sub(RESERVE).clamp(1, u64::from(u32::MAX)) as u32
 }
 
+/// `total` spread over `parts` as evenly as integers allow.
 pub fn split(total: u32, parts: usize, index: usize) -> u32 {
     let parts = parts as u32;
     total / parts + u32::from((index as u32) < total % parts)

@@ -41,6 +41,9 @@ pub struct WorkerPlan {
     pub arrival_offset: f64,
     /// This worker's closed-model connections, per phase.
     pub connections: Vec<u32>,
+    /// How many connections this process may hold (its open-files limit
+    /// less a reserve): the default in-flight bound never goes past it.
+    pub max_connections: u32,
     pub run_start: Instant,
     pub parts: UnboundedSender<Part>,
     pub cancel: CancellationToken,
@@ -130,7 +133,16 @@ async fn run(plan: WorkerPlan) {
                 let r1 = load.to.map_or(r0, |r| r.as_per_second());
                 let schedule = ArrivalSchedule::new(r0, r1, phase.duration.as_duration(), w.plan.rate_share, w.plan.arrival_offset);
                 let peak = r0.max(r1) * w.plan.rate_share;
-                let per_agent = load.max_in_flight.unwrap_or_else(|| default_max_in_flight(peak, w.timeout));
+                let per_agent = load.max_in_flight.unwrap_or_else(|| {
+                    let wanted = default_max_in_flight(peak, w.timeout);
+                    if wanted > w.plan.max_connections && w.plan.index == 0 {
+                        tracing::warn!(
+                            message = "The open-files limit is below the default in-flight bound: a stalled target will show as dropped arrivals. Raise `ulimit -n` (LimitNOFILE) or set max_in_flight.",
+                            phase = %phase.name, wanted, allowed = w.plan.max_connections
+                        );
+                    }
+                    wanted.min(w.plan.max_connections)
+                });
                 let limit = per_agent.div_ceil(w.plan.workers as u32).max(1);
                 tokio::select! {
                     _ = pace(&w, i, start, schedule, limit) => {}

@@ -21,7 +21,7 @@ pub enum Problem {
     NoAgent { fault: String, selector: String },
     #[error("fault `{fault}` cannot run on agent {agent}: it needs {}, which that node lacks", .missing.join(", "))]
     Missing { fault: String, agent: String, missing: Vec<String> },
-    #[error("faults `{first}` and `{second}` both shape traffic with tc on node {node} at overlapping times ({first_window} and {second_window}); stampede keeps one tc tree per device and direction, so schedule them one after the other, at least 1s apart")]
+    #[error("faults `{first}` and `{second}` both shape traffic with tc on node {node} at overlapping times ({first_window} and {second_window}); stampede keeps one tc tree per device and direction, so schedule them one after the other, at least 2s apart")]
     TcOverlap { first: String, second: String, node: String, first_window: String, second_window: String },
 }
 
@@ -78,9 +78,11 @@ pub fn assign(plan: &Plan, agents: &[AgentEntry]) -> Result<Vec<Vec<u32>>, Prefl
     }
 }
 
-/// Between two tc faults of one node and direction: the first's revert and
-/// the second's 1 s effect baseline must not overlap.
-const TC_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+/// Between two tc faults of one node and direction: the first must be
+/// reverted before the agent checks the second again, 1.5 s before its
+/// window (an ingress fault's check refuses a device whose ingress qdisc is
+/// taken), with half a second for the revert itself.
+const TC_GAP: std::time::Duration = stampede_agent::fault::injector::RECHECK_LEAD.saturating_add(std::time::Duration::from_millis(500));
 
 /// Two tc faults (netem, rate) on one node at once: the second would find
 /// the first's root qdisc in place and fail mid-run, so refuse it up front.
@@ -199,9 +201,15 @@ mod tests {
         assert!(text.contains("faults `slow` and `cap` both shape traffic with tc on node n1") && text.contains("`slow` 10s-40s") && text.contains("`cap` 20s-50s"), "{text}");
 
         let sequential = plan(
-            "  - { name: slow, kind: netem, at: 10s, duration: 9s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n",
+            "  - { name: slow, kind: netem, at: 10s, duration: 8s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n",
         );
         assert_eq!(assign(&sequential, &[agent("a", "n1", TC, &[])]).unwrap(), vec![vec![0, 1]]);
+        // One second apart: the agent checks the second fault again 1.5 s
+        // before its window, while the first one's qdisc is still there.
+        let one_second_apart = plan(
+            "  - { name: slow, kind: netem, at: 10s, duration: 9s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n",
+        );
+        assert!(assign(&one_second_apart, &[agent("a", "n1", TC, &[])]).is_err());
         // Back to back, with no gap, the second would race the first's revert.
         let back_to_back = plan(
             "  - { name: slow, kind: netem, at: 10s, duration: 10s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n  - { name: cap, kind: rate, at: 20s, duration: 30s, scope: { dst: 10.0.0.1/32, dev: eth0 }, rate: 1mbit }\n",

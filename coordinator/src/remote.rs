@@ -13,7 +13,8 @@ use crate::cli::{progress_printer, RunArgs, EXIT_ERROR};
 /// Dials the control API: `https://` with a client certificate, `http://` with `--insecure`.
 async fn connect(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<ControlServiceClient<Channel>> {
     let channel = tls::endpoint(url, tls)?.connect().await.map_err(|e| anyhow::anyhow!("connecting to the coordinator at {url}: {}", tls::describe(&e)))?;
-    Ok(ControlServiceClient::new(channel))
+    // The result carries every report of a run: accept what the server may send.
+    Ok(ControlServiceClient::new(channel).max_decoding_message_size(crate::server::MAX_MESSAGE))
 }
 
 /// A failed call: the coordinator's own message, or what broke the
@@ -50,7 +51,10 @@ pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &
                     std::fs::create_dir_all(out)?;
                     std::fs::write(out.join("report.json"), &r.report_json)?;
                     std::fs::write(out.join("report.md"), &r.report_md)?;
-                    std::fs::write(out.join("report.html"), &r.report_html)?;
+                    // An older coordinator sends no HTML report.
+                    if !r.report_html.is_empty() {
+                        std::fs::write(out.join("report.html"), &r.report_html)?;
+                    }
                     std::fs::write(out.join("junit.xml"), &r.report_junit)?;
                     std::fs::write(out.join(file_name), text)?;
                     println!("\nreports written to {}", out.display());

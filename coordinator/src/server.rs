@@ -13,8 +13,9 @@ use crate::control::Control;
 use crate::fleet::Fleet;
 use crate::service::AgentSessions;
 
-/// Snapshots of a large plan with many steps can exceed tonic's 4 MiB default.
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Snapshots of a large plan with many steps, and a long run's reports, can
+/// exceed tonic's 4 MiB default.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Who may talk to the coordinator. The default — no TLS, no token — is for
 /// the in-process agents of `stampede run --local-agents`, which dial a

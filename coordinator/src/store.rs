@@ -99,21 +99,22 @@ impl RunStore {
             let _ = fs::remove_dir_all(&tmp);
         }
         written?;
-        self.prune();
+        self.prune(&name);
         Ok(done)
     }
 
-    /// Removes the oldest stored runs beyond `keep`. A folder that cannot be
-    /// removed is logged and skipped: retention must never fail a run whose
-    /// reports were just saved.
-    fn prune(&self) {
+    /// Removes the oldest stored runs beyond `keep`, never `just_saved` (a
+    /// clock stepped back would sort it first): the client is told where it
+    /// is. A folder that cannot be removed is logged and skipped: retention
+    /// must never fail a run whose reports were just saved.
+    fn prune(&self, just_saved: &str) {
         let Some(keep) = self.keep else { return };
         let mut stored: Vec<String> = match fs::read_dir(&self.runs) {
             Ok(entries) => entries
                 .flatten()
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|name| is_run_folder(name))
+                .filter(|name| is_run_folder(name) && name != just_saved)
                 .collect(),
             Err(e) => {
                 tracing::warn!(message = "Cannot list the run store for retention.", path = %self.runs.display(), error = %e);
@@ -122,7 +123,8 @@ impl RunStore {
         };
         // Names start with the UTC start time: name order is time order.
         stored.sort();
-        let excess = stored.len().saturating_sub(keep);
+        // `keep` counts the run just saved, which is not in `stored`.
+        let excess = (stored.len() + 1).saturating_sub(keep);
         for name in &stored[..excess] {
             let path = self.runs.join(name);
             match fs::remove_dir_all(&path) {
@@ -254,8 +256,9 @@ mod tests {
         }
         let mut left: Vec<String> = fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
-        // The two latest by start time, whatever order they were saved in.
-        assert_eq!(left, ["20240131T120003Z-run-0", "20240131T120004Z-run-2", "README", "keep-me"]);
+        // The latest by start time and the run just saved (its clock may have
+        // stepped back), whatever order the others were saved in.
+        assert_eq!(left, ["20240131T120002Z-run-3", "20240131T120004Z-run-2", "README", "keep-me"]);
     }
 
     #[test]

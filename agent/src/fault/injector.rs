@@ -30,7 +30,7 @@ const BASELINE_PROBES: usize = 5;
 const BASELINE_LEAD: Duration = Duration::from_millis(1100);
 /// How long before the window the fault is checked again (before the
 /// baseline, so the check's commands never delay the apply).
-const RECHECK_LEAD: Duration = Duration::from_millis(1500);
+pub const RECHECK_LEAD: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultStatus {

@@ -148,14 +148,17 @@ pub struct Load {
 }
 
 /// The in-flight bound of an open phase without `max_in_flight`, per agent:
-/// its peak arrival rate times the request timeout (at least 1 000). No
-/// request outlives the timeout, so by Little's law the bound is never
-/// reached: a stalled or partitioned server shows up as timeouts — errors
-/// the SLOs judge, with latency from the intended time — and not as drops
-/// that would make the client look saturated. A bound set in the plan is
-/// the user's choice of how much the client may hold, and is kept.
+/// its peak arrival rate times the request timeout plus a second (at least
+/// 1 000). No request outlives the timeout, so by Little's law at most rate
+/// × timeout are waiting; the extra second covers a timed-out request whose
+/// task has not run yet and the timer's 1 ms rounding. The bound is then
+/// not reached: a stalled or partitioned server shows up as timeouts —
+/// errors the SLOs judge, with latency from the intended time — and not as
+/// drops that would make the client look saturated. A bound set in the plan
+/// is the user's choice of how much the client may hold, and is kept. The
+/// agent also keeps it under its open-files limit (`engine.rs`).
 pub fn default_max_in_flight(peak_rate_per_second: f64, timeout: std::time::Duration) -> u32 {
-    let held = (peak_rate_per_second * timeout.as_secs_f64()).ceil();
+    let held = (peak_rate_per_second * (timeout.as_secs_f64() + 1.0)).ceil();
     (held.min(u32::MAX as f64) as u32).max(1_000)
 }
 
@@ -267,9 +270,10 @@ mod in_flight_tests {
 
     #[test]
     fn the_default_in_flight_bound_covers_rate_times_timeout() {
-        // 5000/s for 10 s of timeout: 50 000 requests can be waiting at once.
-        assert_eq!(default_max_in_flight(5000.0, Duration::from_secs(10)), 50_000);
-        assert_eq!(default_max_in_flight(333.4, Duration::from_secs(3)), 1_001);
+        // 5000/s for 10 s of timeout: 50 000 requests can be waiting at
+        // once, and a second's more for the ones timing out right now.
+        assert_eq!(default_max_in_flight(5000.0, Duration::from_secs(10)), 55_000);
+        assert_eq!(default_max_in_flight(250.1, Duration::from_secs(3)), 1_001);
         // Never below the floor, never past u32.
         assert_eq!(default_max_in_flight(10.0, Duration::from_secs(10)), 1_000);
         assert_eq!(default_max_in_flight(1e12, Duration::from_secs(3600)), u32::MAX);

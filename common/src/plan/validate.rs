@@ -180,9 +180,10 @@ fn check_warn_band(pass: &Threshold, warn: &Threshold) -> Result<(), String> {
     if upper(pass) != upper(warn) {
         return Err(format!("`{warn}` bounds the other side from pass `{pass}`: warn must be a looser limit in the same direction"));
     }
-    let looser = if upper(pass) { warn.value >= pass.value } else { warn.value <= pass.value };
+    // Strictly: an equal limit leaves no value that warns.
+    let looser = if upper(pass) { warn.value > pass.value } else { warn.value < pass.value };
     if !looser {
-        return Err(format!("`{warn}` is stricter than pass `{pass}`: warn must be a looser limit in the same direction"));
+        return Err(format!("`{warn}` is stricter than pass `{pass}`, or the same: warn must be a looser limit in the same direction"));
     }
     Ok(())
 }

@@ -445,4 +445,11 @@ pub const CASES: &[Case] = &[
         line: Some(37),
         message: "`< 200ms` is stricter than pass `< 400ms`",
     },
+    Case {
+        name: "warn band equal to pass (no value could warn)",
+        edits: &[("    warn: \"< 800ms\"", "    warn: \"< 400ms\"")],
+        path: "slos[0].warn",
+        line: Some(37),
+        message: "`< 400ms` is stricter than pass `< 400ms`",
+    },
 ];
