@@ -229,6 +229,13 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Requests that went out (any outcome): `requests` less the dropped
+    /// arrivals, which count as failed requests but were never sent — what
+    /// throughput is made of.
+    pub fn sent(&self) -> u64 {
+        self.requests - self.errors_by_kind[ErrorKind::Dropped as usize]
+    }
+
     pub fn error_rate(&self) -> f64 {
         if self.requests == 0 {
             0.0

@@ -76,7 +76,7 @@ pub fn observe(plan: &Plan, stats: &RunStats, metric: Metric, scope: &Scope) -> 
     let s = stats.summarize(filter);
     match metric {
         Metric::ErrorRate => (s.requests > 0).then(|| s.error_rate()),
-        Metric::Throughput => Some(s.requests as f64 / seconds),
+        Metric::Throughput => Some(s.sent() as f64 / seconds),
         Metric::Max => s.max_ms(),
         m => s.latency_ms(m.quantile().expect("latency metrics have a quantile")),
     }

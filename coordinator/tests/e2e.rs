@@ -99,6 +99,9 @@ fn a_saturated_client_is_invalid_and_exits_3() {
     // A dropped arrival is a user not served: a failed request, in the error rate.
     assert_eq!(r["totals"]["errors_by_kind"]["dropped"].as_u64(), Some(dropped), "{}", r["totals"]);
     assert_eq!(r["totals"]["requests"].as_u64(), schedule["scheduled"].as_u64(), "{}", r["totals"]);
+    // Throughput is what went out: not the dropped arrivals (2 s phase).
+    let sent = (r["totals"]["requests"].as_u64().unwrap() - dropped) as f64;
+    assert!((r["totals"]["throughput_rps"].as_f64().unwrap() - sent / 2.0).abs() < 1e-9, "{}", r["totals"]);
     let reason = r["verdict_reasons"][0].as_str().unwrap();
     assert!(reason.contains("measured itself") && reason.contains(&format!("{dropped} of ")), "{reason}");
     assert_eq!(code, 3);
