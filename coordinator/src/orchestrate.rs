@@ -249,14 +249,14 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
     }))
 }
 
-/// Tells every agent of the run to stop, on its current session (an agent
-/// may have reconnected since the run began).
 /// `agent_id`'s clock minus the coordinator's (0 if unknown): subtracted
 /// from a time the agent stamped, it gives the coordinator's time.
 fn clock_offset(agents: &[AgentEntry], agent_id: &str) -> i64 {
     agents.iter().find(|a| a.id == agent_id).map_or(0, |a| a.clock_offset_nanos)
 }
 
+/// Tells every agent of the run to stop, on its current session (an agent
+/// may have reconnected since the run began).
 async fn abort_all(fleet: &Fleet, agents: &[AgentEntry], run_id: &str, reason: &str) {
     for a in agents {
         abort_agent(fleet, &a.id, run_id, reason).await;
