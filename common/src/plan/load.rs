@@ -73,18 +73,18 @@ pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanErr
         message,
     };
 
-    let source = config::File::from_str(text, format.config_format());
-    check_top_level_keys(&source, &lines, file)?;
-    let tree: config::Value = config::Config::builder()
-        .add_source(source)
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| PlanError {
-            file: file.to_path_buf(),
-            line: lines.syntax_error_line(),
-            path: String::new(),
-            message: format!("not valid {}: {e}", format.name()),
-        })?;
+    // `config` reads the text into one value tree per format. Its
+    // `ConfigBuilder` would then read every top-level key as a path (see
+    // `check_top_level_keys`); a plan is one file with no overrides, so the
+    // tree is taken as it is, once the keys are checked.
+    let table = config::Source::collect(&config::File::from_str(text, format.config_format())).map_err(|e| PlanError {
+        file: file.to_path_buf(),
+        line: lines.syntax_error_line(),
+        path: String::new(),
+        message: format!("not valid {}: {e}", format.name()),
+    })?;
+    check_top_level_keys(&table, &lines, file)?;
+    let tree = config::Value::new(None, table);
 
     let plan: Plan = serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
@@ -106,15 +106,12 @@ pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanErr
     Ok(plan)
 }
 
-/// `config` reads every top-level key as a path expression (`a.b`, `a[3]`)
-/// when it builds the tree, and fills a list up to the index it names: the
-/// key `x[99999999999]` asked it for terabytes and aborted the process (found
-/// by the fuzzer). No plan field has a dot or a bracket in its name, so such
-/// a key is refused here, before `config` interprets it.
-fn check_top_level_keys(source: &config::File<config::FileSourceString, config::FileFormat>, lines: &LineMap, file: &Path) -> Result<(), PlanError> {
-    use config::Source;
-    // A syntax error is reported by the build below, with its line.
-    let Ok(table) = source.collect() else { return Ok(()) };
+/// `config`'s builder reads every top-level key as a path expression
+/// (`a.b`, `a[3]`) and fills a list up to the index it names: the key
+/// `x[99999999999]` asked it for terabytes and aborted the process (found by
+/// the fuzzer). No plan field has a dot or a bracket in its name, so such a
+/// key is refused, whatever reads the tree next.
+fn check_top_level_keys(table: &config::Map<String, config::Value>, lines: &LineMap, file: &Path) -> Result<(), PlanError> {
     match table.keys().find(|key| key.contains(['.', '['])) {
         None => Ok(()),
         Some(key) => Err(PlanError {
