@@ -8,14 +8,8 @@ use std::fmt::Write;
 
 use plotters::prelude::*;
 
-use super::markdown::{ms, observed, pct};
-use super::{Percentiles, Report};
-
-/// `&`, `<`, `>` and quotes: everything shown comes from plans, agents and
-/// errors, none of it trusted to be markup.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
-}
+use super::markdown::{ms, observed, totals_line};
+use super::{escape_markup, Percentiles, Report};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}\
@@ -29,17 +23,16 @@ pub fn html(r: &Report) -> String {
     let _ = write!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{name} — {verdict}</title><style>{STYLE}</style></head><body>\n\
-         <h1>{name} <span class=\"verdict {verdict}\">{upper}</span></h1>\n<p>Run <code>{id}</code>, started {started}, {agents} agent(s).</p>\n",
-        name = esc(&r.plan.name),
+         <h1>{name} <span class=\"verdict {verdict}\">{upper}</span></h1>\n<p>Run <code>{id}</code>, started {started}.</p>\n",
+        name = escape_markup(&r.plan.name),
         upper = verdict.to_uppercase(),
-        id = esc(&r.run_id),
-        started = esc(&r.started_at),
-        agents = r.agents.len(),
+        id = escape_markup(&r.run_id),
+        started = escape_markup(&r.started_at),
     );
     if !r.verdict_reasons.is_empty() {
         out.push_str("<ul>");
         for reason in &r.verdict_reasons {
-            let _ = write!(out, "<li class=\"bad\">{}</li>", esc(reason));
+            let _ = write!(out, "<li class=\"bad\">{}</li>", escape_markup(reason));
         }
         out.push_str("</ul>\n");
     }
@@ -48,7 +41,7 @@ pub fn html(r: &Report) -> String {
     match chart(r) {
         Ok(svg) => out.push_str(&svg),
         Err(e) => {
-            let _ = write!(out, "<p class=\"bad\">The chart could not be drawn: {}</p>", esc(&e));
+            let _ = write!(out, "<p class=\"bad\">The chart could not be drawn: {}</p>", escape_markup(&e));
         }
     }
     slos(r, &mut out);
@@ -81,21 +74,13 @@ fn heads(fixed: &[&str], latency: bool) -> Vec<String> {
 
 fn summary(r: &Report, out: &mut String) {
     let t = &r.totals;
-    let _ = write!(
-        out,
-        "<p>{} requests, {} errors ({}), {:.1} req/s over the planned {:.1} s.</p>\n<table>",
-        t.requests,
-        t.errors,
-        pct(t.error_rate),
-        t.throughput_rps,
-        r.plan.duration().as_secs_f64()
-    );
+    let _ = write!(out, "<p>{}.</p>\n<table>", escape_markup(&totals_line(r)));
     row(out, "th", &heads(&["latency"], true));
     row(out, "td", &[vec!["from the intended start (what users saw)".to_string()], latency(&r.latency_ms)].concat());
     row(out, "td", &[vec!["from the actual send (service time)".to_string()], latency(&r.service_ms)].concat());
     out.push_str("</table>\n");
     if !t.errors_by_kind.is_empty() {
-        let kinds: Vec<String> = t.errors_by_kind.iter().map(|(k, n)| format!("{} {n}", esc(k))).collect();
+        let kinds: Vec<String> = t.errors_by_kind.iter().map(|(k, n)| format!("{} {n}", escape_markup(k))).collect();
         let _ = writeln!(out, "<p>Errors by kind: {}.</p>", kinds.join(", "));
     }
 }
@@ -112,11 +97,11 @@ fn slos(r: &Report, out: &mut String) {
             out,
             "td",
             &[
-                esc(&s.metric),
-                esc(&s.scope),
-                esc(&observed(&s.metric, s.observed)),
-                esc(&s.threshold),
-                esc(s.warn_threshold.as_deref().unwrap_or("-")),
+                escape_markup(&s.metric),
+                escape_markup(&s.scope),
+                escape_markup(&observed(&s.metric, s.observed)),
+                escape_markup(&s.threshold),
+                escape_markup(s.warn_threshold.as_deref().unwrap_or("-")),
                 format!("<span class=\"verdict {status}\">{status}</span>"),
             ],
         );
@@ -133,7 +118,7 @@ fn phases(r: &Report, out: &mut String) {
             Some(s) if s.saturated => format!("<span class=\"bad\">{} due, {} dropped, {} late: saturated</span>", s.scheduled, s.dropped, s.late),
             Some(s) => format!("{} due, {} dropped, {} late", s.scheduled, s.dropped, s.late),
         };
-        let fixed = vec![esc(&p.name), format!("{:?}", p.model).to_lowercase(), p.requests.to_string(), p.errors.to_string(), format!("{:.1}", p.throughput_rps)];
+        let fixed = vec![escape_markup(&p.name), format!("{:?}", p.model).to_lowercase(), p.requests.to_string(), p.errors.to_string(), format!("{:.1}", p.throughput_rps)];
         row(out, "td", &[fixed, latency(&p.latency_ms), vec![schedule]].concat());
     }
     out.push_str("</table>\n");
@@ -148,11 +133,11 @@ fn agents(r: &Report, out: &mut String) {
             (None, true) if a.complete => "yes".to_string(),
             (lost, _) => format!(
                 "<span class=\"bad\">no{}{}</span>",
-                lost.as_deref().map(|l| format!(": {}", esc(l))).unwrap_or_default(),
+                lost.as_deref().map(|l| format!(": {}", escape_markup(l))).unwrap_or_default(),
                 if a.missing_intervals.is_empty() { String::new() } else { format!(" (intervals missing: {:?})", a.missing_intervals) }
             ),
         };
-        row(out, "td", &[esc(&a.id), esc(&labels.join(",")), a.requests.to_string(), a.errors.to_string(), ms(a.start_skew_ms), complete]);
+        row(out, "td", &[escape_markup(&a.id), escape_markup(&labels.join(",")), a.requests.to_string(), a.errors.to_string(), ms(a.start_skew_ms), complete]);
     }
     out.push_str("</table>\n");
 }
@@ -165,22 +150,22 @@ fn faults(r: &Report, out: &mut String) {
     row(out, "th", &heads(&["fault", "kind", "agent", "window", "status", "effect"], false));
     for f in &r.faults {
         let bad = matches!(f.status.as_str(), "failed" | "revert_failed") || f.late;
-        let mut status = esc(&f.status);
+        let mut status = escape_markup(&f.status);
         if f.late {
             status.push_str(" (applied late)");
         }
         if !f.error.is_empty() {
-            let _ = write!(status, ": {}", esc(&f.error));
+            let _ = write!(status, ": {}", escape_markup(&f.error));
         }
         if bad {
             status = format!("<span class=\"bad\">{status}</span>");
         }
         let effect = match &f.effect {
             None => "-".to_string(),
-            Some(e) => format!("{} {:.3} → {:.3}{}", esc(&e.measure), e.baseline, e.during, if e.effective { "" } else { " — no effect" }),
+            Some(e) => format!("{} {:.3} → {:.3}{}", escape_markup(&e.measure), e.baseline, e.during, if e.effective { "" } else { " — no effect" }),
         };
         let window = format!("+{:.1} s – +{:.1} s", f.offset_s, f.offset_s + f.duration_s);
-        row(out, "td", &[esc(&f.name), esc(&f.kind), esc(&f.agent), window, status, effect]);
+        row(out, "td", &[escape_markup(&f.name), escape_markup(&f.kind), escape_markup(&f.agent), window, status, effect]);
     }
     out.push_str("</table>\n");
 }
@@ -242,6 +227,6 @@ mod tests {
 
     #[test]
     fn text_from_plans_is_escaped() {
-        assert_eq!(esc("<script>&\"'"), "&lt;script&gt;&amp;&quot;&#39;");
+        assert_eq!(escape_markup("<script>&\"'"), "&lt;script&gt;&amp;&quot;&#39;");
     }
 }

@@ -5,12 +5,8 @@ use std::fmt::Write;
 
 use stampede_common::slo::Status;
 
-use super::Report;
+use super::{escape_markup, Report};
 use crate::verdict::Verdict;
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
 
 pub fn junit_xml(r: &Report) -> String {
     let untrusted = matches!(r.verdict, Verdict::Invalid | Verdict::Incomplete);
@@ -21,18 +17,18 @@ pub fn junit_xml(r: &Report) -> String {
     let _ = writeln!(
         out,
         r#"<testsuite name="stampede.{}" tests="{tests}" failures="{failures}" time="{:.3}">"#,
-        escape(&r.plan.name),
+        escape_markup(&r.plan.name),
         r.duration_s
     );
     let _ = writeln!(out, r#"  <testcase classname="stampede.run" name="numbers are trustworthy">"#);
     if untrusted {
-        let _ = writeln!(out, r#"    <failure message="verdict {}">{}</failure>"#, r.verdict.as_str(), escape(&r.verdict_reasons.join("\n")));
+        let _ = writeln!(out, r#"    <failure message="verdict {}">{}</failure>"#, r.verdict.as_str(), escape_markup(&r.verdict_reasons.join("\n")));
     }
     let _ = writeln!(out, "  </testcase>");
     for s in &r.slos {
-        let name = escape(&format!("{} {} ({})", s.metric, s.threshold, s.scope));
+        let name = escape_markup(&format!("{} {} ({})", s.metric, s.threshold, s.scope));
         let _ = writeln!(out, r#"  <testcase classname="stampede.slo" name="{name}">"#);
-        let observed = escape(&super::markdown::observed(&s.metric, s.observed));
+        let observed = escape_markup(&super::markdown::observed(&s.metric, s.observed));
         match s.status {
             Status::Fail => {
                 let _ = writeln!(out, r#"    <failure message="observed {observed}">{name}: observed {observed}</failure>"#);

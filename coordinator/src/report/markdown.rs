@@ -38,12 +38,11 @@ fn latency_cells(p: &Percentiles) -> String {
     format!("{} | {} | {} | {} | {} | {}", ms(p.p50), ms(p.p90), ms(p.p95), ms(p.p99), ms(p.p999), ms(p.max))
 }
 
-/// The tables shared by the markdown file and the terminal summary.
-fn tables(r: &Report, out: &mut String) {
+/// The run's totals in one line (every report format opens with it).
+pub(super) fn totals_line(r: &Report) -> String {
     let t = &r.totals;
-    let _ = writeln!(
-        out,
-        "{} requests, {} errors ({}), {:.1} req/s over the planned {:.1}s (run took {:.1}s with the drain), {} agent(s)\n",
+    format!(
+        "{} requests, {} errors ({}), {:.1} req/s over the planned {:.1}s (run took {:.1}s with the drain), {} agent(s)",
         t.requests,
         t.errors,
         pct(t.error_rate),
@@ -51,7 +50,13 @@ fn tables(r: &Report, out: &mut String) {
         r.plan.duration().as_secs_f64(),
         r.duration_s,
         r.agents.len()
-    );
+    )
+}
+
+/// The tables shared by the markdown file and the terminal summary.
+fn tables(r: &Report, out: &mut String) {
+    let t = &r.totals;
+    let _ = writeln!(out, "{}\n", totals_line(r));
     let _ = writeln!(out, "| phase | model | requests | errors | req/s | p50 | p90 | p95 | p99 | p99.9 | max (ms) | schedule |");
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for p in &r.phases {

@@ -22,6 +22,13 @@ pub use html::html;
 pub use junit::junit_xml;
 pub use markdown::{dry_run_listing, markdown, terminal_summary};
 
+/// `&`, `<`, `>` and both quotes, for HTML and XML (`report.html`,
+/// `junit.xml`): what they show comes from plans, agents and errors, none of
+/// it trusted to be markup.
+fn escape_markup(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub verdict: Verdict,
