@@ -143,7 +143,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                     info!(message = "Coordinator closed the session.", coordinator = %cfg.coordinator);
                     backoff = BACKOFF_MIN;
                 }
-                Err(error) => warn!(message = "Session with the coordinator failed.", error = %session_error(&error, &cfg), retry_in = ?backoff),
+                Err(error) => warn!(message = "Session with the coordinator failed.", error = %session_error(&error), retry_in = ?backoff),
             }
             if state.run.as_ref().is_some_and(ActiveRun::is_over) {
                 state.run = None;
@@ -183,12 +183,12 @@ fn random_instance() -> u64 {
 
 /// Why a session failed, in an operator's words for a refused token or a
 /// TLS failure (tonic's own top line is a bare "transport error").
-fn session_error(error: &anyhow::Error, cfg: &AgentConfig) -> String {
+fn session_error(error: &anyhow::Error) -> String {
     match error.downcast_ref::<tonic::Status>() {
         Some(status) if status.code() == tonic::Code::Unauthenticated => {
             format!("unauthenticated: the coordinator refused our enrollment token; check --token-file ({})", status.message())
         }
-        Some(status) => tls::describe_call(status, cfg.tls.is_some()),
+        Some(status) => tls::describe_call(status),
         None => tls::describe(error.as_ref()),
     }
 }
@@ -249,7 +249,7 @@ async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &Cancellat
         Some(_) => CONNECT_LIMIT.min((state.last_contact + cfg.lease).saturating_duration_since(Instant::now()).max(Duration::from_millis(100))),
         None => CONNECT_LIMIT,
     };
-    let mut inbound = tokio::time::timeout(limit, open).await.map_err(|_| anyhow::anyhow!("no session within {limit:?}"))??;
+    let mut inbound = tokio::time::timeout(limit, open).await.map_err(|_| anyhow::anyhow!("no session within {limit:?}: connecting, the TLS handshake and registering took longer"))??;
     state.last_contact = Instant::now();
     info!(message = "Registered with the coordinator.", coordinator = %cfg.coordinator, unacknowledged = state.outbox.pending());
 

@@ -8,14 +8,23 @@
 //!   "who was refused and why" at the default level. The rustls config is
 //!   the same one tonic would build (ring provider, ALPN h2, client
 //!   certificates required and verified against `--ca`).
-//! - Clients (the agent, `stampede run/agents --coordinator`) use tonic's
-//!   `ClientTlsConfig`: the server's certificate must chain to `--ca` and
-//!   name the URL's host; the client presents `--cert`/`--key`.
+//! - Clients (the agent, `stampede run/agents --coordinator`) dial with
+//!   [`dial`]: the server's certificate must chain to `--ca`, name the URL's
+//!   host and carry the coordinator role; the client presents `--cert`/`--key`.
+//! - Every certificate has one role ([`role`]): coordinator, agent or
+//!   operator. The coordinator serves only with a coordinator certificate,
+//!   and its services check the role of each caller (`coordinator/src/caller.rs`).
 //! - The enrollment token travels as `authorization: Bearer TOKEN` on the
 //!   agent's `Session` call and is compared in constant time ([`Token::matches`]).
 //!
 //! Certificates and keys are read once, when a process starts: a bad file
 //! fails at once with its path, and rotating one means restarting.
+
+pub mod role;
+mod dial;
+
+pub use dial::{DialError, NotCoordinator};
+pub use role::{Holder, Role, RoleError};
 
 use std::error::Error as StdError;
 use std::io;
@@ -34,7 +43,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
 /// Logged by every process that runs with `--insecure`.
@@ -158,13 +169,17 @@ impl ServerTls {
         let ca = certificates(&read(&files.ca, "--ca")?, &files.ca, "--ca")?;
         let chain = certificates(&read(&files.cert, "--cert")?, &files.cert, "--cert")?;
         let key = private_key(&read(&files.key, "--key")?, &files.key)?;
-        let mut roots = RootCertStore::empty();
-        for c in ca {
-            roots.add(c).with_context(|| format!("--ca {}: not a usable CA certificate", files.ca.display()))?;
+        // Clients accept only a coordinator's certificate: say so now, not
+        // at every agent's refused handshake.
+        match role::holder(&chain[0]) {
+            Ok(h) if h.role == Role::Coordinator => {}
+            Ok(h) => bail!("--cert {}: this is {h}'s certificate (role {}); a coordinator serves a coordinator certificate (`stampede certs issue --role coordinator`)", files.cert.display(), h.role),
+            Err(e) => bail!("--cert {}: {e}", files.cert.display()),
         }
+        let roots = roots(ca, &files.ca)?;
         // Every client must present a certificate signed by the CA: agents
         // and control clients alike.
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().context("building the client-certificate verifier")?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).build().context("building the client-certificate verifier")?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
@@ -254,24 +269,37 @@ impl RefusalLog {
     }
 }
 
+fn roots(ca: Vec<CertificateDer<'static>>, path: &Path) -> anyhow::Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for c in ca {
+        roots.add(c).with_context(|| format!("--ca {}: not a usable CA certificate", path.display()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
 /// A dialing side's certificate and the CA the coordinator's must chain to.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
-    ca: Certificate,
-    identity: Identity,
+    config: Arc<rustls::ClientConfig>,
 }
 
 impl ClientTls {
-    /// Reads and checks the three files (tonic itself would only parse them
-    /// at the first connection, with a vaguer error).
+    /// Reads and checks the three files; the coordinator's certificate will
+    /// have to chain to `--ca` and carry the coordinator role.
     pub fn load(files: &TlsFiles) -> anyhow::Result<Self> {
-        let ca = read(&files.ca, "--ca")?;
-        let cert = read(&files.cert, "--cert")?;
-        let key = read(&files.key, "--key")?;
-        certificates(&ca, &files.ca, "--ca")?;
-        certificates(&cert, &files.cert, "--cert")?;
-        private_key(&key, &files.key)?;
-        Ok(ClientTls { ca: Certificate::from_pem(ca), identity: Identity::from_pem(cert, key) })
+        let ca = certificates(&read(&files.ca, "--ca")?, &files.ca, "--ca")?;
+        let chain = certificates(&read(&files.cert, "--cert")?, &files.cert, "--cert")?;
+        let key = private_key(&read(&files.key, "--key")?, &files.key)?;
+        let inner = WebPkiServerVerifier::builder_with_provider(roots(ca, &files.ca)?, provider()).build().context("building the server-certificate verifier")?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(dial::CoordinatorOnly { inner }))
+            .with_client_auth_cert(chain, key)
+            .with_context(|| format!("--cert {} with --key {}", files.cert.display(), files.key.display()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ClientTls { config: Arc::new(config) })
     }
 }
 
@@ -285,38 +313,61 @@ pub fn check_scheme(url: &str, tls: bool) -> Result<(), String> {
     }
 }
 
-/// A gRPC endpoint for `url`: `https://` with TLS, `http://` without.
-pub fn endpoint(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<Endpoint> {
-    check_scheme(url, tls.is_some()).map_err(anyhow::Error::msg)?;
-    let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("`{url}` is not a URL"))?.connect_timeout(Duration::from_secs(10));
-    match tls {
-        Some(tls) => {
-            let host = endpoint.uri().host().with_context(|| format!("`{url}` has no host"))?;
-            // The certificate must name the host as written in the URL.
-            let domain = host.trim_start_matches('[').trim_end_matches(']').to_string();
-            let config = ClientTlsConfig::new().ca_certificate(tls.ca.clone()).identity(tls.identity.clone()).domain_name(domain);
-            endpoint.tls_config(config).context("TLS configuration")
-        }
-        None => Ok(endpoint),
+/// How to reach the coordinator at a URL: the gRPC endpoint, and the
+/// connector that makes its connections ([`dial`]).
+pub struct Dialing {
+    endpoint: Endpoint,
+    dial: dial::Dial,
+}
+
+impl Dialing {
+    /// Connects now; a failure's chain holds the [`DialError`] that says why.
+    pub async fn connect(self) -> Result<Channel, tonic::transport::Error> {
+        self.endpoint.connect_with_connector(self.dial).await
     }
 }
 
-/// The rustls error in an error's chain, looking inside `io::Error`s (whose
-/// `source` skips the error they wrap).
-fn rustls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+/// How to reach `url`: `https://` with TLS, `http://` without.
+pub fn endpoint(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<Dialing> {
+    check_scheme(url, tls.is_some()).map_err(anyhow::Error::msg)?;
+    let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("`{url}` is not a URL"))?;
+    let uri = endpoint.uri().clone();
+    let authority = uri.authority().with_context(|| format!("`{url}` has no host"))?.clone();
+    // The certificate must name the host as written in the URL.
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = authority.port_u16().unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let Some(tls) = tls else {
+        return Ok(Dialing { endpoint, dial: dial::Dial { host, port, tls: None } });
+    };
+    let name = ServerName::try_from(host.clone()).with_context(|| format!("`{host}` is not a host name or an IP address"))?;
+    // Our connector does the TLS; tonic would insist on its own for an
+    // https:// endpoint, so it gets the http:// form, and the https:// URL
+    // as the requests' origin.
+    let endpoint = Endpoint::from_shared(format!("http://{authority}")).with_context(|| format!("`{url}` is not a URL"))?.origin(uri);
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    Ok(Dialing { endpoint, dial: dial::Dial { host, port, tls: Some((connector, name.to_owned())) } })
+}
+
+/// The first error of type `E` in an error's chain, looking inside
+/// `io::Error`s (whose `source` skips the error they wrap).
+fn find<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a E> {
     let mut next: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = next {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        if let Some(r) = e.downcast_ref::<E>() {
             return Some(r);
         }
         if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
-            if let Some(r) = rustls_error(inner) {
+            if let Some(r) = find::<E>(inner) {
                 return Some(r);
             }
         }
         next = e.source();
     }
     None
+}
+
+fn rustls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    find::<rustls::Error>(err)
 }
 
 fn is_not_tls(e: &rustls::Error) -> bool {
@@ -329,6 +380,9 @@ fn explain_server(e: &rustls::Error) -> String {
         rustls::Error::NoCertificatesPresented => "the client presented no certificate (it needs --cert and --key signed by this coordinator's --ca)".into(),
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
             "the client's certificate is not signed by this coordinator's --ca".into()
+        }
+        rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }) => {
+            "the client's certificate is not a client certificate (a coordinator's?)".into()
         }
         rustls::Error::InvalidCertificate(c) => format!("the client's certificate is not acceptable: {c:?}"),
         rustls::Error::AlertReceived(AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::DecryptError) => {
@@ -363,6 +417,10 @@ pub fn explain_client(err: &(dyn StdError + 'static)) -> Option<String> {
         rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
             "the coordinator's certificate does not name the URL's host (issue it with --san HOST)".into()
         }
+        rustls::Error::InvalidCertificate(CertificateError::Other(why)) => why.0.to_string(),
+        rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }) => {
+            "the server's certificate is not a server certificate (an agent's or an operator's?): this is not a coordinator".into()
+        }
         rustls::Error::InvalidCertificate(c) => format!("the coordinator's certificate is not acceptable: {c:?}"),
         rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => "the coordinator requires a client certificate".into(),
         rustls::Error::AlertReceived(AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::DecryptError) => {
@@ -387,33 +445,39 @@ fn chain_text(err: &(dyn StdError + 'static)) -> String {
     parts.join(": ")
 }
 
-/// An error's whole chain on one line, led by the TLS explanation when TLS
-/// is the cause (tonic's own top line is a bare "transport error").
+/// What went wrong with a connection to the coordinator, in an operator's
+/// words: the dial's own finding (refused, unreachable, timed out, the TLS
+/// handshake and why, the wrong protocol), a TLS refusal, or a connection
+/// that broke; else the error's whole chain (tonic's own top line is a bare
+/// "transport error").
 pub fn describe(err: &(dyn StdError + 'static)) -> String {
-    let chain = chain_text(err);
-    match explain_client(err) {
-        Some(why) => format!("{why} ({chain})"),
-        None => chain,
+    if let Some(dial) = find::<DialError>(err) {
+        return dial.to_string();
     }
+    let chain = chain_text(err);
+    if let Some(why) = explain_client(err) {
+        return format!("{why} ({chain})");
+    }
+    let broke = find::<io::Error>(err).is_some_and(|e| {
+        matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::UnexpectedEof)
+    });
+    // h2 keeps only the text of the I/O error that ended a stream.
+    let text = chain.to_ascii_lowercase();
+    let broke = broke || ["broken pipe", "connection reset", "connection closed", "connection aborted"].iter().any(|t| text.contains(t));
+    if broke {
+        return format!("the connection broke: the coordinator stopped, restarted or crashed, or the network between us failed ({chain})");
+    }
+    chain
 }
 
-/// Why a call failed once connected. When the transport broke rather than
-/// the coordinator answering, and TLS does not say why, the likely causes
-/// are named: with TLS 1.3 a client learns that its certificate was refused
-/// only as a closed connection, and a plain-text client talking to a TLS
-/// coordinator sees garbage.
-pub fn describe_call(status: &tonic::Status, tls: bool) -> String {
+/// Why a call failed: the coordinator's own answer when it gave one (a
+/// refused token or role says so itself), else what happened to the
+/// connection ([`describe`]).
+pub fn describe_call(status: &tonic::Status) -> String {
     if StdError::source(status).is_none() {
         return status.message().to_string();
     }
-    let text = describe(status);
-    if explain_client(status).is_some() {
-        text
-    } else if tls {
-        format!("the coordinator closed the connection; it may have refused our certificate (is --cert signed by the coordinator's CA?), and its log says why ({text})")
-    } else {
-        format!("{text} (if the coordinator serves TLS, use an https:// URL with --ca, --cert and --key)")
-    }
+    describe(status)
 }
 
 /// The shared secret an agent must present to be enrolled.

@@ -1,6 +1,12 @@
 //! `stampede certs`: a private CA for one fleet, the certificates it signs
-//! (one per coordinator, agent or control client — each usable as a server
-//! and a client certificate), and the agents' enrollment token.
+//! — each with one role (issue 8, item 11): a coordinator's is a server
+//! certificate only, an agent's or an operator's a client certificate only,
+//! and each carries its role as a SAN URI (`stampede_common::tls::role`) —
+//! and the agents' enrollment token.
+//!
+//! A certificate names NAME and the `--san`s, nothing else: 127.0.0.1 or
+//! localhost in a coordinator's certificate would let it pass for any
+//! host's loopback, so they are there only when asked for.
 //!
 //! Keys are ECDSA P-256 (rcgen's default, with ring). Private keys and the
 //! token are written readable by their owner only (0600); nothing is ever
@@ -13,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use stampede_common::tls::Token;
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use stampede_common::tls::{Role, Token};
 use time::{Duration, OffsetDateTime};
 
 #[derive(Debug, Subcommand)]
@@ -27,17 +33,23 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 3650)]
         days: u32,
     },
-    /// Issue NAME.pem and NAME-key.pem, signed by the CA in DIR, usable as a
-    /// server and a client certificate (coordinator, agent or control client).
+    /// Issue NAME.pem and NAME-key.pem, signed by the CA in DIR, for one
+    /// role: a coordinator (server only), an agent or an operator (client only).
     Issue {
         /// Where the CA is (`certs init --dir`).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// What the certificate may do: `coordinator` (serves agents and
+        /// operators), `agent` (registers and runs load), `operator`
+        /// (`stampede run/agents --coordinator`).
+        #[arg(long, value_enum)]
+        role: Role,
         /// The certificate's common name and file name; also a SAN.
         #[arg(long)]
         name: String,
-        /// A DNS name or IP address the certificate is valid for; repeat for
-        /// several. Without any: 127.0.0.1 and localhost (NAME is always one).
+        /// A DNS name or IP address the certificate is valid for, besides
+        /// NAME; repeat for several. A coordinator's needs every name or
+        /// address agents dial it by; 127.0.0.1 and localhost only if asked.
         #[arg(long = "san", value_name = "DNS-or-IP")]
         sans: Vec<String>,
         /// Write the files here instead of DIR.
@@ -61,9 +73,9 @@ pub fn main(cmd: CertsCommand) -> anyhow::Result<i32> {
             println!("wrote {} and {} (valid {days} days)", cert.display(), key.display());
             println!("keep {} secret: it signs every certificate this fleet trusts", key.display());
         }
-        CertsCommand::Issue { dir, name, sans, out, days } => {
-            let issued = issue(&dir, &name, &sans, out.as_deref(), days)?;
-            println!("wrote {} and {} (CN {name}, SANs {}, valid {days} days)", issued.cert.display(), issued.key.display(), issued.sans.join(", "));
+        CertsCommand::Issue { dir, role, name, sans, out, days } => {
+            let issued = issue(&dir, role, &name, &sans, out.as_deref(), days)?;
+            println!("wrote {} and {} (role {role}, CN {name}, SANs {}, valid {days} days)", issued.cert.display(), issued.key.display(), issued.sans.join(", "));
         }
         CertsCommand::Token { out } => {
             token(&out)?;
@@ -126,8 +138,8 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Issues `NAME.pem` and `NAME-key.pem` signed by the CA in `dir`.
-pub fn issue(dir: &Path, name: &str, sans: &[String], out: Option<&Path>, days: u32) -> anyhow::Result<Issued> {
+/// Issues `NAME.pem` and `NAME-key.pem` for `role`, signed by the CA in `dir`.
+pub fn issue(dir: &Path, role: Role, name: &str, sans: &[String], out: Option<&Path>, days: u32) -> anyhow::Result<Issued> {
     check_name(name)?;
     let out = out.unwrap_or(dir);
     let (cert_path, key_path) = (out.join(format!("{name}.pem")), out.join(format!("{name}-key.pem")));
@@ -143,11 +155,7 @@ pub fn issue(dir: &Path, name: &str, sans: &[String], out: Option<&Path>, days: 
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).with_context(|| format!("{}: not a PEM certificate", ca_cert.display()))?;
 
     let mut names = vec![name.to_string()];
-    if sans.is_empty() {
-        names.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
-    } else {
-        names.extend(sans.iter().cloned());
-    }
+    names.extend(sans.iter().cloned());
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| seen.insert(n.clone()));
     let mut params = CertificateParams::new(names.clone()).context("--san: each must be a DNS name or an IP address")?;
@@ -157,8 +165,15 @@ pub fn issue(dir: &Path, name: &str, sans: &[String], out: Option<&Path>, days: 
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    // One certificate per process, whichever side of a connection it is on.
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    // The purpose rustls checks in every handshake: a client's certificate
+    // never passes as a server's, nor the other way round.
+    params.extended_key_usages = vec![match role {
+        Role::Coordinator => ExtendedKeyUsagePurpose::ServerAuth,
+        Role::Agent | Role::Operator => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    // The role our code reads: tells an agent from an operator.
+    let marker = role.uri().try_into().context("the role marker is a valid URI")?;
+    params.subject_alt_names.push(SanType::URI(marker));
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, days)?;
     let key = KeyPair::generate().context("generating the key")?;
@@ -202,16 +217,16 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&ca.join("ca-key.pem")), 0o600);
 
-        let issued = issue(&ca, "agent1", &[], None, 30).unwrap();
-        assert_eq!(issued.sans, ["agent1", "127.0.0.1", "localhost"]);
+        let issued = issue(&ca, Role::Agent, "agent1", &[], None, 30).unwrap();
+        assert_eq!(issued.sans, ["agent1"]);
         assert_eq!(mode(&issued.key), 0o600);
-        assert!(issue(&ca, "agent1", &[], None, 30).is_err(), "no overwrite");
+        assert!(issue(&ca, Role::Agent, "agent1", &[], None, 30).is_err(), "no overwrite");
         let other = dir.path().join("elsewhere");
-        let issued = issue(&ca, "coord", &["10.1.2.3".into(), "coord.example".into()], Some(&other), 30).unwrap();
+        let issued = issue(&ca, Role::Coordinator, "coord", &["10.1.2.3".into(), "coord.example".into()], Some(&other), 30).unwrap();
         assert_eq!(issued.sans, ["coord", "10.1.2.3", "coord.example"]);
         assert!(other.join("coord.pem").exists() && other.join("coord-key.pem").exists());
-        assert!(issue(&ca, "../x", &[], None, 30).is_err());
-        assert!(issue(&dir.path().join("nope"), "x", &[], None, 30).unwrap_err().to_string().contains("certs init"));
+        assert!(issue(&ca, Role::Agent, "../x", &[], None, 30).is_err());
+        assert!(issue(&dir.path().join("nope"), Role::Agent, "x", &[], None, 30).unwrap_err().to_string().contains("certs init"));
 
         let t = dir.path().join("token");
         token(&t).unwrap();
@@ -221,12 +236,21 @@ mod tests {
     }
 
     #[test]
-    fn issued_certificates_load_as_both_server_and_client() {
+    fn each_role_is_written_into_its_certificate_and_only_a_coordinator_serves() {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), 30).unwrap();
-        issue(dir.path(), "node", &[], None, 30).unwrap();
-        let files = stampede_common::tls::TlsFiles { ca: dir.path().join("ca.pem"), cert: dir.path().join("node.pem"), key: dir.path().join("node-key.pem") };
-        stampede_common::tls::ServerTls::load(&files).unwrap();
-        stampede_common::tls::ClientTls::load(&files).unwrap();
+        let files = |name: &str| stampede_common::tls::TlsFiles { ca: dir.path().join("ca.pem"), cert: dir.path().join(format!("{name}.pem")), key: dir.path().join(format!("{name}-key.pem")) };
+        for (role, name) in [(Role::Coordinator, "coord"), (Role::Agent, "agent"), (Role::Operator, "ci")] {
+            issue(dir.path(), role, name, &[], None, 30).unwrap();
+            let pem = std::fs::read(dir.path().join(format!("{name}.pem"))).unwrap();
+            let der = <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(&pem).unwrap();
+            let holder = stampede_common::tls::role::holder(&der).unwrap();
+            assert_eq!((holder.role, holder.name.as_str()), (role, name));
+            stampede_common::tls::ClientTls::load(&files(name)).unwrap();
+            let served = stampede_common::tls::ServerTls::load(&files(name));
+            assert_eq!(served.is_ok(), role == Role::Coordinator, "{name}: {:?}", served.err());
+        }
+        let e = stampede_common::tls::ServerTls::load(&files("agent")).unwrap_err().to_string();
+        assert!(e.contains("agent agent's certificate (role agent)") && e.contains("--role coordinator"), "{e}");
     }
 }

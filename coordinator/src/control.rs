@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use stampede_common::plan::{load_str, Format};
+use stampede_common::tls::Role;
 use stampede_proto::v1::control_service_server::ControlService;
 use stampede_proto::v1::run_event::Event;
 use stampede_proto::v1::{AgentInfo, ListAgentsRequest, ListAgentsResponse, RunEvent, RunResult, SubmitRunRequest};
@@ -16,6 +17,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::caller::{authorize, Caller};
 use crate::fleet::Fleet;
 use crate::orchestrate::{self, RunRequest};
 use crate::report::{self, Report};
@@ -39,6 +41,7 @@ impl ControlService for Control {
     type SubmitRunStream = Events;
 
     async fn submit_run(&self, request: Request<SubmitRunRequest>) -> Result<Response<Events>, Status> {
+        let caller = authorize(&request, "the control API (ControlService.SubmitRun)", Role::Operator)?;
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<RunEvent, Status>>(256);
         let format = Format::from_name(&req.plan_format).ok_or_else(|| Status::invalid_argument(format!("unknown plan format `{}`", req.plan_format)))?;
@@ -52,6 +55,7 @@ impl ControlService for Control {
         if self.fleet.is_busy() {
             return Err(Status::failed_precondition("another run is in progress on this coordinator; try again when it ends"));
         }
+        tracing::info!(message = "Run submitted.", submitter = %caller, plan = %req.plan_name);
         let fleet = self.fleet.clone();
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -90,7 +94,7 @@ impl ControlService for Control {
                     };
                     // The run's last progress line says where it was kept; the
                     // client gets its result whether or not that worked.
-                    let line = store_run(&store, &r, &result, &req.plan_name, &req.plan_text).await;
+                    let line = store_run(&store, &r, &result, &req.plan_name, &req.plan_text, &caller).await;
                     let _ = tx.send(Ok(RunEvent { event: Some(Event::Progress(line)) })).await;
                     RunEvent { event: Some(Event::Result(result)) }
                 }
@@ -105,7 +109,8 @@ impl ControlService for Control {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list_agents(&self, _: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
+    async fn list_agents(&self, request: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
+        authorize(&request, "the control API (ControlService.ListAgents)", Role::Operator)?;
         let agents = self
             .fleet
             .agents()
@@ -126,10 +131,10 @@ impl ControlService for Control {
 
 /// Keeps a finished run in the store; returns the line that tells the client
 /// where, or — loudly, in the coordinator's log too — why not.
-async fn store_run(store: &RunStore, r: &Report, res: &RunResult, plan_name: &str, plan_text: &str) -> String {
+async fn store_run(store: &RunStore, r: &Report, res: &RunResult, plan_name: &str, plan_text: &str, caller: &Caller) -> String {
     let (store, run_id, started_at) = (store.clone(), r.run_id.clone(), r.started_at.clone());
     let (json, md, junit, html) = (res.report_json.clone(), res.report_md.clone(), res.report_junit.clone(), res.report_html.clone());
-    let (plan_name, plan_text) = (plan_name.to_string(), plan_text.to_string());
+    let (plan_name, plan_text, submitted_by) = (plan_name.to_string(), plan_text.to_string(), caller.to_json());
     let runs = store.runs_dir().to_path_buf();
     let saved = tokio::task::spawn_blocking(move || {
         let run = StoredRun {
@@ -141,6 +146,7 @@ async fn store_run(store: &RunStore, r: &Report, res: &RunResult, plan_name: &st
             junit_xml: &junit,
             plan_name: &plan_name,
             plan_text: &plan_text,
+            submitted_by: &submitted_by,
         };
         store.save(&run)
     })

@@ -16,9 +16,11 @@
 //! - [`server`]: serving the gRPC services until shutdown, with mutual TLS
 //!   and the enrollment token ([`server::Security`]) or without.
 //! - [`certs`]: `stampede certs`: the fleet's CA, its certificates, the token.
+//! - [`caller`]: who calls a service, and whether their certificate's role may.
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod caller;
 pub mod certs;
 pub mod cli;
 pub mod control;

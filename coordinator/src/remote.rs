@@ -24,7 +24,7 @@ fn call_failed(url: &str, status: tonic::Status) -> anyhow::Error {
     if std::error::Error::source(&status).is_none() {
         return anyhow::anyhow!("{}", status.message());
     }
-    anyhow::anyhow!("the connection to the coordinator at {url} failed: {}", tls::describe_call(&status, url.starts_with("https://")))
+    anyhow::anyhow!("the connection to the coordinator at {url} failed: {}", tls::describe_call(&status))
 }
 
 pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &str, format: Format, args: &RunArgs) -> anyhow::Result<i32> {

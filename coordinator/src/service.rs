@@ -38,7 +38,9 @@ impl AgentService for AgentSessions {
     type SessionStream = Outbound;
 
     async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Outbound>, Status> {
-        // Enrollment first, before reading anything the agent sends.
+        // Only an agent's certificate, whatever token comes with it.
+        let caller = crate::caller::authorize(&request, "the agents' service (AgentService.Session)", stampede_common::tls::Role::Agent)?;
+        // Enrollment next, before reading anything the agent sends.
         if let Some(token) = &self.token {
             let presented = request.metadata().get(AUTHORIZATION).map(|v| v.as_bytes());
             if !presented.is_some_and(|p| token.matches(p)) {
@@ -90,7 +92,7 @@ impl AgentService for AgentSessions {
             instance,
             lease,
         }, &reg.active_run_id);
-        info!(message = "Agent registered.", agent = %agent_id, resuming = %reg.active_run_id);
+        info!(message = "Agent registered.", agent = %agent_id, resuming = %reg.active_run_id, %caller);
         let ended = tokio_util::sync::CancellationToken::new();
         tokio::spawn(keepalive(tx.clone(), ended.clone()));
 

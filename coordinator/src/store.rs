@@ -2,7 +2,9 @@
 //!
 //! Every run submitted to a standing coordinator is kept when it ends, in
 //! `DIR/runs/<UTC start, 20240131T120000Z>-<run id>/` with `report.json`,
-//! `report.md`, `report.html`, `junit.xml` and the plan as submitted — so a nightly CI job
+//! `report.md`, `report.html`, `junit.xml`, the plan as submitted and
+//! `meta.json` (the run id, its start, the plan's name and who submitted it:
+//! certificate role and name, or "insecure", and address) — so a nightly CI job
 //! whose runner died, or an operator who hung up, still finds the result, and
 //! `ls DIR/runs` lists the runs in time order.
 //!
@@ -25,7 +27,8 @@ use anyhow::Context;
 /// Where a run's files go inside the store.
 pub const RUNS: &str = "runs";
 const TMP_PREFIX: &str = ".tmp-";
-const REPORT_FILES: [&str; 4] = ["report.json", "report.md", "report.html", "junit.xml"];
+/// The files the store writes beside the plan, which a plan name must not replace.
+const STORE_FILES: [&str; 5] = ["report.json", "report.md", "report.html", "junit.xml", "meta.json"];
 
 /// One run's files, ready to be stored.
 pub struct StoredRun<'a> {
@@ -39,6 +42,8 @@ pub struct StoredRun<'a> {
     /// The plan's file name as the client sent it, and its text.
     pub plan_name: &'a str,
     pub plan_text: &'a str,
+    /// Who submitted it (`caller::Caller::to_json`).
+    pub submitted_by: &'a serde_json::Value,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +96,8 @@ impl RunStore {
             write_synced(&tmp.join("report.html"), run.report_html.as_bytes())?;
             write_synced(&tmp.join("junit.xml"), run.junit_xml.as_bytes())?;
             write_synced(&tmp.join(plan_file_name(run.plan_name)), run.plan_text.as_bytes())?;
+            let meta = serde_json::json!({ "run_id": run.run_id, "started_at": run.started_at, "plan": run.plan_name, "submitted_by": run.submitted_by });
+            write_synced(&tmp.join("meta.json"), format!("{meta:#}\n").as_bytes())?;
             File::open(&tmp)?.sync_all()?;
             fs::rename(&tmp, &done)?;
             File::open(&self.runs)?.sync_all()
@@ -173,7 +180,7 @@ fn sanitize(s: &str) -> String {
 /// not let it escape the run's folder.
 fn plan_file_name(sent: &str) -> String {
     let base = Path::new(sent).file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let safe = !base.is_empty() && base == sent && !base.starts_with('.') && !REPORT_FILES.contains(&base);
+    let safe = !base.is_empty() && base == sent && !base.starts_with('.') && !STORE_FILES.contains(&base);
     if safe {
         base.to_string()
     } else {
@@ -185,6 +192,8 @@ fn plan_file_name(sent: &str) -> String {
 mod tests {
     use super::*;
 
+    static NOBODY: serde_json::Value = serde_json::Value::Null;
+
     fn run<'a>(plan_name: &'a str) -> StoredRun<'a> {
         StoredRun {
             run_id: "0f1e2d3c-aaaa-bbbb-cccc-000000000001",
@@ -195,6 +204,7 @@ mod tests {
             junit_xml: "<testsuite/>",
             plan_name,
             plan_text: "name: x\n",
+            submitted_by: &NOBODY,
         }
     }
 
@@ -204,7 +214,7 @@ mod tests {
         let store = RunStore::open(dir.path(), None).unwrap();
         let at = store.save(&run("nightly.yaml")).unwrap();
         assert_eq!(at, dir.path().join("runs/20240131T123456Z-0f1e2d3c-aaaa-bbbb-cccc-000000000001"));
-        for f in ["report.json", "report.md", "report.html", "junit.xml", "nightly.yaml"] {
+        for f in ["report.json", "report.md", "report.html", "junit.xml", "meta.json", "nightly.yaml"] {
             assert!(at.join(f).is_file(), "{f}");
         }
         assert_eq!(fs::read_to_string(at.join("report.json")).unwrap(), "{}\n");

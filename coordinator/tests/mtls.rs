@@ -42,12 +42,13 @@ fn pki(dir: &Path) -> Pki {
     let (ca, other, token) = (dir.join("ca"), dir.join("other"), dir.join("token"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
     certs(&["init", "--dir", &s(&ca)]);
-    certs(&["issue", "--dir", &s(&ca), "--name", "coordinator"]);
-    certs(&["issue", "--dir", &s(&ca), "--name", "agent1"]);
-    certs(&["issue", "--dir", &s(&ca), "--name", "ci"]);
+    // The coordinator is dialed as 127.0.0.1, which must be asked for.
+    certs(&["issue", "--dir", &s(&ca), "--role", "coordinator", "--name", "coordinator", "--san", "127.0.0.1"]);
+    certs(&["issue", "--dir", &s(&ca), "--role", "agent", "--name", "agent1"]);
+    certs(&["issue", "--dir", &s(&ca), "--role", "operator", "--name", "ci"]);
     certs(&["token", "--out", &s(&token)]);
     certs(&["init", "--dir", &s(&other)]);
-    certs(&["issue", "--dir", &s(&other), "--name", "rogue"]);
+    certs(&["issue", "--dir", &s(&other), "--role", "agent", "--name", "rogue"]);
     Pki { ca, other, token }
 }
 
@@ -153,7 +154,7 @@ fn certs_commands_write_the_files_and_refuse_to_overwrite() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"), "{again:?}");
     // --out: the files go elsewhere, signed by the same CA.
     let elsewhere = dir.path().join("elsewhere");
-    let out = certs(&["issue", "--dir", pki.ca.to_str().unwrap(), "--name", "node7", "--san", "10.9.8.7", "--san", "node7.example", "--out", elsewhere.to_str().unwrap()]);
+    let out = certs(&["issue", "--dir", pki.ca.to_str().unwrap(), "--role", "agent", "--name", "node7", "--san", "10.9.8.7", "--san", "node7.example", "--out", elsewhere.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("SANs node7, 10.9.8.7, node7.example"), "{out:?}");
     assert!(elsewhere.join("node7.pem").exists() && elsewhere.join("node7-key.pem").exists());
 }

@@ -1,0 +1,260 @@
+//! Dialing the coordinator: agents and `stampede run/agents --coordinator`.
+//!
+//! The TCP connection and the TLS handshake are made here rather than by
+//! tonic (which then speaks HTTP/2 over what this returns), for two reasons:
+//! - the coordinator's certificate must chain to `--ca`, name the URL's host
+//!   *and* carry the coordinator role ([`CoordinatorOnly`]), so that an
+//!   agent's or an operator's certificate served by someone else never
+//!   receives the enrollment token (issue 8, item 11); tonic's
+//!   `ClientTlsConfig` has no place for the last check;
+//! - each failure says what happened (issue 8, item 13) — refused,
+//!   unreachable, timed out, the TLS handshake failed and why, the server
+//!   speaks TLS to a plain-text client or plain text to a TLS one
+//!   ([`DialError`]) — where tonic says "transport error".
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::role::{self, Role};
+
+/// How long the TCP connection, and then the TLS handshake, may take.
+const TCP_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the connection to the coordinator could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("cannot resolve `{host}`: {source}")]
+    Resolve { host: String, source: io::Error },
+    #[error("`{host}` resolves to no address")]
+    NoAddress { host: String },
+    #[error("connection refused by {addr}: nothing listens there (is the coordinator running, on this port?)")]
+    Refused { addr: SocketAddr },
+    #[error("{addr} is unreachable: {source} (no route to it from here)")]
+    Unreachable { addr: SocketAddr, source: io::Error },
+    #[error("connecting to {addr} timed out after {after:?}: no answer (a firewall drops the packets, or the host is down)")]
+    TcpTimeout { addr: SocketAddr, after: Duration },
+    #[error("connecting to {addr} failed: {source}")]
+    Tcp { addr: SocketAddr, source: io::Error },
+    #[error("the TLS handshake with {addr} timed out after {after:?}: the server accepted the connection but never answered")]
+    HandshakeTimeout { addr: SocketAddr, after: Duration },
+    #[error("the server at {addr} speaks plain text, but we dialed TLS: if the coordinator runs with --insecure, use an http:// URL and --insecure")]
+    ServerSpeaksPlainText { addr: SocketAddr },
+    #[error("the server at {addr} speaks TLS, but we dialed plain text: use an https:// URL with --ca, --cert and --key")]
+    ServerSpeaksTls { addr: SocketAddr },
+    #[error("the server at {addr} closed the connection at once, before any greeting (it refuses us, or is shutting down)")]
+    ClosedAtOnce { addr: SocketAddr },
+    #[error("the server at {addr} accepted the connection but did not greet within {after:?} as an HTTP/2 (gRPC) server does: it is not a stampede coordinator, or it is overloaded")]
+    NoGreeting { addr: SocketAddr, after: Duration },
+    #[error("the TLS handshake with {addr} failed: {reason}")]
+    Handshake { addr: SocketAddr, reason: String },
+    #[error("the server at {addr} does not speak gRPC over TLS (it did not agree to HTTP/2): it is not a stampede coordinator")]
+    NoHttp2 { addr: SocketAddr },
+}
+
+/// Refusal of a server certificate that is not a coordinator's.
+#[derive(Debug, thiserror::Error)]
+#[error("the server's certificate is not a coordinator's certificate: {0}; this is not the coordinator we trust")]
+pub struct NotCoordinator(String);
+
+/// The rustls verifier of agents and operators: webpki's (chains to `--ca`,
+/// names the host, `serverAuth`), and the certificate carries the
+/// coordinator role.
+#[derive(Debug)]
+pub(super) struct CoordinatorOnly {
+    pub(super) inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for CoordinatorOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The role first: for a client's certificate served as a server's,
+        // "it is agent X's certificate" says more than webpki's "invalid purpose".
+        let refuse = |why: String| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(NotCoordinator(why)))));
+        match role::holder(end_entity) {
+            Ok(h) if h.role == Role::Coordinator => {}
+            Ok(h) => return Err(refuse(format!("it is {h}'s certificate (role {})", h.role))),
+            Err(e) => return Err(refuse(e.to_string())),
+        }
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Anything a connection can be: TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// The connector tonic calls for each (re)connection.
+#[derive(Clone)]
+pub(super) struct Dial {
+    pub(super) host: String,
+    pub(super) port: u16,
+    /// With TLS: the connector and the name the certificate must carry.
+    pub(super) tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Dial {
+    async fn dial(self) -> Result<Box<dyn Io>, DialError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port)).await.map_err(|source| DialError::Resolve { host: self.host.clone(), source })?.collect();
+        let mut last = DialError::NoAddress { host: self.host.clone() };
+        for addr in addrs {
+            match tokio::time::timeout(TCP_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return self.secure(addr, tcp).await;
+                }
+                Ok(Err(e)) => last = tcp_error(addr, e),
+                Err(_) => last = DialError::TcpTimeout { addr, after: TCP_TIMEOUT },
+            }
+        }
+        Err(last)
+    }
+
+    async fn secure(&self, addr: SocketAddr, tcp: TcpStream) -> Result<Box<dyn Io>, DialError> {
+        let Some((connector, name)) = &self.tls else {
+            return plain(addr, tcp).await;
+        };
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), tcp)).await {
+            Err(_) => return Err(DialError::HandshakeTimeout { addr, after: HANDSHAKE_TIMEOUT }),
+            Ok(Err(e)) => return Err(handshake_error(addr, &e)),
+            Ok(Ok(tls)) => tls,
+        };
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(DialError::NoHttp2 { addr });
+        }
+        Ok(Box::new(tls))
+    }
+}
+
+fn tcp_error(addr: SocketAddr, e: io::Error) -> DialError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => DialError::Refused { addr },
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => DialError::Unreachable { addr, source: e },
+        io::ErrorKind::TimedOut => DialError::TcpTimeout { addr, after: TCP_TIMEOUT },
+        _ => DialError::Tcp { addr, source: e },
+    }
+}
+
+fn handshake_error(addr: SocketAddr, e: &io::Error) -> DialError {
+    if super::rustls_error(e).is_some_and(super::is_not_tls) {
+        return DialError::ServerSpeaksPlainText { addr };
+    }
+    let reason = match super::explain_client(e) {
+        Some(why) => format!("{why} ({e})"),
+        None if e.kind() == io::ErrorKind::UnexpectedEof => "the server closed the connection during the handshake".to_string(),
+        None => e.to_string(),
+    };
+    DialError::Handshake { addr, reason }
+}
+
+impl tonic::codegen::Service<tonic::transport::Uri> for Dial {
+    type Response = TokioIo<Box<dyn Io>>;
+    type Error = DialError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DialError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
+        let dial = self.clone();
+        Box::pin(async move { dial.dial().await.map(TokioIo::new) })
+    }
+}
+
+/// An HTTP/2 server greets first (its SETTINGS frame, at once); a TLS
+/// server says nothing until the client's hello. How long a plain-text
+/// dial waits for the greeting before it finds out which it is.
+const GREETING: Duration = Duration::from_secs(1);
+
+/// The HTTP/2 client preface: what a plain-text client says first.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a server's first bytes are a TLS record (an alert or a
+/// handshake message). An HTTP/2 frame never starts so: its first byte is
+/// the high byte of a 24-bit length, 0 for any frame under 64 KiB.
+fn looks_like_tls(first: &[u8]) -> bool {
+    matches!(first, [0x15 | 0x16, ..])
+}
+
+/// A plain-text connection, checked to be HTTP/2 before tonic gets it:
+/// against a TLS server, HTTP/2 would only report `FRAME_SIZE_ERROR` (the
+/// TLS alert read as a frame header) or "connection closed".
+async fn plain(addr: SocketAddr, mut tcp: TcpStream) -> Result<Box<dyn Io>, DialError> {
+    let mut first = [0u8; 2];
+    match tokio::time::timeout(GREETING, tcp.peek(&mut first)).await {
+        Ok(Ok(0)) => Err(DialError::ClosedAtOnce { addr }),
+        Ok(Ok(n)) if looks_like_tls(&first[..n]) => Err(DialError::ServerSpeaksTls { addr }),
+        // The greeting stays in the socket for tonic (peek does not consume it).
+        Ok(Ok(_)) => Ok(Box::new(tcp)),
+        Ok(Err(source)) => Err(DialError::Tcp { addr, source }),
+        Err(_) => {
+            // Silent: speak first, as HTTP/2 would, and see what answers. A
+            // TLS server answers the preface with an alert. The connection
+            // is spent either way.
+            let mut reply = [0u8; 8];
+            let answered = async {
+                tcp.write_all(PREFACE).await?;
+                tcp.read(&mut reply).await
+            };
+            match tokio::time::timeout(GREETING, answered).await {
+                Ok(Ok(n)) if looks_like_tls(&reply[..n]) => Err(DialError::ServerSpeaksTls { addr }),
+                _ => Err(DialError::NoGreeting { addr, after: GREETING }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_records_are_told_from_http2_frames() {
+        // A TLS alert and a ServerHello; an HTTP/2 SETTINGS frame and a GOAWAY.
+        assert!(looks_like_tls(&[0x15, 0x03, 0x03, 0x00, 0x02]));
+        assert!(looks_like_tls(&[0x16]));
+        assert!(!looks_like_tls(&[0x00, 0x00, 0x12, 0x04, 0x00]));
+        assert!(!looks_like_tls(&[0x00, 0x00, 0x08, 0x07]));
+    }
+
+    #[tokio::test]
+    async fn a_refused_port_says_refused() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dial = Dial { host: "127.0.0.1".into(), port, tls: None };
+        let e = dial.dial().await.err().expect("nothing listens");
+        assert!(matches!(e, DialError::Refused { .. }), "{e}");
+    }
+}
