@@ -96,7 +96,7 @@ fn the_cli_check_catches_what_does_not_exist() {
     }
     let good = [
         "stampede run plan.yaml --coordinator https://c:7000 --out=o",
-        "stampede certs issue --dir d --name n --san a --san b",
+        "stampede certs issue --dir d --role agent --name n --san a --san b",
         "stampede-agent sweep --state-dir /var/lib/stampede --dry-run",
         "stampede --otlp-endpoint http://otel:4317 target --listen 0.0.0.0:8080",
         "stampede-agent -h",
