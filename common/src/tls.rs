@@ -320,6 +320,12 @@ pub struct Dialing {
     dial: dial::Dial,
 }
 
+impl std::fmt::Debug for Dialing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialing").field("host", &self.dial.host).field("port", &self.dial.port).field("tls", &self.dial.tls.is_some()).finish()
+    }
+}
+
 impl Dialing {
     /// Connects now; a failure's chain holds the [`DialError`] that says why.
     pub async fn connect(self) -> Result<Channel, tonic::transport::Error> {
@@ -399,15 +405,11 @@ pub fn explain_client(err: &(dyn StdError + 'static)) -> Option<String> {
     let Some(e) = rustls_error(err) else {
         // Some layers keep only the text of the rustls error.
         let text = chain_text(err);
-        let alert = |name: &str| text.contains(&format!("received fatal alert: {name}"));
-        return if alert("CertificateRequired") {
-            Some("the coordinator requires a client certificate".into())
-        } else if alert("UnknownCA") || alert("BadCertificate") || alert("DecryptError") {
-            Some("the coordinator refused our certificate: it is not signed by the coordinator's --ca".into())
-        } else if text.contains("received fatal alert") || text.contains("invalid peer certificate") {
-            Some(format!("TLS: {text}"))
-        } else {
-            None
+        let alert = text.split("received fatal alert: ").nth(1).map(|rest| rest.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap_or(""));
+        return match alert {
+            Some(name) => Some(refused_by_alert(name).map_or_else(|| format!("TLS: {text}"), str::to_string)),
+            None if text.contains("invalid peer certificate") => Some(format!("TLS: {text}")),
+            None => None,
         };
     };
     Some(match e {
@@ -422,12 +424,21 @@ pub fn explain_client(err: &(dyn StdError + 'static)) -> Option<String> {
             "the server's certificate is not a server certificate (an agent's or an operator's?): this is not a coordinator".into()
         }
         rustls::Error::InvalidCertificate(c) => format!("the coordinator's certificate is not acceptable: {c:?}"),
-        rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => "the coordinator requires a client certificate".into(),
-        rustls::Error::AlertReceived(AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::DecryptError) => {
-            "the coordinator refused our certificate: it is not signed by the coordinator's --ca".into()
-        }
+        rustls::Error::AlertReceived(a) => refused_by_alert(&format!("{a:?}")).map_or_else(|| format!("TLS: the coordinator sent the alert {a:?}"), str::to_string),
         e if is_not_tls(e) => "the coordinator does not speak TLS (is it running with --insecure? then use http:// and --insecure)".into(),
         e => format!("TLS: {e}"),
+    })
+}
+
+/// What the coordinator's alert (by its rustls name) says about our certificate.
+fn refused_by_alert(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "CertificateRequired" => "the coordinator requires a client certificate",
+        "UnknownCA" | "DecryptError" => "the coordinator refused our certificate: it is not signed by the coordinator's --ca",
+        "UnsupportedCertificate" => "the coordinator refused our certificate: it is not a client certificate (a coordinator's certificate cannot dial; use an agent's or an operator's)",
+        "CertificateExpired" => "the coordinator refused our certificate: it has expired or is not valid yet (check the clocks)",
+        "BadCertificate" => "the coordinator refused our certificate (its log says why)",
+        _ => return None,
     })
 }
 

@@ -264,6 +264,22 @@ fn an_agent_certificate_served_as_a_coordinator_receives_no_token() {
     assert!(seen.is_empty(), "the agent opened a session with the rogue: {seen:?}");
 }
 
+/// Item 11 (and 13's "TLS handshake failed, with the reason"): a
+/// coordinator's certificate is a server certificate only, so it cannot
+/// dial its own or another coordinator, and the client is told why rather
+/// than "connection closed" (with TLS 1.3 the refusal comes after the
+/// client's side of the handshake).
+#[test]
+fn a_coordinator_certificate_cannot_dial_and_the_client_says_why() {
+    let mut procs = Procs::new();
+    let pki = fleet_pki(procs.dir.path());
+    let url = tls_coordinator(&mut procs, &pki);
+    let (ok, _, stderr) = list_agents(&url, &pki.flags("coordinator"));
+    assert!(!ok, "a coordinator certificate listed the agents");
+    assert!(stderr.contains("it is not a client certificate"), "{stderr}");
+    assert!(log_says(&procs, "coordinator", "the client's certificate is not a client certificate", Duration::from_secs(5)), "{}", procs.log("coordinator"));
+}
+
 /// Item 11: `certs issue` put 127.0.0.1 and localhost into every certificate
 /// unless told otherwise, so any coordinator certificate was valid for any
 /// host's loopback. A coordinator certificate names only NAME and the

@@ -154,7 +154,69 @@ impl Dial {
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(DialError::NoHttp2 { addr });
         }
-        Ok(Box::new(tls))
+        greeted(addr, tls).await
+    }
+}
+
+/// Waits for the coordinator's first bytes over TLS. With TLS 1.3 the
+/// client's side of the handshake ends before the server has checked the
+/// client's certificate: a refusal comes as an alert after it, which
+/// HTTP/2 would report only as "connection closed". A coordinator that
+/// accepts greets at once (its HTTP/2 SETTINGS); what it sent is replayed
+/// to tonic. Silence past [`GREETING`] is not an error here: the server may
+/// just be slow.
+async fn greeted(addr: SocketAddr, mut tls: tokio_rustls::client::TlsStream<TcpStream>) -> Result<Box<dyn Io>, DialError> {
+    let mut first = vec![0u8; 4096];
+    match tokio::time::timeout(GREETING, tls.read(&mut first)).await {
+        Ok(Ok(0)) => Err(DialError::Handshake { addr, reason: "the server closed the connection right after the handshake (it refused our certificate? its log says why)".into() }),
+        Ok(Ok(n)) => {
+            first.truncate(n);
+            Ok(Box::new(Replay { first, at: 0, inner: tls }))
+        }
+        Ok(Err(e)) => Err(handshake_error(addr, &e)),
+        Err(_) => Ok(Box::new(tls)),
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Replay<T> {
+    first: Vec<u8>,
+    at: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Replay<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.at < self.first.len() {
+            let n = (self.first.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.first[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Replay<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
