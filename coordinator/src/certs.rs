@@ -253,4 +253,19 @@ mod tests {
         let e = stampede_common::tls::ServerTls::load(&files("agent")).unwrap_err().to_string();
         assert!(e.contains("agent agent's certificate (role agent)") && e.contains("--role coordinator"), "{e}");
     }
+
+    #[test]
+    fn a_certificate_without_one_role_has_none() {
+        use stampede_common::tls::role::{holder, RoleError};
+        let key = KeyPair::generate().unwrap();
+        // As `certs issue` made them before roles: no marker.
+        let old = CertificateParams::new(vec!["old".to_string()]).unwrap().self_signed(&key).unwrap();
+        assert!(matches!(holder(old.der()), Err(RoleError::NoRole(_))));
+        let mut two = CertificateParams::new(vec!["two".to_string()]).unwrap();
+        for role in [Role::Agent, Role::Operator] {
+            two.subject_alt_names.push(SanType::URI(role.uri().try_into().unwrap()));
+        }
+        let two = two.self_signed(&key).unwrap();
+        assert!(matches!(holder(two.der()), Err(RoleError::Several(..))));
+    }
 }

@@ -230,7 +230,7 @@ fn tcp_error(addr: SocketAddr, e: io::Error) -> DialError {
 }
 
 fn handshake_error(addr: SocketAddr, e: &io::Error) -> DialError {
-    if super::rustls_error(e).is_some_and(super::is_not_tls) {
+    if super::explain::rustls_error(e).is_some_and(super::explain::is_not_tls) {
         return DialError::ServerSpeaksPlainText { addr };
     }
     let reason = match super::explain_client(e) {
