@@ -312,6 +312,29 @@ mod tests {
         assert!(!looks_like_tls(&[0x00, 0x00, 0x08, 0x07]));
     }
 
+    #[test]
+    fn connect_errors_are_told_apart() {
+        let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let kind = |k: io::ErrorKind| tcp_error(addr, io::Error::from(k));
+        assert!(matches!(kind(io::ErrorKind::ConnectionRefused), DialError::Refused { .. }));
+        assert!(matches!(kind(io::ErrorKind::HostUnreachable), DialError::Unreachable { .. }));
+        assert!(matches!(kind(io::ErrorKind::NetworkUnreachable), DialError::Unreachable { .. }));
+        assert!(matches!(kind(io::ErrorKind::TimedOut), DialError::TcpTimeout { .. }));
+        assert!(matches!(kind(io::ErrorKind::PermissionDenied), DialError::Tcp { .. }));
+    }
+
+    /// A listener that never accepts: the kernel completes the TCP
+    /// handshake, and then nobody speaks.
+    #[tokio::test]
+    async fn a_silent_server_is_not_taken_for_a_coordinator() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dial = Dial { host: "127.0.0.1".into(), port, tls: None };
+        let e = dial.dial().await.err().expect("a silent server is refused");
+        assert!(matches!(e, DialError::NoGreeting { .. }), "{e}");
+        drop(listener);
+    }
+
     #[tokio::test]
     async fn a_refused_port_says_refused() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
