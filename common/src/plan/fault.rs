@@ -307,6 +307,13 @@ pub fn validate_faults(plan: &Plan) -> Result<(), (String, String)> {
         if f.at.as_duration() >= run {
             return fail("at", format!("starts at {} but the run lasts only {}", f.at, Dur(run)));
         }
+        // Issue 8 item 6: a fault never outlives the run that asked for it
+        // (a 100-day partition was accepted). Chaos Mesh ends an experiment
+        // with its duration; here the run's planned end bounds every window.
+        let end = f.at.as_duration().saturating_add(f.duration.as_duration());
+        if end > run {
+            return fail("duration", format!("the window ends at {} (at {} + {}), after the run's planned end at {}", Dur(end), f.at, f.duration, Dur(run)));
+        }
         // Each kind takes exactly its own block.
         let blocks = [
             ("netem", f.netem.is_some(), f.kind == FaultKind::Netem),
