@@ -79,6 +79,15 @@ async fn stream_run(
     // In parallel, and done before the common start: a slow CLI must not
     // make this agent start late, nor refuse after the others have begun.
     if let Some(inj) = &injector {
+        // Issue 8 item 8: no network fault, alone or with the others on
+        // this node, may cover the coordinator this agent dials.
+        if faults.iter().any(|f| f.kind.is_network()) {
+            let control = crate::fault::control::resolve(&cfg.coordinator).await.map_err(|e| format!("preflight on this node: {e}"))?;
+            if let Some((i, addr)) = crate::fault::control::covering(&faults, &control) {
+                return Err(format!("preflight on this node: {}", crate::fault::control::refusal(&faults[i], addr)));
+            }
+            inj.set_control(control);
+        }
         let budget = start.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(CHECK_MARGIN);
         let mut checks = tokio::task::JoinSet::new();
         for fault in &faults {

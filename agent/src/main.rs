@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use stampede_agent::fault::pressure::{stress_main, StressCommand};
+use stampede_agent::fault::watchdog::{watchdog_main, WatchdogCommand};
 use stampede_agent::fault::sweep;
 use stampede_agent::session::{self, AgentConfig};
 use stampede_common::tls::{ClientTls, Mode, TlsArgs, Token, INSECURE_WARNING};
@@ -64,6 +65,9 @@ enum Sub {
     /// A CPU or memory pressure helper, spawned by the agent for a fault.
     #[command(subcommand, hide = true)]
     Stress(StressCommand),
+    /// Reverts one fault at its deadline unless disarmed (started by the agent).
+    #[command(hide = true)]
+    FaultWatchdog(WatchdogCommand),
     /// Remove everything stampede left on this node: reverts the journal's
     /// pending faults, deletes `inet stampede_*` nft tables and stampede's
     /// root qdisc, kills leftover pressure helpers, deletes stale probe
@@ -104,6 +108,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Some(Sub::Stress(cmd)) => return stress_main(cmd),
+        Some(Sub::FaultWatchdog(cmd)) => return watchdog_main(cmd),
         Some(Sub::Sweep { state_dir, dry_run, probe_min_age }) => std::process::exit(sweep::main(&state_dir, dry_run, probe_min_age)),
         None => {}
     }

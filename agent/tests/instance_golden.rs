@@ -18,7 +18,7 @@ fn fault(kind: FaultKind, instance: Instance) -> Fault {
 }
 
 fn named(driver: Kind, name: &str, force: bool) -> Instance {
-    Instance { driver, name: Some(name.into()), pid: None, force, start: vec![] }
+    Instance { driver, name: Some(name.into()), pid: None, pid_file: None, force, start: vec![] }
 }
 
 fn build(kind: FaultKind, inst: Instance) -> FaultActions {
@@ -35,7 +35,8 @@ fn shape(a: &Action) -> (Vec<String>, Vec<String>) {
             }
             (argv, ok_if.clone())
         }
-        other => panic!("unexpected action {other:?}"),
+        // The process driver's actions on exact pids, as a dry run shows them.
+        other => (vec![other.display()], Vec::new()),
     }
 }
 
@@ -104,43 +105,47 @@ fn systemd_golden() {
 }
 
 fn proc_pid(pid: u32, force: bool) -> Instance {
-    Instance { driver: Kind::Process, name: None, pid: Some(pid), force, start: vec!["/opt/app/server".into(), "--port".into(), "8080".into()] }
+    Instance { driver: Kind::Process, name: None, pid: Some(pid), pid_file: None, force, start: vec!["/opt/app/server".into(), "--port".into(), "8080".into()] }
 }
 
 fn proc_name(name: &str, force: bool) -> Instance {
-    Instance { driver: Kind::Process, name: Some(name.into()), pid: None, force, start: vec!["/opt/app/server".into(), "--port".into(), "8080".into()] }
+    Instance { driver: Kind::Process, name: Some(name.into()), pid: None, pid_file: None, force, start: vec!["/opt/app/server".into(), "--port".into(), "8080".into()] }
 }
 
 #[test]
 fn process_by_pid_golden() {
     use FaultKind::*;
-    let wait = "sh -c <script> sh 4242";
+    // Issue 8 item 9: exact pids, resolved at apply and journaled under the
+    // tag; the revert signals exactly those.
+    let sel = "pid 4242, resolved at apply as stampede-process-f1";
+    let wait = "wait until the processes of stampede-process-f1 are gone";
     let start = "sh -c <script> sh 4242 /opt/app/server --port 8080";
     for force in [false, true] {
-        check(Pause, proc_pid(4242, force), &["kill -STOP 4242"], &["kill -CONT 4242 | No such process"]);
+        check(Pause, proc_pid(4242, force), &[&format!("kill -STOP <{sel}>")], &["kill -CONT <the processes of stampede-process-f1>"]);
     }
-    check(Stop, proc_pid(4242, false), &["kill -TERM 4242", wait], &[start]);
-    check(Stop, proc_pid(4242, true), &["kill -KILL 4242", wait], &[start]);
+    check(Stop, proc_pid(4242, false), &[&format!("kill -TERM <{sel}>"), wait], &[start]);
+    check(Stop, proc_pid(4242, true), &[&format!("kill -KILL <{sel}>"), wait], &[start]);
     // By pid a restart cannot be told apart from "never came back": no revert.
-    check(Restart, proc_pid(4242, false), &["kill -TERM 4242", wait, start], &[]);
-    check(Restart, proc_pid(4242, true), &["kill -KILL 4242", wait, start], &[]);
+    check(Restart, proc_pid(4242, false), &[&format!("kill -TERM <{sel}>"), wait, start], &[]);
+    check(Restart, proc_pid(4242, true), &[&format!("kill -KILL <{sel}>"), wait, start], &[]);
 }
 
 #[test]
 fn process_by_name_golden() {
     use FaultKind::*;
-    // Regex characters are escaped: `-x` then matches exactly this name.
+    // The start script's "running already?" check is `pgrep -x` with regex
+    // characters escaped; the signals go to the exact pids (never pkill).
     let n = r"python3\.11";
-    let wait = format!("sh -c <script> sh {n}");
+    let sel = "processes named `python3.11`, resolved at apply as stampede-process-f1";
+    let wait = "wait until the processes of stampede-process-f1 are gone";
     let start = format!("sh -c <script> sh {n} /opt/app/server --port 8080");
-    let cont = format!("sh -c <script> sh {n}");
     for force in [false, true] {
-        check(Pause, proc_name("python3.11", force), &[&format!("pkill -STOP -x -- {n}")], &[&cont]);
+        check(Pause, proc_name("python3.11", force), &[&format!("kill -STOP <{sel}>")], &["kill -CONT <the processes of stampede-process-f1>"]);
     }
-    check(Stop, proc_name("python3.11", false), &[&format!("pkill -TERM -x -- {n}"), &wait], &[&start]);
-    check(Stop, proc_name("python3.11", true), &[&format!("pkill -KILL -x -- {n}"), &wait], &[&start]);
-    check(Restart, proc_name("python3.11", false), &[&format!("pkill -TERM -x -- {n}"), &wait, &start], &[&start]);
-    check(Restart, proc_name("python3.11", true), &[&format!("pkill -KILL -x -- {n}"), &wait, &start], &[&start]);
+    check(Stop, proc_name("python3.11", false), &[&format!("kill -TERM <{sel}>"), wait], &[&start]);
+    check(Stop, proc_name("python3.11", true), &[&format!("kill -KILL <{sel}>"), wait], &[&start]);
+    check(Restart, proc_name("python3.11", false), &[&format!("kill -TERM <{sel}>"), wait, &start], &[&start]);
+    check(Restart, proc_name("python3.11", true), &[&format!("kill -KILL <{sel}>"), wait, &start], &[&start]);
 }
 
 #[test]

@@ -1,12 +1,15 @@
-//! The process driver, for real, against `python3 -m http.server` children
+//! The process driver, for real, against `python3 -m http.server` processes
 //! this test starts itself. Each server runs from a symlink to the Python
-//! binary with a name unique to this test process, so by-name faults
-//! (`pkill -x`) and the cleanup can only ever reach our own servers.
+//! binary with a name unique to this test process, so by-name faults and
+//! the cleanup can only ever reach our own servers. The servers are started
+//! detached (`sh -c '… &'`), not as children of this test process: it plays
+//! the agent, and the driver refuses to signal an agent's children (issue 8
+//! item 9).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stampede_agent::fault::instance::InstanceDriver;
@@ -19,7 +22,8 @@ use stampede_common::plan::{Fault, FaultKind, Instance, InstanceDriver as Kind};
 struct Server {
     link: PathBuf,
     port: u16,
-    child: Child,
+    /// The first server's pid (a restart makes another).
+    pid: i32,
 }
 
 impl Server {
@@ -34,8 +38,14 @@ impl Server {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&python, &link).unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(&link).args(Self::args(port)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let server = Server { link, port, child };
+        let out = Command::new("sh")
+            .args(["-c", r#""$@" </dev/null >/dev/null 2>&1 & echo $!"#, "sh"])
+            .arg(&link)
+            .args(Self::args(port))
+            .output()
+            .unwrap();
+        let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the server's pid");
+        let server = Server { link, port, pid };
         server.wait_up(Duration::from_secs(15));
         server
     }
@@ -82,10 +92,15 @@ impl Server {
     }
 }
 
+fn kill_hard(pid: i32) {
+    if pid > 1 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_hard(self.pid);
         for pid in self.pids() {
             if pid > 1 {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -130,7 +145,7 @@ fn execute(runner: &Runner, actions: &[stampede_agent::fault::Action]) {
 
 fn by_pid(server: &Server, start: bool) -> Instance {
     let start = if start { server.start_argv() } else { vec![] };
-    Instance { driver: Kind::Process, name: None, pid: Some(server.child.id()), force: false, start }
+    Instance { driver: Kind::Process, name: None, pid: Some(server.pid as u32), pid_file: None, force: false, start }
 }
 
 fn by_name(server: &Server, start: bool) -> Instance {
@@ -152,12 +167,14 @@ fn pause_then_resume(server: &Server, inst: Instance) {
 
 #[test]
 fn pause_by_pid_freezes_and_thaws() {
-    let mut server = Server::start('a');
+    let server = Server::start('a');
     pause_then_resume(&server, by_pid(&server, false));
     // Once the process is gone, thawing it is still a successful revert.
     let revert = actions(FaultKind::Pause, by_pid(&server, false)).revert;
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    kill_hard(server.pid);
+    while server.pids().contains(&server.pid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     execute(&Runner::default(), &revert);
 }
 
@@ -174,7 +191,7 @@ fn pause_by_exact_name_freezes_and_thaws() {
 #[test]
 fn stop_by_pid_refuses_connections_until_the_start_command_brings_it_back() {
     let server = Server::start('c');
-    let original = server.child.id() as i32;
+    let original = server.pid;
     let runner = Runner::default();
     let fault = actions(FaultKind::Stop, by_pid(&server, true));
     execute(&runner, &fault.apply);
@@ -198,7 +215,7 @@ fn stop_by_pid_refuses_connections_until_the_start_command_brings_it_back() {
 #[test]
 fn restart_by_name_comes_back_and_the_revert_starts_no_second_copy() {
     let server = Server::start('d');
-    let original = server.child.id() as i32;
+    let original = server.pid;
     let runner = Runner::default();
     let fault = actions(FaultKind::Restart, Instance { force: true, ..by_name(&server, true) });
     execute(&runner, &fault.apply);

@@ -55,6 +55,10 @@ pub enum Command {
     /// executable, so `stampede` takes the same hidden subcommand as `stampede-agent`.
     #[command(subcommand, hide = true)]
     Stress(stampede_agent::fault::pressure::StressCommand),
+    /// A fault's watchdog process: in-process agents start it from this
+    /// executable, so `stampede` takes the same hidden subcommand as `stampede-agent`.
+    #[command(hide = true)]
+    FaultWatchdog(stampede_agent::fault::watchdog::WatchdogCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -221,6 +225,10 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Stress(cmd) => match tokio::task::spawn_blocking(move || stampede_agent::fault::pressure::stress_main(cmd)).await {
             Ok(done) => done.map(|()| 0),
             Err(e) => Err(anyhow::anyhow!("pressure helper: {e}")),
+        },
+        Command::FaultWatchdog(cmd) => match tokio::task::spawn_blocking(move || stampede_agent::fault::watchdog::watchdog_main(cmd)).await {
+            Ok(done) => done.map(|()| 0),
+            Err(e) => Err(anyhow::anyhow!("fault watchdog: {e}")),
         },
     };
     match result {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::procs::{self, ProcRef, Selector};
+
 /// One step of applying or reverting a fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
@@ -29,6 +31,15 @@ pub enum Action {
     Spawn { argv: Vec<String>, tag: String },
     /// Kill the process group started by the `Spawn` with this tag, if alive.
     KillSpawned { tag: String },
+    /// Send `signal` (`STOP`, `TERM`, …) to the processes `select` names,
+    /// resolved to exact pids at apply time and recorded under `tag`
+    /// (journaled, see `procs.rs`); refused if stampede's own are among them.
+    Signal { select: Selector, signal: String, tag: String },
+    /// Send `signal` to exactly the processes recorded under `tag`, skipping
+    /// any gone or reused since; nothing recorded is nothing to do.
+    SignalRecorded { tag: String, signal: String },
+    /// Wait (8 s at most) until the processes recorded under `tag` are gone.
+    WaitRecordedGone { tag: String },
 }
 
 impl Action {
@@ -52,6 +63,9 @@ impl Action {
             Action::Run { argv, stdin: Some(input), .. } => format!("{} <<'EOF'\n{}EOF", shell_join(argv), ensure_newline(input)),
             Action::Spawn { argv, tag } => format!("{} &  # process group tagged {tag}", shell_join(argv)),
             Action::KillSpawned { tag } => format!("kill -KILL -- -<process group of {tag}>"),
+            Action::Signal { select, signal, tag } => format!("kill -{signal} <{}, resolved at apply as {tag}>", select.describe()),
+            Action::SignalRecorded { tag, signal } => format!("kill -{signal} <the processes of {tag}>"),
+            Action::WaitRecordedGone { tag } => format!("wait until the processes of {tag} are gone"),
         }
     }
 }
@@ -101,11 +115,16 @@ pub struct Runner {
     pub path_prefix: Option<PathBuf>,
     /// Process groups started by `Spawn`, by tag.
     spawned: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i32>>>,
+    /// Processes resolved by `Signal`, by tag.
+    signalled: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<ProcRef>>>>,
 }
+
+/// How long `WaitRecordedGone` waits, under the runner's 10 s timeout.
+const GONE_LIMIT: Duration = Duration::from_secs(8);
 
 impl Default for Runner {
     fn default() -> Self {
-        Runner { timeout: Duration::from_secs(10), path_prefix: None, spawned: Default::default() }
+        Runner { timeout: Duration::from_secs(10), path_prefix: None, spawned: Default::default(), signalled: Default::default() }
     }
 }
 
@@ -118,6 +137,30 @@ impl Runner {
     /// Remembers a helper spawned by an earlier agent process (from the journal).
     pub fn adopt(&self, tag: &str, pgid: i32) {
         self.spawned.lock().unwrap_or_else(|e| e.into_inner()).insert(tag.to_string(), pgid);
+    }
+
+    /// Remembers the processes an earlier agent process signalled (from the journal).
+    pub fn adopt_procs(&self, tag: &str, procs: Vec<ProcRef>) {
+        self.signalled.lock().unwrap_or_else(|e| e.into_inner()).insert(tag.to_string(), procs);
+    }
+
+    /// The processes recorded under `tag` (empty when none).
+    pub fn recorded(&self, tag: &str) -> Vec<ProcRef> {
+        self.signalled.lock().unwrap_or_else(|e| e.into_inner()).get(tag).cloned().unwrap_or_default()
+    }
+
+    /// For a `Signal` action: resolves its selector to exact processes now
+    /// and records them under its tag (the injector journals them before
+    /// the signal is sent). `None` for any other action.
+    pub fn resolve(&self, action: &Action) -> Option<Result<Vec<ProcRef>, ActionError>> {
+        let Action::Signal { select, tag, .. } = action else { return None };
+        Some(match procs::resolve(select) {
+            Ok(found) => {
+                self.adopt_procs(tag, found.clone());
+                Ok(found)
+            }
+            Err(detail) => Err(ActionError::Failed { command: action.display(), detail }),
+        })
     }
 
     fn command(&self, argv: &[String]) -> Command {
@@ -167,6 +210,21 @@ impl Runner {
                     Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
                     Err(e) => Err(ActionError::Failed { command: action.display(), detail: e.to_string() }),
                 }
+            }
+            Action::Signal { tag, signal, .. } => {
+                // Resolved already when the injector journaled the pids;
+                // resolved here when run on its own.
+                let mut found = self.recorded(tag);
+                if found.is_empty() {
+                    found = self.resolve(action).expect("a Signal action")?;
+                }
+                procs::signal_all(&found, signal).map_err(|detail| ActionError::Failed { command: action.display(), detail })
+            }
+            Action::SignalRecorded { tag, signal } => {
+                procs::signal_all(&self.recorded(tag), signal).map_err(|detail| ActionError::Failed { command: action.display(), detail })
+            }
+            Action::WaitRecordedGone { tag } => {
+                procs::wait_gone(&self.recorded(tag), GONE_LIMIT).map_err(|detail| ActionError::Failed { command: action.display(), detail })
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Runs a run's faults on this node: journal, apply, hold, revert — on the
 //! run's timeline, and on every way out (window end, abort, lost
-//! coordinator, SIGTERM via cancellation, and a dead-man thread that reverts
-//! by itself if the agent's async side hangs). Revert is idempotent, so the
-//! paths may race without harm.
+//! coordinator, SIGTERM via cancellation, a dead-man thread that reverts
+//! by itself if the agent's async side hangs, and a watchdog process that
+//! reverts if the whole agent is stopped or gone, see `watchdog.rs`).
+//! Revert is idempotent, so the paths may race without harm.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use tracing::{error, info, warn};
 use super::action::{Action, FaultActions, Runner};
 use super::effect::{self, Effect, Samples};
 use super::journal::{Entry, Journal};
+use super::watchdog::{self, Watchdog};
 use super::{driver_for, FaultError, Node};
 
 /// After the window's end, how long the dead-man thread waits before it
@@ -95,6 +97,9 @@ pub struct Injector {
     /// Fault windows in progress, so that shutting down can wait for their
     /// reverts (see [`Injector::settle`]).
     windows: watch::Sender<usize>,
+    /// The addresses of the coordinator this agent dials: no fault may
+    /// cover them (`control.rs`). Set at each assignment.
+    control: std::sync::Mutex<Vec<std::net::SocketAddr>>,
 }
 
 /// Counts one window as in progress until it ends or its task is dropped.
@@ -112,7 +117,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 impl Injector {
     pub fn new(state_dir: &Path, node: Node, runner: Runner) -> std::io::Result<Injector> {
-        Ok(Injector { runner, journal: Journal::open(state_dir)?, node, windows: watch::channel(0).0 })
+        Ok(Injector { runner, journal: Journal::open(state_dir)?, node, windows: watch::channel(0).0, control: Default::default() })
     }
 
     /// The exact actions `fault` takes on this node.
@@ -123,7 +128,17 @@ impl Injector {
     /// Whether `fault` can be applied here as planned (blocking: runs
     /// read-only commands such as `docker inspect`).
     pub fn check(&self, fault: &Fault) -> Result<(), String> {
+        let control = self.control.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((_, addr)) = super::control::covering(std::slice::from_ref(fault), &control) {
+            return Err(super::control::refusal(fault, addr));
+        }
         driver_for(fault.kind).check(fault, &self.node, &self.runner)
+    }
+
+    /// Remembers the coordinator's addresses, which every check then keeps
+    /// out of every fault's scope.
+    pub fn set_control(&self, addrs: Vec<std::net::SocketAddr>) {
+        *self.control.lock().unwrap_or_else(|e| e.into_inner()) = addrs;
     }
 
     /// At start-up: reverts every fault an earlier agent process applied and
@@ -135,14 +150,7 @@ impl Injector {
         };
         let mut lines = Vec::new();
         for p in pending {
-            for (tag, pgid) in &p.spawned {
-                // Adopt only if the group leader is still our pressure helper:
-                // after a reboot the number may belong to anything.
-                let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
-                if cmdline.split(|b| *b == 0).any(|arg| arg == b"stress") {
-                    self.runner.adopt(tag, *pgid);
-                }
-            }
+            super::watchdog::adopt(&self.runner, &p);
             match self.revert_with_retries(&p.entry.revert) {
                 Ok(()) => {
                     let _ = self.journal.record_reverted(&p.entry.id);
@@ -247,6 +255,18 @@ impl Injector {
             let _ = updates.send(update);
             return;
         }
+        // A process of its own reverts the fault if this one cannot (it is
+        // stopped, killed or hung): without it, no apply.
+        let state_dir = self.journal.path().parent().unwrap_or(Path::new(".")).to_path_buf();
+        let watchdog = match Watchdog::spawn(&self.node.agent_exe, &state_dir, &entry.id, end + watchdog::GRACE) {
+            Ok(w) => w,
+            Err(e) => {
+                update.error = format!("not applied: cannot start its watchdog process ({}): {e}", self.node.agent_exe.display());
+                let _ = self.journal.record_reverted(&entry.id);
+                let _ = updates.send(update);
+                return;
+            }
+        };
         let reverted = Arc::new(AtomicBool::new(false));
         self.start_dead_man(&entry, end + DEAD_MAN_GRACE, reverted.clone());
 
@@ -313,6 +333,7 @@ impl Injector {
         .unwrap_or_else(|e| Err(e.to_string()));
         match result {
             Ok(()) => {
+                watchdog.disarm();
                 update.reverted = Some(SystemTime::now());
                 if update.status == FaultStatus::Applied {
                     update.status = FaultStatus::Reverted;
@@ -329,6 +350,13 @@ impl Injector {
 
     fn apply(&self, id: &str, actions: &[Action]) -> Result<(), String> {
         for a in actions {
+            // A process fault's exact pids are journaled before the signal.
+            if let Some(resolved) = self.runner.resolve(a) {
+                let procs = resolved.map_err(|e| e.to_string())?;
+                if let Action::Signal { tag, .. } = a {
+                    self.journal.record_signalled(id, tag, &procs).map_err(|e| format!("journaling the processes: {e}"))?;
+                }
+            }
             self.runner.execute(a).map_err(|e| e.to_string())?;
             if let Action::Spawn { tag, .. } = a {
                 if let Some(pgid) = self.runner.spawned_pgid(tag) {

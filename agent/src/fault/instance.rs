@@ -6,21 +6,18 @@
 //! although the apply never did, because the journal is written first):
 //! the CLIs' "already in that state" errors are accepted via `ok_if`, and
 //! the process driver guards its `start` with "is it running already?".
+//!
+//! The process driver never signals by name (`pkill`): every stampede
+//! process is named `stampede`. It resolves the exact pids at apply time,
+//! journals them, and signals and resumes exactly those (`procs.rs`).
 
 use stampede_common::plan::{Fault, FaultKind, Instance, InstanceDriver as Kind};
 
+use super::procs::{self, Selector, COMM_MAX, PID_MAX};
 use super::{Action, Driver, FaultActions, FaultError, Node, Runner};
 
 /// Stop, pause and restart of one instance on the agent's node.
 pub struct InstanceDriver;
-
-/// Linux truncates a process name (`comm`) to 15 bytes; `pkill -x` with a
-/// longer name would silently match nothing.
-const COMM_MAX: usize = 15;
-
-/// `/proc/sys/kernel/pid_max` can be at most 2^22. Bounding the pid also
-/// keeps a huge u32 from reaching kill(1) as something it reads as negative.
-const PID_MAX: u32 = 1 << 22;
 
 /// Shell function: succeeds when one of its pids is a live process. A zombie
 /// counts as gone: a stopped child of ours lingers as one until reaped, and
@@ -35,7 +32,7 @@ impl Driver for InstanceDriver {
             return Err(err(format!("`{}` is not an instance fault", fault.kind.name())));
         }
         match inst.driver {
-            Kind::Process => process(fault.kind, inst).map_err(err),
+            Kind::Process => process(fault.kind, inst, &fault.name).map_err(err),
             driver => {
                 let name = inst.name.as_deref().filter(|n| !n.trim().is_empty());
                 let name = name.ok_or_else(|| err(format!("the {} driver needs the instance's `name`", driver.name())))?;
@@ -59,11 +56,9 @@ impl Driver for InstanceDriver {
         let inst = fault.instance.as_ref().expect("actions() checked it");
         let name = inst.name.as_deref().unwrap_or_default();
         let (probe, missing) = match inst.driver {
-            Kind::Process => match Target::of(inst)? {
-                Target::Pid(pid) if std::path::Path::new(&format!("/proc/{pid}")).exists() => return Ok(()),
-                Target::Pid(pid) => return Err(format!("fault `{}`: no process with pid {pid} on this node", fault.name)),
-                Target::Name(pattern) => (Action::run(&["pgrep", "-x", "--", &pattern]), format!("no process named `{name}`")),
-            },
+            // Resolved as the apply will: none found, or stampede's own
+            // among them, refuses the run before any load.
+            Kind::Process => return procs::resolve(&Target::of(inst, &fault.name)?.select).map(drop).map_err(|e| format!("fault `{}`: {e}", fault.name)),
             Kind::Systemd => (Action::run(&["systemctl", "show", "--property=LoadState", "--value", name]), format!("no systemd unit `{name}`")),
             Kind::Docker => (Action::run(&["docker", "inspect", "--type", "container", name]), format!("no docker container `{name}`")),
             Kind::Incus => (Action::run(&["incus", "info", name]), format!("no incus instance `{name}`")),
@@ -144,72 +139,66 @@ fn systemd(kind: FaultKind, name: &str, force: bool) -> FaultActions {
     }
 }
 
-/// The process the plan names: one pid, or every process with that exact name.
-enum Target {
-    Pid(u32),
-    /// The name as an anchored-literal pgrep pattern (regex characters escaped).
-    Name(String),
+/// The process the plan names, as a /proc selector (see `procs.rs`), and
+/// the tag its resolved pids are journaled under.
+struct Target {
+    select: Selector,
+    tag: String,
 }
 
 impl Target {
-    fn of(inst: &Instance) -> Result<Target, String> {
-        match (inst.pid, inst.name.as_deref()) {
-            (Some(pid), None) => {
+    fn of(inst: &Instance, fault: &str) -> Result<Target, String> {
+        let select = match (inst.pid, inst.name.as_deref(), inst.pid_file.as_deref()) {
+            (Some(pid), None, None) => {
                 if pid <= 1 || pid > PID_MAX {
                     return Err(format!("pid {pid} is not a process stampede may signal (2–{PID_MAX})"));
                 }
                 if pid == std::process::id() {
                     return Err(format!("pid {pid} is this agent itself"));
                 }
-                Ok(Target::Pid(pid))
+                Selector::Pid(pid)
             }
-            (None, Some(name)) => {
+            (None, Some(name), None) => {
                 if name.is_empty() || name.len() > COMM_MAX || name.contains('/') {
                     return Err(format!("process name `{name}` must be 1–{COMM_MAX} bytes without `/` (the kernel's `comm`, as `ps -o comm` shows it)"));
                 }
-                Ok(Target::Name(literal_pattern(name)))
+                Selector::Name(name.to_string())
             }
-            _ => Err("the process driver takes exactly one of `name` or `pid`".into()),
-        }
+            (None, None, Some(path)) => {
+                if !path.starts_with('/') {
+                    return Err(format!("pid file `{path}` must be an absolute path"));
+                }
+                Selector::PidFile(path.to_string())
+            }
+            _ => return Err("the process driver takes exactly one of `name`, `pid` or `pid_file`".into()),
+        };
+        Ok(Target { select, tag: format!("stampede-process-{fault}") })
     }
 
-    /// The target as the first positional argument of the scripts below,
-    /// and the shell expression listing its pids.
+    /// The first positional argument of the start script, and the shell
+    /// expression listing the pids that count as "running already".
     fn shell(&self) -> (String, &'static str) {
-        match self {
-            Target::Pid(pid) => (pid.to_string(), r#""$1""#),
-            Target::Name(pattern) => (pattern.clone(), r#"$(pgrep -x -- "$1")"#),
+        match &self.select {
+            Selector::Pid(pid) => (pid.to_string(), r#""$1""#),
+            Selector::Name(name) => (literal_pattern(name), r#"$(pgrep -x -- "$1")"#),
+            Selector::PidFile(path) => (path.clone(), r#"$(cat -- "$1" 2>/dev/null)"#),
         }
     }
 
-    /// Sends `sig` (STOP, CONT, TERM, KILL). kill(1) only ever gets a
-    /// validated positive pid; by name, pkill matches the whole name (`-x`).
+    /// Sends `sig` (STOP, TERM, KILL) to the processes resolved at apply.
     fn signal(&self, sig: &str) -> Action {
-        let flag = format!("-{sig}");
-        match self {
-            Target::Pid(pid) => Action::run(&["kill", &flag, &pid.to_string()]),
-            Target::Name(pattern) => Action::run(&["pkill", &flag, "-x", "--", pattern]),
-        }
+        Action::Signal { select: self.select.clone(), signal: sig.into(), tag: self.tag.clone() }
     }
 
-    /// SIGCONT for the revert: a process that is gone needs no thawing.
+    /// SIGCONT for the revert, to exactly the processes the apply stopped.
     fn resume(&self) -> Action {
-        match self {
-            Target::Pid(pid) => Action::run_ok_if(&["kill", "-CONT", &pid.to_string()], &["No such process"]),
-            // pkill exits 1, silently, when nothing matched.
-            Target::Name(pattern) => sh(r#"pkill -CONT -x -- "$1"; [ $? -le 1 ]"#, pattern, &[]),
-        }
+        Action::SignalRecorded { tag: self.tag.clone(), signal: "CONT".into() }
     }
 
-    /// Waits (8 s at most, under the runner's 10 s timeout) until the
-    /// process is gone, so a `start` right after does not race the old
-    /// instance for its port.
+    /// Waits until the signalled processes are gone, so a `start` right
+    /// after does not race the old instance for its port.
     fn wait_gone(&self) -> Action {
-        let (arg, pids) = self.shell();
-        let script = format!(
-            r#"{ALIVE}; n=0; while alive {pids}; do n=$((n+1)); if [ $n -ge 80 ]; then echo "process $1 still running 8s after the signal" >&2; exit 1; fi; sleep 0.1; done"#
-        );
-        sh(&script, &arg, &[])
+        Action::WaitRecordedGone { tag: self.tag.clone() }
     }
 
     /// Runs the plan's `start` command unless the target is alive already.
@@ -252,8 +241,8 @@ fn literal_pattern(name: &str) -> String {
     out
 }
 
-fn process(kind: FaultKind, inst: &Instance) -> Result<FaultActions, String> {
-    let target = Target::of(inst)?;
+fn process(kind: FaultKind, inst: &Instance, fault: &str) -> Result<FaultActions, String> {
+    let target = Target::of(inst, fault)?;
     if kind == FaultKind::Pause {
         return Ok(acts(vec![target.signal("STOP")], vec![target.resume()]));
     }
@@ -270,9 +259,9 @@ fn process(kind: FaultKind, inst: &Instance) -> Result<FaultActions, String> {
     // By pid it cannot: the restarted process has a new pid, so the revert
     // could not tell "restarted" from "never came back" and would start a
     // second copy. The restart is complete in the apply; nothing to undo.
-    let revert = match target {
-        Target::Name(_) => vec![start],
-        Target::Pid(_) => vec![],
+    let revert = match target.select {
+        Selector::Name(_) | Selector::PidFile(_) => vec![start],
+        Selector::Pid(_) => vec![],
     };
     Ok(acts(apply, revert))
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::action::Action;
+use super::procs::ProcRef;
 
 /// A fault about to be applied, with everything needed to undo it without
 /// the plan or the coordinator.
@@ -31,6 +32,8 @@ enum Record {
     Apply(Entry),
     /// A helper process started for the fault (pressure), to kill after a crash.
     Spawned { id: String, tag: String, pgid: i32 },
+    /// The exact processes a process fault signals, written before the signal.
+    Signalled { id: String, tag: String, procs: Vec<ProcRef> },
     Reverted { id: String },
 }
 
@@ -39,6 +42,8 @@ enum Record {
 pub struct Pending {
     pub entry: Entry,
     pub spawned: Vec<(String, i32)>,
+    /// Processes a process fault signalled, by tag, to resume exactly those.
+    pub signalled: Vec<(String, Vec<ProcRef>)>,
 }
 
 pub struct Journal {
@@ -79,6 +84,10 @@ impl Journal {
         self.append(&Record::Spawned { id: id.to_string(), tag: tag.to_string(), pgid })
     }
 
+    pub fn record_signalled(&self, id: &str, tag: &str, procs: &[ProcRef]) -> std::io::Result<()> {
+        self.append(&Record::Signalled { id: id.to_string(), tag: tag.to_string(), procs: procs.to_vec() })
+    }
+
     pub fn record_reverted(&self, id: &str) -> std::io::Result<()> {
         self.append(&Record::Reverted { id: id.to_string() })
     }
@@ -92,11 +101,16 @@ impl Journal {
             match record {
                 Record::Apply(entry) => {
                     pending.retain(|p| p.entry.id != entry.id);
-                    pending.push(Pending { entry, spawned: Vec::new() });
+                    pending.push(Pending { entry, spawned: Vec::new(), signalled: Vec::new() });
                 }
                 Record::Spawned { id, tag, pgid } => {
                     if let Some(p) = pending.iter_mut().find(|p| p.entry.id == id) {
                         p.spawned.push((tag, pgid));
+                    }
+                }
+                Record::Signalled { id, tag, procs } => {
+                    if let Some(p) = pending.iter_mut().find(|p| p.entry.id == id) {
+                        p.signalled.push((tag, procs));
                     }
                 }
                 Record::Reverted { id } => pending.retain(|p| p.entry.id != id),
@@ -114,6 +128,10 @@ impl Journal {
             writeln!(f, "{}", serde_json::to_string(&Record::Apply(p.entry.clone())).expect("records serialize"))?;
             for (tag, pgid) in &p.spawned {
                 let r = Record::Spawned { id: p.entry.id.clone(), tag: tag.clone(), pgid: *pgid };
+                writeln!(f, "{}", serde_json::to_string(&r).expect("records serialize"))?;
+            }
+            for (tag, procs) in &p.signalled {
+                let r = Record::Signalled { id: p.entry.id.clone(), tag: tag.clone(), procs: procs.clone() };
                 writeln!(f, "{}", serde_json::to_string(&r).expect("records serialize"))?;
             }
         }

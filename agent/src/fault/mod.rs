@@ -8,13 +8,17 @@
 //! - `nft`: partition and loss (nftables) actions, in tables stampede owns.
 //! - `instance`: stop / pause / restart of a process, systemd unit, docker or incus instance.
 //! - `pressure`: CPU and memory pressure in a child process that bounds its own life.
+//! - [`control`]: no network fault may cover the coordinator the agent dials.
 //! - `probe`: which fault kinds this node can do (sent at registration).
 //! - [`effect`]: what a network fault measurably did (achieved vs requested).
 //! - [`journal`]: the fsynced on-disk record of applied faults and their reverts.
 //! - [`injector`]: the timeline: journal, apply, hold, revert on every path, dead-man thread.
+//! - [`procs`]: the exact processes a process fault signals, never stampede's own.
+//! - [`watchdog`]: a process per applied fault that reverts it if the agent cannot.
 //! - [`sweep`]: `stampede-agent sweep`, removing whatever stampede left on a node.
 
 pub mod action;
+pub mod control;
 pub mod effect;
 pub mod instance;
 pub mod pressure;
@@ -23,7 +27,9 @@ pub mod journal;
 pub mod net;
 pub mod nft;
 pub mod probe;
+pub mod procs;
 pub mod sweep;
+pub mod watchdog;
 
 use stampede_common::plan::{Fault, FaultKind};
 

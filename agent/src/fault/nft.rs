@@ -8,16 +8,24 @@
 //! table inet stampede_split {}
 //! delete table inet stampede_split
 //! table inet stampede_split {
+//!     set scope {
+//!         type ipv4_addr; flags interval, timeout;
+//!         elements = { 198.18.0.2/32 timeout 30100ms }
+//!     }
 //!     chain input {
 //!         type filter hook input priority -150; policy accept;
-//!         ip saddr 198.18.0.2/32 meta l4proto { tcp, udp } th sport 8080 drop
+//!         ip saddr @scope meta l4proto { tcp, udp } th sport 8080 drop
 //!     }
 //!     chain output {
 //!         type filter hook output priority -150; policy accept;
-//!         ip daddr 198.18.0.2/32 meta l4proto { tcp, udp } th dport 8080 drop
+//!         ip daddr @scope meta l4proto { tcp, udp } th dport 8080 drop
 //!     }
 //! }
 //! ```
+//! for a 30 s window: the set element carries the window + [`KERNEL_GRACE`]
+//! as its kernel timeout, so the partition ends in the kernel on time even
+//! when the agent is SIGSTOPped or killed (issue 8 item 6); the revert and
+//! the fault's watchdog process then delete the inert table.
 //! and reverts with `nft delete table inet stampede_split`. `loss` puts
 //! `numgen random mod 10000 < N` before `drop` (N = ratio × 10 000), in both
 //! directions, so each scoped packet is dropped with the plan's probability.
@@ -27,6 +35,8 @@
 //! left instead of adding its rules a second time. Priority -150 (mangle) runs
 //! before the usual filter chains (0), so an operator's accept rules there
 //! cannot let scoped packets through.
+
+use std::time::Duration;
 
 use stampede_common::plan::Fault;
 
@@ -49,18 +59,24 @@ pub fn table_name(fault: &Fault) -> String {
     format!("{TABLE_PREFIX}{}", fault.name.replace('-', "_"))
 }
 
-/// The match for one direction: `ip daddr CIDR [meta l4proto { tcp, udp } th dport P]`.
+/// How long the scope's set element outlives the fault's window: the
+/// agent's own revert comes first when it can act at all.
+pub const KERNEL_GRACE: Duration = Duration::from_millis(100);
+
+/// The match for one direction: `ip daddr @scope [meta l4proto { tcp, udp } th dport P]`.
 fn matcher(s: &Scoped, outgoing: bool) -> String {
     let (addr, port) = if outgoing { ("daddr", "dport") } else { ("saddr", "sport") };
     match s.port {
-        Some(p) => format!("ip {addr} {} meta l4proto {{ tcp, udp }} th {port} {p}", s.cidr),
-        None => format!("ip {addr} {}", s.cidr),
+        Some(p) => format!("ip {addr} @scope meta l4proto {{ tcp, udp }} th {port} {p}"),
+        None => format!("ip {addr} @scope"),
     }
 }
 
 /// The `nft -f -` script; `verdict` follows the scope's match (`drop`, or
-/// `numgen random mod 10000 < N drop`).
-fn script(table: &str, s: &Scoped, verdict: &str) -> String {
+/// `numgen random mod 10000 < N drop`). The scope is the one element of the
+/// set `scope`, with a kernel timeout of `expires`: at its end the rules
+/// match nothing, even if the agent is stopped or gone (issue 8 item 6).
+fn script(table: &str, s: &Scoped, verdict: &str, expires: Duration) -> String {
     let chain = |name: &str, outgoing: bool| {
         format!(
             "\tchain {name} {{\n\t\ttype filter hook {name} priority -150; policy accept;\n\t\t{} {verdict}\n\t}}\n",
@@ -68,7 +84,9 @@ fn script(table: &str, s: &Scoped, verdict: &str) -> String {
         )
     };
     format!(
-        "table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{\n{}{}}}\n",
+        "table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{\n\tset scope {{\n\t\ttype ipv4_addr; flags interval, timeout;\n\t\telements = {{ {} timeout {}ms }}\n\t}}\n{}{}}}\n",
+        s.cidr,
+        expires.as_millis().max(1),
         chain("input", false),
         chain("output", true)
     )
@@ -101,7 +119,9 @@ pub fn sweep_actions(existing_tables: &[String]) -> Vec<Action> {
 fn nft_actions(fault: &Fault, verdict: &str) -> Result<FaultActions, FaultError> {
     let s = scoped(fault)?;
     let table = table_name(fault);
-    let apply = Action::Run { argv: vec!["nft".into(), "-f".into(), "-".into()], stdin: Some(script(&table, &s, verdict)), ok_if: Vec::new() };
+    // Applied at the window's start: the element expires at its end.
+    let expires = fault.duration.as_duration() + KERNEL_GRACE;
+    let apply = Action::Run { argv: vec!["nft".into(), "-f".into(), "-".into()], stdin: Some(script(&table, &s, verdict, expires)), ok_if: Vec::new() };
     Ok(FaultActions { apply: vec![apply], revert: vec![delete_table(&table)] })
 }
 
@@ -149,10 +169,11 @@ mod tests {
             argv: vec!["nft".into(), "-f".into(), "-".into()],
             stdin: Some(
                 "table inet stampede_split_1 {}\ndelete table inet stampede_split_1\ntable inet stampede_split_1 {\n\
+                 \tset scope {\n\t\ttype ipv4_addr; flags interval, timeout;\n\t\telements = { 198.18.0.2/32 timeout 5100ms }\n\t}\n\
                  \tchain input {\n\t\ttype filter hook input priority -150; policy accept;\n\
-                 \t\tip saddr 198.18.0.2/32 meta l4proto { tcp, udp } th sport 8080 drop\n\t}\n\
+                 \t\tip saddr @scope meta l4proto { tcp, udp } th sport 8080 drop\n\t}\n\
                  \tchain output {\n\t\ttype filter hook output priority -150; policy accept;\n\
-                 \t\tip daddr 198.18.0.2/32 meta l4proto { tcp, udp } th dport 8080 drop\n\t}\n}\n"
+                 \t\tip daddr @scope meta l4proto { tcp, udp } th dport 8080 drop\n\t}\n}\n"
                     .into()
             ),
             ok_if: vec![],
@@ -168,9 +189,10 @@ mod tests {
         let Action::Run { stdin: Some(script), .. } = &a.apply[0] else { panic!("{a:?}") };
         let rules: Vec<&str> = script.lines().filter(|l| l.contains("drop")).map(str::trim).collect();
         assert_eq!(rules, [
-            "ip saddr 198.18.0.0/24 numgen random mod 10000 < 3000 drop",
-            "ip daddr 198.18.0.0/24 numgen random mod 10000 < 3000 drop",
+            "ip saddr @scope numgen random mod 10000 < 3000 drop",
+            "ip daddr @scope numgen random mod 10000 < 3000 drop",
         ]);
+        assert!(script.contains("elements = { 198.18.0.0/24 timeout 5100ms }"), "{script}");
         let tiny = fault(serde_json::json!({"kind": "loss", "scope": {"dst": "198.18.0.9"}, "loss": "0.07%"}));
         let Action::Run { stdin: Some(script), .. } = &LossDriver.actions(&tiny, &node()).unwrap().apply[0] else { panic!() };
         assert!(script.contains("mod 10000 < 7 drop"), "{script}");

@@ -204,6 +204,9 @@ fn sweep_journal(state_dir: &Path, dry_run: bool, runner: &Runner, s: &mut Swept
                 killed_groups.push(*pgid);
             }
         }
+        for (tag, procs) in &p.signalled {
+            runner.adopt_procs(tag, procs.clone());
+        }
         match revert_all(runner, &p.entry.revert) {
             Ok(()) => {
                 if let Err(e) = journal.record_reverted(&p.entry.id) {

@@ -201,6 +201,10 @@ pub struct Instance {
     /// `process` driver: the process id (instead of a name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// `process` driver: a file holding the process id (a daemon's pid
+    /// file), read when the fault is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<String>,
     /// Stop without a graceful shutdown (`incus stop --force`, SIGKILL).
     #[serde(default)]
     pub force: bool,
@@ -364,8 +368,8 @@ pub fn validate_faults(plan: &Plan) -> Result<(), (String, String)> {
         if let Some(inst) = &f.instance {
             match inst.driver {
                 InstanceDriver::Process => {
-                    if inst.name.is_some() == inst.pid.is_some() {
-                        return fail("instance", "the process driver takes exactly one of `name` or `pid`".into());
+                    if [inst.name.is_some(), inst.pid.is_some(), inst.pid_file.is_some()].iter().filter(|set| **set).count() != 1 {
+                        return fail("instance", "the process driver takes exactly one of `name`, `pid` or `pid_file`".into());
                     }
                     if matches!(f.kind, FaultKind::Stop | FaultKind::Restart) && inst.start.is_empty() {
                         return fail("instance.start", "a stopped process cannot be resumed: give the command that starts it again".into());
@@ -375,8 +379,8 @@ pub fn validate_faults(plan: &Plan) -> Result<(), (String, String)> {
                     if inst.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
                         return fail("instance.name", format!("the {} driver needs the instance's `name`", inst.driver.name()));
                     }
-                    if inst.pid.is_some() || !inst.start.is_empty() {
-                        return fail("instance", format!("`pid` and `start` belong to the process driver, not {}", inst.driver.name()));
+                    if inst.pid.is_some() || inst.pid_file.is_some() || !inst.start.is_empty() {
+                        return fail("instance", format!("`pid`, `pid_file` and `start` belong to the process driver, not {}", inst.driver.name()));
                     }
                 }
             }
