@@ -160,3 +160,53 @@ fn faults_end_on_time_while_the_agent_is_sigstopped() {
     assert!(partition_past.is_some_and(|d| d < ALLOWED), "the partition outlived the stopped agent: {partition_past:?} past its window");
     assert!(pause_past.is_some_and(|d| d < ALLOWED), "the pause outlived the stopped agent: {pause_past:?} past its window");
 }
+
+/// A network namespace of this test's own, with only `lo` up, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(label: &str) -> Option<Netns> {
+        let name = format!("stp-trust-{label}-{}", std::process::id());
+        let ok = std::process::Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let ns = Netns(name);
+        std::process::Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]).status().unwrap();
+        Some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Item 8: in `--local-agents` mode a port-less partition of 127.0.0.1/32
+/// was accepted, and cut the agents' sessions to the coordinator on
+/// loopback. Now the agent's check at assignment refuses it before any
+/// load (exit 2, with the reason). Run inside a namespace of its own, so
+/// even the old code's partition would have cut nobody else's loopback.
+#[test]
+fn a_partition_covering_the_control_channel_is_refused_before_any_load() {
+    if !is_root() || !has("nft") {
+        eprintln!("skipped: needs root and nft");
+        return;
+    }
+    let Some(ns) = Netns::new("ctl") else {
+        eprintln!("skipped: cannot make a network namespace");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(dir.path(), "  - { name: cut-control, kind: partition, at: 2s, duration: 3s, scope: { dst: 127.0.0.1 } }\n");
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0]).arg(support::stampede());
+    cmd.args(["run", plan.to_str().unwrap(), "--local-agents", "1", "--state-dir", dir.path().join("state").to_str().unwrap()]);
+    cmd.current_dir(dir.path()).env("NO_COLOR", "1").stdin(std::process::Stdio::null());
+    let out = support::fleet::run_bounded(cmd, std::time::Duration::from_secs(40));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{stderr}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("fault `cut-control`: its scope 127.0.0.1 (every port) covers 127.0.0.1:"), "{stderr}");
+    assert!(stderr.contains("control channel"), "{stderr}");
+}
