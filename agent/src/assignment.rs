@@ -81,7 +81,8 @@ async fn stream_run(
     if let Some(inj) = &injector {
         // Issue 8 item 8: no network fault, alone or with the others on
         // this node, may cover the coordinator this agent dials.
-        if faults.iter().any(|f| f.kind.is_network()) {
+        // Issue 8 item 9: nor may a process fault signal that coordinator.
+        if !faults.is_empty() {
             let control = crate::fault::control::resolve(&cfg.coordinator).await.map_err(|e| format!("preflight on this node: {e}"))?;
             if let Some((i, addr)) = crate::fault::control::covering(&faults, &control) {
                 return Err(format!("preflight on this node: {}", crate::fault::control::refusal(&faults[i], addr)));

@@ -215,3 +215,36 @@ fn the_watchdog_reverts_only_its_own_pending_fault() {
     let pending: Vec<String> = journal.pending().unwrap().into_iter().map(|p| p.entry.id).collect();
     assert_eq!(pending, ["run3/f"]);
 }
+
+/// Item 9: a coordinator on this host is a `stampede` process too, and
+/// neither its child nor its parent: a name or pid that matches it is
+/// refused. It is recognised as the process listening on the port this
+/// agent dials (given to the injector at assignment). A stand-in listener
+/// plays the coordinator here.
+#[test]
+fn a_process_fault_on_the_coordinator_this_agent_dials_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("port");
+    let script = "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nopen(sys.argv[1],'w').write(str(s.getsockname()[1]))\ntime.sleep(60)\n";
+    let out = Command::new("sh")
+        .args(["-c", r#"python3 -c "$1" "$2" </dev/null >/dev/null 2>&1 & echo $!"#, "sh", script])
+        .arg(&port_file)
+        .output()
+        .unwrap();
+    let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let mut guard = Sleepers::new("c");
+    guard.pids.push(pid);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&port_file).is_ok_and(|p| !p.is_empty()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port: u16 = std::fs::read_to_string(&port_file).unwrap().parse().unwrap();
+    let fault = process_fault(FaultKind::Pause, None, Some(pid as u32), None);
+    // Before the agent knows where its coordinator is, the process is fair game.
+    InstanceDriver.check(&fault, &node(), &Runner::default()).unwrap();
+    let injector = stampede_agent::fault::injector::Injector::new(&dir.path().join("state"), node(), Runner::default()).unwrap();
+    injector.set_control(vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))]);
+    let err = injector.check(&fault).unwrap_err();
+    injector.set_control(Vec::new());
+    assert!(err.contains("the coordinator this agent dials"), "{err}");
+}

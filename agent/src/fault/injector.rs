@@ -138,6 +138,7 @@ impl Injector {
     /// Remembers the coordinator's addresses, which every check then keeps
     /// out of every fault's scope.
     pub fn set_control(&self, addrs: Vec<std::net::SocketAddr>) {
+        super::procs::set_control_ports(addrs.iter().map(|a| a.port()).collect());
         *self.control.lock().unwrap_or_else(|e| e.into_inner()) = addrs;
     }
 

@@ -6,7 +6,9 @@
 //! journaled; apply and revert signal exactly those, and a pid reused since
 //! (another start time) is never signalled. A match that includes this
 //! agent, one of its ancestors (the `stampede` that runs in-process agents,
-//! a supervisor) or one of its descendants (its helpers) is refused whole.
+//! a supervisor), one of its descendants (its helpers) or the coordinator
+//! it dials, when that runs on this host (the process listening on the
+//! coordinator's port in this network namespace), is refused whole.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -94,6 +96,38 @@ fn ancestors_of(pid: i32) -> Vec<i32> {
     chain
 }
 
+/// The ports of the coordinator this agent dials (set at each assignment):
+/// a process listening on one of them here is that coordinator.
+static CONTROL_PORTS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+pub fn set_control_ports(ports: Vec<u16>) {
+    *CONTROL_PORTS.lock().unwrap_or_else(|e| e.into_inner()) = ports;
+}
+
+/// Inodes of the TCP sockets listening on one of `ports` in this network
+/// namespace (/proc/net/tcp and tcp6: state 0A is LISTEN).
+fn listening_inodes(ports: &[u16]) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = f.get(1).and_then(|local| local.rsplit_once(':')).and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if f.get(3) == Some(&"0A") && port.is_some_and(|p| ports.contains(&p)) {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether `pid` holds one of the sockets in `inodes`.
+fn holds(pid: i32, inodes: &[String]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str())))
+}
+
 /// Why a process may not be signalled by a fault of this agent, if it may not.
 pub fn protected(pid: i32) -> Option<&'static str> {
     let me = std::process::id() as i32;
@@ -105,6 +139,11 @@ pub fn protected(pid: i32) -> Option<&'static str> {
     }
     if ancestors_of(pid).contains(&me) {
         return Some("a child of this agent");
+    }
+    // The coordinator on this host: it listens on the port the agent dials.
+    let ports = CONTROL_PORTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if !ports.is_empty() && holds(pid, &listening_inodes(&ports)) {
+        return Some("the coordinator this agent dials (it listens on the coordinator's port here)");
     }
     None
 }
