@@ -61,7 +61,7 @@ fn node() -> Node {
 fn fault(kind: FaultKind, driver: Kind, name: &str, force: bool) -> Fault {
     let mut f: Fault = serde_json::from_value(serde_json::json!({"name": "f", "kind": "stop", "at": "1s", "duration": "5s"})).unwrap();
     f.kind = kind;
-    f.instance = Some(Instance { driver, name: Some(name.into()), pid: None, force, start: vec![] });
+    f.instance = Some(Instance { driver, name: Some(name.into()), pid: None, pid_file: None, force, start: vec![] });
     f
 }
 
@@ -161,7 +161,7 @@ fn the_check_at_assignment_finds_missing_instances_with_read_only_commands() {
         let err = InstanceDriver.check(&f, &node(), &absent.runner()).unwrap_err();
         assert!(err.contains("fault `f`") && err.contains(says) && err.contains("on this node"), "{driver:?}: {err}");
     }
-    // A process by name that is not running (pgrep finds nothing).
+    // A process by name that is not running (no comm in /proc matches).
     let mut p = fault(FaultKind::Pause, Kind::Process, "nosuchproc9", false);
     p.instance.as_mut().unwrap().start = vec!["true".into()];
     let err = InstanceDriver.check(&p, &node(), &Runner::default()).unwrap_err();

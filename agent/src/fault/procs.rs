@@ -173,7 +173,8 @@ pub fn resolve(selector: &Selector) -> Result<Vec<ProcRef>, String> {
     if procs.is_empty() {
         return Err(match selector {
             Selector::Pid(pid) => format!("no process with pid {pid} on this node"),
-            other => format!("no live process matches {} on this node", other.describe()),
+            Selector::Name(name) => format!("no process named `{name}` on this node"),
+            Selector::PidFile(path) => format!("no live process has the pid in {path} on this node"),
         });
     }
     Ok(procs)
