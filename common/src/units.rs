@@ -92,10 +92,12 @@ impl FromStr for Rate {
             "h" => 3600.0,
             _ => return Err(bad()),
         };
-        if !n.is_finite() || n < 0.0 {
+        // `1e308/ms` is finite as written but not per second.
+        let per_second = n / seconds;
+        if !per_second.is_finite() || n < 0.0 {
             return Err(format!("`{s}` must be a finite rate >= 0"));
         }
-        Ok(Rate { per_second: n / seconds })
+        Ok(Rate { per_second })
     }
 }
 

@@ -44,6 +44,12 @@ impl LineMap {
         }
     }
 
+    /// The deepest field path written on `line` (for an error found by line).
+    pub fn path_at(&self, line: usize) -> Option<String> {
+        let on_line = self.lines.iter().filter(|&(_, &l)| l == line).map(|(p, _)| p);
+        on_line.max_by_key(|p| (p.len(), p.as_str())).cloned()
+    }
+
     /// The line where the YAML syntax error is, when there is one.
     pub fn syntax_error_line(&self) -> Option<usize> {
         self.syntax_error

@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use super::error::printable;
+use super::limits::{self, Breach};
 use super::lines::LineMap;
 use super::{validate, Plan, PlanError};
 
@@ -56,21 +58,44 @@ pub fn load_file(path: &Path) -> Result<Plan, PlanError> {
     let error = |message: String| PlanError { file: path.to_path_buf(), line: None, path: String::new(), message };
     let format = Format::from_path(path)
         .ok_or_else(|| error("unknown plan format: the file name must end in .yaml, .yml, .toml or .json".into()))?;
-    let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the plan: {e}")))?;
+    let text = read_bounded(path).map_err(|e| error(format!("cannot read the plan: {e}")))?;
     load_str(&text, format, path)
+}
+
+/// Reads at most one byte past the size limit, so a huge file (or
+/// `/dev/zero`) is refused by `load_str` without being read whole.
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(limits::MAX_PLAN_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Parses and validates plan `text`; `file` only names the source in errors.
 pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanError> {
+    // Bounds first: nothing below may build a tree the text cannot afford.
+    let refuse = |breach: Breach| {
+        let path = match breach.line {
+            Some(l) if !breach.too_deep => LineMap::from_yaml(text).path_at(l),
+            _ => None,
+        };
+        PlanError { file: file.to_path_buf(), line: breach.line, path: printable(&path.unwrap_or_default()), message: breach.message }
+    };
+    limits::check_text_size(text.len()).map_err(refuse)?;
     let lines = match format {
-        Format::Yaml => LineMap::from_yaml(text),
+        Format::Yaml => {
+            limits::check_yaml(text).map_err(refuse)?;
+            LineMap::from_yaml(text)
+        }
         _ => LineMap::default(),
     };
+    // User text (keys, header names, values) is quoted in messages: never
+    // echo a raw control character (issue 8, item 13).
     let error_at = |path: String, message: String| PlanError {
         file: file.to_path_buf(),
         line: lines.line_of(&path),
-        path,
-        message,
+        path: printable(&path),
+        message: printable(&message),
     };
 
     // `config` reads the text into one value tree per format. Its
@@ -81,9 +106,10 @@ pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanErr
         file: file.to_path_buf(),
         line: lines.syntax_error_line(),
         path: String::new(),
-        message: format!("not valid {}: {e}", format.name()),
+        message: printable(&format!("not valid {}: {e}", format.name())),
     })?;
     check_top_level_keys(&table, &lines, file)?;
+    limits::check_tree(&table).map_err(|(path, message)| error_at(path, message))?;
     let tree = config::Value::new(None, table);
 
     let plan: Plan = serde_path_to_error::deserialize(tree).map_err(|e| {
@@ -118,7 +144,7 @@ fn check_top_level_keys(table: &config::Map<String, config::Value>, lines: &Line
             file: file.to_path_buf(),
             line: lines.line_of(key),
             path: String::new(),
-            message: format!("unknown field `{key}`: plan field names have no `.` or `[`"),
+            message: printable(&format!("unknown field `{key}`: plan field names have no `.` or `[`")),
         }),
     }
 }

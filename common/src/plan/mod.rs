@@ -4,13 +4,15 @@
 
 mod error;
 mod fault;
+mod limits;
 mod lines;
 mod load;
 mod model;
 mod validate;
 
-pub use error::PlanError;
+pub use error::{printable, PlanError};
 pub use fault::*;
+pub use limits::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_NODES, MAX_PLAN_BYTES};
 pub use load::{load_file, load_str, Format};
 pub use model::*;
 pub use validate::validate;

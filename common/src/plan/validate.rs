@@ -5,7 +5,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Model, Plan};
+use super::limits::{
+    MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_FAULTS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PHASES, MAX_RATE, MAX_SLOS, MAX_STEPS,
+};
+use super::{Load, Model, Plan};
 use crate::slo::{Cmp, Scope, Threshold};
 
 /// Requests slower than this are not measured (the histograms' range), so no
@@ -56,6 +59,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
     if plan.phases.is_empty() {
         return err("phases".into(), "a plan needs at least one phase");
     }
+    check_counts(plan)?;
     let mut names = HashSet::new();
     let mut total = Duration::ZERO;
     for (i, phase) in plan.phases.iter().enumerate() {
@@ -83,6 +87,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
                     }
                     Some(_) => {}
                 }
+                check_rates(load).map_err(|(field, m)| (at(field), m))?;
                 if load.concurrency.is_some() {
                     return err(at("load.concurrency"), "belongs to the closed model; the open model takes `rate`");
                 }
@@ -94,6 +99,12 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
                 match load.concurrency {
                     None => return err(at("load.concurrency"), "the closed model needs `concurrency`, e.g. 50"),
                     Some(0) => return err(at("load.concurrency"), "must be at least 1"),
+                    Some(c) if c > MAX_CONCURRENCY => {
+                        return err(
+                            at("load.concurrency"),
+                            &format!("{c} connections is more than stampede runs ({MAX_CONCURRENCY} across the fleet); an agent keeps up to its capacity busy, so spread the load over more agents and lower it"),
+                        )
+                    }
                     Some(_) => {}
                 }
                 for (field, set) in [("rate", load.rate.is_some()), ("to", load.to.is_some()), ("max_in_flight", load.max_in_flight.is_some())] {
@@ -132,7 +143,21 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         if !step.request.path.starts_with('/') || step.request.path.bytes().any(|b| b.is_ascii_whitespace()) {
             return err(at("request.path"), "must start with `/` and contain no spaces");
         }
+        if step.request.headers.len() > MAX_HEADERS {
+            return err(at("request.headers"), &format!("has {} headers; a step may have at most {MAX_HEADERS}", step.request.headers.len()));
+        }
+        if let Some(body) = &step.request.body {
+            if body.len() > MAX_BODY_BYTES {
+                return err(at("request.body"), &format!("is {} bytes; a body may be at most {MAX_BODY_BYTES} bytes (256 KiB)", body.len()));
+            }
+        }
         for (name, value) in &step.request.headers {
+            if name.len() + value.len() > MAX_HEADER_BYTES {
+                return err(at("request.headers"), &format!("a header is {} bytes; a header's name and value may be at most {MAX_HEADER_BYTES} bytes", name.len() + value.len()));
+            }
+            if name.contains(['\r', '\n']) {
+                return err(at("request.headers"), &format!("header name `{name}` must not contain line breaks"));
+            }
             let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !token {
                 return err(at(&format!("request.headers.{name}")), "is not a valid header name");
@@ -167,6 +192,36 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         if let Some(w) = &slo.warn {
             w.check_unit(slo.metric).map_err(|m| (at("warn"), m))?;
             check_warn_band(&slo.pass, w).map_err(|m| (at("warn"), m))?;
+        }
+    }
+    Ok(())
+}
+
+/// How many of each list a plan may have: every later stage (the split,
+/// the assignment JSON sent to each agent, the reports) is sized by them.
+fn check_counts(plan: &Plan) -> Result<(), (String, String)> {
+    let lists = [
+        ("phases", plan.phases.len(), MAX_PHASES),
+        ("steps", plan.steps.len(), MAX_STEPS),
+        ("slos", plan.slos.len(), MAX_SLOS),
+        ("faults", plan.faults.len(), MAX_FAULTS),
+    ];
+    match lists.into_iter().find(|&(_, n, max)| n > max) {
+        Some((field, n, max)) => Err((field.to_string(), format!("has {n} entries; a plan may have at most {max}"))),
+        None => Ok(()),
+    }
+}
+
+/// An open phase's rates (`Rate` itself refuses NaN, infinities and
+/// negatives): at most [`MAX_RATE`] fleet-wide. `1e12/s` used to be
+/// attempted, sent nothing and left a worker spinning (issue 8, item 10).
+fn check_rates(load: &Load) -> Result<(), (&'static str, String)> {
+    for (field, rate) in [("load.rate", load.rate), ("load.to", load.to)] {
+        if let Some(r) = rate.map(|r| r.as_per_second()).filter(|&r| r > MAX_RATE) {
+            return Err((
+                field,
+                format!("{r}/s is more than stampede sends ({MAX_RATE}/s across the fleet); one agent sends at most its capacity, so spread the load over more agents and lower the rate"),
+            ));
         }
     }
     Ok(())
