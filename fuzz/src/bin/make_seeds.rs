@@ -59,6 +59,13 @@ const BROKEN: &[(&str, &str)] = &[
     ("valid-anchors.yaml", "0\nname: &n x\ntarget: http://h:1\nphases: &p\n  - { name: *n, duration: 1s, load: { model: closed, concurrency: 1 } }\nsteps:\n  - { name: s, weight: 1, request: { method: GET, path: / } }\nslos: []\n"),
     ("broken-types.toml", "1\nname = 3\ntarget = []\n[[phases]]\nname = \"a\"\nduration = \"1s\"\n"),
     ("broken-nesting.json", "2\n{\"name\":\"x\",\"target\":\"http://h:1\",\"phases\":[{\"name\":\"a\",\"duration\":\"1s\",\"load\":{\"model\":\"open\",\"rate\":\"1/s\",\"to\":\"0/s\"}}],\"steps\":[[[]]]}"),
+    // Issue 8, item 3: a billion-laughs alias bomb (9^9 values once expanded)
+    // and nesting past the depth limit in each format.
+    ("regress-alias-bomb.yaml", "0\na: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n"),
+    ("regress-deep-flow.yaml", concat!("0\nname: x\nx: ", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", "\n")),
+    ("regress-deep-block.yaml", "0\nx:\n - \n  - \n   - \n    - \n     - \n      - \n       - \n        - \n         - \n          - \n           - \n            - \n             - \n              - \n               - \n                - \n                 - \n                  - \n                   - \n                    - \n                     - \n                      - \n                       - \n                        - \n                         - \n                          - \n                           - \n                            - \n                             - \n                              - \n                               - \n                                - \n                                 - \n                                  - \n                                   - \n"),
+    ("regress-deep.json", concat!("2\n{\"name\":\"x\",\"x\":", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", "}")),
+    ("regress-deep-keys.toml", "1\nname = \"x\"\n[a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a]\nv = 1\n"),
 ];
 
 fn write(dir: &Path, name: &str, data: &[u8]) {
