@@ -70,6 +70,26 @@ impl Recorder {
         r.bytes_received += received;
     }
 
+    /// `count` arrivals of `phase` that were never sent because the phase
+    /// ended first (an overloaded pacer): scheduled, dropped, and failed
+    /// requests of `step`, recorded at once rather than one by one.
+    pub fn dropped(&mut self, phase: usize, step: usize, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let s = &mut self.schedule[phase];
+        s.scheduled += count;
+        s.dropped += count;
+        let r = self.records[(phase * self.steps + step) * 2].get_or_insert_with(Default::default);
+        // Never sent: no latency to speak of; the histograms must still
+        // count them so that they match `requests`.
+        for h in [&mut r.latency, &mut r.service, &mut r.dispatch] {
+            h.saturating_record_n(1, count);
+        }
+        r.requests += count;
+        r.errors[ErrorKind::Dropped as usize] += count;
+    }
+
     /// Everything recorded since the last call; the recorder starts empty again.
     pub fn take(&mut self) -> RunStats {
         let mut out = RunStats::default();

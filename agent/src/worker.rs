@@ -29,6 +29,9 @@ use crate::schedule::ArrivalSchedule;
 /// ticks, deadlines rounded up to the next tick) for the kernel's.
 const START_KERNEL_SLEEP: Duration = Duration::from_millis(2);
 
+/// Most arrivals the pacer starts or drops before it yields to its runtime.
+const PACE_BATCH: u32 = 1024;
+
 /// What one worker is told to do.
 pub struct WorkerPlan {
     pub index: usize,
@@ -223,8 +226,11 @@ async fn flush_intervals(w: Rc<Worker>, finished: Rc<tokio::sync::Notify>) {
 }
 
 /// The open-model pacer: this worker takes every `workers`-th arrival of the
-/// agent's schedule, starting with its own index.
+/// agent's schedule, starting with its own index. Arrivals still unstarted
+/// when the phase ends are counted as dropped at once: the pacer never runs
+/// past its phase.
 async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSchedule, limit: u32) {
+    let phase_end = start + w.plan.plan.phases[phase].duration.as_duration();
     let total = schedule.count();
     let stride = w.plan.workers as u64;
     let mut k = w.plan.index as u64;
@@ -235,8 +241,19 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
             sleep_until(due.into()).await;
             continue;
         }
-        // Start everything that came due while we slept.
-        while k < total {
+        // Start what came due while we slept, in batches: an await between
+        // them lets the requests run and the abort be seen. A worker that
+        // started every due arrival in one loop never returned to its
+        // runtime once more were due than it could start (`1e12/s`), and
+        // outlived its run at 100 % CPU (issue 8, item 10).
+        if now >= phase_end {
+            let left = (total - k).div_ceil(stride);
+            w.recorder.borrow_mut().dropped(phase, w.picker.pick(), left);
+            return;
+        }
+        let mut batch = 0;
+        while k < total && batch < PACE_BATCH {
+            batch += 1;
             let intended = start + schedule.time_of(k);
             if intended > now {
                 break;
@@ -252,6 +269,9 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
                 tokio::task::spawn_local(open_request(w.clone(), phase, intended));
             }
             k += stride;
+        }
+        if batch == PACE_BATCH {
+            tokio::task::yield_now().await;
         }
     }
 }
