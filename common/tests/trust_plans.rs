@@ -174,7 +174,7 @@ fn absurd_rates_and_concurrency_are_refused_at_validation() {
     for rate in ["1e12/s", "1e308", "10000001/s", "20000/ms"] {
         let e = yaml(&plan(&format!("{{ model: open, rate: {rate} }}"))).unwrap_err();
         assert_eq!((e.path.as_str(), e.line), ("phases[0].load.rate", Some(6)), "{rate}: {e}");
-        assert!(e.message.contains("spread the load over more agents"), "{rate}: {e}");
+        assert!(e.message.contains("spread large loads over more agents"), "{rate}: {e}");
     }
     let e = yaml(&plan("{ model: open, rate: 10/s, to: 1e12/s }")).unwrap_err();
     assert_eq!(e.path, "phases[0].load.to", "{e}");
@@ -186,7 +186,7 @@ fn absurd_rates_and_concurrency_are_refused_at_validation() {
     for c in ["4294967295", "1000001"] {
         let e = yaml(&plan(&format!("{{ model: closed, concurrency: {c} }}"))).unwrap_err();
         assert_eq!(e.path, "phases[0].load.concurrency", "{e}");
-        assert!(e.message.contains("spread the load over more agents"), "{e}");
+        assert!(e.message.contains("spread large loads over more agents"), "{e}");
     }
     // The largest allowed still loads.
     yaml(&plan("{ model: open, rate: 10000000/s }")).unwrap();

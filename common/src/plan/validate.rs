@@ -102,7 +102,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
                     Some(c) if c > MAX_CONCURRENCY => {
                         return err(
                             at("load.concurrency"),
-                            &format!("{c} connections is more than stampede runs ({MAX_CONCURRENCY} across the fleet); an agent keeps up to its capacity busy, so spread the load over more agents and lower it"),
+                            &format!("{c} connections is more than stampede keeps busy ({MAX_CONCURRENCY} across the fleet): lower it, and spread large loads over more agents (each connection takes an open file on one)"),
                         )
                     }
                     Some(_) => {}
@@ -220,7 +220,7 @@ fn check_rates(load: &Load) -> Result<(), (&'static str, String)> {
         if let Some(r) = rate.map(|r| r.as_per_second()).filter(|&r| r > MAX_RATE) {
             return Err((
                 field,
-                format!("{r}/s is more than stampede sends ({MAX_RATE}/s across the fleet); one agent sends at most its capacity, so spread the load over more agents and lower the rate"),
+                format!("{r}/s is more than stampede sends ({MAX_RATE}/s across the fleet): lower the rate, and spread large loads over more agents (one agent sends far less)"),
             ));
         }
     }
