@@ -31,6 +31,10 @@ const START_KERNEL_SLEEP: Duration = Duration::from_millis(2);
 
 /// Most arrivals the pacer starts or drops before it yields to its runtime.
 const PACE_BATCH: u32 = 1024;
+/// How long after its phase's end a pacer that fell behind still starts
+/// due arrivals; the rest are counted as dropped. A healthy pacer is done
+/// within a timer tick of the end (its last arrivals are due just before it).
+const PACE_GRACE: Duration = Duration::from_millis(100);
 
 /// What one worker is told to do.
 pub struct WorkerPlan {
@@ -227,8 +231,8 @@ async fn flush_intervals(w: Rc<Worker>, finished: Rc<tokio::sync::Notify>) {
 
 /// The open-model pacer: this worker takes every `workers`-th arrival of the
 /// agent's schedule, starting with its own index. Arrivals still unstarted
-/// when the phase ends are counted as dropped at once: the pacer never runs
-/// past its phase.
+/// [`PACE_GRACE`] after the phase's end are counted as dropped at once: the
+/// pacer never runs on past its phase.
 async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSchedule, limit: u32) {
     let phase_end = start + w.plan.plan.phases[phase].duration.as_duration();
     let total = schedule.count();
@@ -246,7 +250,7 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
         // started every due arrival in one loop never returned to its
         // runtime once more were due than it could start (`1e12/s`), and
         // outlived its run at 100 % CPU (issue 8, item 10).
-        if now >= phase_end {
+        if now >= phase_end + PACE_GRACE {
             let left = (total - k).div_ceil(stride);
             w.recorder.borrow_mut().dropped(phase, w.picker.pick(), left);
             return;
