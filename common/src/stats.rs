@@ -111,6 +111,16 @@ impl StepRecord {
         self.errors.iter().sum()
     }
 
+    /// Whether [`StepRecord::add`] keeps every count, and the sum of the
+    /// error kinds, under 2^64.
+    pub fn fits(&self, other: &StepRecord) -> bool {
+        let kinds = |r: &StepRecord| r.errors.iter().try_fold(0u64, |sum, n| sum.checked_add(*n));
+        self.requests.checked_add(other.requests).is_some()
+            && self.bytes_sent.checked_add(other.bytes_sent).is_some()
+            && self.bytes_received.checked_add(other.bytes_received).is_some()
+            && kinds(self).zip(kinds(other)).is_some_and(|(a, b)| a.checked_add(b).is_some())
+    }
+
     pub fn add(&mut self, other: &StepRecord) -> Result<(), histogram::CodecError> {
         histogram::add(&mut self.latency, &other.latency)?;
         histogram::add(&mut self.service, &other.service)?;
@@ -157,6 +167,15 @@ pub const LATE_BOUND: std::time::Duration = std::time::Duration::from_millis(10)
 pub const SATURATION_LIMIT: f64 = 0.01;
 
 impl ScheduleStats {
+    /// Whether [`ScheduleStats::add`] keeps every count, and dropped plus
+    /// late, under 2^64.
+    pub fn fits(&self, o: &ScheduleStats) -> bool {
+        let scheduled = self.scheduled.checked_add(o.scheduled);
+        let dropped = self.dropped.checked_add(o.dropped);
+        let late = self.late.checked_add(o.late);
+        scheduled.is_some() && dropped.zip(late).is_some_and(|(d, l)| d.checked_add(l).is_some())
+    }
+
     pub fn add(&mut self, o: &ScheduleStats) {
         self.scheduled += o.scheduled;
         self.dropped += o.dropped;
@@ -178,6 +197,17 @@ impl ScheduleStats {
     }
 }
 
+/// Why two measurements could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Histogram(#[from] histogram::CodecError),
+    #[error("the counts of phase {phase}, step {step} would pass 2^64")]
+    Overflow { phase: u32, step: u32 },
+    #[error("the schedule counts of phase {phase} would pass 2^64")]
+    ScheduleOverflow { phase: u32 },
+}
+
 /// Everything measured in a run (or an interval), keyed by step and phase.
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {
@@ -196,17 +226,38 @@ impl RunStats {
         Ok(())
     }
 
+    /// Adds `other` like [`RunStats::add`], but first checks that no count
+    /// would pass `u64::MAX`: counts that arrive from the network are added
+    /// with this, so that two forged `u64::MAX` counts are refused instead
+    /// of wrapping (or panicking in a build with overflow checks). Nothing
+    /// is added when it fails.
+    pub fn checked_add(&mut self, other: &RunStats) -> Result<(), MergeError> {
+        for (k, r) in &other.steps {
+            if !self.steps.get(k).map_or_else(|| StepRecord::default().fits(r), |mine| mine.fits(r)) {
+                return Err(MergeError::Overflow { phase: k.phase, step: k.step });
+            }
+        }
+        for (p, s) in &other.schedule {
+            if !self.schedule.get(p).copied().unwrap_or_default().fits(s) {
+                return Err(MergeError::ScheduleOverflow { phase: *p });
+            }
+        }
+        self.add(other).map_err(MergeError::Histogram)
+    }
+
     /// Merges every record whose key passes `filter` into one summary.
     pub fn summarize(&self, filter: impl Fn(&StepKey) -> bool) -> Summary {
         let mut ok = StepRecord::default();
         let mut requests = 0;
         let mut errors = 0;
         let mut by_kind = [0u64; ErrorKind::ALL.len()];
+        // Saturating: the coordinator adds network counts with
+        // `checked_add`, but a sum across steps could still pass 2^64.
         for (k, r) in self.steps.iter().filter(|(k, _)| filter(k)) {
-            requests += r.requests;
-            errors += r.error_count();
+            requests = u64::saturating_add(requests, r.requests);
+            errors = u64::saturating_add(errors, r.errors.iter().fold(0u64, |s, n| s.saturating_add(*n)));
             for (a, b) in by_kind.iter_mut().zip(r.errors) {
-                *a += b;
+                *a = a.saturating_add(b);
             }
             if k.ok {
                 ok.add(r).expect("records share one histogram shape");
@@ -256,4 +307,24 @@ impl Summary {
 
 pub fn quantile_ms(h: &Hist, quantile: f64) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(quantile) as f64 / 1e3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_requests(n: u64) -> RunStats {
+        let mut s = RunStats::default();
+        s.steps.insert(StepKey { phase: 0, step: 0, ok: true }, StepRecord { requests: n, ..StepRecord::default() });
+        s
+    }
+
+    #[test]
+    fn checked_add_refuses_a_sum_past_u64_max_and_adds_nothing() {
+        let mut total = with_requests(u64::MAX);
+        let err = total.checked_add(&with_requests(u64::MAX)).unwrap_err();
+        assert!(matches!(err, MergeError::Overflow { phase: 0, step: 0 }), "{err}");
+        assert_eq!(total.steps.values().next().unwrap().requests, u64::MAX);
+        total.checked_add(&with_requests(0)).unwrap();
+    }
 }

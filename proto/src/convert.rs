@@ -50,6 +50,10 @@ pub enum DecodeError {
     Outcome(i32),
     #[error("unknown error kind `{0}`")]
     ErrorKind(String),
+    #[error("the counts of phase {phase}, step {step} add up past 2^64")]
+    Overflow { phase: u32, step: u32 },
+    #[error("the schedule counts of phase {0} add up past 2^64")]
+    ScheduleOverflow(u32),
 }
 
 pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<RunStats, DecodeError> {
@@ -63,7 +67,7 @@ pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<Run
         let mut errors = [0u64; ErrorKind::ALL.len()];
         for e in &s.errors {
             let kind = ErrorKind::parse(&e.kind).ok_or_else(|| DecodeError::ErrorKind(e.kind.clone()))?;
-            errors[kind as usize] += e.count;
+            errors[kind as usize] = errors[kind as usize].checked_add(e.count).ok_or(DecodeError::Overflow { phase: s.phase, step: s.step })?;
         }
         let record = StepRecord {
             latency: histogram::decode(&s.latency_hist)?,
@@ -74,11 +78,20 @@ pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<Run
             bytes_sent: s.bytes_sent,
             bytes_received: s.bytes_received,
         };
-        out.steps.entry(StepKey { phase: s.phase, step: s.step, ok }).or_default().add(&record)?;
+        // Checked: the same key twice in one snapshot adds its counts.
+        let slot = out.steps.entry(StepKey { phase: s.phase, step: s.step, ok }).or_default();
+        if !slot.fits(&record) {
+            return Err(DecodeError::Overflow { phase: s.phase, step: s.step });
+        }
+        slot.add(&record)?;
     }
     for p in phases {
         let s = ScheduleStats { scheduled: p.scheduled, dropped: p.dropped, late: p.late, max_lag_us: p.max_lag_us };
-        out.schedule.entry(p.phase).or_default().add(&s);
+        let slot = out.schedule.entry(p.phase).or_default();
+        if !slot.fits(&s) {
+            return Err(DecodeError::ScheduleOverflow(p.phase));
+        }
+        slot.add(&s);
     }
     Ok(out)
 }
