@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use stampede_common::histogram::{self, Hist};
-use stampede_common::stats::{quantile_ms, RunStats};
+use stampede_common::stats::{quantile_ms, MergeError, RunStats};
 use stampede_proto::convert::{decode_steps, DecodeError};
 use stampede_proto::v1::{RunFinished, Snapshot};
 
@@ -18,6 +18,9 @@ pub struct AgentProgress {
     pub finished: Option<RunFinished>,
     /// Why the agent dropped out of the run, if it did.
     pub lost: Option<String>,
+    /// The agent sent something refused (`lost` says what): nothing more
+    /// of it is counted.
+    pub refused: bool,
     /// Counted from the snapshots received, to compare with the agent's own.
     pub requests: u64,
     pub errors: u64,
@@ -43,6 +46,7 @@ impl AgentProgress {
     /// Whether everything this agent measured reached us.
     pub fn complete(&self) -> bool {
         self.lost.is_none()
+            && !self.refused
             && self.last_seq.is_some()
             && self.missing(None).is_empty()
             && self.finished.as_ref().is_some_and(|f| f.error.is_empty() && f.evicted == 0 && f.requests == self.requests && f.errors == self.errors)
@@ -71,6 +75,37 @@ impl IntervalAgg {
     }
 }
 
+/// Why a snapshot was refused; nothing of it was counted.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("a snapshot (seq {seq}) that does not decode: {source}")]
+    Decode { seq: u64, source: DecodeError },
+    #[error("a snapshot (seq {seq}) whose counts would overflow the run's: {source}")]
+    Merge { seq: u64, source: MergeError },
+    #[error("a snapshot (seq {seq}) whose counts would overflow its {what} total past 2^64")]
+    Overflow { seq: u64, what: &'static str },
+}
+
+/// A snapshot's sums, computed with checked arithmetic.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sums {
+    requests: u64,
+    errors: u64,
+    sent: u64,
+    received: u64,
+}
+
+impl Sums {
+    fn checked_add(&self, o: &Sums) -> Option<Sums> {
+        Some(Sums {
+            requests: self.requests.checked_add(o.requests)?,
+            errors: self.errors.checked_add(o.errors)?,
+            sent: self.sent.checked_add(o.sent)?,
+            received: self.received.checked_add(o.received)?,
+        })
+    }
+}
+
 pub struct Aggregate {
     pub agents: BTreeMap<String, AgentProgress>,
     pub total: RunStats,
@@ -87,36 +122,54 @@ impl Aggregate {
     }
 
     /// Adds a snapshot; returns the seq of an interval that just became
-    /// complete across the fleet, for live progress.
-    pub fn add_snapshot(&mut self, s: &Snapshot) -> Result<Option<u64>, DecodeError> {
+    /// complete across the fleet, for live progress. The snapshot's numbers
+    /// must have passed `stampede_proto::limits::check_snapshot`; every sum
+    /// is checked here too, and a snapshot that fails is counted nowhere.
+    pub fn add_snapshot(&mut self, s: &Snapshot) -> Result<Option<u64>, SnapshotError> {
         let expected = self.agents.len();
-        let Some(agent) = self.agents.get_mut(&s.agent_id) else {
+        let Some(agent) = self.agents.get(&s.agent_id) else {
             return Ok(None);
         };
-        if !agent.seqs.insert(s.seq) {
-            agent.duplicates += 1;
+        if agent.refused {
             return Ok(None);
         }
-        let stats = decode_steps(&s.steps, &s.phases)?;
-        if s.last {
-            agent.last_seq = Some(s.seq);
+        if agent.seqs.contains(&s.seq) {
+            if let Some(a) = self.agents.get_mut(&s.agent_id) {
+                a.duplicates += 1;
+            }
+            return Ok(None);
         }
-        let (mut requests, mut errors, mut sent, mut received) = (0, 0, 0, 0);
+        let seq = s.seq;
+        let stats = decode_steps(&s.steps, &s.phases).map_err(|source| SnapshotError::Decode { seq, source })?;
+        let overflow = |what: &'static str| SnapshotError::Overflow { seq, what };
+        let mut sums = Sums::default();
         let mut ok_latency = histogram::new_hist();
         for (k, r) in &stats.steps {
-            requests += r.requests;
-            errors += r.error_count();
-            sent += r.bytes_sent;
-            received += r.bytes_received;
+            let errors = r.errors.iter().try_fold(0u64, |a, n| a.checked_add(*n)).ok_or_else(|| overflow("errors"))?;
+            let one = Sums { requests: r.requests, errors, sent: r.bytes_sent, received: r.bytes_received };
+            sums = sums.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
             if k.ok {
-                histogram::add(&mut ok_latency, &r.latency)?;
+                // decode_steps built every histogram in our shape: adding fits.
+                histogram::add(&mut ok_latency, &r.latency).map_err(|e| SnapshotError::Decode { seq, source: e.into() })?;
             }
         }
-        agent.requests += requests;
-        agent.errors += errors;
-        self.total.add(&stats)?;
+        // Every sum is checked before anything is changed.
+        let mine = Sums { requests: agent.requests, errors: agent.errors, ..Sums::default() };
+        let agent_after = mine.checked_add(&sums).ok_or_else(|| overflow("agent"))?;
+        let interval_after = match self.timeline.get(&seq) {
+            Some(iv) => Sums { requests: iv.requests, errors: iv.errors, sent: iv.bytes_sent, received: iv.bytes_received }.checked_add(&sums).ok_or_else(|| overflow("interval"))?,
+            None => sums,
+        };
+        self.total.checked_add(&stats).map_err(|source| SnapshotError::Merge { seq, source })?;
 
-        let iv = self.timeline.entry(s.seq).or_insert_with(|| IntervalAgg {
+        let agent = self.agents.get_mut(&s.agent_id).expect("looked up above");
+        agent.seqs.insert(seq);
+        if s.last {
+            agent.last_seq = Some(seq);
+        }
+        agent.requests = agent_after.requests;
+        agent.errors = agent_after.errors;
+        let iv = self.timeline.entry(seq).or_insert_with(|| IntervalAgg {
             start_unix_nanos: s.interval_start_unix_nanos,
             requests: 0,
             errors: 0,
@@ -126,23 +179,32 @@ impl Aggregate {
             hist: Some(histogram::new_hist()),
             p99_ms: None,
         });
-        iv.requests += requests;
-        iv.errors += errors;
-        iv.bytes_sent += sent;
-        iv.bytes_received += received;
+        iv.requests = interval_after.requests;
+        iv.errors = interval_after.errors;
+        iv.bytes_sent = interval_after.sent;
+        iv.bytes_received = interval_after.received;
         iv.reported += 1;
         if let Some(h) = iv.hist.as_mut() {
-            histogram::add(h, &ok_latency)?;
+            histogram::add(h, &ok_latency).map_err(|e| SnapshotError::Decode { seq, source: e.into() })?;
         }
         if iv.reported >= expected {
             iv.seal();
-            return Ok(Some(s.seq));
+            return Ok(Some(seq));
         }
         Ok(None)
     }
 
+    /// Refuses the rest of an agent's data: it sent `reason`. What it sent
+    /// before (each message checked) stays counted; the run is incomplete.
+    pub fn refuse(&mut self, agent_id: &str, reason: String) {
+        if let Some(a) = self.agents.get_mut(agent_id).filter(|a| !a.refused) {
+            a.refused = true;
+            a.lost = Some(reason);
+        }
+    }
+
     pub fn finished(&mut self, f: RunFinished) {
-        if let Some(a) = self.agents.get_mut(&f.agent_id) {
+        if let Some(a) = self.agents.get_mut(&f.agent_id).filter(|a| !a.refused) {
             a.finished = Some(f);
         }
     }

@@ -175,6 +175,8 @@ mod tests {
             session: 0,
             instance: 0,
             lease: std::time::Duration::from_secs(10),
+            cut: Default::default(),
+            registered_at: SystemTime::now(),
         }
     }
 

@@ -3,11 +3,12 @@
 //! and forward; the orchestrator owns everything about a run.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use stampede_proto::v1::{Capability, CoordinatorMessage, FaultEvent, RunFinished, Snapshot};
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 /// What an agent's session delivers to the run in progress.
@@ -22,6 +23,53 @@ pub enum AgentEvent {
     /// An agent (re)registered while the run goes on; `active_run_id` is
     /// the run it says it is executing ("" for none: a restarted agent).
     Returned { agent_id: String, active_run_id: String, session: u64, instance: u64 },
+    /// The agent's session sent something the coordinator refuses (a
+    /// message over the size limit, one in another agent's name): the
+    /// session is cut, and the run must not trust this agent's data.
+    Refused { agent_id: String, reason: String },
+}
+
+/// Ends one session from outside its handler: the handler's reader stops,
+/// and the stream to the agent ends, with `why` as its final status.
+#[derive(Debug, Clone, Default)]
+pub struct SessionCut(Arc<CutState>);
+
+#[derive(Debug, Default)]
+struct CutState {
+    token: CancellationToken,
+    why: OnceLock<String>,
+}
+
+impl SessionCut {
+    /// Cuts the session; the first reason given is the one the agent hears.
+    pub fn cut(&self, why: Option<String>) {
+        if let Some(why) = why {
+            let _ = self.0.why.set(why);
+        }
+        self.0.token.cancel();
+    }
+
+    pub async fn cut_off(&self) {
+        self.0.token.cancelled().await
+    }
+
+    /// Why the session was cut, if it was cut for a reason the agent must hear.
+    pub fn reason(&self) -> Option<&str> {
+        self.0.why.get().map(String::as_str)
+    }
+}
+
+/// A second session with the id of a live one, from another agent process.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "agent id {id} is already connected (another agent process, instance {live:x}, since {since_s:.0} s); this session (instance {new:x}) is refused. \
+     Give each agent its own --id; if the other process is gone, its session ends within a few seconds of silence and this agent's retry gets in"
+)]
+pub struct DuplicateId {
+    pub id: String,
+    pub live: u64,
+    pub new: u64,
+    pub since_s: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +98,9 @@ pub struct AgentEntry {
     /// How long the agent keeps a run going without us; after a lost
     /// session, how long we wait for it to come back.
     pub lease: Duration,
+    /// Ends this session (a newer session of the same process, a refusal).
+    pub cut: SessionCut,
+    pub registered_at: SystemTime,
 }
 
 /// What became of a numbered run message.
@@ -105,8 +156,20 @@ impl Fleet {
 
     /// Adds (or replaces, after a reconnect) an agent; returns its session
     /// number. The run in progress hears of it with the run the agent is on.
-    pub fn register(&self, mut entry: AgentEntry, active_run_id: &str) -> u64 {
+    ///
+    /// The same agent process (same instance) reconnecting replaces its
+    /// old session, which is cut, so that no stream stays open that the
+    /// registry does not know. Another process with the id of a live
+    /// session is refused: the live one may be running a share of a run.
+    pub fn register(&self, mut entry: AgentEntry, active_run_id: &str) -> Result<u64, DuplicateId> {
         let mut s = self.lock();
+        if let Some(live) = s.agents.get(&entry.id) {
+            if live.instance != entry.instance {
+                let since_s = live.registered_at.elapsed().unwrap_or_default().as_secs_f64();
+                return Err(DuplicateId { id: entry.id.clone(), live: live.instance, new: entry.instance, since_s });
+            }
+            live.cut.cut(Some("this agent process opened a newer session; this one is closed".into()));
+        }
         s.next_session += 1;
         entry.session = s.next_session;
         let session = entry.session;
@@ -116,11 +179,25 @@ impl Fleet {
             let _ = route.events.send(AgentEvent::Returned { agent_id: id.clone(), active_run_id: active_run_id.to_string(), session, instance });
         }
         if s.agents.insert(id.clone(), entry).is_some() {
-            tracing::info!(message = "An agent re-registered while its old session was still open; the newer session wins.", agent = %id);
+            tracing::info!(message = "An agent re-registered while its old session was still open; the newer session wins and the old one is closed.", agent = %id);
         }
         drop(s);
         self.changed.notify_waiters();
-        session
+        Ok(session)
+    }
+
+    /// Cuts the agent's current session, telling it `why`.
+    pub fn cut(&self, agent_id: &str, why: &str) {
+        if let Some(a) = self.lock().agents.get(agent_id) {
+            a.cut.cut(Some(why.to_string()));
+        }
+    }
+
+    /// Tells the run in progress that `agent_id` sent something refused.
+    pub fn refused(&self, agent_id: &str, reason: &str) {
+        if let Some(route) = &self.lock().route {
+            let _ = route.events.send(AgentEvent::Refused { agent_id: agent_id.to_string(), reason: reason.to_string() });
+        }
     }
 
     /// Removes the agent if `session` is still its current one, and tells the run.

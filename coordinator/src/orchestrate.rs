@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use stampede_common::plan::{AgentSelector, Model, Plan};
 use stampede_proto::convert::unix_nanos;
+use stampede_proto::limits::{self, Refusal, RunBounds};
 use stampede_proto::v1::coordinator_message::Msg as Down;
 use stampede_proto::v1::{Abort, Assignment, CoordinatorMessage};
 use tokio_util::sync::CancellationToken;
@@ -118,6 +119,16 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
         a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;
     }
 
+    let bounds = RunBounds::new(
+        &run_id,
+        plan.phases.len(),
+        plan.steps.len(),
+        plan.faults.iter().map(|f| f.name.clone()).collect(),
+        plan.duration(),
+        plan.interval.as_duration(),
+        plan.timeout.as_duration(),
+        start_nanos,
+    );
     let mut agg = Aggregate::new(agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
     let mut first_requests = BTreeMap::new();
     let mut fault_log = crate::faults::FaultLog::default();
@@ -130,13 +141,15 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
 
     while !agg.all_done() {
         tokio::select! {
-            event = events.recv() => match event {
-                Some(AgentEvent::Snapshot(s)) => match agg.add_snapshot(&s) {
+            event = events.recv() => match event.map(|e| checked(e, &bounds, &agents)) {
+                Some(Err((agent_id, refusal))) => refuse(fleet, &mut agg, &run_id, &agent_id, refusal.0, progress).await,
+                Some(Ok(AgentEvent::Refused { agent_id, reason })) => refuse(fleet, &mut agg, &run_id, &agent_id, reason, progress).await,
+                Some(Ok(AgentEvent::Snapshot(s))) => match agg.add_snapshot(&s) {
                     Ok(Some(seq)) => progress(progress_line(&plan, &agg, seq)),
                     Ok(None) => {}
-                    Err(e) => tracing::warn!(message = "Snapshot does not decode; dropped.", agent = %s.agent_id, error = %e),
+                    Err(e) => refuse(fleet, &mut agg, &run_id, &s.agent_id, e.to_string(), progress).await,
                 },
-                Some(AgentEvent::Finished(f)) => {
+                Some(Ok(AgentEvent::Finished(f))) => {
                     if f.not_started && agg.agents.get(&f.agent_id).is_some_and(|p| !p.done()) {
                         // The agent could not even start: the run is broken
                         // for everyone, not just short of data.
@@ -144,23 +157,23 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                         return Err(RunError::AgentFailed { agent: f.agent_id, error: f.error });
                     }
                     if f.first_request_unix_nanos > 0 {
-                        first_requests.insert(f.agent_id.clone(), f.first_request_unix_nanos - clock_offset(&agents, &f.agent_id));
+                        first_requests.insert(f.agent_id.clone(), f.first_request_unix_nanos.saturating_sub(clock_offset(&agents, &f.agent_id)));
                     }
                     agg.finished(f);
                 }
-                Some(AgentEvent::Fault(mut ev)) => {
+                Some(Ok(AgentEvent::Fault(mut ev))) => {
                     // The agent stamps its fault times by its own clock; the
                     // report puts them on the run's (the coordinator's) clock.
                     let offset = clock_offset(&agents, &ev.agent_id);
                     for t in [&mut ev.scheduled_unix_nanos, &mut ev.applied_unix_nanos, &mut ev.reverted_unix_nanos] {
                         if *t != 0 {
-                            *t -= offset;
+                            *t = t.saturating_sub(offset);
                         }
                     }
                     progress(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.status, if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
                     fault_log.record(ev);
                 }
-                Some(AgentEvent::Lost { agent_id, reason, last_seen }) => {
+                Some(Ok(AgentEvent::Lost { agent_id, reason, last_seen })) => {
                     let Some(a) = agents.iter().find(|a| a.id == agent_id).filter(|_| agg.agents.get(&agent_id).is_some_and(|p| !p.done())) else { continue };
                     // The agent keeps its share going for its lease and
                     // reconnects; it is lost only if it is not back by then.
@@ -171,7 +184,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                     progress(format!("agent {agent_id} lost its session ({reason}); waiting up to {left:.1?} for it to come back"));
                     away.insert(agent_id, (tokio::time::Instant::now() + left, reason));
                 }
-                Some(AgentEvent::Returned { agent_id, active_run_id, session, instance }) => {
+                Some(Ok(AgentEvent::Returned { agent_id, active_run_id, session, instance })) => {
                     // Only a session opened after the assignment is a return;
                     // earlier ones are the registrations the run started with.
                     let Some(assigned) = agents.iter().find(|a| a.id == agent_id).filter(|a| session > a.session) else { continue };
@@ -247,6 +260,38 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
         faults: &fault_log,
         dry_run: req.dry_run,
     }))
+}
+
+/// Checks a run message's numbers against the run before it costs
+/// anything; a refusal names the agent that sent it.
+fn checked(event: AgentEvent, bounds: &RunBounds, agents: &[AgentEntry]) -> Result<AgentEvent, (String, Refusal)> {
+    let now = unix_nanos(SystemTime::now());
+    let (agent_id, result) = match &event {
+        AgentEvent::Snapshot(s) => (&s.agent_id, limits::check_snapshot(s, bounds, clock_offset(agents, &s.agent_id), now)),
+        AgentEvent::Finished(f) => (&f.agent_id, limits::check_finished(f, bounds, clock_offset(agents, &f.agent_id), now)),
+        AgentEvent::Fault(ev) => (&ev.agent_id, limits::check_fault(ev, bounds, clock_offset(agents, &ev.agent_id), now)),
+        _ => return Ok(event),
+    };
+    match result {
+        Ok(()) => Ok(event),
+        Err(refusal) => Err((agent_id.clone(), refusal)),
+    }
+}
+
+/// An agent of the run sent something out of bounds: nothing more of it is
+/// counted, the run is incomplete and says why, and the agent is dropped —
+/// told to stop its share and revert its faults, and its session closed
+/// with the reason (a misbehaving agent must not keep loading a target for
+/// a run that no longer counts it).
+async fn refuse(fleet: &Fleet, agg: &mut Aggregate, run_id: &str, agent_id: &str, reason: String, progress: &(dyn Fn(String) + Send + Sync)) {
+    if !agg.agents.get(agent_id).is_some_and(|a| !a.refused) {
+        return;
+    }
+    tracing::warn!(message = "Agent refused: it sent data out of bounds; its share is dropped and its session closed.", agent = %agent_id, run = %run_id, %reason);
+    progress(format!("agent {agent_id} refused: it sent {reason}; its data is incomplete and its session is closed"));
+    agg.refuse(agent_id, format!("it sent {reason}"));
+    abort_agent(fleet, agent_id, run_id, &format!("the coordinator refused this agent's data: it sent {reason}")).await;
+    fleet.cut(agent_id, &format!("the coordinator refused this agent's data for run {run_id}: it sent {reason}"));
 }
 
 /// `agent_id`'s clock minus the coordinator's (0 if unknown): subtracted

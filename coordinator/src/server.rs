@@ -13,9 +13,19 @@ use crate::control::Control;
 use crate::fleet::Fleet;
 use crate::service::AgentSessions;
 
-/// Snapshots of a large plan with many steps, and a long run's reports, can
-/// exceed tonic's 4 MiB default.
+/// A long run's reports, sent to the control client, can exceed tonic's
+/// 4 MiB default; plans submitted there are as large as a user writes them.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// The largest message an agent may send. tonic reads a message's length
+/// from its frame header and refuses it before buffering it, so this is
+/// also what one session can make the coordinator hold for one message.
+/// A legitimate snapshot holds one entry per (phase, step, outcome) that
+/// was active in its interval, three compressed histograms each (a few KiB
+/// apiece, at most ~210 KiB inflated): a plan with 100 steps active in one
+/// interval stays under a few MiB. A message over this ends the session as
+/// refused (`service.rs`), and the run names the agent.
+pub const MAX_AGENT_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Who may talk to the coordinator. The default — no TLS, no token — is for
 /// the in-process agents of `stampede run --local-agents`, which dial a
@@ -39,7 +49,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> (SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
     let addr = listener.local_addr().expect("a bound listener has an address");
-    let agents = AgentServiceServer::new(AgentSessions { fleet, token: security.token }).max_decoding_message_size(MAX_MESSAGE);
+    let agents = AgentServiceServer::new(AgentSessions { fleet, token: security.token }).max_decoding_message_size(MAX_AGENT_MESSAGE);
     let mut router = tonic::transport::Server::builder().add_service(agents);
     if let Some(c) = control {
         router = router.add_service(ControlServiceServer::new(c).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE));

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use stampede_common::tls::{Token, AUTHORIZATION};
 use stampede_proto::convert::unix_nanos;
+use stampede_proto::limits;
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_server::AgentService;
 use stampede_proto::v1::coordinator_message::Msg as Down;
@@ -15,7 +16,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::fleet::{AgentEntry, AgentEvent, Delivery, Fleet};
+use crate::fleet::{AgentEntry, AgentEvent, Delivery, Fleet, SessionCut};
 
 pub struct AgentSessions {
     pub fleet: Fleet,
@@ -51,36 +52,34 @@ impl AgentService for AgentSessions {
             }
         }
         let mut inbound = request.into_inner();
-        let first = inbound
-            .next()
+        // A client that never registers must not hold a handler forever.
+        let first = tokio::time::timeout(SILENCE, inbound.next())
             .await
+            .map_err(|_| Status::deadline_exceeded(format!("no Register within {SILENCE:?} of opening the session")))?
             .ok_or_else(|| Status::invalid_argument("the session closed before registering"))??;
         let Some(Up::Register(reg)) = first.msg else {
             return Err(Status::invalid_argument("the first message of a session must be Register"));
         };
-        if reg.agent_id.is_empty() {
-            return Err(Status::invalid_argument("Register.agent_id is empty"));
-        }
         let now = unix_nanos_now();
+        if let Err(refusal) = limits::check_register(&reg, now) {
+            warn!(message = "Agent refused: its Register is out of bounds.", agent = %reg.agent_id.escape_debug().to_string().chars().take(limits::MAX_ID).collect::<String>(), reason = %refusal);
+            return Err(Status::invalid_argument(format!("Register refused: {refusal}")));
+        }
         let (tx, rx) = mpsc::channel(256);
         let _ = tx.send(down(Down::Registered(Registered { clock_unix_nanos: now, coordinator_version: env!("CARGO_PKG_VERSION").into() }))).await;
         let agent_id = reg.agent_id.clone();
-        // An agent still executing a run we do not know (we restarted, or
-        // the run ended without it) must stop it and revert its faults.
-        if !reg.active_run_id.is_empty() && self.fleet.current_run().as_deref() != Some(reg.active_run_id.as_str()) {
-            warn!(message = "Agent is executing a run this coordinator does not know; aborting it.", agent = %agent_id, run = %reg.active_run_id);
-            let abort = Abort { run_id: reg.active_run_id.clone(), reason: "the coordinator does not know this run (it restarted, or the run ended)".into() };
-            let _ = tx.send(down(Down::Abort(abort))).await;
-        }
         let instance = reg.instance;
         let lease = if reg.lease_ms == 0 { DEFAULT_LEASE } else { Duration::from_millis(reg.lease_ms) };
-        let session = self.fleet.register(AgentEntry {
+        let cut = SessionCut::default();
+        let active_run_id = reg.active_run_id.clone();
+        let registered = self.fleet.register(AgentEntry {
             id: reg.agent_id,
             labels: reg.labels.into_iter().collect(),
             capacity: reg.capacity.max(1),
             workers: reg.workers,
             capabilities: reg.capabilities,
             // One sample, including the one-way delay; good enough on a LAN.
+            // check_register made sure the difference does not overflow.
             clock_offset_nanos: reg.clock_unix_nanos - now,
             clock_rtt_nanos: i64::MAX,
             clock_sampled_at: SystemTime::now(),
@@ -91,59 +90,158 @@ impl AgentService for AgentSessions {
             session: 0,
             instance,
             lease,
-        }, &reg.active_run_id);
-        info!(message = "Agent registered.", agent = %agent_id, resuming = %reg.active_run_id, %caller);
-        let ended = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(keepalive(tx.clone(), ended.clone()));
+            cut: cut.clone(),
+            registered_at: SystemTime::now(),
+        }, &active_run_id);
+        let session = match registered {
+            Ok(session) => session,
+            Err(duplicate) => {
+                warn!(message = "Agent refused: its id belongs to a live session of another agent process.", agent = %agent_id, live_instance = %format!("{:x}", duplicate.live), instance = %format!("{instance:x}"));
+                return Err(Status::already_exists(duplicate.to_string()));
+            }
+        };
+        // An agent still executing a run we do not know (we restarted, or
+        // the run ended without it) must stop it and revert its faults.
+        if !active_run_id.is_empty() && self.fleet.current_run().as_deref() != Some(active_run_id.as_str()) {
+            warn!(message = "Agent is executing a run this coordinator does not know; aborting it.", agent = %agent_id, run = %active_run_id);
+            let abort = Abort { run_id: active_run_id.clone(), reason: "the coordinator does not know this run (it restarted, or the run ended)".into() };
+            let _ = tx.send(down(Down::Abort(abort))).await;
+        }
+        info!(message = "Agent registered.", agent = %agent_id, resuming = %active_run_id, %caller);
+        tokio::spawn(keepalive(tx.clone(), cut.clone()));
+        let outbound = outbound(rx, cut.clone());
+        let reader = Reader { fleet: self.fleet.clone(), agent_id, session, instance, tx, cut };
+        tokio::spawn(reader.run(inbound));
+        Ok(Response::new(outbound))
+    }
+}
 
-        let fleet = self.fleet.clone();
-        tokio::spawn(async move {
-            let reason = loop {
-                // A partitioned link keeps its TCP connection open: silence
-                // past a few heartbeats is what tells us it is gone.
-                let next = match tokio::time::timeout(SILENCE, inbound.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break format!("no word from the agent for {SILENCE:?}"),
-                };
-                match next {
-                    None => break "the agent closed its session".to_string(),
-                    Some(Err(status)) => break format!("the session broke: {}", status.message()),
-                    Some(Ok(m)) => {
-                        fleet.touch(&agent_id);
-                        let run_message = match m.msg {
-                            Some(Up::Snapshot(s)) => Some((s.run_id.clone(), AgentEvent::Snapshot(s))),
-                            Some(Up::Finished(f)) => Some((f.run_id.clone(), AgentEvent::Finished(f))),
-                            Some(Up::Fault(ev)) => Some((ev.run_id.clone(), AgentEvent::Fault(ev))),
-                            other => {
-                                session_message(&fleet, &agent_id, other);
-                                None
-                            }
-                        };
-                        let Some((run_id, event)) = run_message else { continue };
-                        if m.delivery == 0 {
-                            // An agent that does not number its messages.
-                            fleet.deliver(&run_id, event);
-                            continue;
-                        }
-                        match fleet.deliver_numbered(&agent_id, session, instance, m.delivery, &run_id, event) {
-                            // Acknowledged either way: a resent message we
-                            // already have must leave the agent's buffer too.
-                            Delivery::New | Delivery::Duplicate => {
-                                let _ = tx.try_send(down(Down::Delivered(Delivered { upto: m.delivery })));
-                            }
-                            Delivery::StaleSession => {}
-                        }
+/// The stream to the agent: what the session's queue holds, until the
+/// session is cut; then what is still queued (an Abort, say) and, for a cut
+/// with a reason, that reason as the stream's final status. A cut session's
+/// stream ends even while a run still holds a sender of its queue.
+fn outbound(mut rx: mpsc::Receiver<Result<CoordinatorMessage, Status>>, cut: SessionCut) -> Outbound {
+    let (out_tx, out_rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = cut.cut_off() => break,
+                next = rx.recv() => next,
+            };
+            let Some(msg) = next else { return };
+            tokio::select! {
+                sent = out_tx.send(msg) => if sent.is_err() { return },
+                _ = cut.cut_off() => break,
+            }
+        }
+        // Cut: what was queued before the cut, then why, each bounded so a
+        // stalled link cannot hold this task.
+        while let Ok(msg) = rx.try_recv() {
+            if !matches!(tokio::time::timeout(Duration::from_secs(1), out_tx.send(msg)).await, Ok(Ok(()))) {
+                return;
+            }
+        }
+        if let Some(why) = cut.reason() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), out_tx.send(Err(Status::aborted(why.to_string())))).await;
+        }
+    });
+    Box::pin(ReceiverStream::new(out_rx)) as Outbound
+}
+
+/// Reads one session's messages until it ends or is cut.
+struct Reader {
+    fleet: Fleet,
+    agent_id: String,
+    session: u64,
+    instance: u64,
+    tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    cut: SessionCut,
+}
+
+impl Reader {
+    async fn run(self, mut inbound: Streaming<AgentMessage>) {
+        let reason = loop {
+            // A partitioned link keeps its TCP connection open: silence
+            // past a few heartbeats is what tells us it is gone.
+            let next = tokio::select! {
+                _ = self.cut.cut_off() => break format!("the session was closed: {}", self.cut.reason().unwrap_or("cut")),
+                next = tokio::time::timeout(SILENCE, inbound.next()) => next,
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(_) => break format!("no word from the agent for {SILENCE:?}"),
+            };
+            match next {
+                None => break "the agent closed its session".to_string(),
+                Some(Err(status)) => match refused_status(&status) {
+                    Some(refusal) => break self.refuse(refusal),
+                    None => break format!("the session broke: {}", status.message()),
+                },
+                Some(Ok(m)) => {
+                    if let Err(refusal) = self.message(m) {
+                        break self.refuse(refusal);
                     }
                 }
-            };
-            // Stop the heartbeats; with the fleet's entry gone too, the
-            // outbound stream ends.
-            ended.cancel();
-            drop(tx);
-            info!(message = "Agent left.", agent = %agent_id, %reason);
-            fleet.unregister(&agent_id, session, reason);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as Outbound))
+            }
+        };
+        // Ends the heartbeats and the stream to the agent (with the reason
+        // when it was refused; cut already holds it then).
+        self.cut.cut(None);
+        info!(message = "Agent left.", agent = %self.agent_id, %reason);
+        self.fleet.unregister(&self.agent_id, self.session, reason);
+    }
+
+    /// Tells the run and the agent that the session is refused; the reason.
+    fn refuse(&self, refusal: String) -> String {
+        warn!(message = "Agent refused: it sent a message out of bounds; its session is closed.", agent = %self.agent_id, reason = %refusal);
+        self.fleet.refused(&self.agent_id, &refusal);
+        self.cut.cut(Some(format!("the coordinator refused this session: {refusal}")));
+        format!("refused: {refusal}")
+    }
+
+    /// One message; Err is a refusal of the session.
+    fn message(&self, m: AgentMessage) -> Result<(), String> {
+        let fleet = &self.fleet;
+        fleet.touch(&self.agent_id);
+        let (run_id, claimed, event) = match m.msg {
+            Some(Up::Snapshot(s)) => (s.run_id.clone(), s.agent_id.clone(), AgentEvent::Snapshot(s)),
+            Some(Up::Finished(f)) => (f.run_id.clone(), f.agent_id.clone(), AgentEvent::Finished(f)),
+            Some(Up::Fault(ev)) => (ev.run_id.clone(), ev.agent_id.clone(), AgentEvent::Fault(ev)),
+            other => {
+                session_message(fleet, &self.agent_id, other);
+                return Ok(());
+            }
+        };
+        // The run attributes a message by the id it carries: one agent
+        // must not speak for another.
+        if claimed != self.agent_id {
+            return Err(format!("a run message in the name of agent {:?}", claimed.chars().take(limits::MAX_ID).collect::<String>()));
+        }
+        if m.delivery == 0 {
+            // An agent that does not number its messages.
+            fleet.deliver(&run_id, event);
+            return Ok(());
+        }
+        match fleet.deliver_numbered(&self.agent_id, self.session, self.instance, m.delivery, &run_id, event) {
+            // Acknowledged either way: a resent message we
+            // already have must leave the agent's buffer too.
+            Delivery::New | Delivery::Duplicate => {
+                let _ = self.tx.try_send(down(Down::Delivered(Delivered { upto: m.delivery })));
+            }
+            Delivery::StaleSession => {}
+        }
+        Ok(())
+    }
+}
+
+/// A broken stream that is the agent's doing, not the network's: a message
+/// over the size limit, or bytes that are not an `AgentMessage`.
+fn refused_status(status: &Status) -> Option<String> {
+    match status.code() {
+        tonic::Code::OutOfRange => Some(format!("a message over the coordinator's limit of {} bytes ({})", crate::server::MAX_AGENT_MESSAGE, status.message())),
+        tonic::Code::Internal if status.message().contains("decode") => Some(format!("a message that is not an AgentMessage ({})", status.message())),
+        _ => None,
     }
 }
 
@@ -160,7 +258,7 @@ const SILENCE: Duration = Duration::from_secs(3);
 const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// Heartbeats and rounds of clock probes, until the session's queue closes.
-async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: tokio_util::sync::CancellationToken) {
+async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: SessionCut) {
     let mut next_round = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= next_round {
@@ -169,7 +267,7 @@ async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: 
                 // A half-open link can fill the queue: never wait on it past the session's end.
                 tokio::select! {
                     sent = tx.send(down(Down::ClockProbe(probe))) => if sent.is_err() { return },
-                    _ = ended.cancelled() => return,
+                    _ = ended.cut_off() => return,
                 }
                 tokio::time::sleep(PROBE_GAP).await;
             }
@@ -180,7 +278,7 @@ async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: 
         let _ = tx.try_send(down(Down::Heartbeat(Heartbeat { clock_unix_nanos: unix_nanos_now() })));
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT) => {}
-            _ = ended.cancelled() => return,
+            _ = ended.cut_off() => return,
             _ = tx.closed() => return,
         }
     }
@@ -190,10 +288,10 @@ async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: 
 fn session_message(fleet: &Fleet, agent_id: &str, msg: Option<Up>) {
     match msg {
         Some(Up::ClockEcho(e)) => {
-            let t4 = unix_nanos_now();
-            let rtt = (t4 - e.t1_unix_nanos) - (e.t3_unix_nanos - e.t2_unix_nanos);
-            let offset = ((e.t2_unix_nanos - e.t1_unix_nanos) + (e.t3_unix_nanos - t4)) / 2;
-            fleet.clock_sample(agent_id, offset, rtt);
+            // Times that overflow when compared are no sample at all.
+            if let Some((offset, rtt)) = limits::clock_sample(&e, unix_nanos_now()) {
+                fleet.clock_sample(agent_id, offset, rtt);
+            }
         }
         Some(Up::Register(_)) => warn!(message = "Agent registered twice on one session; ignored.", agent = %agent_id),
         Some(Up::Heartbeat(_)) | Some(Up::Snapshot(_)) | Some(Up::Finished(_)) | Some(Up::Fault(_)) | None => {}

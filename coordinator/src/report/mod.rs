@@ -284,6 +284,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
             let missing = a.missing(run_last);
             if !complete {
                 let why = match (&a.lost, &a.finished) {
+                    (Some(l), _) if a.refused => format!("agent {id} was refused and cut off: {l}"),
                     (Some(l), _) if missing.is_empty() => format!("agent {id} was lost: {l}"),
                     (Some(l), _) => format!("agent {id} was lost: {l}; intervals missing: {}", intervals_text(&missing)),
                     (None, Some(fin)) if !fin.error.is_empty() => format!("agent {id} failed: {}", fin.error),

@@ -11,6 +11,8 @@
 
 /// A fleet in network namespaces (`deploy/netns/fleet.sh`), for `fleet_*.rs`.
 pub mod fleet;
+/// A fake agent over real gRPC that sends what a test hands it (`trust_messages.rs`).
+pub mod fake_agent;
 
 use std::fs::File;
 use std::io::Read;
