@@ -10,7 +10,11 @@
 //!   types (`stampede_proto::convert::decode_steps`), and bytes → one
 //!   histogram (`stampede_common::histogram::decode`): what a coordinator
 //!   does with every message an agent sends.
+//! - [`grpc_message`]: bytes → the `AgentMessage` of a session → the
+//!   coordinator's bounds (`stampede_proto::limits`) → decode and checked
+//!   merge (see the module).
 
+pub mod grpc_message;
 pub mod mutate;
 
 use std::path::Path;
@@ -27,11 +31,19 @@ pub type Target = fn(&[u8]);
 pub type OutcomeTarget = fn(&[u8]) -> String;
 
 /// The targets by name, as the harness and the seed folders call them.
-pub const TARGETS: [(&str, Target); 2] = [("plan_parser", plan_parser), ("snapshot_decoder", snapshot_decoder)];
+pub const TARGETS: [(&str, Target); 3] = [("plan_parser", plan_parser), ("snapshot_decoder", snapshot_decoder), ("grpc_message", grpc_message)];
 
 /// The same targets, returning their outcome (for the stable harness).
-pub const TARGETS_WITH_OUTCOME: [(&str, OutcomeTarget); 2] =
-    [("plan_parser", plan_parser_outcome), ("snapshot_decoder", snapshot_decoder_outcome)];
+pub const TARGETS_WITH_OUTCOME: [(&str, OutcomeTarget); 3] = [
+    ("plan_parser", plan_parser_outcome),
+    ("snapshot_decoder", snapshot_decoder_outcome),
+    ("grpc_message", grpc_message::grpc_message_outcome),
+];
+
+/// Bytes as an agent's session message, through the coordinator's checks.
+pub fn grpc_message(data: &[u8]) {
+    grpc_message::grpc_message_outcome(data);
+}
 
 /// The format a `plan_parser` input is read in: its first byte modulo 3.
 /// Seed files start with the line `0`, `1` or `2`; the newline after it is

@@ -3,7 +3,9 @@
 //!   behind their format selector line (`0` YAML, `1` TOML, `2` JSON), a
 //!   plan with one fault of every kind, and small broken ones;
 //! - `snapshot_decoder`: protobuf `Snapshot`s the way agents encode them,
-//!   and bare histograms in V2+DEFLATE and plain V2.
+//!   and bare histograms in V2+DEFLATE and plain V2;
+//! - `grpc_message`: one `AgentMessage` of each kind, valid for the run of
+//!   `stampede_fuzz::grpc_message`, and the forged ones of issue 8 item 2.
 //!
 //! `cargo run --manifest-path fuzz/Cargo.toml --bin make_seeds` (rewrites the
 //! files; their content is deterministic).
@@ -155,10 +157,16 @@ fn snapshot_seeds(dir: &Path) {
     write(dir, "hist-v2-plain.bin", &plain);
 }
 
+fn grpc_seeds(dir: &Path) {
+    for (name, data) in stampede_fuzz::grpc_message::seeds() {
+        write(dir, name, &data);
+    }
+}
+
 fn main() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR"));
     let repo = fuzz.parent().expect("fuzz/ is inside the repository");
-    for (target, make) in [("plan_parser", plan_seeds as fn(&Path, &Path)), ("snapshot_decoder", |_: &Path, d: &Path| snapshot_seeds(d))] {
+    for (target, make) in [("plan_parser", plan_seeds as fn(&Path, &Path)), ("snapshot_decoder", |_: &Path, d: &Path| snapshot_seeds(d)), ("grpc_message", |_: &Path, d: &Path| grpc_seeds(d))] {
         let dir = fuzz.join("seeds").join(target);
         std::fs::create_dir_all(&dir).expect("can create the seed folder");
         make(repo, &dir);
