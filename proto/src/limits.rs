@@ -17,6 +17,8 @@ use crate::v1::{ClockEcho, FaultEvent, Register, RunFinished, Snapshot};
 pub const MAX_ID: usize = 128;
 /// Free text: error messages, capability details, commands, label values.
 pub const MAX_TEXT: usize = 4096;
+/// One command of a fault event (an nft script can run to a few KiB).
+pub const MAX_COMMAND: usize = 64 << 10;
 /// Labels and capabilities per agent; commands per fault event.
 pub const MAX_LIST: usize = 64;
 /// One encoded (V2 + DEFLATE) histogram. stampede's histogram shape
@@ -62,6 +64,8 @@ pub struct RunBounds {
     pub max_seq: u64,
     /// The common start, in the coordinator's clock (unix nanoseconds).
     pub start_unix_nanos: i64,
+    /// The planned end (start + duration + one timeout), likewise.
+    pub end_unix_nanos: i64,
     /// Most requests one agent can report in one interval; most bytes.
     pub max_count: u64,
     pub max_bytes: u64,
@@ -82,6 +86,7 @@ impl RunBounds {
             faults,
             max_seq: u64::try_from(intervals).unwrap_or(u64::MAX).saturating_add(SEQ_SLACK),
             start_unix_nanos,
+            end_unix_nanos: start_unix_nanos.saturating_add(i64::try_from((duration + timeout).as_nanos()).unwrap_or(i64::MAX)),
             max_count: MAX_EVENTS_PER_SEC.saturating_mul(longest),
             max_bytes: MAX_BYTES_PER_SEC.saturating_mul(longest),
         }
@@ -89,13 +94,14 @@ impl RunBounds {
 
     /// Whether `t` (the agent's clock, unix nanoseconds) falls in the run's
     /// window once the agent's `offset` is taken off: from the start (less
-    /// the slack) to `now` in the coordinator's clock (plus the slack).
-    fn check_instant(&self, what: &str, t: i64, offset: i64, now: i64) -> Result<(), Refusal> {
+    /// the slack) to `until` in the coordinator's clock (plus the slack) —
+    /// `now` for what already happened, the planned end for a schedule.
+    fn check_instant(&self, what: &str, t: i64, offset: i64, until: i64) -> Result<(), Refusal> {
         let slack = CLOCK_SLACK.as_nanos() as i64;
         let Some(ours) = t.checked_sub(offset) else {
             return refuse(format!("{what} {t} is not a time (with the clock offset {offset} ns it overflows)"));
         };
-        let (from, to) = (self.start_unix_nanos.saturating_sub(slack), now.saturating_add(slack));
+        let (from, to) = (self.start_unix_nanos.saturating_sub(slack), until.saturating_add(slack));
         if ours < from || ours > to {
             return refuse(format!("{what} {t} lies outside the run's window ({from}..={to} in the coordinator's clock, after the agent's offset {offset} ns)"));
         }
@@ -258,16 +264,19 @@ pub fn check_fault(ev: &FaultEvent, b: &RunBounds, offset: i64, now: i64) -> Res
             return refuse(format!("FaultEvent.{name} has {} entries, over the limit of {MAX_LIST}", list.len()));
         }
         for c in list {
-            check_len("a fault command", c, MAX_TEXT)?;
+            check_len("a fault command", c, MAX_COMMAND)?;
         }
     }
     if let Some(e) = &ev.effect {
         check_id("FaultEffect.measure", &e.measure)?;
         check_len("FaultEffect.detail", &e.detail, MAX_TEXT)?;
     }
-    for (name, t) in [("scheduled", ev.scheduled_unix_nanos), ("applied", ev.applied_unix_nanos), ("reverted", ev.reverted_unix_nanos)] {
+    // A schedule may lie ahead (a dry run reports every fault at once);
+    // what was applied or reverted has happened.
+    let planned = now.max(b.end_unix_nanos);
+    for (name, t, until) in [("scheduled", ev.scheduled_unix_nanos, planned), ("applied", ev.applied_unix_nanos, now), ("reverted", ev.reverted_unix_nanos, now)] {
         if t != 0 {
-            b.check_instant(&format!("FaultEvent.{name}_unix_nanos"), t, offset, now)?;
+            b.check_instant(&format!("FaultEvent.{name}_unix_nanos"), t, offset, until)?;
         }
     }
     Ok(())
@@ -305,6 +314,17 @@ mod tests {
         s.interval_start_unix_nanos = i64::MIN;
         assert!(check_snapshot(&s, &b, 0, now).is_err());
         assert!(check_snapshot(&snapshot(1), &b, i64::MIN, now).is_err());
+    }
+
+    #[test]
+    fn a_dry_runs_fault_schedule_may_lie_ahead_but_not_outside_the_plan() {
+        let b = bounds();
+        let now = b.start_unix_nanos;
+        let ev = |scheduled: i64, applied: i64| FaultEvent { fault: "f".into(), status: "dry_run".into(), scheduled_unix_nanos: scheduled, applied_unix_nanos: applied, ..Default::default() };
+        check_fault(&ev(now + 11_000_000_000, 0), &b, 0, now).unwrap();
+        assert!(check_fault(&ev(now + 3_600_000_000_000, 0), &b, 0, now).is_err());
+        assert!(check_fault(&ev(now, now + 3_600_000_000_000), &b, 0, now).is_err());
+        assert!(check_fault(&FaultEvent { fault: "other".into(), ..ev(now, 0) }, &b, 0, now).is_err());
     }
 
     #[test]
