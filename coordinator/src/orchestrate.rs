@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use stampede_common::plan::{AgentSelector, Model, Plan};
 use stampede_proto::convert::unix_nanos;
-use stampede_proto::limits::{self, Refusal, RunBounds};
+use stampede_proto::limits::{self, Refusal, RunBounds, RunTiming};
 use stampede_proto::v1::coordinator_message::Msg as Down;
 use stampede_proto::v1::{Abort, Assignment, CoordinatorMessage};
 use tokio_util::sync::CancellationToken;
@@ -124,9 +124,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
         plan.phases.len(),
         plan.steps.len(),
         plan.faults.iter().map(|f| f.name.clone()).collect(),
-        plan.duration(),
-        plan.interval.as_duration(),
-        plan.timeout.as_duration(),
+        RunTiming { duration: plan.duration(), interval: plan.interval.as_duration(), timeout: plan.timeout.as_duration() },
         start_nanos,
     );
     let mut agg = Aggregate::new(agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
@@ -284,7 +282,7 @@ fn checked(event: AgentEvent, bounds: &RunBounds, agents: &[AgentEntry]) -> Resu
 /// with the reason (a misbehaving agent must not keep loading a target for
 /// a run that no longer counts it).
 async fn refuse(fleet: &Fleet, agg: &mut Aggregate, run_id: &str, agent_id: &str, reason: String, progress: &(dyn Fn(String) + Send + Sync)) {
-    if !agg.agents.get(agent_id).is_some_and(|a| !a.refused) {
+    if agg.agents.get(agent_id).is_none_or(|a| a.refused) {
         return;
     }
     tracing::warn!(message = "Agent refused: it sent data out of bounds; its share is dropped and its session closed.", agent = %agent_id, run = %run_id, %reason);

@@ -12,7 +12,7 @@
 use prost::Message;
 use stampede_common::stats::{RunStats, StepKey, StepRecord};
 use stampede_proto::convert::decode_steps;
-use stampede_proto::limits::{self, RunBounds};
+use stampede_proto::limits::{self, RunBounds, RunTiming};
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::{AgentMessage, Snapshot};
 
@@ -29,7 +29,8 @@ pub const FAULTS: [&str; 2] = ["db-slow", "split"];
 
 pub fn bounds() -> RunBounds {
     let second = std::time::Duration::from_secs(1);
-    RunBounds::new("run-0f3c", PHASES, STEPS, FAULTS.iter().map(|f| f.to_string()).collect(), 30 * second, second, 2 * second, START)
+    let timing = RunTiming { duration: 30 * second, interval: second, timeout: 2 * second };
+    RunBounds::new("run-0f3c", PHASES, STEPS, FAULTS.iter().map(|f| f.to_string()).collect(), timing, START)
 }
 
 /// A refusal's kind: its words without numbers or quoted values.

@@ -52,6 +52,14 @@ fn refuse<T>(text: String) -> Result<T, Refusal> {
     Err(Refusal(text))
 }
 
+/// How long a run lasts, its snapshot interval and its request timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct RunTiming {
+    pub duration: Duration,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
 /// The run as the coordinator planned it: what run messages are checked against.
 #[derive(Debug, Clone)]
 pub struct RunBounds {
@@ -72,9 +80,10 @@ pub struct RunBounds {
 }
 
 impl RunBounds {
-    /// The bounds of a run of `duration` in intervals of `interval`, whose
-    /// requests time out after `timeout`, starting at `start_unix_nanos`.
-    pub fn new(run_id: &str, phases: usize, steps: usize, faults: Vec<String>, duration: Duration, interval: Duration, timeout: Duration, start_unix_nanos: i64) -> Self {
+    /// The bounds of a run of `phases` and `steps` with `faults` (names),
+    /// timed by `timing`, starting at `start_unix_nanos`.
+    pub fn new(run_id: &str, phases: usize, steps: usize, faults: Vec<String>, timing: RunTiming, start_unix_nanos: i64) -> Self {
+        let RunTiming { duration, interval, timeout } = timing;
         let interval_nanos = interval.as_nanos().max(1);
         let intervals = (duration + timeout).as_nanos().div_ceil(interval_nanos);
         // The last interval can last until the in-flight requests end.
@@ -251,7 +260,7 @@ pub fn check_finished(f: &RunFinished, b: &RunBounds, offset: i64, now: i64) -> 
 /// in the run's window.
 pub fn check_fault(ev: &FaultEvent, b: &RunBounds, offset: i64, now: i64) -> Result<(), Refusal> {
     check_id("FaultEvent.fault", &ev.fault)?;
-    if !b.faults.iter().any(|f| *f == ev.fault) {
+    if !b.faults.contains(&ev.fault) {
         return refuse(format!("a fault event for {:?}, which is not a fault of the plan", ev.fault));
     }
     if !FAULT_STATUSES.contains(&ev.status.as_str()) {
@@ -288,7 +297,8 @@ mod tests {
     use crate::v1::StepStats;
 
     fn bounds() -> RunBounds {
-        RunBounds::new("r", 2, 3, vec!["f".into()], Duration::from_secs(10), Duration::from_secs(1), Duration::from_secs(2), 1_000_000_000_000)
+        let timing = RunTiming { duration: Duration::from_secs(10), interval: Duration::from_secs(1), timeout: Duration::from_secs(2) };
+        RunBounds::new("r", 2, 3, vec!["f".into()], timing, 1_000_000_000_000)
     }
 
     fn snapshot(seq: u64) -> Snapshot {
