@@ -57,7 +57,16 @@ impl fmt::Display for Caller {
 pub fn authorize<T>(request: &Request<T>, service: &str, wanted: Role) -> Result<Caller, Status> {
     let peer = request.remote_addr();
     let Some(tls) = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() else {
-        return Ok(Caller::Insecure { peer });
+        // Plain text only when tonic says the connection is plain TCP: a
+        // request whose transport cannot be told (a TLS stream wrapped in
+        // another type, a call made in-process) is refused, never waved
+        // through as insecure.
+        if request.extensions().get::<TcpConnectInfo>().is_some() {
+            return Ok(Caller::Insecure { peer });
+        }
+        let refusal = format!("{service} cannot tell how this caller connected (neither TLS nor plain TCP); refused");
+        warn!(message = "Caller refused: unknown transport.", service, reason = %refusal);
+        return Err(Status::permission_denied(refusal));
     };
     let found = match tls.peer_certs() {
         Some(certs) if !certs.is_empty() => role::holder(&certs[0]),
@@ -72,4 +81,25 @@ pub fn authorize<T>(request: &Request<T>, service: &str, wanted: Role) -> Result
     let peer_text = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
     warn!(message = "Caller refused: wrong certificate role.", peer = %peer_text, service, reason = %refusal);
     Err(Status::permission_denied(refusal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8 item 11: the role check must fail closed. A request that
+    /// carries no connect info (its transport unknown) used to pass as an
+    /// insecure caller, so any change to how TLS connections reach tonic
+    /// would have silently switched the role check off.
+    #[test]
+    fn a_caller_of_unknown_transport_is_refused_not_insecure() {
+        let bare = Request::new(());
+        let e = authorize(&bare, "the control API", Role::Operator).expect_err("no connect info is refused");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("cannot tell how this caller connected"), "{}", e.message());
+
+        let mut plain = Request::new(());
+        plain.extensions_mut().insert(TcpConnectInfo { local_addr: None, remote_addr: Some("127.0.0.1:9".parse().unwrap()) });
+        assert!(matches!(authorize(&plain, "the control API", Role::Operator), Ok(Caller::Insecure { .. })));
+    }
 }
