@@ -171,7 +171,7 @@ async fn greeted(addr: SocketAddr, mut tls: tokio_rustls::client::TlsStream<TcpS
         Ok(Ok(0)) => Err(DialError::Handshake { addr, reason: "the server closed the connection right after the handshake (it refused our certificate? its log says why)".into() }),
         Ok(Ok(n)) => {
             first.truncate(n);
-            Ok(Box::new(Replay { first, at: 0, inner: tls }))
+            Ok(Box::new(Replay { first, at: 0, inner: tls, skip: &[] }))
         }
         Ok(Err(e)) => Err(handshake_error(addr, &e)),
         Err(_) => Ok(Box::new(tls)),
@@ -179,10 +179,28 @@ async fn greeted(addr: SocketAddr, mut tls: tokio_rustls::client::TlsStream<TcpS
 }
 
 /// A stream whose first bytes were already read: they are read again first.
+/// `skip` is what we already wrote for the client (the HTTP/2 preface sent
+/// to a silent server): the client's own copy of it is checked and dropped.
 struct Replay<T> {
     first: Vec<u8>,
     at: usize,
     inner: T,
+    skip: &'static [u8],
+}
+
+impl<T> Replay<T> {
+    /// Consumes from `buf` what `skip` still expects; `None` when nothing is left to skip.
+    fn skipped(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
+        if self.skip.is_empty() || buf.is_empty() {
+            return None;
+        }
+        let n = self.skip.len().min(buf.len());
+        if buf[..n] != self.skip[..n] {
+            return Some(Err(io::Error::new(io::ErrorKind::InvalidData, "the client did not open with the HTTP/2 preface already sent for it")));
+        }
+        self.skip = &self.skip[n..];
+        Some(Ok(n))
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Replay<T> {
@@ -200,6 +218,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Replay<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Replay<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(done) = self.skipped(buf) {
+            return Poll::Ready(done);
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -212,6 +233,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Replay<T> {
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if let Some(done) = bufs.iter().find(|b| !b.is_empty()).and_then(|b| self.skipped(b)) {
+            return Poll::Ready(done);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -284,16 +308,20 @@ async fn plain(addr: SocketAddr, mut tcp: TcpStream) -> Result<Box<dyn Io>, Dial
         Ok(Err(source)) => Err(DialError::Tcp { addr, source }),
         Err(_) => {
             // Silent: speak first, as HTTP/2 would, and see what answers. A
-            // TLS server answers the preface with an alert. The connection
-            // is spent either way.
+            // TLS server answers the preface with an alert; a slow HTTP/2
+            // server with its SETTINGS, and then the connection is handed
+            // to tonic with the preface counted as sent.
             let mut reply = [0u8; 8];
             let answered = async {
                 tcp.write_all(PREFACE).await?;
                 tcp.read(&mut reply).await
             };
             match tokio::time::timeout(GREETING, answered).await {
+                Ok(Ok(0)) => Err(DialError::ClosedAtOnce { addr }),
                 Ok(Ok(n)) if looks_like_tls(&reply[..n]) => Err(DialError::ServerSpeaksTls { addr }),
-                _ => Err(DialError::NoGreeting { addr, after: GREETING }),
+                Ok(Ok(n)) => Ok(Box::new(Replay { first: reply[..n].to_vec(), at: 0, inner: tcp, skip: PREFACE })),
+                Ok(Err(source)) => Err(DialError::Tcp { addr, source }),
+                Err(_) => Err(DialError::NoGreeting { addr, after: GREETING * 2 }),
             }
         }
     }
@@ -333,6 +361,35 @@ mod tests {
         let e = dial.dial().await.err().expect("a silent server is refused");
         assert!(matches!(e, DialError::NoGreeting { .. }), "{e}");
         drop(listener);
+    }
+
+    /// Issue 8 item 13: a plain-text HTTP/2 server that is slow to greet
+    /// (busy past [`GREETING`]) was refused as "did not greet", though it
+    /// answered our preface with its SETTINGS. It is now dialed: it gets
+    /// the preface once, and the client sees its SETTINGS first.
+    #[tokio::test]
+    async fn a_slow_plain_text_server_is_still_dialed() {
+        const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(GREETING + Duration::from_millis(300)).await;
+            let mut got = vec![0u8; PREFACE.len() + SETTINGS.len()];
+            tcp.read_exact(&mut got[..PREFACE.len()]).await.unwrap();
+            tcp.write_all(&SETTINGS).await.unwrap();
+            tcp.read_exact(&mut got[PREFACE.len()..]).await.unwrap();
+            got
+        });
+        let dial = Dial { host: "127.0.0.1".into(), port, tls: None };
+        let mut io = tokio::time::timeout(Duration::from_secs(5), dial.dial()).await.unwrap().expect("a slow HTTP/2 server is dialed");
+        // What the HTTP/2 client does: its preface, then its SETTINGS.
+        io.write_all(&[PREFACE, &SETTINGS[..]].concat()).await.unwrap();
+        let mut greeting = [0u8; 9];
+        io.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(greeting, SETTINGS);
+        let got = tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+        assert_eq!(got, [PREFACE, &SETTINGS[..]].concat(), "the server gets the preface once, then the client's frames");
     }
 
     #[tokio::test]
