@@ -311,11 +311,13 @@ async fn run_local(mut plan: Plan, args: &RunArgs) -> anyhow::Result<Result<Repo
     let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the coordinator on loopback")?;
     let fleet = Fleet::default();
     let shutdown = CancellationToken::new();
-    // In-process agents dial 127.0.0.1 inside this process: plain text, no token.
-    let (addr, server) = server::spawn(listener, fleet.clone(), None, Security::default(), shutdown.clone());
+    // In-process agents dial 127.0.0.1 inside this process: plain text, with a token of this run's.
+    let security = local::security()?;
+    let token = security.token.clone();
+    let (addr, server) = server::spawn(listener, fleet.clone(), None, security, shutdown.clone());
     let agents_stop = CancellationToken::new();
     let state_dir = args.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("stampede-state"));
-    let agents = local::spawn_agents(n, addr, args.workers, &state_dir, !plan.faults.is_empty(), &agents_stop);
+    let agents = local::spawn_agents(n, addr, token.as_ref(), args.workers, &state_dir, !plan.faults.is_empty(), &agents_stop);
 
     let abort = CancellationToken::new();
     let on_signal = tokio::spawn(abort_on_ctrl_c(abort.clone()));

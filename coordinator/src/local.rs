@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use stampede_agent::session::{self, AgentConfig};
 use stampede_common::plan::{BuiltinTarget, Plan};
+use stampede_common::tls::Token;
 use stampede_target::{Behaviour, Stall, TargetHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -34,12 +35,21 @@ pub async fn start_builtin_target(plan: &mut Plan) -> anyhow::Result<Option<Targ
     Ok(Some(handle))
 }
 
+/// The in-process coordinator's guard: plain text on loopback, and a token
+/// made for this run, so that another local process which finds the port
+/// cannot register as an agent (and receive the plan, or send snapshots).
+pub fn security() -> anyhow::Result<crate::server::Security> {
+    let token = Token::new(&Token::generate()?)?;
+    Ok(crate::server::Security { tls: None, token: Some(token) })
+}
+
 /// Spawns `n` agents in this process, splitting this machine's cores between them.
 /// `probe`: whether they probe their fault capabilities (only a plan with
 /// faults needs them).
 pub fn spawn_agents(
     n: usize,
     coordinator: SocketAddr,
+    token: Option<&Token>,
     workers: Option<usize>,
     state_dir: &std::path::Path,
     probe: bool,
@@ -50,10 +60,10 @@ pub fn spawn_agents(
     (0..n)
         .map(|i| {
             let cfg = AgentConfig {
-                // Loopback inside this process: plain text, no token.
+                // Loopback inside this process: plain text, this run's token.
                 coordinator: format!("http://{coordinator}"),
                 tls: None,
-                token: None,
+                token: token.cloned(),
                 agent_id: format!("local-{i}"),
                 labels: BTreeMap::from([("local".to_string(), i.to_string())]),
                 capacity: 1,
@@ -66,4 +76,30 @@ pub fn spawn_agents(
             tokio::spawn(session::run(cfg, shutdown.clone()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use stampede_proto::v1::agent_service_client::AgentServiceClient;
+    use stampede_proto::v1::AgentMessage;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use crate::fleet::Fleet;
+
+    /// Issue 8 item 11: the coordinator of `stampede run --local-agents`
+    /// served AgentService on loopback with no token, so any local process
+    /// that found the port could register as an agent during the run.
+    #[tokio::test]
+    async fn the_in_process_coordinator_refuses_an_agent_without_its_token() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (addr, server) = crate::server::spawn(listener, Fleet::default(), None, super::security().unwrap(), shutdown.clone());
+        let mut client = AgentServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let (_tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(1);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), client.session(ReceiverStream::new(rx))).await;
+        let refused = answer.expect("the coordinator answers at once").expect_err("an agent without the run's token is refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        shutdown.cancel();
+        let _ = server.await;
+    }
 }

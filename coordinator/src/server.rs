@@ -27,9 +27,9 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// refused (`service.rs`), and the run names the agent.
 pub const MAX_AGENT_MESSAGE: usize = 16 * 1024 * 1024;
 
-/// Who may talk to the coordinator. The default — no TLS, no token — is for
-/// the in-process agents of `stampede run --local-agents`, which dial a
-/// listener on 127.0.0.1 inside the same process, and for `--insecure`.
+/// Who may talk to the coordinator. The default — no TLS, no token — is
+/// `--insecure`; the in-process agents of `stampede run --local-agents` dial
+/// plain text on 127.0.0.1 with a token made for the run (`local::security`).
 #[derive(Debug, Clone, Default)]
 pub struct Security {
     /// Mutual TLS: every client (agent or control client) presents a
