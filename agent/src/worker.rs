@@ -199,11 +199,13 @@ async fn wait_for_start(plan: &WorkerPlan) {
     }
 }
 
-/// Waits for requests in flight to finish, at most one request timeout (none
-/// when the run was aborted).
+/// Waits for requests in flight to finish, at most one request timeout.
+/// After an abort that is at once: every request still in flight ends as
+/// `aborted` as soon as its task sees the cancellation ([`run_or_abort`]),
+/// and must be recorded before the last part leaves.
 async fn drain(w: &Worker) {
     let deadline = Instant::now() + w.timeout + Duration::from_millis(100);
-    while w.in_flight.get() > 0 && Instant::now() < deadline && !w.plan.cancel.is_cancelled() {
+    while w.in_flight.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -286,7 +288,7 @@ async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant) {
     w.recorder.borrow_mut().arrival(phase, Some(started.saturating_duration_since(intended)));
     let step = w.picker.pick();
     let conn = w.pool.borrow_mut().pop();
-    let (outcome, conn) = execute(&w, conn, step).await;
+    let (outcome, conn) = run_or_abort(&w, conn, step).await;
     let done = Instant::now();
     let sent = w.plan.templates[step].wire_len() as u64;
     w.recorder.borrow_mut().request(phase, step, outcome, intended, started, done, sent);
@@ -305,7 +307,7 @@ async fn closed_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Ins
         let step = w.picker.pick();
         let started = Instant::now();
         w.note_first_request(phase_start, started);
-        let (outcome, back) = execute(&w, conn.take(), step).await;
+        let (outcome, back) = run_or_abort(&w, conn.take(), step).await;
         let done = Instant::now();
         let sent = w.plan.templates[step].wire_len() as u64;
         w.recorder.borrow_mut().request(phase, step, outcome, started, started, done, sent);
@@ -320,6 +322,17 @@ async fn closed_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Ins
         w.pool.borrow_mut().push(c);
     }
     w.in_flight.set(w.in_flight.get() - 1);
+}
+
+/// [`execute`], cut short by the run's cancellation: a request in flight
+/// when the run is stopped early fails as `aborted` (the connection, mid
+/// request, is not reused). Without this an interrupted run's report
+/// silently lost every request it had sent and not yet seen answered.
+async fn run_or_abort(w: &Worker, conn: Option<Conn>, step: usize) -> (Outcome, Option<Conn>) {
+    tokio::select! {
+        done = execute(w, conn, step) => done,
+        _ = w.plan.cancel.cancelled() => (Outcome::Failed(ErrorKind::Aborted), None),
+    }
 }
 
 /// Runs one request on `conn` (or a new connection) within the timeout.

@@ -281,6 +281,22 @@ pub enum Status {
     Pass,
     Warn,
     Fail,
+    /// The run is incomplete (interrupted, an agent lost): its numbers are
+    /// partial, so a rule they satisfy cannot vouch for anything and is not
+    /// reported as passed (issue 8, item 5). A failed rule stays failed.
+    #[serde(rename = "not_evaluated")]
+    NotEvaluated,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+            Status::NotEvaluated => "not_evaluated",
+        }
+    }
 }
 
 impl Slo {

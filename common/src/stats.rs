@@ -30,10 +30,15 @@ pub enum ErrorKind {
     /// were already waiting. The user it stands for was not served, so it
     /// counts as a failed request (in `requests` and in the error rate).
     Dropped,
+    /// A request in flight (sent, no answer yet) when the run was stopped
+    /// early (Ctrl-C, a signal, an abort): it never completed, so it counts
+    /// as a failed request — an interrupted run's report accounts for every
+    /// arrival that came due (issue 8, item 5). Not in throughput: it never ended.
+    Aborted,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Io,
@@ -42,6 +47,7 @@ impl ErrorKind {
         ErrorKind::HttpOther,
         ErrorKind::Parse,
         ErrorKind::Dropped,
+        ErrorKind::Aborted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +60,7 @@ impl ErrorKind {
             ErrorKind::HttpOther => "http_other",
             ErrorKind::Parse => "parse",
             ErrorKind::Dropped => "dropped",
+            ErrorKind::Aborted => "aborted",
         }
     }
 
@@ -280,11 +287,12 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Requests that went out (any outcome): `requests` less the dropped
-    /// arrivals, which count as failed requests but were never sent — what
+    /// Requests that went out and ended (any outcome): `requests` less the
+    /// dropped arrivals, which count as failed requests but were never sent,
+    /// and the aborted ones, cut off unfinished by an interruption — what
     /// throughput is made of.
     pub fn sent(&self) -> u64 {
-        self.requests - self.errors_by_kind[ErrorKind::Dropped as usize]
+        self.requests - self.errors_by_kind[ErrorKind::Dropped as usize] - self.errors_by_kind[ErrorKind::Aborted as usize]
     }
 
     pub fn error_rate(&self) -> f64 {

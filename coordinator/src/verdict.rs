@@ -99,6 +99,15 @@ fn evaluate(plan: &Plan, stats: &RunStats, slo: &Slo) -> SloResult {
     }
 }
 
+/// On an incomplete run: a rule that passed or warned on partial numbers is
+/// `not_evaluated`; a failed one stays failed (what was measured already breaks it).
+pub fn not_evaluated(mut slo: SloResult) -> SloResult {
+    if matches!(slo.status, Status::Pass | Status::Warn) {
+        slo.status = Status::NotEvaluated;
+    }
+    slo
+}
+
 /// Open-model phases where the client missed its schedule (drops or late
 /// starts beyond the limit), fleet-wide.
 pub fn saturated_phases(plan: &Plan, stats: &RunStats) -> Vec<String> {

@@ -92,7 +92,7 @@ fn slos(r: &Report, out: &mut String) {
     out.push_str("<h2>SLOs</h2>\n<table>");
     row(out, "th", &heads(&["SLO", "scope", "observed", "pass", "warn", "status"], false));
     for s in &r.slos {
-        let status = format!("{:?}", s.status).to_lowercase();
+        let status = s.status.as_str();
         row(
             out,
             "td",

@@ -36,6 +36,9 @@ pub fn junit_xml(r: &Report) -> String {
             Status::Warn => {
                 let _ = writeln!(out, "    <system-out>warn: observed {observed}</system-out>");
             }
+            Status::NotEvaluated => {
+                let _ = writeln!(out, "    <skipped message=\"not evaluated: the run is incomplete, its numbers partial\"/>");
+            }
             Status::Pass => {}
         }
         let _ = writeln!(out, "  </testcase>");

@@ -31,6 +31,7 @@ fn status(s: Status) -> &'static str {
         Status::Pass => "pass",
         Status::Warn => "WARN",
         Status::Fail => "FAIL",
+        Status::NotEvaluated => "not evaluated (partial data)",
     }
 }
 

@@ -311,6 +311,8 @@ pub fn build(f: RunFacts<'_>) -> Report {
         })
         .collect();
     let incomplete = !reasons.is_empty();
+    // Partial data vouches for nothing: a rule it satisfies is not a pass.
+    let slos: Vec<SloResult> = if incomplete { slos.into_iter().map(verdict::not_evaluated).collect() } else { slos };
     let faults = fault_reports(plan, f.faults, f.start_unix_nanos);
     let saturated = verdict::saturated_phases(plan, stats);
     // A fault that did not happen, or did not go away, means the run did not
