@@ -155,16 +155,25 @@ fn default_id() -> String {
     format!("{}-{}", session::host_name(), &uuid::Uuid::new_v4().simple().to_string()[..6])
 }
 
-/// SIGINT or SIGTERM: stop the load and leave cleanly.
+/// SIGINT, SIGTERM or SIGHUP: stop the load, revert the faults, tell the
+/// coordinator (the run's RunFinished says the agent is shutting down) and
+/// leave. Later signals are caught and ignored: the reverts finish first.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) else {
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+        };
+        if shutdown.is_cancelled() {
+            tracing::warn!(message = "Signal received again; still reverting faults before exiting.", signal = name);
+        } else {
+            tracing::info!(message = "Signal received; stopping the load and reverting faults.", signal = name);
+            shutdown.cancel();
+        }
     }
-    tracing::info!("Signal received; stopping.");
-    shutdown.cancel();
 }

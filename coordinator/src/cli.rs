@@ -18,6 +18,7 @@ use crate::fleet::Fleet;
 use crate::orchestrate::{self, RunRequest};
 use crate::report::{self, Report};
 use crate::server::Security;
+use crate::signals::{Interrupt, StopSignals};
 use crate::store::RunStore;
 use crate::{certs, local, remote, server};
 
@@ -162,6 +163,7 @@ impl Cli {
             Command::Coordinator(a) => a.mode().err().map(|m| ("coordinator", m)),
             Command::Agents(a) => a.tls.mode_for(&a.coordinator, false).err().map(|m| ("agents", m)),
             Command::Run(a) => match (&a.coordinator, a.tls.any()) {
+                (Some(_), _) if a.workers.is_some() || a.state_dir.is_some() => Some(REMOTE_LOCAL_FLAGS.into()),
                 (Some(url), _) => a.tls.mode_for(url, false).err(),
                 (None, true) => Some("--ca, --cert, --key and --insecure are for a standing coordinator: give --coordinator URL too (in-process agents always use loopback)".into()),
                 (None, false) => None,
@@ -171,6 +173,14 @@ impl Cli {
         }
     }
 }
+
+/// Every flag of `stampede run` is, with `--coordinator`, either sent to the
+/// coordinator and honoured there (the plan, --expect-agents, --wait,
+/// --dry-run through its own RPC), applied here (--out, the TLS flags), or
+/// refused: these two shape in-process agents, and a standing coordinator's
+/// agents are separate processes with their own flags. Dropping them
+/// silently would run something other than what was asked.
+const REMOTE_LOCAL_FLAGS: &str = "--workers and --state-dir apply to in-process agents only: a standing coordinator's agents take their own (`stampede-agent --workers N --state-dir DIR`); drop them with --coordinator";
 
 /// The client side of the transport flags: the certificate to present and
 /// the CA to trust, or nothing with `--insecure` (which says so in the log).
@@ -270,6 +280,8 @@ pub fn progress_printer() -> impl Fn(String) + Send + Sync {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    // First: from here on a stop signal goes through the graceful path.
+    let signals = StopSignals::install().context("installing the stop-signal handlers")?;
     let plan = match load_file(&args.plan) {
         Ok(p) => p,
         Err(e) => {
@@ -282,13 +294,17 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     if let Some(url) = &args.coordinator {
         let format = Format::from_path(&args.plan).expect("load_file checked the extension");
         let tls = client_tls(&args.tls)?;
-        return remote::submit(url, tls.as_ref(), &file_name, &text, format, &args).await;
+        return remote::submit(url, tls.as_ref(), &file_name, &text, format, &args, signals).await;
     }
-    let report = match run_local(plan, &args).await? {
-        Ok(r) => r,
-        Err(e) => {
+    let report = match run_local(plan, &args, signals).await? {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
             eprintln!("error: {e}");
             return Ok(EXIT_ERROR);
+        }
+        None => {
+            eprintln!("error: stopped by a second signal before the report was complete: no report written; every fault was reverted");
+            return Ok(crate::verdict::Verdict::Incomplete.exit_code());
         }
     };
     if args.dry_run {
@@ -305,7 +321,13 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
 /// Runs with in-process agents: a coordinator on loopback, N agents dialing
 /// it, and the built-in target if the plan wants one.
-async fn run_local(mut plan: Plan, args: &RunArgs) -> anyhow::Result<Result<Report, orchestrate::RunError>> {
+///
+/// A first stop signal interrupts the run: agents stop and revert, and the
+/// report (incomplete, `interrupted`) is built from what arrived. A second
+/// one stops waiting for that report (`None`), as k6's second Ctrl-C does —
+/// but the agents still revert their faults before this returns: a tool that
+/// can cut networks never leaves one cut because someone pressed twice.
+async fn run_local(mut plan: Plan, args: &RunArgs, mut signals: StopSignals) -> anyhow::Result<Option<Result<Report, orchestrate::RunError>>> {
     let n = args.local_agents.unwrap_or(1).max(1);
     let target = local::start_builtin_target(&mut plan).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the coordinator on loopback")?;
@@ -319,13 +341,27 @@ async fn run_local(mut plan: Plan, args: &RunArgs) -> anyhow::Result<Result<Repo
     let state_dir = args.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("stampede-state"));
     let agents = local::spawn_agents(n, addr, token.as_ref(), args.workers, &state_dir, !plan.faults.is_empty(), &agents_stop);
 
-    let abort = CancellationToken::new();
-    let on_signal = tokio::spawn(abort_on_ctrl_c(abort.clone()));
+    let abort = Interrupt::default();
     let progress = progress_printer();
     let request = RunRequest { plan, expect_agents: n, wait: args.wait.as_duration(), dry_run: args.dry_run };
-    let outcome = orchestrate::execute(&fleet, request, abort, &progress).await;
-    on_signal.abort();
+    let execute = orchestrate::execute(&fleet, request, &abort, &progress);
+    tokio::pin!(execute);
+    let outcome = tokio::select! {
+        outcome = &mut execute => Some(outcome),
+        name = signals.recv() => {
+            abort.trigger(format!("stopped by {name}"));
+            tokio::select! {
+                outcome = &mut execute => Some(outcome),
+                name = signals.recv() => {
+                    progress(format!("{name} again: not waiting for the last measurements; reverting every fault, then exiting"));
+                    None
+                }
+            }
+        }
+    };
 
+    // The agents revert their faults before their tasks end (further
+    // signals are caught and ignored meanwhile).
     agents_stop.cancel();
     for a in agents {
         let _ = a.await;
@@ -338,14 +374,8 @@ async fn run_local(mut plan: Plan, args: &RunArgs) -> anyhow::Result<Result<Repo
     Ok(outcome)
 }
 
-/// The operator's hard abort: Ctrl-C stops every agent and still reports.
-async fn abort_on_ctrl_c(abort: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_ok() {
-        abort.cancel();
-    }
-}
-
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<i32> {
+    let mut signals = StopSignals::install().context("installing the stop-signal handlers")?;
     let mode = args.mode().map_err(anyhow::Error::msg)?;
     let token = args.token_file.as_deref().map(Token::read).transpose()?;
     let security = match mode {
@@ -362,14 +392,29 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<i32> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let fleet = Fleet::default();
     let shutdown = CancellationToken::new();
-    let (addr, server) = server::spawn(listener, fleet.clone(), Some(Control { fleet, store }), security, shutdown.clone());
+    let control = Control::new(fleet.clone(), store);
+    let (addr, mut server) = server::spawn(listener, fleet.clone(), Some(control.clone()), security, shutdown.clone());
     tracing::info!(message = "Coordinator listening.", %addr, mutual_tls = tls, enrollment_token = enrollment);
-    tokio::select! {
-        r = server => { r??; }
-        _ = tokio::signal::ctrl_c() => { shutdown.cancel(); }
+    let name = tokio::select! {
+        r = &mut server => { r??; return Ok(0); }
+        name = signals.recv() => name,
+    };
+    // Like the CLI's Ctrl-C: the run in progress is aborted, its agents
+    // revert their faults, and it is stored and sent to its client as
+    // incomplete (`interrupted`) before the server goes away.
+    let interrupted = fleet.is_busy();
+    tracing::warn!(message = "Stop signal received; shutting down.", signal = name, run_in_progress = interrupted);
+    if !control.shut_down(&format!("the coordinator is shutting down ({name})"), RUN_STOP_LIMIT).await {
+        tracing::error!(message = "The run in progress did not end in time; its agents revert their faults when their lease runs out.", limit = ?RUN_STOP_LIMIT);
     }
-    Ok(0)
+    shutdown.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    Ok(if interrupted { crate::verdict::Verdict::Incomplete.exit_code() } else { 0 })
 }
+
+/// How long a stopping coordinator waits for its run in progress to abort,
+/// revert and be stored: the abort grace, a revert's retries, the store.
+const RUN_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn target(args: TargetArgs) -> anyhow::Result<i32> {
     let spec = stampede_common::plan::BuiltinTarget {

@@ -11,16 +11,16 @@ use stampede_common::tls::Role;
 use stampede_proto::v1::control_service_server::ControlService;
 use stampede_proto::v1::run_event::Event;
 use stampede_proto::v1::{AgentInfo, ListAgentsRequest, ListAgentsResponse, RunEvent, RunResult, SubmitRunRequest};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::caller::{authorize, Caller};
 use crate::fleet::Fleet;
 use crate::orchestrate::{self, RunRequest};
 use crate::report::{self, Report};
+use crate::signals::Interrupt;
 use crate::store::{RunStore, StoredRun};
 
 #[derive(Clone)]
@@ -28,6 +28,10 @@ pub struct Control {
     pub fleet: Fleet,
     /// Where every run is kept when it ends (`--data DIR`).
     pub store: RunStore,
+    /// Set when the coordinator stops: refuse new runs, interrupt the current one.
+    stopping: Interrupt,
+    /// Runs whose task has not ended yet (0 or 1: one run at a time).
+    running: watch::Sender<usize>,
 }
 
 type Events = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
@@ -36,13 +40,28 @@ fn result(exit_code: i32, error: String) -> RunEvent {
     RunEvent { event: Some(Event::Result(RunResult { exit_code, error, ..Default::default() })) }
 }
 
-#[tonic::async_trait]
-impl ControlService for Control {
-    type SubmitRunStream = Events;
+fn progress_event(line: String) -> Result<RunEvent, Status> {
+    Ok(RunEvent { event: Some(Event::Progress(line)) })
+}
 
-    async fn submit_run(&self, request: Request<SubmitRunRequest>) -> Result<Response<Events>, Status> {
-        let caller = authorize(&request, "the control API (ControlService.SubmitRun)", Role::Operator)?;
-        let req = request.into_inner();
+impl Control {
+    pub fn new(fleet: Fleet, store: RunStore) -> Control {
+        Control { fleet, store, stopping: Interrupt::default(), running: watch::Sender::new(0) }
+    }
+
+    /// Stops the coordinator's runs: no new one is accepted, the one in
+    /// progress is interrupted with `reason` (its agents revert their
+    /// faults) and this waits, at most `limit`, until it has been stored and
+    /// sent to its client. False if it had not ended by then.
+    pub async fn shut_down(&self, reason: &str, limit: Duration) -> bool {
+        self.stopping.trigger(reason);
+        let mut running = self.running.subscribe();
+        tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Both RPCs: a real run, or (`dry_run`) one that lists the faults'
+    /// commands and touches nothing.
+    async fn submit(&self, req: SubmitRunRequest, caller: Caller, dry_run: bool) -> Result<Response<Events>, Status> {
         let (tx, rx) = mpsc::channel::<Result<RunEvent, Status>>(256);
         let format = Format::from_name(&req.plan_format).ok_or_else(|| Status::invalid_argument(format!("unknown plan format `{}`", req.plan_format)))?;
         let mut plan = match load_str(&req.plan_text, format, Path::new(&req.plan_name)) {
@@ -52,61 +71,97 @@ impl ControlService for Control {
                 return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
             }
         };
+        if self.stopping.is_triggered() {
+            return Err(Status::unavailable(format!("{}: it accepts no new runs", self.stopping.reason())));
+        }
         if self.fleet.is_busy() {
             return Err(Status::failed_precondition("another run is in progress on this coordinator; try again when it ends"));
         }
-        tracing::info!(message = "Run submitted.", submitter = %caller, plan = %req.plan_name);
-        let fleet = self.fleet.clone();
-        let store = self.store.clone();
+        tracing::info!(message = "Run submitted.", submitter = %caller, plan = %req.plan_name, dry_run);
+        let this = self.clone();
+        self.running.send_modify(|n| *n += 1);
         tokio::spawn(async move {
-            let target = match crate::local::start_builtin_target(&mut plan).await {
-                Ok(t) => t,
+            // A dry run contacts no target: its built-in one is not started.
+            let target = if dry_run { Ok(None) } else { crate::local::start_builtin_target(&mut plan).await };
+            match target {
+                Ok(target) => {
+                    this.execute(req, plan, &caller, dry_run, &tx).await;
+                    if let Some(t) = target {
+                        t.shutdown().await;
+                    }
+                }
                 Err(e) => {
                     let _ = tx.send(Ok(result(2, format!("{e:#}")))).await;
-                    return;
                 }
-            };
-            let progress_tx = tx.clone();
-            let progress = move |line: String| {
-                let _ = progress_tx.try_send(Ok(RunEvent { event: Some(Event::Progress(line)) }));
-            };
-            // A client that hangs up aborts its run rather than leaving it orphaned.
-            let abort = CancellationToken::new();
-            let watch = {
-                let abort = abort.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    tx.closed().await;
-                    abort.cancel();
-                })
-            };
-            let request = RunRequest { plan, expect_agents: req.expect_agents as usize, wait: Duration::from_millis(req.wait_ms.max(1)), dry_run: false };
-            let event = match orchestrate::execute(&fleet, request, abort, &progress).await {
-                Ok(r) => {
-                    let result = RunResult {
-                        exit_code: r.verdict.exit_code(),
-                        verdict: r.verdict.as_str().into(),
-                        report_json: serde_json::to_string_pretty(&r).expect("reports serialize"),
-                        report_md: report::markdown(&r),
-                        report_junit: report::junit_xml(&r),
-                        report_html: report::html(&r),
-                        error: String::new(),
-                    };
-                    // The run's last progress line says where it was kept; the
-                    // client gets its result whether or not that worked.
-                    let line = store_run(&store, &r, &result, &req.plan_name, &req.plan_text, &caller).await;
-                    let _ = tx.send(Ok(RunEvent { event: Some(Event::Progress(line)) })).await;
-                    RunEvent { event: Some(Event::Result(result)) }
-                }
-                Err(e) => result(2, e.to_string()),
-            };
-            watch.abort();
-            let _ = tx.send(Ok(event)).await;
-            if let Some(t) = target {
-                t.shutdown().await;
             }
+            this.running.send_modify(|n| *n -= 1);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn execute(&self, req: SubmitRunRequest, plan: stampede_common::plan::Plan, caller: &Caller, dry_run: bool, tx: &mpsc::Sender<Result<RunEvent, Status>>) {
+        let progress_tx = tx.clone();
+        let progress = move |line: String| {
+            let _ = progress_tx.try_send(progress_event(line));
+        };
+        // A client that hangs up aborts its run rather than leaving it
+        // orphaned; a coordinator that stops aborts it too.
+        let abort = Interrupt::default();
+        let watch = {
+            let (abort, tx, stopping) = (abort.clone(), tx.clone(), self.stopping.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tx.closed() => abort.trigger("the client went away"),
+                    _ = stopping.triggered() => {
+                        let _ = tx.send(progress_event(format!("{}: aborting the run, reverting its faults and storing it", stopping.reason()))).await;
+                        abort.trigger(stopping.reason());
+                    }
+                }
+            })
+        };
+        let request = RunRequest { plan, expect_agents: req.expect_agents as usize, wait: Duration::from_millis(req.wait_ms.max(1)), dry_run };
+        let event = match orchestrate::execute(&self.fleet, request, &abort, &progress).await {
+            Ok(r) if dry_run => {
+                // Nothing ran, so nothing is stored; the listing is the result.
+                let result = RunResult { exit_code: 0, verdict: "dry_run".into(), report_json: serde_json::to_string_pretty(&r).expect("reports serialize"), report_md: report::dry_run_listing(&r), ..Default::default() };
+                RunEvent { event: Some(Event::Result(result)) }
+            }
+            Ok(r) => {
+                let result = RunResult {
+                    exit_code: r.verdict.exit_code(),
+                    verdict: r.verdict.as_str().into(),
+                    report_json: serde_json::to_string_pretty(&r).expect("reports serialize"),
+                    report_md: report::markdown(&r),
+                    report_junit: report::junit_xml(&r),
+                    report_html: report::html(&r),
+                    error: String::new(),
+                };
+                // The run's last progress line says where it was kept; the
+                // client gets its result whether or not that worked.
+                let line = store_run(&self.store, &r, &result, &req.plan_name, &req.plan_text, caller).await;
+                let _ = tx.send(progress_event(line)).await;
+                RunEvent { event: Some(Event::Result(result)) }
+            }
+            Err(e) => result(2, e.to_string()),
+        };
+        watch.abort();
+        let _ = tx.send(Ok(event)).await;
+    }
+}
+
+#[tonic::async_trait]
+impl ControlService for Control {
+    type SubmitRunStream = Events;
+    type SubmitDryRunStream = Events;
+
+    async fn submit_run(&self, request: Request<SubmitRunRequest>) -> Result<Response<Events>, Status> {
+        let caller = authorize(&request, "the control API (ControlService.SubmitRun)", Role::Operator)?;
+        self.submit(request.into_inner(), caller, false).await
+    }
+
+    async fn submit_dry_run(&self, request: Request<SubmitRunRequest>) -> Result<Response<Events>, Status> {
+        let caller = authorize(&request, "the control API (ControlService.SubmitDryRun)", Role::Operator)?;
+        self.submit(request.into_inner(), caller, true).await
     }
 
     async fn list_agents(&self, request: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {

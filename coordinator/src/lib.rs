@@ -32,6 +32,7 @@ pub mod remote;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod signals;
 pub mod split;
 pub mod store;
 pub mod verdict;

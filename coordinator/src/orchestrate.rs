@@ -11,11 +11,11 @@ use stampede_proto::convert::unix_nanos;
 use stampede_proto::limits::{self, Refusal, RunBounds, RunTiming};
 use stampede_proto::v1::coordinator_message::Msg as Down;
 use stampede_proto::v1::{Abort, Assignment, CoordinatorMessage};
-use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Aggregate;
 use crate::fleet::{AgentEntry, AgentEvent, Fleet};
 use crate::report::{self, Report, RunFacts};
+use crate::signals::Interrupt;
 use crate::split::split_by_capacity;
 
 /// How far in the future the common start instant is set: time for every
@@ -78,8 +78,9 @@ impl Drop for RunClaim<'_> {
 }
 
 /// Runs `req` on the fleet. `progress` receives live lines; `abort` stops
-/// the run early (the report then says it is incomplete).
-pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, progress: &(dyn Fn(String) + Send + Sync)) -> Result<Report, RunError> {
+/// the run early (the report then says it is incomplete: `interrupted`, with
+/// the abort's reason).
+pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress: &(dyn Fn(String) + Send + Sync)) -> Result<Report, RunError> {
     let run_id = uuid::Uuid::new_v4().to_string();
     let mut events = fleet.begin_run(&run_id).ok_or(RunError::Busy)?;
     let _claim = RunClaim(fleet);
@@ -87,7 +88,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
 
     // The CLI's number wins over the plan's, so one plan serves fleets of any size.
     let expect = if req.expect_agents > 0 { req.expect_agents } else { plan.agents.count.unwrap_or(0) as usize };
-    let agents = wait_for_agents(fleet, &plan.agents, expect, req.wait, &abort).await?;
+    let agents = wait_for_agents(fleet, &plan.agents, expect, req.wait, abort).await?;
     let agents = with_clock_estimates(fleet, agents).await;
     fleet.set_run_agents(agents.iter().map(|a| a.id.clone()));
     progress(format!("run {run_id}: {} agent(s): {}", agents.len(), agents.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")));
@@ -221,11 +222,11 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: CancellationToken, p
                     }
                 }
             }
-            _ = abort.cancelled(), if !aborted => {
+            _ = abort.triggered(), if !aborted => {
                 aborted = true;
-                progress("abort requested: stopping every agent".into());
-                extra_incomplete.push("the run was aborted before its end".to_string());
-                abort_all(fleet, &agents, &run_id, "aborted by the operator").await;
+                progress(format!("interrupted ({}): stopping every agent and reverting its faults", abort.reason()));
+                extra_incomplete.push(format!("interrupted: {}; the run was stopped before its end", abort.reason()));
+                abort_all(fleet, &agents, &run_id, &format!("interrupted: {}", abort.reason())).await;
                 deadline = tokio::time::Instant::now() + ABORT_GRACE;
             }
             // An agent away on its lease may come back after the planned end.
@@ -322,7 +323,7 @@ async fn sleep_until_first(away: &BTreeMap<String, (tokio::time::Instant, String
 
 /// Waits until enough agents are connected; picks them in id order so the
 /// split is reproducible.
-async fn wait_for_agents(fleet: &Fleet, selector: &AgentSelector, expect: usize, wait: Duration, abort: &CancellationToken) -> Result<Vec<AgentEntry>, RunError> {
+async fn wait_for_agents(fleet: &Fleet, selector: &AgentSelector, expect: usize, wait: Duration, abort: &Interrupt) -> Result<Vec<AgentEntry>, RunError> {
     let deadline = tokio::time::Instant::now() + wait;
     let want = expect.max(1);
     let matching = || fleet.agents().into_iter().filter(|a| selector.matches(&a.labels)).collect::<Vec<_>>();
@@ -342,7 +343,7 @@ async fn wait_for_agents(fleet: &Fleet, selector: &AgentSelector, expect: usize,
             _ = changed => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = tokio::time::sleep_until(deadline) => return Err(too_few()),
-            _ = abort.cancelled() => return Err(too_few()),
+            _ = abort.triggered() => return Err(too_few()),
         }
     }
 }

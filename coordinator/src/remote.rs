@@ -5,10 +5,12 @@ use stampede_common::plan::Format;
 use stampede_common::tls::{self, ClientTls};
 use stampede_proto::v1::control_service_client::ControlServiceClient;
 use stampede_proto::v1::run_event::Event;
-use stampede_proto::v1::{AgentInfo, ListAgentsRequest, SubmitRunRequest};
+use stampede_proto::v1::{AgentInfo, ListAgentsRequest, RunResult, SubmitRunRequest};
 use tonic::transport::Channel;
 
 use crate::cli::{progress_printer, RunArgs, EXIT_ERROR};
+use crate::signals::StopSignals;
+use crate::verdict::Verdict;
 
 /// Dials the control API: `https://` with a client certificate, `http://` with `--insecure`.
 async fn connect(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<ControlServiceClient<Channel>> {
@@ -27,7 +29,10 @@ fn call_failed(url: &str, status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("the connection to the coordinator at {url} failed: {}", tls::describe_call(&status))
 }
 
-pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &str, format: Format, args: &RunArgs) -> anyhow::Result<i32> {
+/// Submits the run (or the dry run) and streams it. A stop signal here
+/// hangs up: the coordinator then interrupts the run, its agents revert
+/// their faults, and it keeps the reports in its run store.
+pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &str, format: Format, args: &RunArgs, mut signals: StopSignals) -> anyhow::Result<i32> {
     let mut client = connect(url, tls).await?;
     let request = SubmitRunRequest {
         plan_name: file_name.to_string(),
@@ -36,36 +41,68 @@ pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &
         expect_agents: args.expect_agents as u32,
         wait_ms: args.wait.as_duration().as_millis() as u64,
     };
-    let mut events = client.submit_run(request).await.map_err(|s| call_failed(url, s))?.into_inner();
+    let events = if args.dry_run { client.submit_dry_run(request).await } else { client.submit_run(request).await };
+    let mut events = match events {
+        Ok(e) => e.into_inner(),
+        Err(s) if args.dry_run && s.code() == tonic::Code::Unimplemented => {
+            eprintln!("error: the coordinator at {url} cannot do a dry run (it is older than SubmitDryRun); nothing was run");
+            return Ok(EXIT_ERROR);
+        }
+        Err(s) => return Err(call_failed(url, s)),
+    };
     let progress = progress_printer();
-    while let Some(event) = events.message().await.map_err(|s| call_failed(url, s))? {
+    loop {
+        let event = tokio::select! {
+            event = events.message() => event.map_err(|s| went_away(url, s))?,
+            name = signals.recv() => {
+                eprintln!("\n{name}: hanging up; the coordinator interrupts the run, its agents revert their faults, and the coordinator keeps its reports in its run store");
+                return Ok(Verdict::Incomplete.exit_code());
+            }
+        };
+        let Some(event) = event else { break };
         match event.event {
             Some(Event::Progress(line)) => progress(line),
-            Some(Event::Result(r)) => {
-                if !r.error.is_empty() {
-                    eprintln!("error: {}", r.error);
-                    return Ok(r.exit_code);
-                }
-                print!("\n{}", r.report_md);
-                if let Some(out) = &args.out {
-                    std::fs::create_dir_all(out)?;
-                    std::fs::write(out.join("report.json"), &r.report_json)?;
-                    std::fs::write(out.join("report.md"), &r.report_md)?;
-                    // An older coordinator sends no HTML report.
-                    if !r.report_html.is_empty() {
-                        std::fs::write(out.join("report.html"), &r.report_html)?;
-                    }
-                    std::fs::write(out.join("junit.xml"), &r.report_junit)?;
-                    std::fs::write(out.join(file_name), text)?;
-                    println!("\nreports written to {}", out.display());
-                }
-                return Ok(r.exit_code);
-            }
+            Some(Event::Result(r)) => return write_result(&r, args, file_name, text),
             None => {}
         }
     }
-    eprintln!("error: the coordinator closed the stream before the run's result");
+    eprintln!("error: the coordinator at {url} went away before the run's result (it shut down or crashed); if it is back, its run store may hold what it kept");
     Ok(EXIT_ERROR)
+}
+
+/// The stream broke after the coordinator accepted the run: the
+/// connection worked (so it is not a certificate), the coordinator went away.
+fn went_away(url: &str, status: tonic::Status) -> anyhow::Error {
+    if std::error::Error::source(&status).is_none() {
+        return anyhow::anyhow!("{}", status.message());
+    }
+    anyhow::anyhow!("the coordinator at {url} went away during the run (it shut down or crashed): {}", status.message())
+}
+
+fn write_result(r: &RunResult, args: &RunArgs, file_name: &str, text: &str) -> anyhow::Result<i32> {
+    if !r.error.is_empty() {
+        eprintln!("error: {}", r.error);
+        return Ok(r.exit_code);
+    }
+    if args.dry_run {
+        // The same listing the local dry run prints.
+        print!("{}", r.report_md);
+        return Ok(r.exit_code);
+    }
+    print!("\n{}", r.report_md);
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("report.json"), &r.report_json)?;
+        std::fs::write(out.join("report.md"), &r.report_md)?;
+        // An older coordinator sends no HTML report.
+        if !r.report_html.is_empty() {
+            std::fs::write(out.join("report.html"), &r.report_html)?;
+        }
+        std::fs::write(out.join("junit.xml"), &r.report_junit)?;
+        std::fs::write(out.join(file_name), text)?;
+        println!("\nreports written to {}", out.display());
+    }
+    Ok(r.exit_code)
 }
 
 pub async fn list_agents(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<i32> {
