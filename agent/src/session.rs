@@ -20,7 +20,7 @@ use stampede_proto::convert::unix_nanos;
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_client::AgentServiceClient;
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{AgentMessage, Assignment, ClockEcho, Heartbeat, Register};
+use stampede_proto::v1::{AgentMessage, Assignment, ClockEcho, Heartbeat, RecoveredFault, Register};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -79,6 +79,9 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(45);
 const STOP_LIMIT: Duration = Duration::from_secs(12);
 /// On shutdown, how long the last messages get to reach the coordinator.
 const FLUSH_LIMIT: Duration = Duration::from_secs(1);
+/// At most this many recovered faults go into a Register (a journal left
+/// by many crashed runs must not make the message unbounded).
+const MAX_RECOVERED: usize = 64;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 enum SessionEnd {
@@ -96,6 +99,9 @@ struct AgentState {
     /// Random per process: the coordinator restarts delivery numbers when it changes.
     instance: u64,
     last_contact: Instant,
+    /// What start-up recovery reverted, sent with every Register: the
+    /// coordinator of that run may only hear of it after a reconnect.
+    recovered: Vec<RecoveredFault>,
 }
 
 struct ActiveRun {
@@ -122,7 +128,7 @@ impl ActiveRun {
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let span = info_span!("agent", id = %cfg.agent_id);
     async move {
-        let injector = open_injector(&cfg);
+        let (injector, recovered) = open_injector(&cfg);
         // Probed once: what this node can do does not change while we run.
         let capabilities = if cfg.probe_capabilities { tokio::task::spawn_blocking(fault::probe::probe).await.unwrap_or_default() } else { Vec::new() };
         let missing: Vec<_> = capabilities.iter().filter(|c| !c.available).map(|c| c.name.as_str()).collect();
@@ -134,6 +140,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             run: None,
             instance: random_instance(),
             last_contact: Instant::now(),
+            recovered,
         };
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -197,23 +204,31 @@ fn message(msg: Up) -> AgentMessage {
     AgentMessage { msg: Some(msg), delivery: 0 }
 }
 
-/// Opens the fault journal and reverts whatever an earlier agent left behind.
-/// Without a journal the agent still generates load but refuses faults.
-fn open_injector(cfg: &AgentConfig) -> Option<Arc<Injector>> {
+/// Opens the fault journal and reverts whatever an earlier agent left
+/// behind; returns those faults too, for every Register. Without a journal
+/// the agent still generates load but refuses faults.
+fn open_injector(cfg: &AgentConfig) -> (Option<Arc<Injector>>, Vec<RecoveredFault>) {
     let node = Node {
         route_dev: Box::new(fault::net::route_dev),
         agent_exe: std::env::current_exe().unwrap_or_else(|_| "stampede-agent".into()),
     };
     match Injector::new(&cfg.state_dir, node, Runner::default()) {
         Ok(injector) => {
-            for line in injector.recover() {
-                warn!(message = "Start-up recovery.", detail = %line);
+            let recovered = injector.recover();
+            for r in &recovered {
+                warn!(message = "Start-up recovery.", detail = %r.line());
             }
-            Some(Arc::new(injector))
+            let recovered = recovered
+                .into_iter()
+                .filter(|r| !r.fault.is_empty())
+                .take(MAX_RECOVERED)
+                .map(|r| RecoveredFault { run_id: r.run_id, fault: r.fault, kind: r.kind, reverted_unix_nanos: unix_nanos(r.at), error: r.error.unwrap_or_default() })
+                .collect();
+            (Some(Arc::new(injector)), recovered)
         }
         Err(e) => {
             warn!(message = "No fault journal: this agent will refuse faults.", dir = %cfg.state_dir.display(), error = %e);
-            None
+            (None, Vec::new())
         }
     }
 }
@@ -233,6 +248,7 @@ async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &Cancellat
         instance: state.instance,
         active_run_id,
         lease_ms: cfg.lease.as_millis() as u64,
+        recovered: state.recovered.clone(),
     })))
     .await?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));

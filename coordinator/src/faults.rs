@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use stampede_common::plan::{FaultKind, Plan};
-use stampede_proto::v1::FaultEvent;
+use stampede_proto::v1::{FaultEvent, RecoveredFault};
 
 use crate::fleet::AgentEntry;
 
@@ -136,6 +136,37 @@ pub struct FaultLog {
 impl FaultLog {
     pub fn record(&mut self, ev: FaultEvent) {
         self.events.insert((ev.agent_id.clone(), ev.fault.clone()), ev);
+    }
+
+    /// A restarted agent on the node of `on_node`'s agents reverted `f` at
+    /// start-up (`reverted_nanos`, our clock): the entry of the agent that
+    /// applied it says so — `reverted_at_startup`, or `revert_failed` — rather
+    /// than the `applied` its dead process last sent. Without such an entry
+    /// (the process died before its event arrived), `agent_id`'s gets one.
+    pub fn recovered(&mut self, on_node: &[String], agent_id: &str, f: &RecoveredFault, reverted_nanos: i64) {
+        let (status, error) = if f.error.is_empty() { ("reverted_at_startup", String::new()) } else { ("revert_failed", format!("start-up recovery could not revert it: {}", f.error)) };
+        let mut hit = false;
+        for ((agent, fault), ev) in self.events.iter_mut() {
+            if fault == &f.fault && on_node.contains(agent) && ev.status != "reverted" {
+                ev.status = status.into();
+                ev.reverted_unix_nanos = if f.error.is_empty() { reverted_nanos } else { 0 };
+                ev.error = error.clone();
+                hit = true;
+            }
+        }
+        if !hit {
+            let ev = FaultEvent {
+                run_id: f.run_id.clone(),
+                agent_id: agent_id.to_string(),
+                fault: f.fault.clone(),
+                kind: f.kind.clone(),
+                status: status.into(),
+                reverted_unix_nanos: if f.error.is_empty() { reverted_nanos } else { 0 },
+                error,
+                ..Default::default()
+            };
+            self.record(ev);
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use stampede_proto::v1::{Capability, CoordinatorMessage, FaultEvent, RunFinished, Snapshot};
+use stampede_proto::v1::{Capability, CoordinatorMessage, FaultEvent, RecoveredFault, RunFinished, Snapshot};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -27,6 +27,10 @@ pub enum AgentEvent {
     /// message over the size limit, one in another agent's name): the
     /// session is cut, and the run must not trust this agent's data.
     Refused { agent_id: String, reason: String },
+    /// A (re)starting agent on `node` reverted this fault of the run at
+    /// start-up, from its journal: the process that applied it died.
+    /// `clock_offset_nanos` is the new process's clock minus ours.
+    Recovered { agent_id: String, node: String, fault: RecoveredFault, clock_offset_nanos: i64 },
 }
 
 /// Ends one session from outside its handler: the handler's reader stops,
@@ -152,6 +156,17 @@ impl Fleet {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain data behind; keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forwards what an agent's start-up recovery reverted to the run each
+    /// fault belongs to, if that run is in progress. Call before
+    /// [`Fleet::register`]: a restarted agent's return can end the run.
+    pub fn recovered(&self, agent_id: &str, node: &str, clock_offset_nanos: i64, faults: Vec<RecoveredFault>) {
+        let s = self.lock();
+        for fault in faults {
+            let run_id = fault.run_id.clone();
+            s.forward_to_run(&run_id, AgentEvent::Recovered { agent_id: agent_id.to_string(), node: node.to_string(), fault, clock_offset_nanos });
+        }
     }
 
     /// Adds (or replaces, after a reconnect) an agent; returns its session

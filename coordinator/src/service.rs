@@ -69,6 +69,8 @@ impl AgentService for AgentSessions {
         let _ = tx.send(down(Down::Registered(Registered { clock_unix_nanos: now, coordinator_version: env!("CARGO_PKG_VERSION").into() }))).await;
         let agent_id = reg.agent_id.clone();
         let instance = reg.instance;
+        let node = if reg.node.is_empty() { agent_id.clone() } else { reg.node };
+        self.fleet.recovered(&agent_id, &node, reg.clock_unix_nanos - now, reg.recovered);
         let lease = if reg.lease_ms == 0 { DEFAULT_LEASE } else { Duration::from_millis(reg.lease_ms) };
         let cut = SessionCut::default();
         let active_run_id = reg.active_run_id.clone();
@@ -85,7 +87,7 @@ impl AgentService for AgentSessions {
             clock_sampled_at: SystemTime::now(),
             last_seen: SystemTime::now(),
             version: reg.version,
-            node: if reg.node.is_empty() { agent_id.clone() } else { reg.node },
+            node,
             tx: tx.clone(),
             session: 0,
             instance,

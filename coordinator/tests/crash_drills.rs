@@ -178,7 +178,7 @@ impl Drill {
 }
 
 #[test]
-fn sigkill_leaves_the_partition_and_the_next_agent_start_reverts_it() {
+fn sigkill_leaves_the_partition_and_the_next_agent_start_reverts_and_reports_it() {
     let Some(mut d) = Drill::start(0) else { return };
     assert_eq!(d.pending(), 1, "the applied partition is journaled");
     d.kill9("agent-a");
@@ -196,6 +196,18 @@ fn sigkill_leaves_the_partition_and_the_next_agent_start_reverts_it() {
     assert!(wait_until(Duration::from_secs(3), || d.procs.log("agent-b").contains(&said)), "agent-b's log does not say `{said}`:\n{}", d.procs.log("agent-b"));
     assert_eq!(d.pending(), 0, "the revert is journaled");
     assert!(d.procs.alive("agent-b"), "{}", d.procs.logs());
+
+    // Issue 8 item 7: the run's report said the partition was still
+    // `applied`. agent-b tells the coordinator what it reverted when it
+    // registers; the report says so, with the time.
+    let (code, _, stderr) = d.run.finish(Duration::from_secs(30));
+    assert_eq!(code, 3, "the run lost its only agent: incomplete\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.procs.dir.path().join("out/report.json")).unwrap()).unwrap();
+    let f = &report["faults"][0];
+    assert_eq!((f["name"].as_str(), f["agent"].as_str(), f["status"].as_str()), (Some(d.fault.as_str()), Some("agent-a"), Some("reverted_at_startup")), "{:#}", report["faults"]);
+    let at = humantime::parse_rfc3339(f["reverted_at"].as_str().unwrap_or_else(|| panic!("no reverted_at: {f:#}"))).unwrap();
+    let applied = humantime::parse_rfc3339(f["applied_at"].as_str().unwrap()).unwrap();
+    assert!(at > applied, "{f:#}");
 }
 
 #[test]

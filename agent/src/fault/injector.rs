@@ -102,6 +102,34 @@ pub struct Injector {
     control: std::sync::Mutex<Vec<std::net::SocketAddr>>,
 }
 
+/// One fault that start-up recovery found left applied by an earlier agent
+/// process, and what became of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    pub run_id: String,
+    pub fault: String,
+    pub kind: String,
+    /// When the revert finished (or failed).
+    pub at: SystemTime,
+    /// Why the revert failed; `None` when the fault is gone.
+    pub error: Option<String>,
+}
+
+impl Recovery {
+    fn unreadable(error: String) -> Recovery {
+        Recovery { run_id: String::new(), fault: String::new(), kind: String::new(), at: SystemTime::now(), error: Some(error) }
+    }
+
+    /// The log line.
+    pub fn line(&self) -> String {
+        match &self.error {
+            None => format!("reverted fault {} ({}) of run {} left behind by an earlier agent", self.fault, self.kind, self.run_id),
+            Some(e) if self.fault.is_empty() => e.clone(),
+            Some(e) => format!("FAILED to revert fault {} of run {}: {e}", self.fault, self.run_id),
+        }
+    }
+}
+
 /// Counts one window as in progress until it ends or its task is dropped.
 struct InProgress(Arc<Injector>);
 
@@ -143,25 +171,25 @@ impl Injector {
     }
 
     /// At start-up: reverts every fault an earlier agent process applied and
-    /// never reverted. Returns one line per fault, for the log.
-    pub fn recover(&self) -> Vec<String> {
+    /// never reverted. Returns what it did per fault: for the log, and for
+    /// the coordinator, whose report of that run must not go on saying
+    /// `applied` (issue 8, item 7).
+    pub fn recover(&self) -> Vec<Recovery> {
         let pending = match self.journal.pending() {
             Ok(p) => p,
-            Err(e) => return vec![format!("cannot read the fault journal {}: {e}", self.journal.path().display())],
+            Err(e) => return vec![Recovery::unreadable(format!("cannot read the fault journal {}: {e}", self.journal.path().display()))],
         };
-        let mut lines = Vec::new();
+        let mut done = Vec::new();
         for p in pending {
             super::watchdog::adopt(&self.runner, &p);
-            match self.revert_with_retries(&p.entry.revert) {
-                Ok(()) => {
-                    let _ = self.journal.record_reverted(&p.entry.id);
-                    lines.push(format!("reverted fault {} ({}) of run {} left behind by an earlier agent", p.entry.fault, p.entry.kind, p.entry.run_id));
-                }
-                Err(e) => lines.push(format!("FAILED to revert fault {} of run {}: {e}", p.entry.fault, p.entry.run_id)),
+            let result = self.revert_with_retries(&p.entry.revert);
+            if result.is_ok() {
+                let _ = self.journal.record_reverted(&p.entry.id);
             }
+            done.push(Recovery { run_id: p.entry.run_id, fault: p.entry.fault, kind: p.entry.kind, at: SystemTime::now(), error: result.err() });
         }
         let _ = self.journal.compact();
-        lines
+        done
     }
 
     /// Waits (at most `limit`) until no fault window is in progress: call it

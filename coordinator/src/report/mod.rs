@@ -137,7 +137,9 @@ pub struct FaultReport {
     pub offset_s: f64,
     pub applied_at: Option<String>,
     pub reverted_at: Option<String>,
-    /// applied | reverted | failed | revert_failed | dry_run
+    /// applied | reverted | reverted_at_startup (the agent process died and
+    /// its successor reverted it from the journal; `reverted_at` is when) |
+    /// failed | revert_failed | dry_run
     pub status: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
