@@ -369,3 +369,21 @@ fn an_interrupted_run_counts_in_flight_requests_as_aborted() {
     assert!(aborted > 0 && r["totals"]["errors"].as_u64().unwrap() >= aborted, "{:#}", r["totals"]);
     assert_interrupted(&r);
 }
+
+// Issue 8 item 1: every flag of `stampede run` is, with --coordinator, sent
+// and honoured, applied locally, or refused. --workers and --state-dir only
+// shape in-process agents: they were silently dropped; now refused before
+// anything is dialed.
+#[test]
+fn a_remote_run_refuses_flags_only_local_agents_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("p.yaml");
+    std::fs::write(&plan, "name: p\ntarget: http://127.0.0.1:9\nphases:\n  - { name: p, duration: 1s, load: { model: open, rate: 1/s } }\nsteps:\n  - { name: s, request: { path: / } }\n").unwrap();
+    for flag in [["--workers", "2"], ["--state-dir", "/tmp"]] {
+        let args = ["run", plan.to_str().unwrap(), "--coordinator", "http://127.0.0.1:9", "--insecure", flag[0], flag[1]];
+        let out = support::stampede_output(&args, Duration::from_secs(10));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("apply to in-process agents only"), "{flag:?} was not refused:\n{stderr}");
+    }
+}
