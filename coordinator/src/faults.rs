@@ -142,7 +142,8 @@ impl FaultLog {
     /// start-up (`reverted_nanos`, our clock): the entry of the agent that
     /// applied it says so — `reverted_at_startup`, or `revert_failed` — rather
     /// than the `applied` its dead process last sent. Without such an entry
-    /// (the process died before its event arrived), `agent_id`'s gets one.
+    /// (the process died before its event arrived), the run's agent on that
+    /// node gets one (`agent_id`, the reporting agent, if none).
     pub fn recovered(&mut self, on_node: &[String], agent_id: &str, f: &RecoveredFault, reverted_nanos: i64) {
         let (status, error) = if f.error.is_empty() { ("reverted_at_startup", String::new()) } else { ("revert_failed", format!("start-up recovery could not revert it: {}", f.error)) };
         let mut hit = false;
@@ -157,7 +158,7 @@ impl FaultLog {
         if !hit {
             let ev = FaultEvent {
                 run_id: f.run_id.clone(),
-                agent_id: agent_id.to_string(),
+                agent_id: on_node.first().map_or(agent_id, String::as_str).to_string(),
                 fault: f.fault.clone(),
                 kind: f.kind.clone(),
                 status: status.into(),

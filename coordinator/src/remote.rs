@@ -76,7 +76,7 @@ fn went_away(url: &str, status: tonic::Status) -> anyhow::Error {
     if std::error::Error::source(&status).is_none() {
         return anyhow::anyhow!("{}", status.message());
     }
-    anyhow::anyhow!("the coordinator at {url} went away during the run (it shut down or crashed): {}", status.message())
+    anyhow::anyhow!("the coordinator went away during the run (it shut down or crashed); {}", call_failed(url, status))
 }
 
 fn write_result(r: &RunResult, args: &RunArgs, file_name: &str, text: &str) -> anyhow::Result<i32> {

@@ -206,8 +206,11 @@ fn sigkill_leaves_the_partition_and_the_next_agent_start_reverts_and_reports_it(
     let f = &report["faults"][0];
     assert_eq!((f["name"].as_str(), f["agent"].as_str(), f["status"].as_str()), (Some(d.fault.as_str()), Some("agent-a"), Some("reverted_at_startup")), "{:#}", report["faults"]);
     let at = humantime::parse_rfc3339(f["reverted_at"].as_str().unwrap_or_else(|| panic!("no reverted_at: {f:#}"))).unwrap();
-    let applied = humantime::parse_rfc3339(f["applied_at"].as_str().unwrap()).unwrap();
-    assert!(at > applied, "{f:#}");
+    // applied_at is there only if agent-a's `applied` event got out before
+    // the SIGKILL (on a busy machine it may not have).
+    if let Some(applied) = f["applied_at"].as_str() {
+        assert!(at > humantime::parse_rfc3339(applied).unwrap(), "{f:#}");
+    }
 }
 
 #[test]
