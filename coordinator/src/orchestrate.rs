@@ -209,11 +209,16 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
                         agg.lost(&agent_id, format!("{agent_id} came back as a new process (it restarted); its share was not completed"));
                     }
                 }
-                Some(AgentEvent::Recovered { agent_id, node, fault, clock_offset_nanos }) => {
+                Some(Ok(AgentEvent::Recovered { agent_id, node, fault, clock_offset_nanos })) => {
+                    // From the network: only a fault of this run may be marked.
+                    if fault.run_id != run_id || !bounds.faults.contains(&fault.fault) {
+                        tracing::warn!(message = "Start-up recovery report ignored: no such fault in this run.", agent = %agent_id, fault = %fault.fault.escape_debug());
+                        continue;
+                    }
                     let on_node: Vec<String> = agents.iter().filter(|a| a.node == node).map(|a| a.id.clone()).collect();
                     let outcome = if fault.error.is_empty() { "reverted at start-up".to_string() } else { format!("start-up revert FAILED ({})", fault.error) };
                     progress(format!("fault {} on node {node}: {outcome} by agent {agent_id}'s journal recovery (the process that applied it died)", fault.fault));
-                    fault_log.recovered(&on_node, &agent_id, &fault, fault.reverted_unix_nanos - clock_offset_nanos);
+                    fault_log.recovered(&on_node, &agent_id, &fault, fault.reverted_unix_nanos.saturating_sub(clock_offset_nanos));
                 }
                 None => break,
             },

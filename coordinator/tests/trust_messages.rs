@@ -117,7 +117,7 @@ async fn forged_run(forge: impl FnOnce(&FakeAgent, &Assignment) -> Vec<Up>) -> O
         tokio::spawn(async move {
             let req = RunRequest { plan, expect_agents: 2, wait: Duration::from_secs(10), dry_run: false };
             let progress = move |line: String| lines.lock().unwrap().push(line);
-            orchestrate::execute(&fleet, req, CancellationToken::new(), &progress).await
+            orchestrate::execute(&fleet, req, &stampede_coordinator::signals::Interrupt::default(), &progress).await
         })
     };
     let assignment = fake.assignment(Duration::from_secs(10)).await;

@@ -166,6 +166,15 @@ pub fn check_register(r: &Register, now: i64) -> Result<(), Refusal> {
         check_id("a capability name", &c.name)?;
         check_len("a capability detail", &c.detail, MAX_TEXT)?;
     }
+    if r.recovered.len() > MAX_LIST {
+        return refuse(format!("Register.recovered has {} entries, over the limit of {MAX_LIST}", r.recovered.len()));
+    }
+    for f in &r.recovered {
+        check_id("a recovered fault's run id", &f.run_id)?;
+        check_id("a recovered fault's name", &f.fault)?;
+        check_id("a recovered fault's kind", &f.kind)?;
+        check_len("a recovered fault's error", &f.error, MAX_TEXT)?;
+    }
     if Duration::from_millis(r.lease_ms) > MAX_LEASE {
         return refuse(format!("Register.lease_ms {} is longer than the coordinator's limit of {MAX_LEASE:?}", r.lease_ms));
     }
