@@ -118,8 +118,10 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
 /// hold rate × timeout connections (the default in-flight bound,
 /// `default_max_in_flight`), and the common soft limit of 1024 would turn
 /// the excess into connect errors that look like the server's fault. wrk's
-/// and k6's docs ask users for `ulimit -n`; the agent does it itself.
-fn raise_open_files_limit() -> u32 {
+/// and k6's docs ask users for `ulimit -n`; the agent does it itself. The
+/// session also calls it to declare the figure in its `Register`, so the
+/// coordinator can refuse a share the agent cannot hold.
+pub(crate) fn raise_open_files_limit() -> u32 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     const RESERVE: u64 = 256;
     let soft = match getrlimit(Resource::RLIMIT_NOFILE) {

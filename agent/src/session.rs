@@ -249,6 +249,7 @@ async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &Cancellat
         active_run_id,
         lease_ms: cfg.lease.as_millis() as u64,
         recovered: state.recovered.clone(),
+        max_connections: crate::engine::raise_open_files_limit(),
     })))
     .await?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));

@@ -196,6 +196,7 @@ mod tests {
             labels: BTreeMap::new(),
             capacity: 1,
             workers: 1,
+            max_connections: 0,
             capabilities,
             clock_offset_nanos: 0,
             clock_rtt_nanos: 0,

@@ -82,6 +82,9 @@ pub struct AgentEntry {
     pub labels: BTreeMap<String, String>,
     pub capacity: u32,
     pub workers: u32,
+    /// Connections the agent can hold at once (from its open-files limit);
+    /// 0 = unknown (an older agent), not checked.
+    pub max_connections: u32,
     pub capabilities: Vec<Capability>,
     /// Estimated (agent clock − coordinator clock), nanoseconds.
     pub clock_offset_nanos: i64,

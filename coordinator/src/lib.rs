@@ -7,6 +7,7 @@
 //! - [`orchestrate`]: one run: wait for agents, split, assign, collect, report.
 //! - [`split`]: splitting rate and concurrency by capacity.
 //! - [`faults`]: fault preflight (selection once per node, capabilities) and the fault log.
+//! - [`load_bounds`]: refusing a share an agent cannot hold (its connection limit).
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
 //! - [`verdict`]: SLO evaluation per scope and the verdict (trust first).
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod control;
 pub mod faults;
 pub mod fleet;
+pub mod load_bounds;
 pub mod local;
 pub mod orchestrate;
 pub mod remote;

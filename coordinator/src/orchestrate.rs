@@ -55,6 +55,8 @@ pub enum RunError {
     Send(String),
     #[error("preflight refused the plan: {0}")]
     Preflight(#[from] crate::faults::PreflightError),
+    #[error("preflight refused the plan: {0}")]
+    LoadBound(#[from] crate::load_bounds::LoadBoundError),
 }
 
 fn describe_matching(matching: &[String], all: usize) -> String {
@@ -99,6 +101,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     let total_capacity: u64 = capacities.iter().map(|&c| u64::from(c)).sum();
     let per_phase: Vec<Vec<u32>> =
         plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Closed { p.load.concurrency.unwrap_or(0) } else { 0 }, &capacities)).collect();
+    let rate_shares: Vec<f64> = capacities.iter().map(|&c| f64::from(c) / total_capacity as f64).collect();
+    crate::load_bounds::check(&plan, &agents, &per_phase, &rate_shares)?;
     let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
     let start = SystemTime::now() + START_LEAD;
     let start_nanos = unix_nanos(start);
@@ -107,7 +111,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
         let assignment = Assignment {
             run_id: run_id.clone(),
             plan_json: plan_json.clone(),
-            rate_share: a.capacity as f64 / total_capacity as f64,
+            rate_share: rate_shares[i],
             concurrency: per_phase.iter().map(|p| p[i]).collect(),
             start_unix_nanos: start_nanos,
             clock_offset_nanos: a.clock_offset_nanos,

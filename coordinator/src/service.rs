@@ -79,6 +79,7 @@ impl AgentService for AgentSessions {
             labels: reg.labels.into_iter().collect(),
             capacity: reg.capacity.max(1),
             workers: reg.workers,
+            max_connections: reg.max_connections,
             capabilities: reg.capabilities,
             // One sample, including the one-way delay; good enough on a LAN.
             // check_register made sure the difference does not overflow.

@@ -139,6 +139,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         instance: 0x5eed,
         active_run_id: String::new(),
         lease_ms: 10_000,
+        recovered: Vec::new(),
+        max_connections: 65_000,
     };
     let finished = RunFinished { run_id: "run-0f3c".into(), agent_id: "agent-a".into(), snapshots_sent: 13, requests: 520, errors: 4, first_request_unix_nanos: at(0) + 300_000, ..Default::default() };
     let fault = FaultEvent {
