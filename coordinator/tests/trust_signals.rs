@@ -24,42 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stampede_agent::fault::nft::stampede_tables;
+use support::nft::{nft_tables, skip_reason, TableGuard};
 use support::{accepts, agent_bin, stampede, wait_until, Background, Procs};
 
 const PLAN: &str = include_str!("plans/crash-partition.yaml");
-
-fn skip_reason() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next().map(str::to_string));
-    if uid.as_deref() != Some("0") {
-        return Some("not root: a partition needs nftables".into());
-    }
-    nft_tables().err().map(|e| format!("nftables is not usable: {e}"))
-}
-
-fn nft_tables() -> Result<Vec<String>, String> {
-    let out = Command::new("nft").args(["list", "tables"]).output().map_err(|e| format!("nft: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    Ok(stampede_tables(&String::from_utf8_lossy(&out.stdout)))
-}
-
-/// Deletes this test's table on drop, whatever happened.
-struct TableGuard(String);
-
-impl TableGuard {
-    fn exists(&self) -> bool {
-        nft_tables().expect("nft list tables").contains(&self.0)
-    }
-}
-
-impl Drop for TableGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("nft").args(["delete", "table", "inet", &self.0]).output();
-    }
-}
 
 fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill(1) runs");

@@ -13,6 +13,8 @@
 pub mod fleet;
 /// A fake agent over real gRPC that sends what a test hands it (`trust_messages.rs`).
 pub mod fake_agent;
+/// nftables checks and a table guard (`crash_drills.rs`, `trust_signals.rs`).
+pub mod nft;
 
 use std::fs::File;
 use std::io::Read;
