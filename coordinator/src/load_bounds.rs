@@ -27,11 +27,10 @@ pub struct Overload {
 }
 
 /// Checks each agent's closed-model connections (`concurrency[phase][agent]`)
-/// and open-model in-flight bound (its rate share × (timeout + 1 s), or the
-/// plan's per-agent `max_in_flight`) against its declared limit. An agent
-/// that declared none (0, an older agent) is not checked.
-pub fn check(plan: &Plan, agents: &[AgentEntry], concurrency: &[Vec<u32>], rate_shares: &[f64]) -> Result<(), LoadBoundError> {
-    let timeout = plan.timeout.as_duration().as_secs_f64() + 1.0;
+/// and, where the plan sets it, the open model's per-agent `max_in_flight`
+/// against its declared limit. An agent that declared none (0, an older
+/// agent) is not checked.
+pub fn check(plan: &Plan, agents: &[AgentEntry], concurrency: &[Vec<u32>]) -> Result<(), LoadBoundError> {
     let mut problems = Vec::new();
     for (pi, phase) in plan.phases.iter().enumerate() {
         let load = &phase.load;
@@ -49,13 +48,13 @@ pub fn check(plan: &Plan, agents: &[AgentEntry], concurrency: &[Vec<u32>], rate_
                 Model::Open => match load.max_in_flight {
                     // Per agent by definition: more agents do not shrink it.
                     Some(m) => (u64::from(m), "the plan's max_in_flight", format!("lower max_in_flight to at most {holds}")),
-                    None => {
-                        let r0 = load.rate.map_or(0.0, |r| r.as_per_second());
-                        let peak = r0.max(load.to.map_or(r0, |r| r.as_per_second()));
-                        let needs = (peak * rate_shares[ai] * timeout).ceil() as u64;
-                        let total = (peak * timeout).ceil() as u64;
-                        (needs, "its rate share × (timeout + 1s), the default max_in_flight", spread(total, holds, "rate (or set max_in_flight)"))
-                    }
+                    // The default bound (rate share x (timeout + 1 s)) is a
+                    // ceiling, not a need: the agent lowers it to its limit
+                    // with a warning, and a target that answers keeps far
+                    // fewer requests in flight (5 000/s against a 1 ms
+                    // service needs about 5). Refusing on it refused plain
+                    // 5 000/s runs on one agent (the benchmark's plan).
+                    None => continue,
                 },
             };
             if needs > u64::from(holds) {
