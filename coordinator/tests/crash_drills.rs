@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stampede_agent::fault::journal::Journal;
-use support::nft::{nft_tables, skip_reason, TableGuard};
+use support::nft::{skip_reason, TableGuard};
 use support::{accepts, agent_bin, stampede, wait_until, Background, Procs};
 
 const PLAN: &str = include_str!("plans/crash-partition.yaml");
@@ -123,7 +123,7 @@ impl Drill {
     }
 
     fn table_exists(&self) -> bool {
-        nft_tables().expect("nft list tables").contains(&self.table.0)
+        self.table.exists()
     }
 
     /// How long until the table is gone, polling every 20 ms; None if it
