@@ -131,7 +131,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
         plan.faults.iter().map(|f| f.name.clone()).collect(),
         RunTiming { duration: plan.duration(), interval: plan.interval.as_duration(), timeout: plan.timeout.as_duration() },
         start_nanos,
-    );
+    )
+    .with_checks(plan.check_names().len());
     let mut agg = Aggregate::new(agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
     let mut first_requests = BTreeMap::new();
     let mut fault_log = crate::faults::FaultLog::default();
