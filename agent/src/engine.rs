@@ -1,6 +1,7 @@
 //! Runs an agent's share of a plan on its worker threads and turns their
 //! per-interval parts into one [`Interval`] each, in order.
 
+use crate::check::CompiledChecks;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub enum EngineError {
     Resolve(String, String),
     #[error("cannot start a worker thread: {0}")]
     Spawn(std::io::Error),
+    #[error("step `{0}`: {1}")]
+    Check(String, String),
 }
 
 /// Host and port of an `http://host:port[/]` target.
@@ -76,7 +79,15 @@ async fn resolve(authority: &str) -> Result<SocketAddr, EngineError> {
 pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::UnboundedReceiver<Interval>, EngineError> {
     let authority = authority(&spec.plan.target)?;
     let addr = resolve(authority).await?;
-    let templates: Arc<Vec<_>> = Arc::new(spec.plan.steps.iter().map(|s| RequestTemplate::new(s, authority)).collect());
+    // Checks compiled once per run; their plan-wide index runs on across steps.
+    let mut base = 0u32;
+    let mut templates = Vec::with_capacity(spec.plan.steps.len());
+    for s in &spec.plan.steps {
+        let checks = CompiledChecks::new(&s.checks, base).map_err(|e| EngineError::Check(s.name.clone(), e))?;
+        base += s.checks.len() as u32;
+        templates.push(RequestTemplate::new(s, authority).with_checks(checks));
+    }
+    let templates = Arc::new(templates);
     let workers = spec.workers.max(1);
     let max_connections = raise_open_files_limit();
     // Map the wall-clock start onto this process's monotonic clock once.

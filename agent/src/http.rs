@@ -7,9 +7,15 @@
 //! response head is parsed by `httparse` into a stack array of headers, and
 //! the body is counted, not stored, in a buffer owned by the connection.
 //! Nothing is allocated per request. Measured in `benchmarks/`.
+//!
+//! A step with checks ([`crate::check`]) keeps its response's head and up to
+//! 1 MiB of body in buffers the connection owns and reuses; a step without
+//! checks takes none of those paths.
 
 use std::io;
 use std::net::SocketAddr;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use stampede_common::plan::Step;
@@ -18,6 +24,8 @@ use stampede_common::units::StatusSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::check::{keep_body, CheckBits, CompiledChecks, Received};
+
 /// A step's request, serialized once.
 #[derive(Debug, Clone)]
 pub struct RequestTemplate {
@@ -25,6 +33,8 @@ pub struct RequestTemplate {
     expect: StatusSet,
     /// HEAD responses carry a Content-Length but no body.
     head: bool,
+    /// The step's checks; `None` (most steps) keeps the lean path.
+    checks: Option<Arc<CompiledChecks>>,
 }
 
 impl RequestTemplate {
@@ -44,7 +54,14 @@ impl RequestTemplate {
             bytes: Bytes::from(s),
             expect: step.expect.as_ref().map(|e| e.status.clone()).unwrap_or_default(),
             head: r.method == "HEAD",
+            checks: None,
         }
+    }
+
+    /// The same request, its responses judged by `checks` (none: no change).
+    pub fn with_checks(mut self, checks: CompiledChecks) -> Self {
+        self.checks = (!checks.is_empty()).then(|| Arc::new(checks));
+        self
     }
 
     /// Bytes this request puts on the wire.
@@ -60,6 +77,8 @@ pub struct Response {
     pub received: u64,
     /// Whether the status is one the step accepts.
     pub success: bool,
+    /// The step's checks over this response (count 0 when it has none).
+    pub checks: CheckBits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,13 +98,17 @@ pub struct Conn {
     /// Requests served on this connection, to tell a stale keep-alive
     /// connection from a server that refuses the first request.
     served: u64,
+    /// For steps with checks only: the last response's head, and its body
+    /// up to the kept bound (empty unless a check reads it).
+    head: Vec<u8>,
+    body: Vec<u8>,
 }
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: Vec::with_capacity(READ_CHUNK), served: 0 })
+        Ok(Conn { stream, buf: Vec::with_capacity(READ_CHUNK), served: 0, head: Vec::new(), body: Vec::new() })
     }
 
     /// Sends `req` and reads the whole response. On `Ok`, the connection can
@@ -119,17 +142,35 @@ impl Conn {
             }
         };
         let mut received = self.buf.len() as u64;
+        // Whether to keep the body's bytes for checks (only when one reads them).
+        let keep = req.checks.as_ref().is_some_and(|c| c.reads_body());
+        if req.checks.is_some() {
+            self.head.clear();
+            self.head.extend_from_slice(&self.buf[..head_len]);
+            self.body.clear();
+        }
+        let mut body_len;
         let keep_alive = match body {
             BodyLength::Fixed(n) => {
                 let mut have = (self.buf.len() - head_len) as u64;
+                if keep {
+                    keep_body(&mut self.body, &self.buf[head_len..]);
+                }
                 while have < n {
                     self.buf.clear();
                     let got = self.read_more().await.map_err(|_| RequestError::Failed(ErrorKind::Io))?;
                     if got == 0 {
                         return Err(RequestError::Failed(ErrorKind::Io));
                     }
+                    if keep {
+                        keep_body(&mut self.body, &self.buf);
+                    }
                     have += got as u64;
                     received += got as u64;
+                }
+                body_len = have.min(n);
+                if keep {
+                    self.body.truncate(body_len.min(self.body.len() as u64) as usize);
                 }
                 // Bytes beyond the body would mean the server answered twice;
                 // the connection's framing can no longer be trusted.
@@ -137,22 +178,38 @@ impl Conn {
             }
             BodyLength::Chunked => {
                 self.buf.drain(..head_len);
-                received += self.read_chunked().await?;
+                let (extra, len) = self.read_chunked(keep).await?;
+                received += extra;
+                body_len = len;
                 keep_alive
             }
             BodyLength::UntilClose => {
+                body_len = (self.buf.len() - head_len) as u64;
+                if keep {
+                    keep_body(&mut self.body, &self.buf[head_len..]);
+                }
                 loop {
                     self.buf.clear();
                     match self.read_more().await {
                         Ok(0) => break,
-                        Ok(n) => received += n as u64,
+                        Ok(n) => {
+                            received += n as u64;
+                            body_len += n as u64;
+                            if keep {
+                                keep_body(&mut self.body, &self.buf);
+                            }
+                        }
                         Err(_) => return Err(RequestError::Failed(ErrorKind::Io)),
                     }
                 }
                 false
             }
         };
-        Ok((Response { status, received, success: req.expect.contains(status) }, keep_alive))
+        let checks = match &req.checks {
+            None => CheckBits::default(),
+            Some(c) => c.evaluate(&Received { status, head: &self.head, body: &self.body, body_len }),
+        };
+        Ok((Response { status, received, success: req.expect.contains(status), checks }, keep_alive))
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
@@ -162,10 +219,12 @@ impl Conn {
         self.stream.read_buf(&mut self.buf).await
     }
 
-    /// Consumes a chunked body whose first bytes are in `buf`; returns the
-    /// number of bytes read from the socket on top of what `buf` held.
-    async fn read_chunked(&mut self) -> Result<u64, RequestError> {
+    /// Consumes a chunked body whose first bytes are in `buf` (keeping its
+    /// data for checks when `keep`); returns the number of bytes read from
+    /// the socket on top of what `buf` held, and the body's data length.
+    async fn read_chunked(&mut self, keep: bool) -> Result<(u64, u64), RequestError> {
         let mut extra = 0u64;
+        let mut data_len = 0u64;
         let io_err = RequestError::Failed(ErrorKind::Io);
         loop {
             // Need a complete chunk-size line.
@@ -189,7 +248,7 @@ impl Conn {
                 loop {
                     if let Some(end) = find_trailer_end(&self.buf) {
                         self.buf.drain(..end);
-                        return Ok(extra);
+                        return Ok((extra, data_len));
                     }
                     let n = self.read_more().await.map_err(|_| io_err)?;
                     if n == 0 {
@@ -198,10 +257,17 @@ impl Conn {
                     extra += n as u64;
                 }
             }
-            // Skip the chunk's data and its CRLF without keeping it.
+            // Skip the chunk's data and its CRLF (keeping the data for checks).
+            data_len += size;
+            let mut data_left = size;
             let mut skip = size + 2;
             loop {
                 let take = skip.min(self.buf.len() as u64) as usize;
+                if keep && data_left > 0 {
+                    let data = (take as u64).min(data_left) as usize;
+                    keep_body(&mut self.body, &self.buf[..data]);
+                    data_left -= data as u64;
+                }
                 self.buf.drain(..take);
                 skip -= take as u64;
                 if skip == 0 {

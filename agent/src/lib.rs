@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod assignment;
+pub mod check;
 pub mod engine;
 pub mod fault;
 mod http;

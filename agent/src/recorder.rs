@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 use stampede_common::histogram::record_us;
 use stampede_common::stats::{ErrorKind, RunStats, ScheduleStats, StepKey, StepRecord, LATE_BOUND};
 
+use crate::check::CheckBits;
+
 /// What became of one request.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
-    /// A response arrived; `success` says whether the step accepts its status.
-    Response { status: u16, success: bool, received: u64 },
+    /// A response arrived; `success` says whether the step accepts its
+    /// status, `checks` how the step's checks (if any) came out.
+    Response { status: u16, success: bool, received: u64, checks: CheckBits },
     Failed(ErrorKind),
 }
 
@@ -52,13 +55,23 @@ impl Recorder {
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub fn request(&mut self, phase: usize, step: usize, outcome: Outcome, intended: Instant, started: Instant, done: Instant, sent: u64) {
-        let (ok, received, error) = match outcome {
-            Outcome::Response { success: true, received, .. } => (true, received, None),
-            Outcome::Response { status, received, .. } => (false, received, Some(ErrorKind::for_status(status))),
-            Outcome::Failed(kind) => (false, 0, Some(kind)),
+        let (ok, received, error, response) = match outcome {
+            // Accepted by status but failing a check: a failed request of kind `check`.
+            Outcome::Response { success: true, received, checks, status } if !checks.all_passed() => (false, received, Some(ErrorKind::Check), Some((status, checks))),
+            Outcome::Response { success: true, received, checks, status } => (true, received, None, Some((status, checks))),
+            Outcome::Response { status, received, checks, .. } => (false, received, Some(ErrorKind::for_status(status)), Some((status, checks))),
+            Outcome::Failed(kind) => (false, 0, Some(kind), None),
         };
         let slot = &mut self.records[(phase * self.steps + step) * 2 + ok as usize];
         let r = slot.get_or_insert_with(Default::default);
+        if let Some((status, checks)) = response {
+            // Map entries are made the first time a code or check appears
+            // in an interval; after that counting is a lookup.
+            r.count_status(status);
+            for (check, passed) in checks.results() {
+                r.count_check(check, passed);
+            }
+        }
         record_us(&mut r.latency, micros(done - intended));
         record_us(&mut r.service, micros(done - started));
         record_us(&mut r.dispatch, micros(started.saturating_duration_since(intended)));
@@ -121,8 +134,8 @@ mod tests {
     fn records_land_under_their_key_and_reset() {
         let mut r = Recorder::new(2, 3);
         let t0 = Instant::now();
-        let ok = Outcome::Response { status: 200, success: true, received: 10 };
-        let bad = Outcome::Response { status: 503, success: false, received: 5 };
+        let ok = Outcome::Response { status: 200, success: true, received: 10, checks: CheckBits::default() };
+        let bad = Outcome::Response { status: 503, success: false, received: 5, checks: CheckBits::default() };
         r.request(1, 2, ok, t0, t0 + Duration::from_millis(5), t0 + Duration::from_millis(7), 40);
         r.request(1, 2, bad, t0, t0, t0 + Duration::from_millis(1), 40);
         r.request(0, 0, Outcome::Failed(ErrorKind::Connect), t0, t0, t0, 40);
@@ -138,6 +151,25 @@ mod tests {
         assert_eq!(s.steps[&StepKey { phase: 1, step: 2, ok: false }].errors[ErrorKind::Http5xx as usize], 1);
         assert_eq!(s.steps[&StepKey { phase: 0, step: 0, ok: false }].errors[ErrorKind::Connect as usize], 1);
         assert_eq!(s.schedule[&1], ScheduleStats { scheduled: 2, dropped: 1, late: 1, max_lag_us: 20_000 });
+        assert_eq!(rec.statuses[&200], 1);
+        assert_eq!(s.steps[&StepKey { phase: 1, step: 2, ok: false }].statuses[&503], 1);
         assert!(r.take().steps.is_empty());
+    }
+
+    #[test]
+    fn an_accepted_response_failing_a_check_is_a_check_failure_counted_per_check() {
+        let mut r = Recorder::new(1, 1);
+        let t0 = Instant::now();
+        let checks = CheckBits { base: 4, count: 2, failed: 0b10 };
+        r.request(0, 0, Outcome::Response { status: 200, success: true, received: 10, checks }, t0, t0, t0, 40);
+        let passing = CheckBits { failed: 0, ..checks };
+        r.request(0, 0, Outcome::Response { status: 200, success: true, received: 10, checks: passing }, t0, t0, t0, 40);
+        let s = r.take();
+        let failed = &s.steps[&StepKey { phase: 0, step: 0, ok: false }];
+        assert_eq!(failed.errors[ErrorKind::Check as usize], 1);
+        assert_eq!(failed.checks[&4], stampede_common::stats::CheckCount { passed: 1, failed: 0 });
+        assert_eq!(failed.checks[&5], stampede_common::stats::CheckCount { passed: 0, failed: 1 });
+        let ok = &s.steps[&StepKey { phase: 0, step: 0, ok: true }];
+        assert_eq!((ok.requests, ok.checks[&5].passed), (1, 1));
     }
 }

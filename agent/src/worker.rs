@@ -362,7 +362,7 @@ async fn execute(w: &Worker, conn: Option<Conn>, step: usize) -> (Outcome, Optio
     match tokio::time::timeout(w.timeout, attempt).await {
         Err(_) => (Outcome::Failed(ErrorKind::Timeout), None),
         Ok(Err(kind)) => (Outcome::Failed(kind), None),
-        Ok(Ok((Response { status, received, success }, conn))) => (Outcome::Response { status, success, received }, conn),
+        Ok(Ok((Response { status, received, success, checks }, conn))) => (Outcome::Response { status, success, received, checks }, conn),
     }
 }
 

@@ -123,11 +123,14 @@ pub(crate) async fn handle(
     if req.uri().path() == "/health" {
         Counters::bump(&counters.health_checks);
         drain(req.into_body()).await;
-        if matches!(verdict, Verdict::Status(_)) {
-            return Ok(with_status(503, RepeatBody::text(br#"{"ok": false}"#)));
-        }
-        let max = shared.max_connections.load(Ordering::Relaxed);
-        return Ok(Response::new(RepeatBody::owned(format!(r#"{{"ok": true, "queue": {{"max": {max}}}}}"#).into_bytes())));
+        let mut response = if matches!(verdict, Verdict::Status(_)) {
+            with_status(503, RepeatBody::text(br#"{"ok": false}"#))
+        } else {
+            let max = shared.max_connections.load(Ordering::Relaxed);
+            Response::new(RepeatBody::owned(format!(r#"{{"ok": true, "queue": {{"max": {max}}}}}"#).into_bytes()))
+        };
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+        return Ok(response);
     }
     Counters::bump(&counters.requests);
     if let Verdict::Status(status) = verdict {

@@ -47,6 +47,8 @@ pub struct Check {
 /// The most body a check looks at: a longer body fails its body and JSON
 /// checks, saying so, rather than growing the agent's memory per request.
 pub const MAX_CHECKED_BODY: usize = 1 << 20;
+/// Most checks one step may have (their outcomes travel as one 64-bit mask).
+pub const MAX_CHECKS_PER_STEP: usize = 64;
 /// Most checks a plan may have.
 pub const MAX_CHECKS: usize = 1_000;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::limits::{
     MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_FAULTS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PHASES, MAX_RATE, MAX_SLOS, MAX_STEPS,
 };
-use super::{Load, Model, Plan, MAX_CHECKS};
+use super::{Load, Model, Plan, MAX_CHECKS, MAX_CHECKS_PER_STEP};
 use crate::slo::{Cmp, Scope, Threshold};
 
 /// Requests slower than this are not measured (the histograms' range), so no
@@ -207,6 +207,9 @@ fn check_checks(plan: &Plan) -> Result<(), (String, String)> {
         for (j, check) in step.checks.iter().enumerate() {
             let at = |field: &str| format!("steps[{i}].checks[{j}].{field}");
             count += 1;
+            if j >= MAX_CHECKS_PER_STEP {
+                return Err((at("name"), format!("is one check too many; a step may have at most {MAX_CHECKS_PER_STEP}")));
+            }
             if count > MAX_CHECKS {
                 return Err((at("name"), format!("is one check too many; a plan may have at most {MAX_CHECKS}")));
             }

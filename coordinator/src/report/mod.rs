@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use stampede_common::plan::{Model, Plan};
-use stampede_common::stats::{ErrorKind, RunStats, ScheduleStats, Summary};
+use stampede_common::stats::{CheckCount, ErrorKind, RunStats, ScheduleStats, StepKey, Summary};
 
 use crate::aggregate::Aggregate;
 use crate::faults::FaultLog;
@@ -49,6 +49,9 @@ pub struct Report {
     pub slos: Vec<SloResult>,
     pub faults: Vec<FaultReport>,
     pub timeline: Vec<TimelinePoint>,
+    /// Every check of the plan by name, over the whole run (load steps).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, CheckCount>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +78,8 @@ pub struct Totals {
     pub errors_by_kind: BTreeMap<&'static str, u64>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Every response received, by HTTP status (success or not).
+    pub statuses: BTreeMap<u16, u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -101,6 +106,7 @@ pub struct PhaseReport {
     pub service_ms: Percentiles,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    pub statuses: BTreeMap<u16, u64>,
     /// Open model only: how well the client kept its schedule.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleReport>,
@@ -124,6 +130,10 @@ pub struct StepReport {
     pub errors: u64,
     pub error_rate: f64,
     pub latency_ms: Percentiles,
+    pub statuses: BTreeMap<u16, u64>,
+    /// This step's checks by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, CheckCount>,
 }
 
 /// One fault on one agent: when it was planned, applied and reverted.
@@ -223,6 +233,34 @@ fn percentiles(s: &Summary, service: bool) -> Percentiles {
 
 fn errors_by_kind(s: &Summary) -> BTreeMap<&'static str, u64> {
     ErrorKind::ALL.iter().zip(s.errors_by_kind).filter(|(_, n)| *n > 0).map(|(k, n)| (k.as_str(), n)).collect()
+}
+
+/// Responses by status over the records `filter` selects.
+fn statuses(stats: &RunStats, filter: impl Fn(&StepKey) -> bool) -> BTreeMap<u16, u64> {
+    let mut out = BTreeMap::new();
+    for (_, r) in stats.steps.iter().filter(|(k, _)| filter(k)) {
+        for (s, n) in &r.statuses {
+            let e: &mut u64 = out.entry(*s).or_default();
+            *e = e.saturating_add(*n);
+        }
+    }
+    out.retain(|_, n| *n > 0);
+    out
+}
+
+/// Check tallies by name (`Plan::check_names` order gives the index) over
+/// the records `filter` selects; every check of those records appears.
+fn checks(names: &[&str], stats: &RunStats, filter: impl Fn(&StepKey) -> bool) -> BTreeMap<String, CheckCount> {
+    let mut out = BTreeMap::new();
+    for (_, r) in stats.steps.iter().filter(|(k, _)| filter(k)) {
+        for (i, c) in &r.checks {
+            let Some(name) = names.get(*i as usize) else { continue };
+            let e: &mut CheckCount = out.entry(name.to_string()).or_default();
+            e.passed = e.passed.saturating_add(c.passed);
+            e.failed = e.failed.saturating_add(c.failed);
+        }
+    }
+    out
 }
 
 fn ratio(n: u64, d: u64) -> f64 {
@@ -369,17 +407,27 @@ pub fn build(f: RunFacts<'_>) -> Report {
                 service_ms: percentiles(&s, true),
                 bytes_sent: stats.steps.iter().filter(|(k, _)| k.phase == i as u32).map(|(_, r)| r.bytes_sent).sum(),
                 bytes_received: stats.steps.iter().filter(|(k, _)| k.phase == i as u32).map(|(_, r)| r.bytes_received).sum(),
+                statuses: statuses(stats, |k| k.phase == i as u32),
                 schedule,
             }
         })
         .collect();
+    let check_names = plan.check_names();
     let steps = plan
         .steps
         .iter()
         .enumerate()
         .map(|(i, st)| {
             let s = stats.summarize(|k| k.step == i as u32);
-            StepReport { name: st.name.clone(), requests: s.requests, errors: s.errors, error_rate: s.error_rate(), latency_ms: percentiles(&s, false) }
+            StepReport {
+                name: st.name.clone(),
+                requests: s.requests,
+                errors: s.errors,
+                error_rate: s.error_rate(),
+                latency_ms: percentiles(&s, false),
+                statuses: statuses(stats, |k| k.step == i as u32),
+                checks: checks(&check_names, stats, |k| k.step == i as u32),
+            }
         })
         .collect();
     let timeline = f
@@ -412,6 +460,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
             errors_by_kind: errors_by_kind(&all),
             bytes_sent: stats.steps.values().map(|r| r.bytes_sent).sum(),
             bytes_received: stats.steps.values().map(|r| r.bytes_received).sum(),
+            statuses: statuses(stats, |_| true),
         },
         latency_ms: percentiles(&all, false),
         service_ms: percentiles(&all, true),
@@ -420,6 +469,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
         slos,
         faults,
         timeline,
+        checks: checks(&check_names, stats, |k| (k.phase as usize) < plan.phases.len()),
     }
 }
 
