@@ -9,7 +9,8 @@
 //! - [`faults`]: fault preflight (selection once per node, capabilities) and the fault log.
 //! - [`load_bounds`]: refusing a share an agent cannot hold (its connection limit).
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
-//! - [`verdict`]: SLO evaluation per scope and the verdict (trust first).
+//! - [`judge`]: every SLO rule over the totals and the timeline: fault windows, streaks, recovery.
+//! - [`verdict`]: the verdict (trust first) from the judged SLOs.
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
 //! - [`local`]: in-process agents and built-in target for `--local-agents`.
 //! - [`control`] / [`remote`]: the standing coordinator's submit API and its client.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod control;
 pub mod faults;
 pub mod fleet;
+pub mod judge;
 pub mod load_bounds;
 pub mod local;
 pub mod orchestrate;

@@ -3,8 +3,10 @@
 
 use serde::Serialize;
 use stampede_common::plan::{Model, Plan};
-use stampede_common::slo::{Metric, Scope, Slo, Status};
-use stampede_common::stats::{RunStats, StepKey};
+use stampede_common::slo::{Metric, Scope, Status};
+use stampede_common::stats::RunStats;
+
+use crate::judge::{FaultWindow, IntervalSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,63 +42,22 @@ impl Verdict {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SloResult {
-    /// The rule as written: `p99 < 400ms`.
-    pub rule: String,
-    pub metric: String,
-    pub scope: String,
-    /// In the metric's unit: ms for latency, a ratio for error_rate, req/s for throughput.
-    pub observed: Option<f64>,
-    pub threshold: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warn_threshold: Option<String>,
-    pub status: Status,
+pub use crate::judge::SloResult;
+
+/// A metric over a scope without a time window, from `stats` (the run's
+/// totals, or a few intervals merged).
+pub fn observe(plan: &Plan, stats: &RunStats, metric: &Metric, scope: &Scope) -> Option<f64> {
+    let parts = scope.parts().ok()?;
+    let seconds = match parts.phase.and_then(|n| plan.phase_index(n)) {
+        Some(i) => plan.phases[i].duration.as_duration().as_secs_f64(),
+        None => plan.duration().as_secs_f64(),
+    };
+    crate::judge::observe(plan, metric, stats, &crate::judge::KeyFilter::new(plan, &parts), seconds)
 }
 
-type KeyFilter = Box<dyn Fn(&StepKey) -> bool>;
-
-/// Which records a scope covers, and how long it lasted (for throughput).
-fn scope_filter(plan: &Plan, scope: &Scope) -> (KeyFilter, f64) {
-    match scope {
-        Scope::Run => (Box::new(|_| true), plan.duration().as_secs_f64()),
-        Scope::Phase(name) => {
-            let i = plan.phase_index(name).expect("validated") as u32;
-            (Box::new(move |k| k.phase == i), plan.phases[i as usize].duration.as_duration().as_secs_f64())
-        }
-        Scope::Step(name) => {
-            let i = plan.step_index(name).expect("validated") as u32;
-            (Box::new(move |k| k.step == i), plan.duration().as_secs_f64())
-        }
-    }
-}
-
-pub fn observe(plan: &Plan, stats: &RunStats, metric: Metric, scope: &Scope) -> Option<f64> {
-    let (filter, seconds) = scope_filter(plan, scope);
-    let s = stats.summarize(filter);
-    match metric {
-        Metric::ErrorRate => (s.requests > 0).then(|| s.error_rate()),
-        Metric::Throughput => Some(s.sent() as f64 / seconds),
-        Metric::Max => s.max_ms(),
-        m => s.latency_ms(m.quantile().expect("latency metrics have a quantile")),
-    }
-}
-
-pub fn evaluate_slos(plan: &Plan, stats: &RunStats) -> Vec<SloResult> {
-    plan.slos.iter().map(|slo| evaluate(plan, stats, slo)).collect()
-}
-
-fn evaluate(plan: &Plan, stats: &RunStats, slo: &Slo) -> SloResult {
-    let observed = observe(plan, stats, slo.metric, &slo.scope);
-    SloResult {
-        rule: format!("{} {}", slo.metric, slo.pass),
-        metric: slo.metric.to_string(),
-        scope: slo.scope.to_string(),
-        observed,
-        threshold: slo.pass.to_string(),
-        warn_threshold: slo.warn.as_ref().map(ToString::to_string),
-        status: slo.evaluate(observed),
-    }
+/// Every SLO of the plan, judged by [`crate::judge::evaluate`].
+pub fn evaluate_slos(plan: &Plan, total: &RunStats, source: &dyn IntervalSource, start_unix_nanos: i64, windows: &[FaultWindow]) -> Vec<SloResult> {
+    crate::judge::evaluate(plan, total, source, start_unix_nanos, windows)
 }
 
 /// On an incomplete run: a rule that passed or warned on partial numbers is
@@ -139,7 +100,20 @@ mod tests {
     use super::*;
 
     fn slo(status: Status) -> SloResult {
-        SloResult { rule: String::new(), metric: String::new(), scope: String::new(), observed: None, threshold: String::new(), warn_threshold: None, status }
+        SloResult {
+            rule: String::new(),
+            name: None,
+            metric: String::new(),
+            scope: String::new(),
+            observed: None,
+            unit: "ms",
+            threshold: String::new(),
+            warn_threshold: None,
+            status,
+            window: None,
+            decided_by: None,
+            detail: None,
+        }
     }
 
     #[test]

@@ -273,7 +273,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
     let plan = f.plan;
     let stats: &RunStats = &f.aggregate.total;
     let all = stats.summarize(|_| true);
-    let slos = verdict::evaluate_slos(plan, stats);
+    let slos = verdict::evaluate_slos(plan, stats, f.aggregate, f.start_unix_nanos, &f.faults.windows());
 
     let mut reasons = f.extra_incomplete;
     let run_last = f.aggregate.run_last_seq();
