@@ -178,15 +178,28 @@ fn a_fault_never_applied_or_never_reverted_fails_its_windows_saying_why() {
 }
 
 #[test]
+fn before_and_after_leave_out_the_intervals_the_fault_touched() {
+    // Applied at 10.3 s (a little after its planned 10 s), reverted at 14.6 s:
+    // interval 10 is partly before the fault, interval 14 partly after.
+    let source = Fake::new(slow_during_fault);
+    let slos = "  - { metric: p99, scope: before:api-1, pass: \"< 100ms\" }\n  - { metric: p99, scope: after:api-1, for: 3s, pass: \"< 100ms\" }\n  - { metric: p99, scope: during:api-1, pass: \"< 100ms\" }\n";
+    let r = judge(slos, &source, &window(10.3, Some(14.6)));
+    assert_eq!((r[0].status, r[0].window, r[0].decided_by), (Status::Pass, span(6.0, 10.3), span(6.0, 10.0)));
+    assert_eq!((r[1].status, r[1].decided_by), (Status::Pass, span(15.0, 18.0)));
+    assert_eq!((r[2].status, r[2].decided_by), (Status::Fail, span(10.0, 15.0)));
+}
+
+#[test]
 fn an_empty_window_is_a_failure_not_a_pass() {
     let source = Fake::new(|s| interval(s, 0, 10, 0, 10));
-    // The run's data ends at 30 s; the fault reverted at 29.9 s, and its
-    // after-window overlaps only the last interval.
+    // Reverted at 29.9 s: the only interval after it is the one it touched.
     let r = judge("  - { metric: error_rate, scope: after:api-1, for: 5s, pass: \"< 1%\" }\n", &source, &window(25.0, Some(29.9)));
-    assert_eq!((r[0].status, r[0].decided_by), (Status::Pass, span(29.0, 30.0)));
+    assert_eq!((r[0].status, r[0].decided_by), (Status::Fail, None));
+    assert!(r[0].detail.as_deref().unwrap().contains("no data"), "{:?}", r[0]);
+    // The run's data ends before the window starts.
     let mut short = Fake::new(|s| interval(s, 0, 10, 0, 10));
     short.intervals.retain(|&s, _| s < 20);
-    let r = judge("  - { metric: error_rate, scope: after:api-1, for: 5s, pass: \"< 1%\" }\n", &short, &window(25.0, Some(26.0)));
+    let r = judge("  - { metric: error_rate, scope: after:api-1, for: 5s, pass: \"< 1%\" }\n", &short, &window(22.0, Some(23.0)));
     assert_eq!(r[0].status, Status::Fail, "{:?}", r[0]);
     assert!(r[0].detail.as_deref().unwrap().contains("no data"), "{:?}", r[0]);
 }

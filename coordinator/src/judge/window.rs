@@ -1,8 +1,13 @@
 //! Time on the run's interval grid: interval k covers [k·I, (k+1)·I) after
-//! the common start. A rule's time window (`during:F`, `after:F`,
-//! `before:F`, `outside:faults`, a phase) becomes the intervals that
-//! **overlap** it — an interval partly inside a window belongs to it, so a
-//! window never loses the requests due at its edges.
+//! the common start. A rule's time window becomes intervals:
+//! - `during:F` and a phase: every interval that **overlaps** the window —
+//!   an interval partly inside belongs to it, so the fault's judgment never
+//!   loses the requests due at its edges;
+//! - `before:F`, `after:F`, `outside:faults`: the intervals overlapping the
+//!   window that **touch no fault window** (`F`'s, resp. any fault's). A
+//!   fault is applied a little after its planned instant, mid-interval: its
+//!   first interval already holds requests it hurt, and a baseline or an
+//!   aftermath that took that interval in would judge the fault itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -107,6 +112,13 @@ impl Grid {
         Covered { seqs: self.overlapping(from, to), window: Span { from_s: secs(from), to_s: secs(to) } }
     }
 
+    /// `c` without the intervals `fault`'s window touches.
+    fn untouched(&self, mut c: Covered, fault: FaultSpan) -> Covered {
+        let touched = self.overlapping(fault.applied, fault.reverted.unwrap_or(self.end_ns()));
+        c.seqs.retain(|s| !touched.contains(s));
+        c
+    }
+
     /// The intervals of a time window. `length` is an `after:` rule's `for`.
     /// A fault that never reverted lasts to the end of the run.
     pub fn resolve(&self, window: &Scope, length: Option<std::time::Duration>) -> Result<Covered, String> {
@@ -120,12 +132,12 @@ impl Grid {
                 let span = self.fault(f)?;
                 let reverted = span.reverted.ok_or_else(|| format!("fault {f} was never reverted within the run, so nothing comes after it"))?;
                 let length = length.map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64);
-                Ok(self.covered(reverted, reverted.saturating_add(length)))
+                Ok(self.untouched(self.covered(reverted, reverted.saturating_add(length)), span))
             }
             Scope::Before(f) => {
                 let span = self.fault(f)?;
                 let length = span.reverted.unwrap_or(end) - span.applied;
-                Ok(self.covered(span.applied - length, span.applied))
+                Ok(self.untouched(self.covered(span.applied - length, span.applied), span))
             }
             Scope::OutsideFaults => {
                 let touched: BTreeSet<u64> = self.faults.values().flat_map(|f| self.overlapping(f.applied, f.reverted.unwrap_or(end))).collect();
