@@ -1,0 +1,187 @@
+//! Drills that judge themselves (issue 9, section 2), end to end through the
+//! real binaries: `stampede run` with an in-process agent against a target
+//! told to break on cue, and the verdict of each time rule read back from
+//! report.json — each both ways.
+//!
+//! - `max_streak(status:5xx > 0) < 30s`: a 20 s run of 503s passes, a 30 s
+//!   one fails naming the rule (the built-in target's status `windows`).
+//! - `during:`, `before:` and `after:` around real `pause` faults (SIGSTOP of
+//!   a `stampede target` the test starts, and of a `sleep`).
+//! - `recovery_time`: a target that answers 503 for 7 s after it was paused
+//!   (`--after-pause`) recovers in 7 s ± 1 interval; one that never recovers
+//!   fails with "not recovered after N s".
+//!
+//! The fault tests need root (the agent signals the processes); they skip
+//! with a printed reason otherwise. Every process a test starts is killed
+//! when it ends (`support::Procs`), even stopped ones.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Background, Procs};
+
+/// 1 s start lead + the plan's phases + the drain, well under this.
+const RUN_LIMIT: Duration = Duration::from_secs(70);
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// Runs `stampede run` on `plan` with one local agent; returns the exit
+/// code, the stderr and the report.
+fn run(dir: &Path, plan: &str) -> (i32, String, Value) {
+    let path = dir.join("plan.yaml");
+    std::fs::write(&path, plan).unwrap();
+    let out = dir.join("out");
+    let mut cmd = Command::new(support::stampede());
+    cmd.arg("run").arg(&path).args(["--local-agents", "1", "--out"]).arg(&out).arg("--state-dir").arg(dir.join("state"));
+    let mut bg = Background::start(cmd, dir, "run");
+    let (code, _stdout, stderr) = bg.finish(RUN_LIMIT);
+    let text = std::fs::read_to_string(out.join("report.json")).unwrap_or_else(|e| panic!("no report.json ({e}); exit {code}, stderr:\n{stderr}"));
+    (code, stderr, serde_json::from_str(&text).unwrap())
+}
+
+/// The report's entry for the rule written `rule` (`p99 < 200ms`) in `scope`.
+fn slo<'a>(r: &'a Value, rule: &str, scope: &str) -> &'a Value {
+    r["slos"].as_array().unwrap().iter().find(|s| s["rule"] == rule && s["scope"] == scope).unwrap_or_else(|| panic!("no rule `{rule}` in {scope}: {:#}", r["slos"]))
+}
+
+fn observed(s: &Value) -> f64 {
+    s["observed"].as_f64().unwrap_or_else(|| panic!("no observed value: {s}"))
+}
+
+fn streak_plan(bad_for: &str, phase: &str) -> String {
+    format!(
+        "name: streak\ntarget: http://127.0.0.1:0\ntimeout: 2s\nbuiltin_target: {{ latency: 1ms, windows: [{{ at: 2s, for: {bad_for}, status: 503 }}] }}\nphases:\n  - {{ name: steady, duration: {phase}, load: {{ model: open, rate: 20/s }} }}\nsteps:\n  - {{ name: get, request: {{ path: / }} }}\nslos:\n  - {{ metric: \"max_streak(status:5xx > 0)\", pass: \"< 30s\" }}\n"
+    )
+}
+
+#[test]
+fn five_xx_for_20s_passes_a_streak_rule_of_30s() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr, r) = run(dir.path(), &streak_plan("20s", "24s"));
+    let s = slo(&r, "max_streak(status:5xx > 0) < 30s", "run");
+    // The window is timed from the target's start, a second or so before the
+    // run's: it covers 20 or 21 intervals of the run.
+    let streak = observed(s);
+    assert!((19_000.0..=21_000.0).contains(&streak), "streak {streak} ms: {s}");
+    assert_eq!(s["status"], "pass", "{s}");
+    let by = &s["decided_by"];
+    assert!((by["to_s"].as_f64().unwrap() - by["from_s"].as_f64().unwrap() - streak / 1e3).abs() < 1e-6, "{s}");
+    assert_eq!((r["verdict"].as_str(), code), (Some("pass"), 0), "{}\n{stderr}", r["verdict_reasons"]);
+}
+
+#[test]
+fn five_xx_for_30s_fails_a_streak_rule_of_30s_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr, r) = run(dir.path(), &streak_plan("30s", "34s"));
+    let s = slo(&r, "max_streak(status:5xx > 0) < 30s", "run");
+    assert!(observed(s) >= 30_000.0, "{s}");
+    assert_eq!(s["status"], "fail", "{s}");
+    assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{stderr}");
+    let junit = std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap();
+    assert!(junit.contains("max_streak(status:5xx &gt; 0) &lt; 30s") && junit.contains("<failure"), "{junit}");
+}
+
+/// One target process and one `sleep`, both paused by the plan's faults.
+struct Paused {
+    procs: Procs,
+    target: std::net::SocketAddr,
+}
+
+fn start_target(extra: &[&str]) -> Paused {
+    let mut procs = Procs::new();
+    let target = procs.target("target", &[&["--latency", "1ms"], extra].concat());
+    Paused { procs, target }
+}
+
+#[test]
+fn during_before_and_after_judge_the_actual_pause_windows() {
+    if !is_root() {
+        eprintln!("skipped: the agent needs root to signal the processes it pauses");
+        return;
+    }
+    let mut p = start_target(&[]);
+    p.procs.spawn("sleep", {
+        let mut c = Command::new("sleep");
+        c.arg("60");
+        c
+    });
+    let (target_pid, sleep_pid) = (p.procs.pid("target"), p.procs.pid("sleep"));
+    // `freeze` stalls every request for 3 s; `nap` pauses a bystander, and
+    // the target stays healthy through it. The baseline of `nap` (as long as
+    // it, just before it) holds the end of `freeze`.
+    let plan = format!(
+        "name: scopes\ntarget: http://{}\ntimeout: 5s\nphases:\n  - {{ name: steady, duration: 12s, load: {{ model: open, rate: 20/s }} }}\nsteps:\n  - {{ name: get, request: {{ path: / }} }}\nfaults:\n  - {{ name: freeze, kind: pause, at: 2s, duration: 3s, instance: {{ driver: process, pid: {target_pid} }} }}\n  - {{ name: nap, kind: pause, at: 7s, duration: 3s, instance: {{ driver: process, pid: {sleep_pid} }} }}\nslos:\n  - {{ metric: p99, scope: during:freeze, pass: \"< 200ms\" }}\n  - {{ metric: p99, scope: during:nap, pass: \"< 200ms\" }}\n  - {{ metric: p99, scope: before:freeze, pass: \"< 200ms\" }}\n  - {{ metric: p99, scope: before:nap, pass: \"< 200ms\" }}\n  - {{ metric: error_rate, scope: after:freeze, for: 2s, pass: \"< 1%\" }}\n",
+        p.target
+    );
+    let (code, stderr, r) = run(p.procs.dir.path(), &plan);
+    let logs = || format!("{stderr}\n{}", p.procs.logs());
+    for f in r["faults"].as_array().unwrap() {
+        assert_eq!(f["status"], "reverted", "{f}\n{}", logs());
+    }
+    let during = slo(&r, "p99 < 200ms", "during:freeze");
+    assert_eq!(during["status"], "fail", "{during}");
+    assert!(observed(during) > 1000.0, "requests waited out the pause: {during}");
+    // The judged window is the fault's actual one, not its planned 2–5 s.
+    let w = &during["window"];
+    assert!(w["from_s"].as_f64().unwrap() >= 2.0 && w["to_s"].as_f64().unwrap() >= 5.0, "{during}");
+    assert_eq!(slo(&r, "p99 < 200ms", "during:nap")["status"], "pass", "{}", slo(&r, "p99 < 200ms", "during:nap"));
+    assert_eq!(slo(&r, "p99 < 200ms", "before:freeze")["status"], "pass", "{}", slo(&r, "p99 < 200ms", "before:freeze"));
+    let before_nap = slo(&r, "p99 < 200ms", "before:nap");
+    assert_eq!(before_nap["status"], "fail", "the baseline held the freeze: {before_nap}");
+    // A pause loses nothing: every request was answered once it ended.
+    let after = slo(&r, "error_rate < 1%", "after:freeze");
+    assert_eq!((after["status"].as_str(), after["observed"].as_f64()), (Some("pass"), Some(0.0)), "{after}");
+    assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{}", logs());
+}
+
+fn recovery_plan(target: std::net::SocketAddr, pid: u32, phase: &str) -> String {
+    format!(
+        "name: recovery\ntarget: http://{target}\ntimeout: 5s\ninterval: 500ms\nphases:\n  - {{ name: steady, duration: {phase}, load: {{ model: open, rate: 20/s }} }}\nsteps:\n  - {{ name: get, request: {{ path: / }} }}\nfaults:\n  - {{ name: freeze, kind: pause, at: 2s, duration: 2s, instance: {{ driver: process, pid: {pid} }} }}\nslos:\n  - {{ name: healthy, metric: error_rate, scope: outside:faults, pass: \"< 1%\" }}\n  - {{ metric: recovery_time, fault: freeze, pass: \"< 10s\" }}\n  - {{ metric: recovery_time, fault: freeze, pass: \"< 5s\" }}\n  - {{ metric: error_rate, scope: after:freeze, for: 3s, pass: \"< 1%\" }}\n"
+    )
+}
+
+#[test]
+fn a_target_that_needs_7s_after_a_pause_recovers_in_7s() {
+    if !is_root() {
+        eprintln!("skipped: the agent needs root to signal the processes it pauses");
+        return;
+    }
+    let mut p = start_target(&["--after-pause-for", "7s", "--after-pause-status", "503"]);
+    let pid = p.procs.pid("target");
+    let (code, stderr, r) = run(p.procs.dir.path(), &recovery_plan(p.target, pid, "16s"));
+    let logs = || format!("{stderr}\n{}", p.procs.logs());
+    let within = slo(&r, "recovery_time(freeze) < 10s", "run");
+    let recovery = observed(within);
+    // 7 s ± 1 interval (500 ms), and the time the target takes to notice its
+    // clock jumped.
+    assert!((6_500.0..=8_000.0).contains(&recovery), "recovery {recovery} ms: {within}\n{}", logs());
+    assert_eq!(within["status"], "pass", "{within}");
+    assert!(within["decided_by"]["from_s"].as_f64().unwrap() > within["window"]["from_s"].as_f64().unwrap(), "{within}");
+    assert_eq!(slo(&r, "recovery_time(freeze) < 5s", "run")["status"], "fail");
+    // The 503s after the revert break the aftermath rule.
+    let after = slo(&r, "error_rate < 1%", "after:freeze");
+    assert_eq!(after["status"], "fail", "{after}");
+    assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{}", logs());
+}
+
+#[test]
+fn a_target_that_never_recovers_fails_recovery_time_saying_so() {
+    if !is_root() {
+        eprintln!("skipped: the agent needs root to signal the processes it pauses");
+        return;
+    }
+    let mut p = start_target(&["--after-pause-for", "60s", "--after-pause-status", "503"]);
+    let pid = p.procs.pid("target");
+    let (code, stderr, r) = run(p.procs.dir.path(), &recovery_plan(p.target, pid, "9s"));
+    let s = slo(&r, "recovery_time(freeze) < 10s", "run");
+    assert_eq!(s["status"], "fail", "{s}");
+    assert!(s["observed"].is_null(), "{s}");
+    assert!(s["detail"].as_str().unwrap().contains("not recovered after"), "{s}");
+    assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{stderr}\n{}", p.procs.logs());
+}
