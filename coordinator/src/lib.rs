@@ -4,13 +4,14 @@
 //! - [`cli`]: flags → validated values → library calls; the exit-code contract.
 //! - [`fleet`]: connected agents and the route of run messages to the run in progress.
 //! - [`service`]: the gRPC `AgentService` agents dial (one session each).
-//! - [`orchestrate`]: one run: wait for agents, split, assign, collect, report.
+//! - [`orchestrate`]: one run: wait for agents, split, assign, then drive its [`run`].
+//! - [`run`]: the run in progress as a state machine, one method per event.
 //! - [`split`]: splitting rate and concurrency by capacity.
 //! - [`faults`]: fault preflight (selection once per node, capabilities) and the fault log.
 //! - [`load_bounds`]: refusing a share an agent cannot hold (its connection limit).
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
 //! - [`judge`]: every SLO rule over the totals and the timeline: fault windows, streaks, recovery.
-//! - [`verdict`]: the verdict (trust first) from the judged SLOs.
+//! - [`verdict`]: every trust decision (incomplete, invalid, aborted, interrupted) and the verdict from the judged SLOs.
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
 //! - [`local`]: in-process agents and built-in target for `--local-agents`.
 //! - [`control`] / [`remote`]: the standing coordinator's submit API and its client.
@@ -34,6 +35,7 @@ pub mod local;
 pub mod orchestrate;
 pub mod remote;
 pub mod report;
+pub mod run;
 pub mod server;
 pub mod service;
 pub mod signals;

@@ -1,5 +1,10 @@
-//! From merged numbers to a verdict: evaluate every SLO in its scope, then
-//! decide whether the numbers can be trusted at all.
+//! From merged numbers to a verdict: every trust decision of a run lives
+//! here — why it stopped (interrupted, aborted), whether its numbers are
+//! complete (agents lost, refused, short), whether they are valid (a
+//! saturated client, a fault that did not happen or did not go away) — and
+//! the SLOs evaluated in their scopes. The report only renders the result.
+
+use std::fmt;
 
 use serde::Serialize;
 use stampede_common::plan::{Model, Plan};
@@ -7,6 +12,9 @@ use stampede_common::slo::{Metric, Scope, Status};
 use stampede_common::stats::RunStats;
 
 use crate::judge::{FaultWindow, IntervalSource};
+
+use crate::aggregate::{AgentProgress, Aggregate};
+use crate::faults::FaultLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +88,120 @@ pub fn saturated_phases(plan: &Plan, stats: &RunStats) -> Vec<String> {
         .collect()
 }
 
+/// Why a run was stopped before its planned end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The operator stopped it (a signal, a standing coordinator's
+    /// shutdown): the numbers are short of the plan → `incomplete`, exit 3.
+    Interrupted(String),
+    /// A guardrail of the plan tripped (`abort_when`): the drill itself
+    /// failed → `fail`, reason `aborted by <rule>`, exit 1.
+    Aborted { rule: String },
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stop::Interrupted(reason) => write!(f, "interrupted: {reason}"),
+            Stop::Aborted { rule } => write!(f, "aborted by {rule}"),
+        }
+    }
+}
+
+/// The verdict of a run, why (for anything but pass / warn / fail from the
+/// SLOs), and every SLO's result as it counts.
+#[derive(Debug, Clone)]
+pub struct Judgment {
+    pub verdict: Verdict,
+    pub reasons: Vec<String>,
+    pub slos: Vec<SloResult>,
+}
+
+/// Judges a finished run. Trust first: an abort by a guardrail fails the
+/// run; missing data (an interrupt, an agent short of data) makes it
+/// incomplete; a saturated client or a fault that failed makes it invalid;
+/// only then do the SLOs decide. A rule that passed on numbers the run
+/// cannot vouch for (stopped early, incomplete) is `not_evaluated`.
+pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop>, start_unix_nanos: i64) -> Judgment {
+    let stats = &agg.total;
+    let mut reasons: Vec<String> = stop
+        .map(|s| match s {
+            Stop::Interrupted(_) => format!("{s}; the run was stopped before its end"),
+            Stop::Aborted { .. } => s.to_string(),
+        })
+        .into_iter()
+        .collect();
+    let run_last = agg.run_last_seq();
+    reasons.extend(agg.agents.iter().filter_map(|(id, a)| agent_incomplete(id, a, &a.missing(run_last))));
+    let incomplete = matches!(stop, Some(Stop::Interrupted(_))) || !reasons.is_empty();
+    let aborted = matches!(stop, Some(Stop::Aborted { .. }));
+
+    let slos = evaluate_slos(plan, stats, agg, start_unix_nanos, &faults.windows());
+    // Partial data vouches for nothing: a rule it satisfies is not a pass.
+    let slos: Vec<SloResult> = if incomplete { slos.into_iter().map(not_evaluated).collect() } else { slos };
+
+    // A fault that did not happen, or did not go away, means the run did not
+    // test what the plan describes: its numbers cannot vouch for the SLOs.
+    let mut broken: Vec<_> = faults.events.values().filter(|e| e.status == "failed" || e.status == "revert_failed").collect();
+    broken.sort_by(|a, b| a.scheduled_unix_nanos.cmp(&b.scheduled_unix_nanos).then(a.agent_id.cmp(&b.agent_id)));
+    for e in &broken {
+        reasons.push(format!("fault {} on {} {}: {}", e.fault, e.agent_id, e.status.replace('_', " "), e.error));
+    }
+    let saturated = saturated_phases(plan, stats);
+    for p in &saturated {
+        let sch = plan.phase_index(p).and_then(|i| stats.schedule.get(&(i as u32))).cloned().unwrap_or_default();
+        reasons.push(format!(
+            "phase {p}: the client missed more than {}% of its schedule ({} of {} arrivals dropped because max_in_flight requests were already waiting, {} started late); it measured itself, not the server",
+            stampede_common::stats::SATURATION_LIMIT * 100.0,
+            sch.dropped,
+            sch.scheduled,
+            sch.late,
+        ));
+    }
+    let verdict = if aborted { Verdict::Fail } else { decide(incomplete, !saturated.is_empty() || !broken.is_empty(), &slos) };
+    Judgment { verdict, reasons, slos }
+}
+
+/// Why one agent's numbers are incomplete, if they are. `missing` is the
+/// intervals it never delivered.
+pub fn agent_incomplete(id: &str, a: &AgentProgress, missing: &[u64]) -> Option<String> {
+    if a.complete() {
+        return None;
+    }
+    Some(match (&a.lost, &a.finished) {
+        (Some(l), _) if a.refused => format!("agent {id} was refused and cut off: {l}"),
+        (Some(l), _) if missing.is_empty() => format!("agent {id} was lost: {l}"),
+        (Some(l), _) => format!("agent {id} was lost: {l}; intervals missing: {}", intervals_text(missing)),
+        (None, Some(fin)) if !fin.error.is_empty() => format!("agent {id} failed: {}", fin.error),
+        (None, Some(fin)) if fin.evicted > 0 => {
+            format!("agent {id}'s resend buffer overflowed while it could not reach the coordinator: {} message(s) dropped", fin.evicted)
+        }
+        (None, Some(fin)) if fin.requests != a.requests => {
+            format!("agent {id} counted {} requests but {} reached the coordinator", fin.requests, a.requests)
+        }
+        _ => format!("agent {id} did not deliver every interval (missing: {})", intervals_text(missing)),
+    })
+}
+
+/// Interval numbers as ranges: `0-3, 7, 9-12`.
+fn intervals_text(seqs: &[u64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let mut j = i;
+        while j + 1 < seqs.len() && seqs[j + 1] == seqs[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { seqs[i].to_string() } else { format!("{}-{}", seqs[i], seqs[j]) });
+        i = j + 1;
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// Trust comes first: missing data, then a saturated client, then the SLOs.
 pub fn decide(incomplete: bool, saturated: bool, slos: &[SloResult]) -> Verdict {
     if incomplete {
@@ -125,5 +247,30 @@ mod tests {
         assert_eq!(decide(false, false, &[]), Verdict::Pass);
         assert_eq!(Verdict::Warn.exit_code(), 0);
         assert_eq!(Verdict::Incomplete.exit_code(), 3);
+    }
+
+    #[test]
+    fn an_abort_fails_the_run_naming_its_rule_and_an_interrupt_leaves_it_incomplete() {
+        let plan = stampede_common::plan::load_str(
+            "name: t\ntarget: http://127.0.0.1:9\nphases:\n  - { name: p, duration: 1s, load: { model: open, rate: 1/s } }\nsteps:\n  - { name: s, request: { method: GET, path: / } }\nslos:\n  - { metric: throughput, pass: \">= 0/s\" }\n",
+            stampede_common::plan::Format::Yaml,
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let agg = Aggregate::new(std::iter::empty());
+        let faults = FaultLog::default();
+        let healthy = judge(&plan, &agg, &faults, None, 0);
+        assert_eq!((healthy.verdict, healthy.reasons.len()), (Verdict::Pass, 0), "{:?}", healthy.reasons);
+
+        let aborted = judge(&plan, &agg, &faults, Some(&Stop::Aborted { rule: "error_rate > 20% for 10s".into() }), 0);
+        assert_eq!(aborted.verdict, Verdict::Fail);
+        assert_eq!(aborted.verdict.exit_code(), 1);
+        assert_eq!(aborted.reasons, vec!["aborted by error_rate > 20% for 10s".to_string()]);
+        assert_eq!(aborted.slos[0].status, Status::NotEvaluated, "a stopped run's numbers vouch for no pass");
+
+        let interrupted = judge(&plan, &agg, &faults, Some(&Stop::Interrupted("SIGINT".into())), 0);
+        assert_eq!(interrupted.verdict, Verdict::Incomplete);
+        assert_eq!(interrupted.verdict.exit_code(), 3);
+        assert_eq!(interrupted.reasons, vec!["interrupted: SIGINT; the run was stopped before its end".to_string()]);
     }
 }
