@@ -50,7 +50,7 @@ pub fn validate_slos(plan: &Plan) -> Result<(), Problem> {
     Ok(())
 }
 
-fn check_scope<'a>(plan: &Plan, slo: &'a Slo) -> Result<(), (&'a str, String)> {
+fn check_scope(plan: &Plan, slo: &Slo) -> Result<(), (&'static str, String)> {
     let parts = slo.scope.parts().map_err(|m| ("scope", m))?;
     let missing = |kind: &str, name: &str| Err(("scope", format!("there is no {kind} `{name}`")));
     if let Some(name) = parts.phase.filter(|n| plan.phase_index(n).is_none()) {
@@ -89,7 +89,7 @@ fn check_metric(plan: &Plan, metric: &Metric) -> Result<(), String> {
 }
 
 /// `recovery_time`'s own fields, and that no other rule has them.
-fn check_recovery<'a>(plan: &'a Plan, slo: &Slo) -> Result<(), (&'static str, String)> {
+fn check_recovery(plan: &Plan, slo: &Slo) -> Result<(), (&'static str, String)> {
     if slo.metric != Metric::RecoveryTime {
         for (field, set) in [("fault", slo.fault.is_some()), ("rules", slo.rules.is_some()), ("consecutive", slo.consecutive.is_some())] {
             if set {
