@@ -7,9 +7,9 @@
 //!   one fails naming the rule (the built-in target's status `windows`).
 //! - `during:`, `before:` and `after:` around real `pause` faults (SIGSTOP of
 //!   a `stampede target` the test starts, and of a `sleep`).
-//! - `recovery_time`: a target that answers 503 for 7 s after it was paused
-//!   (`--after-pause`) recovers in 7 s ± 1 interval; one that never recovers
-//!   fails with "not recovered after N s".
+//! - `recovery_time`: a target that a `stop` fault kills and whose `start`
+//!   brings it back 7 s after the revert recovers in 7 s ± 1 interval; one
+//!   that never comes back fails with "not recovered after N s".
 //!
 //! The fault tests need root (the agent signals the processes); they skip
 //! with a printed reason otherwise. Every process a test starts is killed
@@ -140,46 +140,77 @@ fn during_before_and_after_judge_the_actual_pause_windows() {
     assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{}", logs());
 }
 
-fn recovery_plan(target: std::net::SocketAddr, pid: u32, phase: &str) -> String {
+/// Removes the target a `stop` fault restarted (its pid in `pid_file`),
+/// whatever the test's outcome.
+struct Restarted {
+    pid_file: std::path::PathBuf,
+}
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok()).filter(|&p| p > 1) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// A plan whose fault `restart` stops the target at 2 s for 2 s; its revert
+/// runs `start`. With `comes_back_after`, `start` brings a new target up on
+/// the same address that long after the revert (a service that needs time
+/// to start); without, nothing comes back.
+fn recovery_plan(p: &mut Paused, comes_back_after: Option<&str>, phase: &str, restarted: &Restarted) -> String {
+    let pid = p.procs.pid("target");
+    let start = match comes_back_after {
+        Some(delay) => format!(
+            "[sh, -c, 'echo $$ > {}; sleep {delay}; exec {} target --listen {} --latency 1ms']",
+            restarted.pid_file.display(),
+            support::stampede().display(),
+            p.target
+        ),
+        None => "[\"true\"]".into(),
+    };
     format!(
-        "name: recovery\ntarget: http://{target}\ntimeout: 5s\ninterval: 500ms\nphases:\n  - {{ name: steady, duration: {phase}, load: {{ model: open, rate: 20/s }} }}\nsteps:\n  - {{ name: get, request: {{ path: / }} }}\nfaults:\n  - {{ name: freeze, kind: pause, at: 2s, duration: 2s, instance: {{ driver: process, pid: {pid} }} }}\nslos:\n  - {{ name: healthy, metric: error_rate, scope: outside:faults, pass: \"< 1%\" }}\n  - {{ metric: recovery_time, fault: freeze, pass: \"< 10s\" }}\n  - {{ metric: recovery_time, fault: freeze, pass: \"< 5s\" }}\n  - {{ metric: error_rate, scope: after:freeze, for: 3s, pass: \"< 1%\" }}\n"
+        "name: recovery\ntarget: http://{}\ntimeout: 2s\ninterval: 500ms\nphases:\n  - {{ name: steady, duration: {phase}, load: {{ model: open, rate: 20/s }} }}\nsteps:\n  - {{ name: get, request: {{ path: / }} }}\nfaults:\n  - {{ name: restart, kind: stop, at: 2s, duration: 2s, instance: {{ driver: process, pid: {pid}, start: {start} }} }}\nslos:\n  - {{ name: healthy, metric: error_rate, scope: outside:faults, pass: \"< 1%\" }}\n  - {{ metric: recovery_time, fault: restart, pass: \"< 10s\" }}\n  - {{ metric: recovery_time, fault: restart, pass: \"< 5s\" }}\n  - {{ metric: error_rate, scope: after:restart, for: 3s, pass: \"< 1%\" }}\n",
+        p.target
     )
 }
 
 #[test]
-fn a_target_that_needs_7s_after_a_pause_recovers_in_7s() {
+fn a_target_back_7s_after_its_restart_recovers_in_7s() {
     if !is_root() {
-        eprintln!("skipped: the agent needs root to signal the processes it pauses");
+        eprintln!("skipped: the agent needs root to signal the processes it stops");
         return;
     }
-    let mut p = start_target(&["--after-pause-for", "7s", "--after-pause-status", "503"]);
-    let pid = p.procs.pid("target");
-    let (code, stderr, r) = run(p.procs.dir.path(), &recovery_plan(p.target, pid, "16s"));
+    let mut p = start_target(&[]);
+    let restarted = Restarted { pid_file: p.procs.dir.path().join("restarted.pid") };
+    let plan = recovery_plan(&mut p, Some("7"), "16s", &restarted);
+    let (code, stderr, r) = run(p.procs.dir.path(), &plan);
     let logs = || format!("{stderr}\n{}", p.procs.logs());
-    let within = slo(&r, "recovery_time(freeze) < 10s", "run");
+    assert!(restarted.pid_file.exists(), "the fault's revert never ran `start`: {}\n{}", r["faults"], logs());
+    let within = slo(&r, "recovery_time(restart) < 10s", "run");
     let recovery = observed(within);
-    // 7 s ± 1 interval (500 ms), and the time the target takes to notice its
-    // clock jumped.
+    // 7 s ± 1 interval (500 ms), and the new target's own start-up.
     assert!((6_500.0..=8_000.0).contains(&recovery), "recovery {recovery} ms: {within}\n{}", logs());
     assert_eq!(within["status"], "pass", "{within}");
     assert!(within["decided_by"]["from_s"].as_f64().unwrap() > within["window"]["from_s"].as_f64().unwrap(), "{within}");
-    assert_eq!(slo(&r, "recovery_time(freeze) < 5s", "run")["status"], "fail");
-    // The 503s after the revert break the aftermath rule.
-    let after = slo(&r, "error_rate < 1%", "after:freeze");
+    assert_eq!(slo(&r, "recovery_time(restart) < 5s", "run")["status"], "fail");
+    // Refused connections after the revert break the aftermath rule.
+    let after = slo(&r, "error_rate < 1%", "after:restart");
     assert_eq!(after["status"], "fail", "{after}");
     assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{}", logs());
 }
 
 #[test]
-fn a_target_that_never_recovers_fails_recovery_time_saying_so() {
+fn a_target_that_never_comes_back_fails_recovery_time_saying_so() {
     if !is_root() {
-        eprintln!("skipped: the agent needs root to signal the processes it pauses");
+        eprintln!("skipped: the agent needs root to signal the processes it stops");
         return;
     }
-    let mut p = start_target(&["--after-pause-for", "60s", "--after-pause-status", "503"]);
-    let pid = p.procs.pid("target");
-    let (code, stderr, r) = run(p.procs.dir.path(), &recovery_plan(p.target, pid, "9s"));
-    let s = slo(&r, "recovery_time(freeze) < 10s", "run");
+    let mut p = start_target(&[]);
+    let restarted = Restarted { pid_file: p.procs.dir.path().join("restarted.pid") };
+    let plan = recovery_plan(&mut p, None, "9s", &restarted);
+    let (code, stderr, r) = run(p.procs.dir.path(), &plan);
+    let s = slo(&r, "recovery_time(restart) < 10s", "run");
     assert_eq!(s["status"], "fail", "{s}");
     assert!(s["observed"].is_null(), "{s}");
     assert!(s["detail"].as_str().unwrap().contains("not recovered after"), "{s}");
