@@ -110,6 +110,9 @@ pub struct Aggregate {
     pub agents: BTreeMap<String, AgentProgress>,
     pub total: RunStats,
     pub timeline: BTreeMap<u64, IntervalAgg>,
+    /// Every interval's records, merged over the fleet, for the judge's
+    /// windows and series (by the interval the snapshot reports).
+    pub intervals: BTreeMap<u64, RunStats>,
 }
 
 impl Aggregate {
@@ -118,6 +121,7 @@ impl Aggregate {
             agents: agents.into_iter().map(|(id, labels)| (id, AgentProgress { labels, ..Default::default() })).collect(),
             total: RunStats::default(),
             timeline: BTreeMap::new(),
+            intervals: BTreeMap::new(),
         }
     }
 
@@ -161,6 +165,8 @@ impl Aggregate {
             None => sums,
         };
         self.total.checked_add(&stats).map_err(|source| SnapshotError::Merge { seq, source })?;
+        // A part of the total, which just added without overflow: this adds too.
+        self.intervals.entry(seq).or_default().add(&stats).map_err(|e| SnapshotError::Decode { seq, source: e.into() })?;
 
         let agent = self.agents.get_mut(&s.agent_id).expect("looked up above");
         agent.seqs.insert(seq);

@@ -136,7 +136,8 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
     let incomplete = matches!(stop, Some(Stop::Interrupted(_))) || !reasons.is_empty();
     let aborted = matches!(stop, Some(Stop::Aborted { .. }));
 
-    let slos = evaluate_slos(plan, stats, agg, start_unix_nanos, &faults.windows());
+    let timeline = crate::judge::Timeline { aggregate: agg, interval: plan.interval.as_duration() };
+    let slos = evaluate_slos(plan, stats, &timeline, start_unix_nanos, &faults.windows());
     // Partial data vouches for nothing: a rule it satisfies is not a pass.
     let slos: Vec<SloResult> = if incomplete { slos.into_iter().map(not_evaluated).collect() } else { slos };
 

@@ -27,6 +27,7 @@ use stampede_common::slo::{Metric, Parts, Slo, Status};
 use stampede_common::stats::RunStats;
 
 pub use observe::{observe, KeyFilter};
+pub use source::Timeline;
 pub use window::Span;
 use window::Grid;
 

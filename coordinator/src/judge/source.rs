@@ -7,16 +7,20 @@ use stampede_common::stats::RunStats;
 use super::IntervalSource;
 use crate::aggregate::Aggregate;
 
-// TEMPORARY until contract T (branch `run-loop`) is merged: the aggregate
-// keeps no per-interval stats yet, so windowed rules see no data.
-impl IntervalSource for Aggregate {
+/// The merged aggregate's intervals on the plan's interval grid.
+pub struct Timeline<'a> {
+    pub aggregate: &'a Aggregate,
+    pub interval: Duration,
+}
+
+impl IntervalSource for Timeline<'_> {
     fn interval(&self) -> Duration {
-        Duration::from_secs(1)
+        self.interval
     }
     fn seqs(&self) -> Vec<u64> {
-        self.timeline.keys().copied().collect()
+        self.aggregate.intervals.keys().copied().collect()
     }
-    fn stats(&self, _seq: u64) -> Option<RunStats> {
-        None
+    fn stats(&self, seq: u64) -> Option<RunStats> {
+        self.aggregate.intervals.get(&seq).cloned()
     }
 }
