@@ -125,6 +125,7 @@ fn during_before_and_after_judge_the_actual_pause_windows() {
         assert_eq!(f["status"], "reverted", "{f}\n{}", logs());
     }
     let during = slo(&r, "p99 < 200ms", "during:freeze");
+    eprintln!("p99 during:freeze {} ms over {}", during["observed"], during["decided_by"]);
     assert_eq!(during["status"], "fail", "{during}");
     assert!(observed(during) > 1000.0, "requests waited out the pause: {during}");
     // The judged window is the fault's actual one, not its planned 2–5 s.
@@ -189,6 +190,7 @@ fn a_target_back_7s_after_its_restart_recovers_in_7s() {
     assert!(restarted.pid_file.exists(), "the fault's revert never ran `start`: {}\n{}", r["faults"], logs());
     let within = slo(&r, "recovery_time(restart) < 10s", "run");
     let recovery = observed(within);
+    eprintln!("recovery_time {recovery} ms, decided by {}", within["decided_by"]);
     // 7 s ± 1 interval (500 ms), and the new target's own start-up.
     assert!((6_500.0..=8_000.0).contains(&recovery), "recovery {recovery} ms: {within}\n{}", logs());
     assert_eq!(within["status"], "pass", "{within}");
