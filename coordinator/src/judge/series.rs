@@ -2,22 +2,22 @@
 //! `max_streak(COND)` and `recovery_time`.
 
 use stampede_common::plan::{outside_fault_rules, Plan};
-use stampede_common::slo::{Condition, Slo, DEFAULT_CONSECUTIVE};
+use stampede_common::slo::{Condition, Metric, Slo, Threshold, DEFAULT_CONSECUTIVE};
 
 use super::observe::{observe, KeyFilter};
 use super::window::Grid;
 use super::{IntervalSource, Judged};
 
-/// Whether `rule` (its metric, records and pass threshold) holds in one
-/// interval. An interval without data holds nothing.
-fn holds_in(plan: &Plan, source: &dyn IntervalSource, seq: u64, metric_rule: (&stampede_common::slo::Metric, &stampede_common::slo::Threshold), filter: &KeyFilter) -> Option<bool> {
+/// Whether `metric` over `filter`'s records meets `threshold` in interval
+/// `seq`; `None` when the interval has no request there (it holds nothing).
+fn holds_in(plan: &Plan, source: &dyn IntervalSource, seq: u64, metric: &Metric, threshold: &Threshold, filter: &KeyFilter) -> Option<bool> {
     let stats = source.stats(seq)?;
     let requests = stats.summarize(|k| filter.covers(k)).requests;
     if requests == 0 {
         return None;
     }
     let seconds = source.interval().as_secs_f64();
-    Some(observe(plan, metric_rule.0, &stats, filter, seconds).is_some_and(|v| metric_rule.1.holds(v)))
+    Some(observe(plan, metric, &stats, filter, seconds).is_some_and(|v| threshold.holds(v)))
 }
 
 /// The longest run of consecutive intervals among `seqs` (sorted) in which
@@ -27,7 +27,7 @@ pub fn max_streak(plan: &Plan, source: &dyn IntervalSource, grid: &Grid, cond: &
     let mut current: Option<(u64, u64)> = None;
     let mut any_data = false;
     for &seq in seqs {
-        let holds = match holds_in(plan, source, seq, (&cond.metric, &cond.threshold), filter) {
+        let holds = match holds_in(plan, source, seq, &cond.metric, &cond.threshold, filter) {
             Some(h) => {
                 any_data = true;
                 h
@@ -77,7 +77,7 @@ pub fn recovery_time(plan: &Plan, source: &dyn IntervalSource, grid: &Grid, slo:
     let candidates = grid.overlapping(reverted, end.max(reverted + 1));
     let mut run: Option<(u64, u64)> = None;
     for &seq in &candidates {
-        let all_hold = rules.iter().zip(&filters).all(|(r, f)| holds_in(plan, source, seq, (&r.metric, &r.pass), f) == Some(true));
+        let all_hold = rules.iter().zip(&filters).all(|(r, f)| holds_in(plan, source, seq, &r.metric, &r.pass, f) == Some(true));
         run = match (all_hold, run) {
             (false, _) => None,
             (true, Some((from, to))) if to + 1 == seq => Some((from, seq)),
