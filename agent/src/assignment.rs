@@ -130,6 +130,7 @@ async fn stream_run(
             steps,
             phases,
             last: iv.last,
+            in_flight: 0,
         };
         outbox.push(Up::Snapshot(snapshot));
         finished.snapshots_sent += 1;
@@ -154,7 +155,7 @@ fn fault_event(a: &Assignment, cfg: &AgentConfig, u: FaultUpdate) -> FaultEvent 
         agent_id: cfg.agent_id.clone(),
         fault: u.fault,
         kind: u.kind.to_string(),
-        status: u.status.as_str().to_string(),
+        fault_status: u.status as i32,
         scheduled_unix_nanos: unix_nanos(u.scheduled),
         applied_unix_nanos: u.applied.map_or(0, unix_nanos),
         reverted_unix_nanos: u.reverted.map_or(0, unix_nanos),

@@ -40,8 +40,6 @@ pub const CLOCK_SLACK: Duration = Duration::from_secs(60);
 /// agent's workers cross a boundary or two while they stop.
 pub const SEQ_SLACK: u64 = 2;
 
-/// Fault statuses an agent reports (agent.proto, `FaultEvent.status`).
-pub const FAULT_STATUSES: [&str; 6] = ["planned", "applied", "reverted", "failed", "revert_failed", "dry_run"];
 
 /// What was wrong with a message, in words that name the field and value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -272,8 +270,13 @@ pub fn check_fault(ev: &FaultEvent, b: &RunBounds, offset: i64, now: i64) -> Res
     if !b.faults.contains(&ev.fault) {
         return refuse(format!("a fault event for {:?}, which is not a fault of the plan", ev.fault));
     }
-    if !FAULT_STATUSES.contains(&ev.status.as_str()) {
-        return refuse(format!("a fault event with status {:?}, which is none of {}", ev.status, FAULT_STATUSES.join(", ")));
+    // An agent reports what its own process did; `reverted_at_startup` is
+    // the coordinator's word for a successor's journal recovery.
+    match crate::v1::FaultStatus::try_from(ev.fault_status) {
+        Ok(crate::v1::FaultStatus::Unspecified | crate::v1::FaultStatus::RevertedAtStartup) | Err(_) => {
+            return refuse(format!("a fault event with status {}, which an agent does not report", ev.fault_status));
+        }
+        Ok(_) => {}
     }
     check_id("FaultEvent.kind", &ev.kind)?;
     check_len("FaultEvent.error", &ev.error, MAX_TEXT)?;
@@ -339,7 +342,7 @@ mod tests {
     fn a_dry_runs_fault_schedule_may_lie_ahead_but_not_outside_the_plan() {
         let b = bounds();
         let now = b.start_unix_nanos;
-        let ev = |scheduled: i64, applied: i64| FaultEvent { fault: "f".into(), status: "dry_run".into(), scheduled_unix_nanos: scheduled, applied_unix_nanos: applied, ..Default::default() };
+        let ev = |scheduled: i64, applied: i64| FaultEvent { fault: "f".into(), fault_status: crate::v1::FaultStatus::DryRun as i32, scheduled_unix_nanos: scheduled, applied_unix_nanos: applied, ..Default::default() };
         check_fault(&ev(now + 11_000_000_000, 0), &b, 0, now).unwrap();
         assert!(check_fault(&ev(now + 3_600_000_000_000, 0), &b, 0, now).is_err());
         assert!(check_fault(&ev(now, now + 3_600_000_000_000), &b, 0, now).is_err());
