@@ -178,7 +178,7 @@ impl<'a> Run<'a> {
                 *t = t.saturating_sub(offset);
             }
         }
-        (self.progress)(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.status, if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
+        (self.progress)(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.fault_status().name(), if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
         self.fault_log.record(ev);
     }
 

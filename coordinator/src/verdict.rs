@@ -13,6 +13,8 @@ use stampede_common::stats::RunStats;
 
 use crate::judge::{FaultWindow, IntervalSource};
 
+use stampede_proto::v1::FaultStatus;
+
 use crate::aggregate::{AgentProgress, Aggregate};
 use crate::faults::FaultLog;
 
@@ -143,10 +145,10 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
 
     // A fault that did not happen, or did not go away, means the run did not
     // test what the plan describes: its numbers cannot vouch for the SLOs.
-    let mut broken: Vec<_> = faults.events.values().filter(|e| e.status == "failed" || e.status == "revert_failed").collect();
+    let mut broken: Vec<_> = faults.events.values().filter(|e| matches!(e.fault_status(), FaultStatus::Failed | FaultStatus::RevertFailed)).collect();
     broken.sort_by(|a, b| a.scheduled_unix_nanos.cmp(&b.scheduled_unix_nanos).then(a.agent_id.cmp(&b.agent_id)));
     for e in &broken {
-        reasons.push(format!("fault {} on {} {}: {}", e.fault, e.agent_id, e.status.replace('_', " "), e.error));
+        reasons.push(format!("fault {} on {} {}: {}", e.fault, e.agent_id, e.fault_status().name().replace('_', " "), e.error));
     }
     let saturated = saturated_phases(plan, stats);
     for p in &saturated {

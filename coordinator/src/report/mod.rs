@@ -140,7 +140,8 @@ pub struct FaultReport {
     pub reverted_at: Option<String>,
     /// applied | reverted | reverted_at_startup (the agent process died and
     /// its successor reverted it from the journal; `reverted_at` is when) |
-    /// failed | revert_failed | dry_run
+    /// failed | revert_failed | dry_run | skipped (not injected: the steady
+    /// state did not hold at its start); `FaultStatus::name`
     pub status: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
@@ -184,7 +185,7 @@ fn fault_reports(plan: &Plan, log: &FaultLog, start_unix_nanos: i64) -> Vec<Faul
             offset_s: (e.scheduled_unix_nanos - start_unix_nanos) as f64 / 1e9,
             applied_at: rfc3339_nanos(e.applied_unix_nanos),
             reverted_at: rfc3339_nanos(e.reverted_unix_nanos),
-            status: e.status.clone(),
+            status: e.fault_status().name().to_string(),
             error: e.error.clone(),
             late: e.applied_unix_nanos > 0 && e.applied_unix_nanos - e.scheduled_unix_nanos > FAULT_LATE_BOUND_NANOS,
             apply_commands: e.apply_commands.clone(),
