@@ -133,6 +133,8 @@ pub struct Aggregate {
     interval: Duration,
     /// An interval is final once every agent delivered this many intervals after it.
     final_lag: u64,
+    /// Every landed interval up to here is summarized.
+    sealed_through: Option<u64>,
 }
 
 impl Aggregate {
@@ -147,6 +149,7 @@ impl Aggregate {
             timeline: Timeline::default(),
             interval,
             final_lag,
+            sealed_through: None,
         }
     }
 
@@ -270,6 +273,15 @@ impl Aggregate {
         }
         if let Some(through) = self.final_through() {
             self.timeline.compact_through(through);
+            // An interval some agent will never send (it was lost) is
+            // summarized once final, so its histogram is not kept all run.
+            let from = self.sealed_through.map_or(0, |s| s + 1);
+            if from <= through {
+                for (_, iv) in self.landed.range_mut(from..=through) {
+                    iv.seal();
+                }
+                self.sealed_through = Some(through);
+            }
         }
         Ok(complete.then_some(seq))
     }
@@ -329,4 +341,73 @@ fn by_due_interval(s: &Snapshot) -> Result<Vec<(u64, RunStats)>, DecodeError> {
         groups.entry(st.due_seq.unwrap_or(s.seq)).or_default().push(st.clone());
     }
     groups.into_iter().map(|(due, steps)| Ok((due, decode_steps(&steps, if due == s.seq { &s.phases } else { &[] })?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use stampede_common::stats::{StepKey, StepRecord};
+    use stampede_proto::convert::encode_steps;
+
+    use super::*;
+
+    fn requests(n: u64, timeouts: u64) -> RunStats {
+        let mut r = StepRecord { requests: n, ..Default::default() };
+        r.errors[ErrorKind::Timeout as usize] = timeouts;
+        for h in [&mut r.latency, &mut r.service, &mut r.dispatch] {
+            h.saturating_record_n(1000, n);
+        }
+        let mut s = RunStats::default();
+        s.steps.insert(StepKey { phase: 0, step: 0, ok: timeouts == 0 }, r);
+        s
+    }
+
+    /// Agent `agent`'s snapshot `seq`: `own` requests due in it, and `late`
+    /// ones due in earlier intervals.
+    fn snapshot(agent: &str, seq: u64, own: &RunStats, late: &[(u64, RunStats)]) -> Snapshot {
+        let (mut steps, phases) = encode_steps(own);
+        for (due, stats) in late {
+            steps.extend(encode_steps(stats).0.into_iter().map(|s| StepStats { due_seq: Some(*due), ..s }));
+        }
+        Snapshot { agent_id: agent.into(), seq, steps, phases, in_flight: 7, ..Default::default() }
+    }
+
+    fn due_requests(agg: &Aggregate, seq: u64) -> u64 {
+        agg.interval_stats(seq).map_or(0, |s| s.steps.values().map(|r| r.requests).sum())
+    }
+
+    #[test]
+    fn late_additions_go_to_their_due_interval_which_is_final_one_timeout_later() {
+        // 1 s intervals, 2 s timeout: final 3 intervals behind every agent.
+        let agents = ["a", "b"].map(|id| (id.to_string(), BTreeMap::new()));
+        let mut agg = Aggregate::new(agents, Duration::from_secs(1), Duration::from_secs(2));
+        for seq in 0..4 {
+            // Interval 1's requests on agent a all time out, two intervals later.
+            let own = if seq == 1 { RunStats::default() } else { requests(10, 0) };
+            let late = if seq == 3 { vec![(1, requests(10, 10))] } else { Vec::new() };
+            agg.add_snapshot(&snapshot("a", seq, &own, &late)).unwrap();
+            assert_eq!(agg.final_through(), None, "b has sent nothing yet");
+        }
+        for seq in 0..4 {
+            agg.add_snapshot(&snapshot("b", seq, &requests(5, 0), &[])).unwrap();
+        }
+        assert_eq!(agg.final_through(), Some(0), "interval 0 ends 3 s before the snapshots both agents delivered");
+        assert_eq!((0..4).map(|s| due_requests(&agg, s)).collect::<Vec<_>>(), [15, 15, 15, 15]);
+        let one = agg.interval_stats(1).unwrap();
+        assert_eq!(one.summarize(|_| true).errors_by_kind[ErrorKind::Timeout as usize], 10, "the timeouts count where they were due");
+        // What landed: interval 1 saw only b's 5, interval 3 a's 20 (10 of them timeouts) and b's 5.
+        assert_eq!((agg.landed[&1].requests, agg.landed[&3].requests, agg.landed[&3].timeouts, agg.landed[&3].in_flight), (5, 25, 10, 14));
+        // Totals are the sum either way.
+        assert_eq!(agg.total.summarize(|_| true).requests, 60);
+        agg.add_snapshot(&snapshot("a", 4, &requests(10, 0), &[])).unwrap();
+        agg.add_snapshot(&snapshot("b", 4, &requests(5, 0), &[])).unwrap();
+        assert_eq!(agg.final_through(), Some(1));
+        // A gap holds finality back: a missing snapshot may carry late completions.
+        agg.add_snapshot(&snapshot("b", 6, &requests(5, 0), &[])).unwrap();
+        agg.add_snapshot(&snapshot("a", 6, &requests(5, 0), &[])).unwrap();
+        assert_eq!(agg.final_through(), Some(1));
+        agg.finished(RunFinished { agent_id: "a".into(), ..Default::default() });
+        agg.finished(RunFinished { agent_id: "b".into(), ..Default::default() });
+        assert_eq!(agg.final_through(), Some(6), "once every agent is done, everything is final");
+        assert_eq!(due_requests(&agg, 1), 15, "a final interval keeps its counts");
+    }
 }
