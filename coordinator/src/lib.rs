@@ -10,6 +10,7 @@
 //! - [`faults`]: fault preflight (selection once per node, capabilities) and the fault log.
 //! - [`load_bounds`]: refusing a share an agent cannot hold (its connection limit).
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
+//! - [`timeline`]: the run's intervals by due time, final after the timeout, compacted.
 //! - [`judge`]: every SLO rule over the totals and the timeline: fault windows, streaks, recovery.
 //! - [`verdict`]: every trust decision (incomplete, invalid, aborted, interrupted) and the verdict from the judged SLOs.
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
@@ -41,4 +42,5 @@ pub mod service;
 pub mod signals;
 pub mod split;
 pub mod store;
+pub mod timeline;
 pub mod verdict;

@@ -138,8 +138,7 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
     let incomplete = matches!(stop, Some(Stop::Interrupted(_))) || !reasons.is_empty();
     let aborted = matches!(stop, Some(Stop::Aborted { .. }));
 
-    let timeline = crate::judge::Timeline { aggregate: agg, interval: plan.interval.as_duration() };
-    let slos = evaluate_slos(plan, stats, &timeline, start_unix_nanos, &faults.windows());
+    let slos = evaluate_slos(plan, stats, agg, start_unix_nanos, &faults.windows());
     // Partial data vouches for nothing: a rule it satisfies is not a pass.
     let slos: Vec<SloResult> = if incomplete { slos.into_iter().map(not_evaluated).collect() } else { slos };
 
@@ -260,7 +259,7 @@ mod tests {
             std::path::Path::new("t.yaml"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let agg = Aggregate::new(std::iter::empty());
+        let agg = Aggregate::new(std::iter::empty(), std::time::Duration::from_secs(1), std::time::Duration::from_secs(1));
         let faults = FaultLog::default();
         let healthy = judge(&plan, &agg, &faults, None, 0);
         assert_eq!((healthy.verdict, healthy.reasons.len()), (Verdict::Pass, 0), "{:?}", healthy.reasons);

@@ -27,7 +27,6 @@ use stampede_common::slo::{Metric, Parts, Slo, Status};
 use stampede_common::stats::RunStats;
 
 pub use observe::{observe, KeyFilter};
-pub use source::Timeline;
 pub use window::Span;
 use window::Grid;
 

@@ -1,4 +1,4 @@
-//! The run's timeline as the judge reads it.
+//! The run's timeline by due interval (contract T) as the judge reads it.
 
 use std::time::Duration;
 
@@ -7,20 +7,14 @@ use stampede_common::stats::RunStats;
 use super::IntervalSource;
 use crate::aggregate::Aggregate;
 
-/// The merged aggregate's intervals on the plan's interval grid.
-pub struct Timeline<'a> {
-    pub aggregate: &'a Aggregate,
-    pub interval: Duration,
-}
-
-impl IntervalSource for Timeline<'_> {
+impl IntervalSource for Aggregate {
     fn interval(&self) -> Duration {
-        self.interval
+        Aggregate::interval(self)
     }
     fn seqs(&self) -> Vec<u64> {
-        self.aggregate.intervals.keys().copied().collect()
+        self.due_seqs()
     }
     fn stats(&self, seq: u64) -> Option<RunStats> {
-        self.aggregate.intervals.get(&seq).cloned()
+        self.interval_stats(seq)
     }
 }
