@@ -28,6 +28,29 @@ use support::{Background, Procs};
 /// 1 s start lead + the plan's phases + the drain, well under this.
 const RUN_LIMIT: Duration = Duration::from_secs(70);
 
+/// `cargo test` runs a file's tests on parallel threads; these measure
+/// timing (recovery in seconds, p99 of a pause) and would measure each other.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The verdict is `want` and the exit code follows it. `invalid` (exit 3)
+/// is accepted when the only reason is the client's own timing: on a busy
+/// 2-core machine the open-model client may start more than 1 % of its
+/// arrivals over 10 ms late, and then says so instead of judging; the
+/// rules' own statuses are asserted before this.
+fn assert_verdict(r: &Value, code: i32, want: &str, logs: &dyn Fn() -> String) {
+    let reasons = r["verdict_reasons"].as_array().cloned().unwrap_or_default();
+    if r["verdict"] == "invalid" && !reasons.is_empty() && reasons.iter().all(|x| x.as_str().is_some_and(|t| t.contains("of its schedule"))) {
+        assert_eq!(code, 3, "exit code of verdict invalid");
+        println!("note: verdict invalid (client timing on a busy machine): {}", r["verdict_reasons"]);
+        return;
+    }
+    let want_code = if want == "fail" { 1 } else { 0 };
+    assert_eq!((r["verdict"].as_str(), code), (Some(want), want_code), "{}\n{}", r["verdict_reasons"], logs());
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
@@ -85,6 +108,7 @@ fn streak_run(bad_for: &str, phase: &str) -> Option<(i32, String, Value, Paused)
 
 #[test]
 fn five_xx_for_20s_passes_a_streak_rule_of_30s() {
+    let _serial = serial();
     let Some((code, stderr, r, p)) = streak_run("20s", "23s") else { return };
     let s = slo(&r, "max_streak(status:5xx > 0) < 30s", "run");
     // The stop lands a little after 20 s, mid-interval: 20 or 21 intervals.
@@ -95,16 +119,17 @@ fn five_xx_for_20s_passes_a_streak_rule_of_30s() {
     let by = &s["decided_by"];
     assert_eq!(by["from_s"], 0.0, "{s}");
     assert!((by["to_s"].as_f64().unwrap() - streak / 1e3).abs() < 1e-6, "{s}");
-    assert_eq!((r["verdict"].as_str(), code), (Some("pass"), 0), "{}\n{stderr}\n{}", r["verdict_reasons"], p.procs.logs());
+    assert_verdict(&r, code, "pass", &|| format!("{stderr}\n{}", p.procs.logs()));
 }
 
 #[test]
 fn five_xx_for_30s_fails_a_streak_rule_of_30s_naming_it() {
+    let _serial = serial();
     let Some((code, stderr, r, p)) = streak_run("30s", "33s") else { return };
     let s = slo(&r, "max_streak(status:5xx > 0) < 30s", "run");
     assert!(observed(s) >= 30_000.0, "{s}");
     assert_eq!(s["status"], "fail", "{s}");
-    assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{stderr}\n{}", p.procs.logs());
+    assert_verdict(&r, code, "fail", &|| format!("{stderr}\n{}", p.procs.logs()));
     let junit = std::fs::read_to_string(p.procs.dir.path().join("out/junit.xml")).unwrap();
     assert!(junit.contains("max_streak(status:5xx &gt; 0) &lt; 30s") && junit.contains("<failure"), "{junit}");
 }
@@ -123,6 +148,7 @@ fn start_target(extra: &[&str]) -> Paused {
 
 #[test]
 fn during_before_and_after_judge_the_actual_pause_windows() {
+    let _serial = serial();
     if !is_root() {
         eprintln!("skipped: the agent needs root to signal the processes it pauses");
         return;
@@ -160,7 +186,7 @@ fn during_before_and_after_judge_the_actual_pause_windows() {
     // A pause loses nothing: every request was answered once it ended.
     let after = slo(&r, "error_rate < 1%", "after:freeze");
     assert_eq!((after["status"].as_str(), after["observed"].as_f64()), (Some("pass"), Some(0.0)), "{after}");
-    assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{}", logs());
+    assert_verdict(&r, code, "fail", &logs);
 }
 
 /// Removes the target a `stop` fault restarted (its pid in `pid_file`),
@@ -200,6 +226,7 @@ fn recovery_plan(p: &mut Paused, comes_back_after: Option<&str>, phase: &str, re
 
 #[test]
 fn a_target_back_7s_after_its_restart_recovers_in_7s() {
+    let _serial = serial();
     if !is_root() {
         eprintln!("skipped: the agent needs root to signal the processes it stops");
         return;
@@ -221,11 +248,12 @@ fn a_target_back_7s_after_its_restart_recovers_in_7s() {
     // Refused connections after the revert break the aftermath rule.
     let after = slo(&r, "error_rate < 1%", "after:restart");
     assert_eq!(after["status"], "fail", "{after}");
-    assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{}", logs());
+    assert_verdict(&r, code, "fail", &logs);
 }
 
 #[test]
 fn a_target_that_never_comes_back_fails_recovery_time_saying_so() {
+    let _serial = serial();
     if !is_root() {
         eprintln!("skipped: the agent needs root to signal the processes it stops");
         return;
@@ -238,5 +266,5 @@ fn a_target_that_never_comes_back_fails_recovery_time_saying_so() {
     assert_eq!(s["status"], "fail", "{s}");
     assert!(s["observed"].is_null(), "{s}");
     assert!(s["detail"].as_str().unwrap().contains("not recovered after"), "{s}");
-    assert_eq!((r["verdict"].as_str(), code), (Some("fail"), 1), "{stderr}\n{}", p.procs.logs());
+    assert_verdict(&r, code, "fail", &|| format!("{stderr}\n{}", p.procs.logs()));
 }
