@@ -18,6 +18,12 @@ fn check_names(plan: &Plan) -> Vec<&str> {
     Vec::new()
 }
 
+/// Whether this build records every response's status per step (contract
+/// S, `StepRecord.statuses`). Until it does, a `status:` metric could only
+/// ever observe zero, so a rule on one is refused rather than passed.
+/// Set to true at merge, with the judge's `observe.rs::statuses`.
+const STATUSES_RECORDED: bool = false;
+
 /// The plan's probe names (contract P, `Plan.probes`).
 pub fn probe_names(plan: &Plan) -> Vec<&str> {
     // Until the probes model lands, a plan has none: swap for
@@ -80,6 +86,9 @@ fn check_scope(plan: &Plan, slo: &Slo) -> Result<(), (&'static str, String)> {
 fn check_metric(plan: &Plan, metric: &Metric) -> Result<(), String> {
     match metric {
         Metric::Check(name) if !check_names(plan).contains(&name.as_str()) => Err(format!("there is no check `{name}`")),
+        Metric::Status(_) | Metric::StatusCount(_) if !STATUSES_RECORDED => Err(format!(
+            "`{metric}` needs per-status response counts, which this build does not record yet; use `error_rate` (5xx answers count as errors unless a step's `expect` accepts them)"
+        )),
         Metric::MaxStreak(c) => {
             check_metric(plan, &c.metric)?;
             c.check_unit()

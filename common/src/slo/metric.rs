@@ -213,6 +213,15 @@ mod tests {
     }
 
     #[test]
+    fn count_thresholds_print_back_as_written() {
+        let t = Threshold::try_from("< 10".to_string()).unwrap();
+        assert_eq!((t.unit(), t.value), (Unit::Count, 10.0));
+        assert_eq!(Threshold::try_from(String::from(t.clone())).unwrap(), t);
+        assert!(t.check_unit(&"status_count:5xx".parse().unwrap()).is_ok());
+        assert!(t.check_unit(&Metric::ErrorRate).unwrap_err().contains("has no unit"));
+    }
+
+    #[test]
     fn streak_conditions_take_zero_in_any_unit_and_otherwise_the_metrics() {
         let Metric::MaxStreak(c) = "max_streak(status:5xx > 0)".parse::<Metric>().unwrap() else { panic!() };
         assert!(c.check_unit().is_ok());

@@ -524,11 +524,20 @@ pub const CASES: &[Case] = &[
         message: "there is no check `says-ok`",
     },
     Case {
-        name: "status count with a percentage",
-        edits: &[("metric: error_rate", "metric: status_count:5xx")],
+        name: "rate in a duration",
+        edits: &[("metric: error_rate", "metric: timeout_rate"), ("pass: \"< 1%\"", "pass: \"< 10ms\"")],
         path: "slos[1].pass",
         line: Some(40),
-        message: "`< 1%` does not fit metric `status_count:5xx`, which takes a number",
+        message: "`< 10ms` does not fit metric `timeout_rate`, which takes a percentage",
+    },
+    Case {
+        // Until per-status counts are recorded (contract S), a status rule
+        // could only observe zero: refused, not passed.
+        name: "status metric without per-status counts",
+        edits: &[("metric: error_rate", "metric: status:5xx")],
+        path: "slos[1].metric",
+        line: Some(38),
+        message: "`status:5xx` needs per-status response counts",
     },
     Case {
         name: "status class that does not exist",
