@@ -180,7 +180,9 @@ fn windowed(plan: &Plan, source: &dyn IntervalSource, grid: &Grid, slo: &Slo, pa
     Judged {
         observed: observe(plan, &slo.metric, &merged, &KeyFilter::new(plan, parts), seconds),
         window: Some(covered.window),
-        decided_by: grid.span_of(&present),
+        // A span only when it says exactly which intervals were merged:
+        // `outside:faults` has holes where the faults were.
+        decided_by: grid.span_of(&present).filter(|_| present.windows(2).all(|w| w[1] == w[0] + 1)),
         detail: None,
     }
 }

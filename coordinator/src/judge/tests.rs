@@ -143,6 +143,8 @@ fn outside_faults_leaves_out_every_interval_a_fault_touched() {
     let r = judge("  - { metric: error_rate, scope: outside:faults, pass: \"< 0.1%\" }\n", &source, &window(10.2, Some(14.8)));
     assert_eq!(r[0].status, Status::Pass, "{:?}", r[0]);
     assert_eq!(r[0].observed, Some(0.0));
+    // Intervals 0–9 and 15–29: no one span says that.
+    assert_eq!(r[0].decided_by, None);
     // A fault that never reverted takes the rest of the run with it.
     let r = judge("  - { metric: error_rate, scope: outside:faults, pass: \"< 0.1%\" }\n", &source, &window(10.2, None));
     assert_eq!(r[0].decided_by, span(0.0, 10.0));
