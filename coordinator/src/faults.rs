@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use stampede_common::plan::{FaultKind, Plan};
-use stampede_proto::v1::{FaultEvent, RecoveredFault};
+use stampede_proto::v1::{FaultEvent, FaultStatus, RecoveredFault};
 
 use crate::fleet::AgentEntry;
 
@@ -138,6 +138,21 @@ impl FaultLog {
         self.events.insert((ev.agent_id.clone(), ev.fault.clone()), ev);
     }
 
+    /// Each fault's actual window on each agent that applied it, for the
+    /// judge (`during:`, `after:`, `recovery_time`): a fault never applied
+    /// has none, one never reverted is open-ended.
+    pub fn windows(&self) -> Vec<crate::judge::FaultWindow> {
+        self.events
+            .values()
+            .filter(|e| e.applied_unix_nanos > 0)
+            .map(|e| crate::judge::FaultWindow {
+                fault: e.fault.clone(),
+                applied_unix_nanos: e.applied_unix_nanos,
+                reverted_unix_nanos: (e.reverted_unix_nanos > 0).then_some(e.reverted_unix_nanos),
+            })
+            .collect()
+    }
+
     /// A restarted agent on the node of `on_node`'s agents reverted `f` at
     /// start-up (`reverted_nanos`, our clock): the entry of the agent that
     /// applied it says so — `reverted_at_startup`, or `revert_failed` — rather
@@ -145,11 +160,12 @@ impl FaultLog {
     /// (the process died before its event arrived), the run's agent on that
     /// node gets one (`agent_id`, the reporting agent, if none).
     pub fn recovered(&mut self, on_node: &[String], agent_id: &str, f: &RecoveredFault, reverted_nanos: i64) {
-        let (status, error) = if f.error.is_empty() { ("reverted_at_startup", String::new()) } else { ("revert_failed", format!("start-up recovery could not revert it: {}", f.error)) };
+        let (status, error) =
+            if f.error.is_empty() { (FaultStatus::RevertedAtStartup, String::new()) } else { (FaultStatus::RevertFailed, format!("start-up recovery could not revert it: {}", f.error)) };
         let mut hit = false;
         for ((agent, fault), ev) in self.events.iter_mut() {
-            if fault == &f.fault && on_node.contains(agent) && ev.status != "reverted" {
-                ev.status = status.into();
+            if fault == &f.fault && on_node.contains(agent) && ev.fault_status() != FaultStatus::Reverted {
+                ev.set_fault_status(status);
                 ev.reverted_unix_nanos = if f.error.is_empty() { reverted_nanos } else { 0 };
                 ev.error = error.clone();
                 hit = true;
@@ -161,7 +177,7 @@ impl FaultLog {
                 agent_id: on_node.first().map_or(agent_id, String::as_str).to_string(),
                 fault: f.fault.clone(),
                 kind: f.kind.clone(),
-                status: status.into(),
+                fault_status: status as i32,
                 reverted_unix_nanos: if f.error.is_empty() { reverted_nanos } else { 0 },
                 error,
                 ..Default::default()

@@ -4,12 +4,15 @@
 //! - [`cli`]: flags → validated values → library calls; the exit-code contract.
 //! - [`fleet`]: connected agents and the route of run messages to the run in progress.
 //! - [`service`]: the gRPC `AgentService` agents dial (one session each).
-//! - [`orchestrate`]: one run: wait for agents, split, assign, collect, report.
+//! - [`orchestrate`]: one run: wait for agents, split, assign, then drive its [`run`].
+//! - [`run`]: the run in progress as a state machine, one method per event.
 //! - [`split`]: splitting rate and concurrency by capacity.
 //! - [`faults`]: fault preflight (selection once per node, capabilities) and the fault log.
 //! - [`load_bounds`]: refusing a share an agent cannot hold (its connection limit).
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
-//! - [`verdict`]: SLO evaluation per scope and the verdict (trust first).
+//! - [`timeline`]: the run's intervals by due time, final after the timeout, compacted.
+//! - [`judge`]: every SLO rule over the totals and the timeline: fault windows, streaks, recovery.
+//! - [`verdict`]: every trust decision (incomplete, invalid, aborted, interrupted) and the verdict from the judged SLOs.
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
 //! - [`local`]: in-process agents and built-in target for `--local-agents`.
 //! - [`control`] / [`remote`]: the standing coordinator's submit API and its client.
@@ -27,14 +30,17 @@ pub mod cli;
 pub mod control;
 pub mod faults;
 pub mod fleet;
+pub mod judge;
 pub mod load_bounds;
 pub mod local;
 pub mod orchestrate;
 pub mod remote;
 pub mod report;
+pub mod run;
 pub mod server;
 pub mod service;
 pub mod signals;
 pub mod split;
 pub mod store;
+pub mod timeline;
 pub mod verdict;

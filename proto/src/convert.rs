@@ -4,7 +4,25 @@
 use stampede_common::histogram::{self, CodecError};
 use stampede_common::stats::{CheckCount, ErrorKind, RunStats, ScheduleStats, StepKey, StepRecord};
 
-use crate::v1::{CheckTally, ErrorCount, Outcome, PhaseSchedule, StatusCount, StepStats};
+use crate::v1::{CheckTally, ErrorCount, FaultStatus, Outcome, PhaseSchedule, StatusCount, StepStats};
+
+impl FaultStatus {
+    /// The status as report.json and the progress lines spell it:
+    /// lowercase, without the enum's prefix (`revert_failed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultStatus::Unspecified => "unspecified",
+            FaultStatus::Planned => "planned",
+            FaultStatus::Applied => "applied",
+            FaultStatus::Reverted => "reverted",
+            FaultStatus::Failed => "failed",
+            FaultStatus::RevertFailed => "revert_failed",
+            FaultStatus::DryRun => "dry_run",
+            FaultStatus::RevertedAtStartup => "reverted_at_startup",
+            FaultStatus::Skipped => "skipped",
+        }
+    }
+}
 
 /// A wall-clock instant as the wire carries it: unix nanoseconds (0 for an
 /// instant before the epoch).
@@ -41,6 +59,7 @@ pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
                 .filter(|(_, c)| c.passed > 0 || c.failed > 0)
                 .map(|(i, c)| CheckTally { check: *i, passed: c.passed, failed: c.failed })
                 .collect(),
+            due_seq: None,
         })
         .collect();
     let phases = stats

@@ -9,6 +9,7 @@ mod limits;
 mod lines;
 mod load;
 mod model;
+mod slo_rules;
 mod validate;
 
 pub use check::*;
@@ -17,4 +18,5 @@ pub use fault::*;
 pub use limits::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_NODES, MAX_PLAN_BYTES};
 pub use load::{load_file, load_str, Format};
 pub use model::*;
+pub use slo_rules::{outside_fault_rules, probe_names};
 pub use validate::validate;

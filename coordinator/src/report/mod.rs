@@ -16,7 +16,7 @@ use stampede_common::stats::{CheckCount, ErrorKind, RunStats, ScheduleStats, Ste
 
 use crate::aggregate::Aggregate;
 use crate::faults::FaultLog;
-use crate::verdict::{self, SloResult, Verdict};
+use crate::verdict::{self, SloResult, Stop, Verdict};
 
 pub use html::html;
 pub use junit::junit_xml;
@@ -32,7 +32,8 @@ fn escape_markup(s: &str) -> String {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub verdict: Verdict,
-    /// Why the verdict is `invalid` or `incomplete`; empty otherwise.
+    /// Why the verdict is `invalid` or `incomplete`, or why a run aborted by a
+    /// guardrail failed (`aborted by <rule>`); empty otherwise.
     pub verdict_reasons: Vec<String>,
     pub run_id: String,
     pub plan: Plan,
@@ -149,7 +150,8 @@ pub struct FaultReport {
     pub reverted_at: Option<String>,
     /// applied | reverted | reverted_at_startup (the agent process died and
     /// its successor reverted it from the journal; `reverted_at` is when) |
-    /// failed | revert_failed | dry_run
+    /// failed | revert_failed | dry_run | skipped (not injected: the steady
+    /// state did not hold at its start); `FaultStatus::name`
     pub status: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
@@ -193,7 +195,7 @@ fn fault_reports(plan: &Plan, log: &FaultLog, start_unix_nanos: i64) -> Vec<Faul
             offset_s: (e.scheduled_unix_nanos - start_unix_nanos) as f64 / 1e9,
             applied_at: rfc3339_nanos(e.applied_unix_nanos),
             reverted_at: rfc3339_nanos(e.reverted_unix_nanos),
-            status: e.status.clone(),
+            status: e.fault_status().name().to_string(),
             error: e.error.clone(),
             late: e.applied_unix_nanos > 0 && e.applied_unix_nanos - e.scheduled_unix_nanos > FAULT_LATE_BOUND_NANOS,
             apply_commands: e.apply_commands.clone(),
@@ -212,17 +214,46 @@ fn fault_reports(plan: &Plan, log: &FaultLog, start_unix_nanos: i64) -> Vec<Faul
     out
 }
 
+/// One interval of the run's timeline: the requests *due* in it (open
+/// model: intended start; closed: send), wherever they finished — a request
+/// that timed out after a 2 s stall counts in the stall's interval.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelinePoint {
     /// Start of the interval, seconds since the run's common start.
     pub t_s: f64,
     pub requests: u64,
     pub errors: u64,
+    /// Requests that timed out (part of `errors`).
+    pub timeouts: u64,
     pub p99_ms: Option<f64>,
     /// Request and response bytes on the wire (HTTP head and body): a rate
     /// cap shows here, interval by interval.
     pub bytes_sent: u64,
     pub bytes_received: u64,
+}
+
+/// The load's due-interval series (probes, recorded beyond the plan's
+/// phases, are not load), with final values: the report is built once
+/// every agent is done.
+fn timeline_points(plan: &Plan, agg: &Aggregate) -> Vec<TimelinePoint> {
+    let load = |k: &stampede_common::stats::StepKey| (k.phase as usize) < plan.phases.len();
+    agg.due_seqs()
+        .into_iter()
+        .filter_map(|seq| Some((seq, agg.interval_stats(seq)?)))
+        .map(|(seq, stats)| {
+            let s = stats.summarize(load);
+            let records = || stats.steps.iter().filter(|(k, _)| load(k)).map(|(_, r)| r);
+            TimelinePoint {
+                t_s: seq as f64 * plan.interval.as_duration().as_secs_f64(),
+                requests: s.requests,
+                errors: s.errors,
+                timeouts: s.errors_by_kind[ErrorKind::Timeout as usize],
+                p99_ms: s.latency_ms(0.99),
+                bytes_sent: records().map(|r| r.bytes_sent).sum(),
+                bytes_received: records().map(|r| r.bytes_received).sum(),
+            }
+        })
+        .collect()
 }
 
 fn percentiles(s: &Summary, service: bool) -> Percentiles {
@@ -281,97 +312,35 @@ pub struct RunFacts<'a> {
     pub aggregate: &'a Aggregate,
     /// First request per agent, unix nanoseconds in the coordinator's clock.
     pub first_requests: &'a BTreeMap<String, i64>,
-    /// Reasons the numbers are incomplete beyond per-agent losses (e.g. an operator abort).
-    pub extra_incomplete: Vec<String>,
+    /// Why the run was stopped before its end, if it was.
+    pub stop: Option<&'a Stop>,
     pub faults: &'a FaultLog,
     /// A dry run measured nothing; its report only lists the faults' commands.
     pub dry_run: bool,
-}
-
-/// Interval numbers as ranges: `0-3, 7, 9-12`.
-fn intervals_text(seqs: &[u64]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < seqs.len() {
-        let mut j = i;
-        while j + 1 < seqs.len() && seqs[j + 1] == seqs[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j { seqs[i].to_string() } else { format!("{}-{}", seqs[i], seqs[j]) });
-        i = j + 1;
-    }
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(", ")
-    }
 }
 
 pub fn build(f: RunFacts<'_>) -> Report {
     let plan = f.plan;
     let stats: &RunStats = &f.aggregate.total;
     let all = stats.summarize(|_| true);
-    let slos = verdict::evaluate_slos(plan, stats);
-
-    let mut reasons = f.extra_incomplete;
+    let judgment = verdict::judge(plan, f.aggregate, f.faults, f.stop, f.start_unix_nanos);
     let run_last = f.aggregate.run_last_seq();
     let agents: Vec<AgentReport> = f
         .aggregate
         .agents
         .iter()
-        .map(|(id, a)| {
-            let complete = a.complete();
-            let missing = a.missing(run_last);
-            if !complete {
-                let why = match (&a.lost, &a.finished) {
-                    (Some(l), _) if a.refused => format!("agent {id} was refused and cut off: {l}"),
-                    (Some(l), _) if missing.is_empty() => format!("agent {id} was lost: {l}"),
-                    (Some(l), _) => format!("agent {id} was lost: {l}; intervals missing: {}", intervals_text(&missing)),
-                    (None, Some(fin)) if !fin.error.is_empty() => format!("agent {id} failed: {}", fin.error),
-                    (None, Some(fin)) if fin.evicted > 0 => {
-                        format!("agent {id}'s resend buffer overflowed while it could not reach the coordinator: {} message(s) dropped", fin.evicted)
-                    }
-                    (None, Some(fin)) if fin.requests != a.requests => {
-                        format!("agent {id} counted {} requests but {} reached the coordinator", fin.requests, a.requests)
-                    }
-                    _ => format!("agent {id} did not deliver every interval (missing: {})", intervals_text(&missing)),
-                };
-                reasons.push(why);
-            }
-            AgentReport {
-                id: id.clone(),
-                labels: a.labels.clone(),
-                requests: a.requests,
-                errors: a.errors,
-                start_skew_ms: f.first_requests.get(id).map(|t| (t - f.start_unix_nanos) as f64 / 1e6),
-                complete,
-                lost: a.lost.clone(),
-                missing_intervals: missing,
-            }
+        .map(|(id, a)| AgentReport {
+            id: id.clone(),
+            labels: a.labels.clone(),
+            requests: a.requests,
+            errors: a.errors,
+            start_skew_ms: f.first_requests.get(id).map(|t| (t - f.start_unix_nanos) as f64 / 1e6),
+            complete: a.complete(),
+            lost: a.lost.clone(),
+            missing_intervals: a.missing(run_last),
         })
         .collect();
-    let incomplete = !reasons.is_empty();
-    // Partial data vouches for nothing: a rule it satisfies is not a pass.
-    let slos: Vec<SloResult> = if incomplete { slos.into_iter().map(verdict::not_evaluated).collect() } else { slos };
     let faults = fault_reports(plan, f.faults, f.start_unix_nanos);
-    let saturated = verdict::saturated_phases(plan, stats);
-    // A fault that did not happen, or did not go away, means the run did not
-    // test what the plan describes: its numbers cannot vouch for the SLOs.
-    let broken_faults: Vec<&FaultReport> = faults.iter().filter(|fr| fr.status == "failed" || fr.status == "revert_failed").collect();
-    for fr in &broken_faults {
-        reasons.push(format!("fault {} on {} {}: {}", fr.name, fr.agent, fr.status.replace('_', " "), fr.error));
-    }
-    for p in &saturated {
-        let sch = plan.phase_index(p).and_then(|i| stats.schedule.get(&(i as u32))).cloned().unwrap_or_default();
-        reasons.push(format!(
-            "phase {p}: the client missed more than {}% of its schedule ({} of {} arrivals dropped because max_in_flight requests were already waiting, {} started late); it measured itself, not the server",
-            stampede_common::stats::SATURATION_LIMIT * 100.0,
-            sch.dropped,
-            sch.scheduled,
-            sch.late,
-        ));
-    }
-    let verdict = verdict::decide(incomplete, !saturated.is_empty() || !broken_faults.is_empty(), &slos);
 
     let phases = plan
         .phases
@@ -430,23 +399,11 @@ pub fn build(f: RunFacts<'_>) -> Report {
             }
         })
         .collect();
-    let timeline = f
-        .aggregate
-        .timeline
-        .iter()
-        .map(|(seq, iv)| TimelinePoint {
-            t_s: *seq as f64 * plan.interval.as_duration().as_secs_f64(),
-            requests: iv.requests,
-            errors: iv.errors,
-            p99_ms: iv.p99_ms,
-            bytes_sent: iv.bytes_sent,
-            bytes_received: iv.bytes_received,
-        })
-        .collect();
+    let timeline = timeline_points(plan, f.aggregate);
     let planned_s = plan.duration().as_secs_f64();
     Report {
-        verdict,
-        verdict_reasons: reasons,
+        verdict: judgment.verdict,
+        verdict_reasons: judgment.reasons,
         run_id: f.run_id.to_string(),
         plan: plan.clone(),
         started_at: humantime::format_rfc3339_millis(f.started_at).to_string(),
@@ -466,7 +423,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
         service_ms: percentiles(&all, true),
         phases,
         steps,
-        slos,
+        slos: judgment.slos,
         faults,
         timeline,
         checks: checks(&check_names, stats, |k| (k.phase as usize) < plan.phases.len()),
