@@ -2,7 +2,8 @@
 //! agent against the built-in target: a JSON field, a header and a body
 //! regex on `/health`, passing against a healthy target and failing (kind
 //! `check`, counted under each check's name) against one whose `/health`
-//! says `{"ok": false}` (a status window); statuses counted in report.json.
+//! says `{"ok": false}` (a status window); statuses counted in report.json;
+//! `check:NAME` and `status:5xx` SLOs judged from those counts.
 
 use std::process::Command;
 
@@ -40,12 +41,21 @@ steps:
       - {{ name: has-queue, body_matches: '"max": \d+' }}
 slos:
   - {{ metric: error_rate, scope: run, pass: "< 1%" }}
+  - {{ metric: "check:says-ok", scope: run, pass: "> 99%" }}
+  - {{ metric: "status:5xx", scope: step:health, pass: "< 1%" }}
 "#
     )
 }
 
 fn count(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
+}
+
+/// The status of the SLO on `metric`.
+fn slo(r: &Value, metric: &str) -> String {
+    let slos = r["slos"].as_array().expect("slos");
+    let s = slos.iter().find(|s| s["metric"] == metric).unwrap_or_else(|| panic!("no slo on {metric}: {slos:?}"));
+    s["status"].as_str().unwrap_or_default().to_string()
 }
 
 #[test]
@@ -61,6 +71,7 @@ fn json_header_and_body_checks_pass_against_a_healthy_target() {
     assert_eq!(count(&r["totals"]["statuses"]["200"]), requests);
     assert_eq!(count(&r["phases"][0]["statuses"]["200"]), requests);
     assert_eq!(count(&r["steps"][0]["statuses"]["200"]), requests);
+    assert_eq!((slo(&r, "check:says-ok"), slo(&r, "status:5xx")), ("pass".into(), "pass".into()));
 }
 
 #[test]
@@ -79,4 +90,6 @@ fn a_target_whose_health_says_not_ok_fails_the_json_and_body_checks_as_kind_chec
     assert_eq!(count(&r["totals"]["statuses"]["503"]), requests);
     assert!(r["totals"]["statuses"].get("200").is_none());
     assert_eq!((code, r["verdict"].as_str()), (1, Some("fail")));
+    // The check's pass rate and the 5xx rate are judged from these counts.
+    assert_eq!((slo(&r, "check:says-ok"), slo(&r, "status:5xx")), ("fail".into(), "fail".into()));
 }
