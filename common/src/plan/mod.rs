@@ -8,6 +8,7 @@ mod limits;
 mod lines;
 mod load;
 mod model;
+mod probe;
 mod validate;
 
 pub use error::{printable, PlanError};
@@ -15,4 +16,5 @@ pub use fault::*;
 pub use limits::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_NODES, MAX_PLAN_BYTES};
 pub use load::{load_file, load_str, Format};
 pub use model::*;
+pub use probe::*;
 pub use validate::validate;

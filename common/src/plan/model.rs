@@ -36,6 +36,12 @@ pub struct Plan {
     /// Faults injected by the agents on the run's timeline (see `fault.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<super::Fault>,
+    /// Requests on a fixed cadence beside the load (see `probe.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<super::Probe>,
+    /// What must hold before any load or fault, and after the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_state: Option<super::SteadyState>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
