@@ -38,5 +38,6 @@ pub mod server;
 pub mod service;
 pub mod signals;
 pub mod split;
+pub mod steady;
 pub mod store;
 pub mod verdict;

@@ -67,7 +67,11 @@ type KeyFilter = Box<dyn Fn(&StepKey) -> bool>;
 /// Which records a scope covers, and how long it lasted (for throughput).
 fn scope_filter(plan: &Plan, scope: &Scope) -> (KeyFilter, f64) {
     match scope {
-        Scope::Run => (Box::new(|_| true), plan.duration().as_secs_f64()),
+        // Load only: probe records (contract P) are their own series.
+        Scope::Run => {
+            let probes = plan.probe_phase();
+            (Box::new(move |k| k.phase < probes), plan.duration().as_secs_f64())
+        }
         Scope::Phase(name) => {
             let i = plan.phase_index(name).expect("validated") as u32;
             (Box::new(move |k| k.phase == i), plan.phases[i as usize].duration.as_duration().as_secs_f64())
@@ -199,6 +203,17 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
     }
     let verdict = if aborted { Verdict::Fail } else { decide(incomplete, !saturated.is_empty() || !broken.is_empty(), &slos) };
     Judgment { verdict, reasons, slos }
+}
+
+/// The plan's steady state did not hold after the run (`why` names the
+/// probe): a drill that leaves its service unwell failed, whatever its SLOs
+/// say. Missing or untrustworthy numbers still say so first (incomplete,
+/// invalid); the reason is given either way.
+pub fn steady_state_broken(j: &mut Judgment, why: &str) {
+    j.reasons.push(format!("steady state did not hold after the run: {why}"));
+    if matches!(j.verdict, Verdict::Pass | Verdict::Warn) {
+        j.verdict = Verdict::Fail;
+    }
 }
 
 /// Why one agent's numbers are incomplete, if they are. `missing` is the
