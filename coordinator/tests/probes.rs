@@ -1,0 +1,86 @@
+//! Probes (issue 9, section 3; docs/plan.md "Probes"): requests on a fixed
+//! cadence beside the load, recorded as their own series — in report.json's
+//! `probes`, never in the run's totals, phases or steps — through the real
+//! binary with local agents against the built-in target on a port of its own.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::stampede;
+
+/// `stampede run` of `plan` with `agents` local agents; exit code, stderr, report.
+fn run(plan: &str, agents: usize) -> (i32, String, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plan.yaml");
+    std::fs::write(&file, plan).unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(stampede()).arg("run").arg(&file).args(["--local-agents", &agents.to_string(), "--out"]).arg(&out).output().expect("stampede runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let text = std::fs::read_to_string(out.join("report.json")).unwrap_or_else(|e| panic!("no report ({e}); stderr:\n{stderr}"));
+    (output.status.code().unwrap_or(-1), stderr, serde_json::from_str(&text).unwrap())
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+#[test]
+fn a_probe_every_second_is_its_own_series_and_stays_out_of_the_run_totals() {
+    // Two probes on the first agent: `health` accepts the target's 200,
+    // `strict` only a 204 the target never sends, so every one of its
+    // requests fails — and neither may touch the load's numbers.
+    let plan = r#"
+name: probes
+target: http://127.0.0.1:0
+builtin_target: {}
+interval: 1s
+timeout: 1s
+phases:
+  - { name: steady, duration: 5s, load: { model: open, rate: 20/s } }
+steps:
+  - { name: get, request: { path: /items/1 } }
+probes:
+  - { name: health, every: 1s, request: { path: /health } }
+  - { name: strict, every: 1s, request: { path: /health }, expect: { status: "204" } }
+slos:
+  - { metric: error_rate, scope: run, pass: "< 1%" }
+"#;
+    let (code, stderr, r) = run(plan, 2);
+    assert_eq!(code, 0, "a failing probe must not fail the load's SLO; stderr:\n{stderr}\n{r:#}");
+    let probes = r["probes"].as_array().unwrap_or_else(|| panic!("no probes section: {r:#}"));
+    assert_eq!(probes.len(), 2);
+    let (health, strict) = (&probes[0], &probes[1]);
+    assert_eq!(health["name"], "health");
+    // From the assignment (about 1 s before the start) to the end at 5 s:
+    // about 6 requests, from one agent only (`agents: 1`, the default).
+    let sent = n(&health["requests"]);
+    assert!((5..=7).contains(&sent), "health sent {sent} requests in a 5 s run at 1/s: {health:#}");
+    assert_eq!(n(&health["errors"]), 0, "{health:#}");
+    assert!(health["latency_ms"]["p50"].as_f64().is_some_and(|v| v > 0.0), "{health:#}");
+    assert_eq!(n(&strict["errors"]), n(&strict["requests"]), "every request of a probe that accepts only 204 fails: {strict:#}");
+    assert!(n(&strict["errors_by_kind"]["http_other"]) > 0, "{strict:#}");
+
+    // The load's totals are the phase's and the step's, not a request more.
+    let totals = n(&r["totals"]["requests"]);
+    assert_eq!(totals, n(&r["phases"][0]["requests"]));
+    assert_eq!(totals, n(&r["steps"][0]["requests"]));
+    assert_eq!(n(&r["totals"]["errors"]), 0, "the failing probe's errors leaked into the totals: {:#}", r["totals"]);
+    assert!((95..=105).contains(&totals), "20/s for 5 s: {totals}");
+    // The probes did travel in the agents' snapshots: the agents counted them.
+    let agents: u64 = r["agents"].as_array().unwrap().iter().map(|a| n(&a["requests"])).sum();
+    assert_eq!(agents, totals + sent + n(&strict["requests"]));
+}
+
+#[test]
+fn a_plan_whose_steady_state_names_no_probe_is_refused_naming_the_line() {
+    let plan = "name: p\ntarget: http://127.0.0.1:9\nphases:\n  - { name: a, duration: 1s, load: { model: open, rate: 1/s } }\nsteps:\n  - { name: s }\nprobes:\n  - { name: health, every: 1s }\nsteady_state:\n  probes: [helth]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plan.yaml");
+    std::fs::write(&file, plan).unwrap();
+    let output = Command::new(stampede()).arg("run").arg(&file).args(["--local-agents", "1"]).output().expect("stampede runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("plan.yaml:10: steady_state.probes[0]: there is no probe `helth`"), "{stderr}");
+}
