@@ -110,6 +110,9 @@ pub struct Aggregate {
     pub agents: BTreeMap<String, AgentProgress>,
     pub total: RunStats,
     pub timeline: BTreeMap<u64, IntervalAgg>,
+    /// Records of this phase index and beyond are probes (contract P): in
+    /// the totals and the agents' counts, not in the load's timeline.
+    pub probe_phase: u32,
 }
 
 impl Aggregate {
@@ -118,6 +121,7 @@ impl Aggregate {
             agents: agents.into_iter().map(|(id, labels)| (id, AgentProgress { labels, ..Default::default() })).collect(),
             total: RunStats::default(),
             timeline: BTreeMap::new(),
+            probe_phase: u32::MAX,
         }
     }
 
@@ -143,11 +147,16 @@ impl Aggregate {
         let stats = decode_steps(&s.steps, &s.phases).map_err(|source| SnapshotError::Decode { seq, source })?;
         let overflow = |what: &'static str| SnapshotError::Overflow { seq, what };
         let mut sums = Sums::default();
+        let mut load = Sums::default();
         let mut ok_latency = histogram::new_hist();
         for (k, r) in &stats.steps {
             let errors = r.errors.iter().try_fold(0u64, |a, n| a.checked_add(*n)).ok_or_else(|| overflow("errors"))?;
             let one = Sums { requests: r.requests, errors, sent: r.bytes_sent, received: r.bytes_received };
             sums = sums.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
+            if k.phase >= self.probe_phase {
+                continue;
+            }
+            load = load.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
             if k.ok {
                 // decode_steps built every histogram in our shape: adding fits.
                 histogram::add(&mut ok_latency, &r.latency).map_err(|e| SnapshotError::Decode { seq, source: e.into() })?;
@@ -157,8 +166,8 @@ impl Aggregate {
         let mine = Sums { requests: agent.requests, errors: agent.errors, ..Sums::default() };
         let agent_after = mine.checked_add(&sums).ok_or_else(|| overflow("agent"))?;
         let interval_after = match self.timeline.get(&seq) {
-            Some(iv) => Sums { requests: iv.requests, errors: iv.errors, sent: iv.bytes_sent, received: iv.bytes_received }.checked_add(&sums).ok_or_else(|| overflow("interval"))?,
-            None => sums,
+            Some(iv) => Sums { requests: iv.requests, errors: iv.errors, sent: iv.bytes_sent, received: iv.bytes_received }.checked_add(&load).ok_or_else(|| overflow("interval"))?,
+            None => load,
         };
         self.total.checked_add(&stats).map_err(|source| SnapshotError::Merge { seq, source })?;
 

@@ -81,7 +81,8 @@ pub struct RunSetup<'a> {
 
 impl<'a> Run<'a> {
     pub fn new(s: RunSetup<'a>) -> Self {
-        let agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
+        let mut agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
+        agg.probe_phase = s.plan.probe_phase();
         let planned_end = s.start_instant + s.plan.measured_duration() + s.plan.timeout.as_duration() + END_GRACE;
         Run {
             fleet: s.fleet,

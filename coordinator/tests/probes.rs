@@ -68,6 +68,8 @@ slos:
     assert_eq!(totals, n(&r["steps"][0]["requests"]));
     assert_eq!(n(&r["totals"]["errors"]), 0, "the failing probe's errors leaked into the totals: {:#}", r["totals"]);
     assert!((95..=105).contains(&totals), "20/s for 5 s: {totals}");
+    let timeline: u64 = r["timeline"].as_array().unwrap().iter().map(|p| n(&p["requests"])).sum();
+    assert_eq!(timeline, totals, "the timeline (and live progress) counts the load only");
     // The probes did travel in the agents' snapshots: the agents counted them.
     let agents: u64 = r["agents"].as_array().unwrap().iter().map(|a| n(&a["requests"])).sum();
     assert_eq!(agents, totals + sent + n(&strict["requests"]));

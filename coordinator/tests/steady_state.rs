@@ -21,12 +21,13 @@ use serde_json::Value;
 use support::nft::{skip_reason, TableGuard};
 use support::{free_port, stampede, wait_until, Background, Procs};
 
-/// A plan against `target` with a `health` probe in its steady state, a
+/// A plan against `target` with a `health` probe in its steady state (on
+/// `/items/1`: the built-in target's `/health` ignores `--error-rate`), a
 /// `duration` phase at 10/s, and `faults` (YAML list items) appended.
 fn plan(target: &str, duration: &str, faults: &str) -> String {
     format!(
         "name: steady\ntarget: http://{target}\ntimeout: 500ms\nphases:\n  - {{ name: load, duration: {duration}, load: {{ model: open, rate: 10/s }} }}\nsteps:\n  - {{ name: get }}\n\
-         probes:\n  - {{ name: health, every: 500ms, request: {{ path: /health }} }}\nsteady_state: {{ probes: [health], within: 1s }}\n{faults}"
+         probes:\n  - {{ name: health, every: 500ms, request: {{ path: /items/1 }} }}\nsteady_state: {{ probes: [health], within: 1s }}\n{faults}"
     )
 }
 
