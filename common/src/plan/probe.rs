@@ -169,3 +169,49 @@ pub(super) fn validate_probes(plan: &Plan) -> Result<(), (String, String)> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::plan::{load_str, Format};
+
+    const BASE: &str = "name: p\ntarget: http://127.0.0.1:9\nphases:\n  - { name: a, duration: 10s, load: { model: open, rate: 1/s } }\nsteps:\n  - { name: s }\n";
+
+    fn load(extra: &str) -> Result<crate::plan::Plan, String> {
+        load_str(&format!("{BASE}{extra}"), Format::Yaml, std::path::Path::new("p.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn probes_and_a_steady_state_that_name_each_other_load() {
+        let plan = load(
+            "probes:\n  - { name: health, every: 1s, request: { path: /health } }\nsteady_state: { probes: [health] }\nfaults:\n  - { name: f, kind: cpu, at: 8s, duration: 2s, cpu: { workers: 1 }, unless_unhealthy: abort }\n",
+        )
+        .unwrap();
+        assert_eq!((plan.probe_phase(), plan.probe_step(0)), (1, 1));
+        assert_eq!(plan.steady_state.as_ref().unwrap().within.as_duration(), Duration::from_secs(10));
+        // The probe runs one `every` past the last fault's end (10 s), past the phases.
+        assert_eq!(plan.probe_end(&plan.probes[0]), Duration::from_secs(11));
+        assert_eq!(plan.measured_duration(), Duration::from_secs(11));
+    }
+
+    #[test]
+    fn bad_probes_and_steady_states_are_refused_naming_the_field() {
+        let cases = [
+            ("probes:\n  - { name: s, every: 1s }\n", "p.yaml:8: probes[0].name: `s` already names a step"),
+            ("probes:\n  - { name: h, every: 1s }\n  - { name: h, every: 2s }\n", "p.yaml:9: probes[1].name: probe `h` is defined twice"),
+            ("probes:\n  - { name: h, every: 10ms }\n", "p.yaml:8: probes[0].every: must be at least 100ms"),
+            ("probes:\n  - { name: h, every: 1s, agents: 0 }\n", "p.yaml:8: probes[0].agents: must be 1–1000"),
+            ("probes:\n  - { name: h, every: 1s, request: { path: health } }\n", "p.yaml:8: probes[0].request.path: must start with `/`"),
+            ("probes:\n  - { name: h, every: 1s }\nsteady_state: { probes: [x] }\n", "p.yaml:9: steady_state.probes[0]: there is no probe `x`"),
+            (
+                "faults:\n  - { name: f, kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1 }, unless_unhealthy: skip }\n",
+                "p.yaml:8: faults[0].unless_unhealthy: needs a `steady_state`",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = load(extra).expect_err(want);
+            assert!(e.starts_with(want), "{e}\nwanted: {want}");
+        }
+    }
+}
