@@ -104,7 +104,9 @@ async fn stream_run(
         tokio::time::timeout(budget, all).await.map_err(|_| format!("preflight on this node: the fault checks did not finish within the {budget:?} before the start"))??;
     }
     let fault_stop = cancel.child_token();
-    let fault_tasks = start_faults(&plan, a, cfg, injector, faults, start, &fault_stop, outbox);
+    // Each fault with `unless_unhealthy` gets the plan's steady state as its gate.
+    let faults = faults.into_iter().map(|f| { let gate = f.unless_unhealthy.map(|_| steady_gate(plan.clone())); (f, gate) }).collect();
+    let fault_tasks = start_faults(a, cfg, injector, faults, start, &fault_stop, outbox);
     let spec = RunSpec {
         plan: plan.clone(),
         rate_share: a.rate_share,
@@ -194,11 +196,10 @@ fn steady_gate(plan: Arc<Plan>) -> SteadyGate {
 
 /// Starts each fault's window; their updates go to the coordinator as they happen.
 fn start_faults(
-    plan: &Arc<Plan>,
     a: &Assignment,
     cfg: &AgentConfig,
     injector: Option<Arc<Injector>>,
-    faults: Vec<Fault>,
+    faults: Vec<(Fault, Option<SteadyGate>)>,
     start: SystemTime,
     stop: &CancellationToken,
     outbox: &Arc<Outbox>,
@@ -208,10 +209,9 @@ fn start_faults(
     }
     let (updates_tx, mut updates) = mpsc::unbounded_channel::<FaultUpdate>();
     let mut tasks = Vec::new();
-    for fault in faults {
+    for (fault, gate) in faults {
         match &injector {
             Some(inj) => {
-                let gate = fault.unless_unhealthy.map(|_| steady_gate(plan.clone()));
                 tasks.push(tokio::spawn(inj.clone().run_gated_window(a.run_id.clone(), fault, start, stop.clone(), updates_tx.clone(), gate)))
             }
             None => {

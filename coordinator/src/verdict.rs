@@ -309,9 +309,17 @@ mod tests {
         assert_eq!(aborted.reasons, vec!["aborted by error_rate > 20% for 10s".to_string()]);
         assert_eq!(aborted.slos[0].status, Status::NotEvaluated, "a stopped run's numbers vouch for no pass");
 
+        let mut broken = judge(&plan, &agg, &faults, None);
+        steady_state_broken(&mut broken, "health: cannot connect to 127.0.0.1:9");
+        assert_eq!(broken.verdict, Verdict::Fail, "a passing run whose steady state is gone after it fails");
+        assert_eq!(broken.reasons, vec!["steady state did not hold after the run: health: cannot connect to 127.0.0.1:9".to_string()]);
+
         let interrupted = judge(&plan, &agg, &faults, Some(&Stop::Interrupted("SIGINT".into())));
         assert_eq!(interrupted.verdict, Verdict::Incomplete);
         assert_eq!(interrupted.verdict.exit_code(), 3);
         assert_eq!(interrupted.reasons, vec!["interrupted: SIGINT; the run was stopped before its end".to_string()]);
+        let mut interrupted = interrupted;
+        steady_state_broken(&mut interrupted, "health: x");
+        assert_eq!(interrupted.verdict, Verdict::Incomplete, "missing numbers still come first");
     }
 }

@@ -55,10 +55,11 @@ pub async fn answer(req: SteadyStateRequest) -> SteadyStateReply {
         reply.error = format!("the plan of the steady-state request is invalid: {path}: {msg}");
         return reply;
     }
-    let Some(probes) = req.probes.iter().map(|&i| (i as usize) < plan.probes.len()).all(|ok| ok).then(|| req.probes.iter().map(|&i| i as usize).collect::<Vec<_>>()) else {
+    let probes: Vec<usize> = req.probes.iter().map(|&i| i as usize).collect();
+    if probes.iter().any(|&i| i >= plan.probes.len()) {
         reply.error = "the steady-state request names a probe the plan lacks".into();
         return reply;
-    };
+    }
     match try_probes(&plan, &probes).await {
         Ok(tries) => {
             reply.probes = tries.into_iter().map(|(i, a)| ProbeOutcome { probe: i as u32, ok: a.ok(), detail: a.detail, status: u32::from(a.status) }).collect();
