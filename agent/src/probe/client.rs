@@ -139,7 +139,7 @@ mod tests {
         let r = parse(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}", false).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"{\"ok\":true}"[..]));
         assert_eq!(r.headers[0], ("Content-Type".to_string(), "application/json".to_string()));
-        let r = parse(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"ok\r\n7\r\n\":false}\r\n0\r\n\r\n", false).unwrap();
+        let r = parse(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"ok\r\n8\r\n\":false}\r\n0\r\n\r\n", false).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (503, &b"{\"ok\":false}"[..]));
         let r = parse(b"HTTP/1.0 200 OK\r\n\r\nuntil close", false).unwrap();
         assert_eq!(r.body, b"until close");
