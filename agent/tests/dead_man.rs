@@ -154,7 +154,7 @@ fn the_normal_path_reverts_once_and_the_dead_man_stays_quiet() {
     rt.block_on(injector.run_window("run-1".into(), setup.fault.clone(), start, CancellationToken::new(), tx));
     let reverted_at = SystemTime::now();
     let last = std::iter::from_fn(|| rx.try_recv().ok()).last().unwrap();
-    assert_eq!(last.status.as_str(), "reverted", "{last:?}");
+    assert_eq!(last.status.name(), "reverted", "{last:?}");
     assert!(reverted_at.duration_since(start + AT + WINDOW).unwrap_or_default() < Duration::from_millis(500));
     assert_eq!(setup.pending(), 0);
     // Past the dead-man's deadline: it saw the revert and did nothing.

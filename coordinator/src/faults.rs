@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use stampede_common::plan::{FaultKind, Plan};
-use stampede_proto::v1::{FaultEvent, RecoveredFault};
+use stampede_proto::v1::{FaultEvent, FaultStatus, RecoveredFault};
 
 use crate::fleet::AgentEntry;
 
@@ -145,11 +145,12 @@ impl FaultLog {
     /// (the process died before its event arrived), the run's agent on that
     /// node gets one (`agent_id`, the reporting agent, if none).
     pub fn recovered(&mut self, on_node: &[String], agent_id: &str, f: &RecoveredFault, reverted_nanos: i64) {
-        let (status, error) = if f.error.is_empty() { ("reverted_at_startup", String::new()) } else { ("revert_failed", format!("start-up recovery could not revert it: {}", f.error)) };
+        let (status, error) =
+            if f.error.is_empty() { (FaultStatus::RevertedAtStartup, String::new()) } else { (FaultStatus::RevertFailed, format!("start-up recovery could not revert it: {}", f.error)) };
         let mut hit = false;
         for ((agent, fault), ev) in self.events.iter_mut() {
-            if fault == &f.fault && on_node.contains(agent) && ev.status != "reverted" {
-                ev.status = status.into();
+            if fault == &f.fault && on_node.contains(agent) && ev.fault_status() != FaultStatus::Reverted {
+                ev.set_fault_status(status);
                 ev.reverted_unix_nanos = if f.error.is_empty() { reverted_nanos } else { 0 };
                 ev.error = error.clone();
                 hit = true;
@@ -161,7 +162,7 @@ impl FaultLog {
                 agent_id: on_node.first().map_or(agent_id, String::as_str).to_string(),
                 fault: f.fault.clone(),
                 kind: f.kind.clone(),
-                status: status.into(),
+                fault_status: status as i32,
                 reverted_unix_nanos: if f.error.is_empty() { reverted_nanos } else { 0 },
                 error,
                 ..Default::default()

@@ -12,7 +12,7 @@ use stampede_common::plan::{Plan, UnlessUnhealthy};
 use stampede_proto::convert::unix_nanos;
 use stampede_proto::limits::{self, Refusal, RunBounds};
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{Abort, CoordinatorMessage, FaultEvent, RecoveredFault, RunFinished, Snapshot};
+use stampede_proto::v1::{Abort, CoordinatorMessage, FaultEvent, FaultStatus, RecoveredFault, RunFinished, Snapshot};
 
 use crate::aggregate::Aggregate;
 use crate::faults::FaultLog;
@@ -81,7 +81,7 @@ pub struct RunSetup<'a> {
 
 impl<'a> Run<'a> {
     pub fn new(s: RunSetup<'a>) -> Self {
-        let mut agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
+        let mut agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())), s.plan.interval.as_duration(), s.plan.timeout.as_duration());
         agg.probe_phase = s.plan.probe_phase();
         let planned_end = s.start_instant + s.plan.measured_duration() + s.plan.timeout.as_duration() + END_GRACE;
         Run {
@@ -192,7 +192,7 @@ impl<'a> Run<'a> {
                 *t = t.saturating_sub(offset);
             }
         }
-        (self.progress)(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.status, if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
+        (self.progress)(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.fault_status().name(), if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
         self.fault_log.record(ev);
     }
 
@@ -200,7 +200,7 @@ impl<'a> Run<'a> {
     /// rule that tripped, in the words of the verdict's reason.
     fn unhealthy_abort(&self, ev: &FaultEvent) -> Option<String> {
         let fault = self.plan.faults.iter().find(|f| f.name == ev.fault)?;
-        (ev.status == "skipped" && fault.unless_unhealthy == Some(UnlessUnhealthy::Abort))
+        (ev.fault_status() == FaultStatus::Skipped && fault.unless_unhealthy == Some(UnlessUnhealthy::Abort))
             .then(|| format!("unless_unhealthy of fault {}: the steady state did not hold before it ({})", ev.fault, steady_reason(&ev.error)))
     }
 
@@ -374,10 +374,12 @@ pub async fn abort_agent(fleet: &Fleet, agent_id: &str, run_id: &str, reason: &s
     let _ = tokio::time::timeout(Duration::from_secs(1), current.tx.send(Ok(msg))).await;
 }
 
+/// What happened in snapshot interval `seq` as it happened: requests that
+/// completed in it, the timeouts and errors that landed in it, and what was
+/// still in flight at its end (a stalled target shows here at once, while
+/// the due-interval timeline waits for the timeout to judge).
 fn progress_line(plan: &Plan, agg: &Aggregate, seq: u64) -> String {
-    let Some(iv) = agg.timeline.get(&seq) else {
-        return String::new();
-    };
+    let Some(iv) = agg.landed.get(&seq) else { return String::new() };
     let secs = plan.interval.as_duration().as_secs_f64();
     // Interval k starts k intervals after the common start, in every agent's clock.
     let t = seq as f64 * secs;
@@ -386,10 +388,12 @@ fn progress_line(plan: &Plan, agg: &Aggregate, seq: u64) -> String {
     let err = if iv.requests == 0 { 0.0 } else { iv.errors as f64 / iv.requests as f64 * 100.0 };
     let p99 = iv.p99_ms.map_or("-".to_string(), |v| format!("{v:.1}ms"));
     format!(
-        "[{:>5.1}s] {:<10} {:>8.0} req/s  err {:>5.2}%  p99 {:>9}  total {:>9}  agents {}/{}",
+        "[{:>5.1}s] {:<10} {:>8.0} req/s  in flight {:>6}  timeouts {:>6}  err {:>5.2}%  p99 {:>9}  total {:>9}  agents {}/{}",
         t + secs,
         phase,
         iv.requests as f64 / secs,
+        iv.in_flight,
+        iv.timeouts,
         err,
         p99,
         agg.total.steps.iter().filter(|(k, _)| k.phase < plan.probe_phase()).map(|(_, r)| r.requests).sum::<u64>(),

@@ -11,6 +11,8 @@ use stampede_common::plan::{Model, Plan};
 use stampede_common::slo::{Metric, Scope, Slo, Status};
 use stampede_common::stats::{RunStats, StepKey};
 
+use stampede_proto::v1::FaultStatus;
+
 use crate::aggregate::{AgentProgress, Aggregate};
 use crate::faults::FaultLog;
 
@@ -185,10 +187,10 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
 
     // A fault that did not happen, or did not go away, means the run did not
     // test what the plan describes: its numbers cannot vouch for the SLOs.
-    let mut broken: Vec<_> = faults.events.values().filter(|e| e.status == "failed" || e.status == "revert_failed").collect();
+    let mut broken: Vec<_> = faults.events.values().filter(|e| matches!(e.fault_status(), FaultStatus::Failed | FaultStatus::RevertFailed)).collect();
     broken.sort_by(|a, b| a.scheduled_unix_nanos.cmp(&b.scheduled_unix_nanos).then(a.agent_id.cmp(&b.agent_id)));
     for e in &broken {
-        reasons.push(format!("fault {} on {} {}: {}", e.fault, e.agent_id, e.status.replace('_', " "), e.error));
+        reasons.push(format!("fault {} on {} {}: {}", e.fault, e.agent_id, e.fault_status().name().replace('_', " "), e.error));
     }
     let saturated = saturated_phases(plan, stats);
     for p in &saturated {
@@ -298,7 +300,7 @@ mod tests {
             std::path::Path::new("t.yaml"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let agg = Aggregate::new(std::iter::empty());
+        let agg = Aggregate::new(std::iter::empty(), std::time::Duration::from_secs(1), std::time::Duration::from_secs(1));
         let faults = FaultLog::default();
         let healthy = judge(&plan, &agg, &faults, None);
         assert_eq!((healthy.verdict, healthy.reasons.len()), (Verdict::Pass, 0), "{:?}", healthy.reasons);

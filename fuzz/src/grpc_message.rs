@@ -96,7 +96,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use stampede_common::histogram;
     use stampede_common::stats::{ErrorKind, ScheduleStats};
     use stampede_proto::convert::encode_steps;
-    use stampede_proto::v1::{Capability, ClockEcho, FaultEffect, FaultEvent, Register, RunFinished};
+    use stampede_proto::v1::{Capability, ClockEcho, FaultEffect, FaultEvent, FaultStatus, Register, RunFinished};
 
     let mut stats = RunStats::default();
     let mut ok = StepRecord { requests: 40, bytes_sent: 4_800, bytes_received: 20_480, ..StepRecord::default() };
@@ -121,6 +121,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         steps,
         phases,
         last: false,
+        in_flight: 3,
     };
     let msg = |m: Up, delivery: u64| AgentMessage { msg: Some(m), delivery }.encode_to_vec();
     let forged = |f: &dyn Fn(&mut Snapshot)| {
@@ -149,7 +150,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         agent_id: "agent-a".into(),
         fault: "split".into(),
         kind: "partition".into(),
-        status: "applied".into(),
+        fault_status: FaultStatus::Applied as i32,
         scheduled_unix_nanos: at(5),
         applied_unix_nanos: at(5) + 2_000_000,
         apply_commands: vec!["nft -f -".into()],

@@ -4,7 +4,25 @@
 use stampede_common::histogram::{self, CodecError};
 use stampede_common::stats::{ErrorKind, RunStats, ScheduleStats, StepKey, StepRecord};
 
-use crate::v1::{ErrorCount, Outcome, PhaseSchedule, StepStats};
+use crate::v1::{ErrorCount, FaultStatus, Outcome, PhaseSchedule, StepStats};
+
+impl FaultStatus {
+    /// The status as report.json and the progress lines spell it:
+    /// lowercase, without the enum's prefix (`revert_failed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultStatus::Unspecified => "unspecified",
+            FaultStatus::Planned => "planned",
+            FaultStatus::Applied => "applied",
+            FaultStatus::Reverted => "reverted",
+            FaultStatus::Failed => "failed",
+            FaultStatus::RevertFailed => "revert_failed",
+            FaultStatus::DryRun => "dry_run",
+            FaultStatus::RevertedAtStartup => "reverted_at_startup",
+            FaultStatus::Skipped => "skipped",
+        }
+    }
+}
 
 /// A wall-clock instant as the wire carries it: unix nanoseconds (0 for an
 /// instant before the epoch).
@@ -32,6 +50,7 @@ pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
                 .collect(),
             bytes_sent: r.bytes_sent,
             bytes_received: r.bytes_received,
+            due_seq: None,
         })
         .collect();
     let phases = stats

@@ -40,9 +40,6 @@ pub const CLOCK_SLACK: Duration = Duration::from_secs(60);
 /// agent's workers cross a boundary or two while they stop.
 pub const SEQ_SLACK: u64 = 2;
 
-/// Fault statuses an agent reports (agent.proto, `FaultEvent.status`).
-/// `skipped`: a fault with `unless_unhealthy` whose steady state did not hold.
-pub const FAULT_STATUSES: [&str; 7] = ["planned", "applied", "reverted", "failed", "revert_failed", "dry_run", "skipped"];
 
 /// What was wrong with a message, in words that name the field and value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +77,10 @@ pub struct RunBounds {
     /// Most requests one agent can report in one interval; most bytes.
     pub max_count: u64,
     pub max_bytes: u64,
+    /// How many intervals before its own a snapshot may add late
+    /// completions to (`StepStats.due_seq`): a request lasts at most one
+    /// timeout, and its interval's snapshot may leave just before it ends.
+    pub max_late: u64,
 }
 
 impl RunBounds {
@@ -102,6 +103,7 @@ impl RunBounds {
             end_unix_nanos: start_unix_nanos.saturating_add(i64::try_from((duration + timeout).as_nanos()).unwrap_or(i64::MAX)),
             max_count: MAX_EVENTS_PER_SEC.saturating_mul(longest),
             max_bytes: MAX_BYTES_PER_SEC.saturating_mul(longest),
+            max_late: u64::try_from(timeout.as_nanos().div_ceil(interval_nanos)).unwrap_or(u64::MAX).saturating_add(SEQ_SLACK),
         }
     }
 
@@ -221,8 +223,10 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
     if s.interval_end_unix_nanos < s.interval_start_unix_nanos {
         return refuse(format!("a snapshot (seq {}) whose interval ends ({}) before it starts ({})", s.seq, s.interval_end_unix_nanos, s.interval_start_unix_nanos));
     }
-    // One entry per (phase, step, outcome) at most.
-    let max_steps = (u64::from(b.phases) * u64::from(b.steps) + u64::from(b.probes)) * 2;
+    // One entry per (phase, step, outcome) at most (and per probe, contract
+    // P), for its own interval and each earlier one it may add late
+    // completions to.
+    let max_steps = (u64::from(b.phases) * u64::from(b.steps) + u64::from(b.probes)) * 2 * (1 + b.max_late);
     if s.steps.len() as u64 > max_steps {
         return refuse(format!("a snapshot (seq {}) with {} step entries; the plan has room for {max_steps}", s.seq, s.steps.len()));
     }
@@ -230,6 +234,9 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
         return refuse(format!("a snapshot (seq {}) with {} phase schedules; the plan has {} phases", s.seq, s.phases.len(), b.phases));
     }
     for st in &s.steps {
+        if let Some(due) = st.due_seq.filter(|&due| due > s.seq || due < s.seq.saturating_sub(b.max_late)) {
+            return refuse(format!("a snapshot (seq {}) adding to interval {due}; late completions belong to the {} intervals before it", s.seq, b.max_late));
+        }
         if !b.knows_step(st.phase, st.step) {
             return refuse(format!(
                 "a snapshot (seq {}) for phase {} step {}; the plan has {} phases, {} steps and {} probes",
@@ -309,8 +316,13 @@ pub fn check_fault(ev: &FaultEvent, b: &RunBounds, offset: i64, now: i64) -> Res
     if !b.faults.contains(&ev.fault) {
         return refuse(format!("a fault event for {:?}, which is not a fault of the plan", ev.fault));
     }
-    if !FAULT_STATUSES.contains(&ev.status.as_str()) {
-        return refuse(format!("a fault event with status {:?}, which is none of {}", ev.status, FAULT_STATUSES.join(", ")));
+    // An agent reports what its own process did; `reverted_at_startup` is
+    // the coordinator's word for a successor's journal recovery.
+    match crate::v1::FaultStatus::try_from(ev.fault_status) {
+        Ok(crate::v1::FaultStatus::Unspecified | crate::v1::FaultStatus::RevertedAtStartup) | Err(_) => {
+            return refuse(format!("a fault event with status {}, which an agent does not report", ev.fault_status));
+        }
+        Ok(_) => {}
     }
     check_id("FaultEvent.kind", &ev.kind)?;
     check_len("FaultEvent.error", &ev.error, MAX_TEXT)?;
@@ -388,7 +400,7 @@ mod tests {
     fn a_dry_runs_fault_schedule_may_lie_ahead_but_not_outside_the_plan() {
         let b = bounds();
         let now = b.start_unix_nanos;
-        let ev = |scheduled: i64, applied: i64| FaultEvent { fault: "f".into(), status: "dry_run".into(), scheduled_unix_nanos: scheduled, applied_unix_nanos: applied, ..Default::default() };
+        let ev = |scheduled: i64, applied: i64| FaultEvent { fault: "f".into(), fault_status: crate::v1::FaultStatus::DryRun as i32, scheduled_unix_nanos: scheduled, applied_unix_nanos: applied, ..Default::default() };
         check_fault(&ev(now + 11_000_000_000, 0), &b, 0, now).unwrap();
         assert!(check_fault(&ev(now + 3_600_000_000_000, 0), &b, 0, now).is_err());
         assert!(check_fault(&ev(now, now + 3_600_000_000_000), &b, 0, now).is_err());

@@ -39,31 +39,9 @@ const BASELINE_LEAD: Duration = Duration::from_millis(1100);
 /// baseline, so the check's commands never delay the apply).
 pub const RECHECK_LEAD: Duration = Duration::from_millis(1500);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultStatus {
-    Applied,
-    Reverted,
-    /// Could not be applied (nothing was left behind, or the revert ran).
-    Failed,
-    /// Applied, but the revert failed even after retries: an operator must look.
-    RevertFailed,
-    DryRun,
-    /// Not applied: its `unless_unhealthy` found the steady state broken.
-    Skipped,
-}
-
-impl FaultStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultStatus::Applied => "applied",
-            FaultStatus::Reverted => "reverted",
-            FaultStatus::Failed => "failed",
-            FaultStatus::RevertFailed => "revert_failed",
-            FaultStatus::DryRun => "dry_run",
-            FaultStatus::Skipped => "skipped",
-        }
-    }
-}
+/// The wire's status enum (agent.proto `FaultStatus`), used as is: what
+/// the injector decides is what the coordinator reads.
+pub use stampede_proto::v1::FaultStatus;
 
 #[derive(Debug, Clone)]
 pub struct FaultUpdate {

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod steady;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -135,17 +136,27 @@ pub struct RunnerSetup {
     pub cancel: CancellationToken,
 }
 
+/// What the probes measured and not yet handed over, by the interval each
+/// request was due in (the timeline's rule, docs/plan.md "Timeline and
+/// intervals"), and how many are on the wire now.
+#[derive(Default)]
+struct Book {
+    by_due: BTreeMap<u64, RunStats>,
+    in_flight: u64,
+}
+
 /// Runs this agent's probes until each one's end (`Plan::probe_end`) or the
 /// run's cancellation, sending what they measured at every interval
 /// boundary like a worker, the last part marked `last`.
 pub fn spawn_runner(s: RunnerSetup) {
-    let stats = Arc::new(Mutex::new(RunStats::default()));
+    let stats = Arc::new(Mutex::new(Book::default()));
     let mut tasks = tokio::task::JoinSet::new();
     for &i in &s.probes {
         let probe = CompiledProbe::new(&s.plan, i, &s.authority);
         let end = s.run_start + s.plan.probe_end(&s.plan.probes[i]);
         let every = s.plan.probes[i].every.as_duration();
-        let (plan, stats, cancel, addr) = (s.plan.clone(), stats.clone(), s.cancel.clone(), s.addr);
+        let (plan, stats, cancel, addr, run_start) = (s.plan.clone(), stats.clone(), s.cancel.clone(), s.addr, s.run_start);
+        let interval = s.plan.interval.as_duration();
         tasks.spawn(async move {
             let mut due = Instant::now();
             while due < end && !cancel.is_cancelled() {
@@ -153,11 +164,19 @@ pub fn spawn_runner(s: RunnerSetup) {
                     _ = tokio::time::sleep_until(due.into()) => {}
                     _ = cancel.cancelled() => break,
                 }
+                let lock = || stats.lock().unwrap_or_else(|e| e.into_inner());
+                lock().in_flight += 1;
                 let a = tokio::select! {
-                    a = attempt(&probe, addr) => a,
-                    _ = cancel.cancelled() => break,
+                    a = attempt(&probe, addr) => Some(a),
+                    _ = cancel.cancelled() => None,
                 };
-                record(&mut stats.lock().unwrap_or_else(|e| e.into_inner()), &plan, i, due, &a);
+                let mut book = lock();
+                book.in_flight -= 1;
+                let Some(a) = a else { break };
+                // Before the start (the assignment's lead): interval 0.
+                let seq = (due.saturating_duration_since(run_start).as_nanos() / interval.as_nanos().max(1)) as u64;
+                record(book.by_due.entry(seq).or_default(), &plan, i, due, &a);
+                drop(book);
                 // A probe slower than its cadence skips the beats it missed.
                 due += every;
                 let now = Instant::now();
@@ -172,7 +191,7 @@ pub fn spawn_runner(s: RunnerSetup) {
 
 /// Hands the probes' measurements over at every interval boundary, and
 /// once more, marked last, when every probe has ended.
-async fn flush(s: RunnerSetup, stats: Arc<Mutex<RunStats>>, mut tasks: tokio::task::JoinSet<()>) {
+async fn flush(s: RunnerSetup, stats: Arc<Mutex<Book>>, mut tasks: tokio::task::JoinSet<()>) {
     let interval = s.plan.interval.as_duration();
     let mut seq = 0u64;
     let mut running = true;
@@ -189,9 +208,17 @@ async fn flush(s: RunnerSetup, stats: Arc<Mutex<RunStats>>, mut tasks: tokio::ta
                 }
             }
         }
-        let taken = std::mem::take(&mut *stats.lock().unwrap_or_else(|e| e.into_inner()));
+        let (taken, late, in_flight) = {
+            let mut book = stats.lock().unwrap_or_else(|e| e.into_inner());
+            // Due now, and late completions of earlier intervals; anything
+            // due later (a probe past the boundary already) waits its turn.
+            let later = book.by_due.split_off(&(seq + 1));
+            let mut upto = std::mem::replace(&mut book.by_due, later);
+            let taken = upto.remove(&seq).unwrap_or_default();
+            (taken, upto.into_iter().collect(), book.in_flight)
+        };
         let last = !running;
-        if s.parts.send(Part { worker: s.worker, seq, stats: taken, last, first_request: None }).is_err() || last {
+        if s.parts.send(Part { worker: s.worker, seq, stats: taken, late, in_flight, last, first_request: None }).is_err() || last {
             return;
         }
         seq += 1;

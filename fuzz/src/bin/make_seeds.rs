@@ -136,6 +136,7 @@ fn snapshot_seeds(dir: &Path) {
         steps,
         phases,
         last: false,
+        in_flight: 3,
     };
     write(dir, "snapshot-full.bin", &full.encode_to_vec());
 
