@@ -35,10 +35,14 @@ pub enum ErrorKind {
     /// as a failed request — an interrupted run's report accounts for every
     /// arrival that came due (issue 8, item 5). Not in throughput: it never ended.
     Aborted,
+    /// A response whose status the step accepts but that failed one of the
+    /// step's checks: a failed request, counted per check in
+    /// [`StepRecord::checks`].
+    Check,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Io,
@@ -48,6 +52,7 @@ impl ErrorKind {
         ErrorKind::Parse,
         ErrorKind::Dropped,
         ErrorKind::Aborted,
+        ErrorKind::Check,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Parse => "parse",
             ErrorKind::Dropped => "dropped",
             ErrorKind::Aborted => "aborted",
+            ErrorKind::Check => "check",
         }
     }
 
@@ -85,6 +91,19 @@ pub struct StepKey {
     pub ok: bool,
 }
 
+/// How often one named check passed and failed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CheckCount {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl CheckCount {
+    fn fits(&self, o: &CheckCount) -> bool {
+        self.passed.checked_add(o.passed).is_some() && self.failed.checked_add(o.failed).is_some()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StepRecord {
     /// Intended start → response complete: what a user waiting in line saw.
@@ -97,6 +116,12 @@ pub struct StepRecord {
     pub errors: [u64; ErrorKind::ALL.len()],
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Every HTTP response received, by status code, success or not. A
+    /// status seen once keeps its entry, so recording allocates only the
+    /// first time a code appears.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Per check, keyed by its plan-wide index (`Plan::check_names`).
+    pub checks: BTreeMap<u32, CheckCount>,
 }
 
 impl Default for StepRecord {
@@ -109,6 +134,8 @@ impl Default for StepRecord {
             errors: [0; ErrorKind::ALL.len()],
             bytes_sent: 0,
             bytes_received: 0,
+            statuses: BTreeMap::new(),
+            checks: BTreeMap::new(),
         }
     }
 }
@@ -126,6 +153,8 @@ impl StepRecord {
             && self.bytes_sent.checked_add(other.bytes_sent).is_some()
             && self.bytes_received.checked_add(other.bytes_received).is_some()
             && kinds(self).zip(kinds(other)).is_some_and(|(a, b)| a.checked_add(b).is_some())
+            && other.statuses.iter().all(|(s, n)| self.statuses.get(s).copied().unwrap_or(0).checked_add(*n).is_some())
+            && other.checks.iter().all(|(c, n)| self.checks.get(c).copied().unwrap_or_default().fits(n))
     }
 
     pub fn add(&mut self, other: &StepRecord) -> Result<(), histogram::CodecError> {
@@ -138,6 +167,14 @@ impl StepRecord {
         }
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
+        for (s, n) in &other.statuses {
+            *self.statuses.entry(*s).or_insert(0) += n;
+        }
+        for (c, n) in &other.checks {
+            let mine = self.checks.entry(*c).or_default();
+            mine.passed += n.passed;
+            mine.failed += n.failed;
+        }
         Ok(())
     }
 
@@ -149,6 +186,25 @@ impl StepRecord {
         self.errors = [0; ErrorKind::ALL.len()];
         self.bytes_sent = 0;
         self.bytes_received = 0;
+        // Zeroed, not cleared: the recorder keeps its entries so that
+        // counting a status or check seen before never allocates.
+        self.statuses.values_mut().for_each(|n| *n = 0);
+        self.checks.values_mut().for_each(|c| *c = CheckCount::default());
+    }
+
+    /// Counts one response's status.
+    pub fn count_status(&mut self, status: u16) {
+        *self.statuses.entry(status).or_insert(0) += 1;
+    }
+
+    /// Counts one evaluation of the check with plan-wide index `check`.
+    pub fn count_check(&mut self, check: u32, passed: bool) {
+        let c = self.checks.entry(check).or_default();
+        if passed {
+            c.passed += 1;
+        } else {
+            c.failed += 1;
+        }
     }
 }
 

@@ -133,7 +133,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
         RunTiming { duration: plan.measured_duration(), interval: plan.interval.as_duration(), timeout: plan.timeout.as_duration() },
         start_nanos,
     )
-    .with_probes(plan.probes.len());
+    .with_probes(plan.probes.len())
+    .with_checks(plan.check_names().len());
     let mut run = Run::new(RunSetup { fleet, progress, run_id, plan, agents, bounds, start, start_instant, dry_run: req.dry_run });
     // The loop only waits and dispatches; `Run` decides what each event means.
     while !run.over() {

@@ -2,9 +2,9 @@
 //! with: histograms travel as V2+DEFLATE bytes and come back bit-exact.
 
 use stampede_common::histogram::{self, CodecError};
-use stampede_common::stats::{ErrorKind, RunStats, ScheduleStats, StepKey, StepRecord};
+use stampede_common::stats::{CheckCount, ErrorKind, RunStats, ScheduleStats, StepKey, StepRecord};
 
-use crate::v1::{ErrorCount, FaultStatus, Outcome, PhaseSchedule, StepStats};
+use crate::v1::{CheckTally, ErrorCount, FaultStatus, Outcome, PhaseSchedule, StatusCount, StepStats};
 
 impl FaultStatus {
     /// The status as report.json and the progress lines spell it:
@@ -51,6 +51,15 @@ pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
             bytes_sent: r.bytes_sent,
             bytes_received: r.bytes_received,
             due_seq: None,
+            // Zero entries stay behind (the recorder zeroes rather than
+            // clears them, so as not to allocate): they carry nothing.
+            statuses: r.statuses.iter().filter(|(_, n)| **n > 0).map(|(s, n)| StatusCount { status: u32::from(*s), count: *n }).collect(),
+            checks: r
+                .checks
+                .iter()
+                .filter(|(_, c)| c.passed > 0 || c.failed > 0)
+                .map(|(i, c)| CheckTally { check: *i, passed: c.passed, failed: c.failed })
+                .collect(),
         })
         .collect();
     let phases = stats
@@ -71,6 +80,8 @@ pub enum DecodeError {
     ErrorKind(String),
     #[error("the counts of phase {phase}, step {step} add up past 2^64")]
     Overflow { phase: u32, step: u32 },
+    #[error("status {0} is not an HTTP status code")]
+    Status(u32),
     #[error("the schedule counts of phase {0} add up past 2^64")]
     ScheduleOverflow(u32),
 }
@@ -88,6 +99,19 @@ pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<Run
             let kind = ErrorKind::parse(&e.kind).ok_or_else(|| DecodeError::ErrorKind(e.kind.clone()))?;
             errors[kind as usize] = errors[kind as usize].checked_add(e.count).ok_or(DecodeError::Overflow { phase: s.phase, step: s.step })?;
         }
+        let overflow = || DecodeError::Overflow { phase: s.phase, step: s.step };
+        let mut statuses = std::collections::BTreeMap::new();
+        for c in &s.statuses {
+            let status = u16::try_from(c.status).ok().filter(|s| (100..=999).contains(s)).ok_or(DecodeError::Status(c.status))?;
+            let n: &mut u64 = statuses.entry(status).or_default();
+            *n = n.checked_add(c.count).ok_or_else(overflow)?;
+        }
+        let mut checks = std::collections::BTreeMap::new();
+        for c in &s.checks {
+            let n: &mut CheckCount = checks.entry(c.check).or_default();
+            n.passed = n.passed.checked_add(c.passed).ok_or_else(overflow)?;
+            n.failed = n.failed.checked_add(c.failed).ok_or_else(overflow)?;
+        }
         let record = StepRecord {
             latency: histogram::decode(&s.latency_hist)?,
             service: histogram::decode(&s.service_hist)?,
@@ -96,6 +120,8 @@ pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<Run
             errors,
             bytes_sent: s.bytes_sent,
             bytes_received: s.bytes_received,
+            statuses,
+            checks,
         };
         // Checked: the same key twice in one snapshot adds its counts.
         let slot = out.steps.entry(StepKey { phase: s.phase, step: s.step, ok }).or_default();
@@ -127,6 +153,9 @@ mod tests {
         histogram::record_us(&mut r.service, 999);
         r.requests = 3;
         r.errors[ErrorKind::Timeout as usize] = 2;
+        r.count_status(504);
+        r.count_status(504);
+        r.count_check(3, false);
         stats.steps.insert(StepKey { phase: 1, step: 0, ok: false }, r);
         stats.schedule.insert(1, ScheduleStats { scheduled: 5, dropped: 1, late: 2, max_lag_us: 77 });
         let (steps, phases) = encode_steps(&stats);
@@ -136,5 +165,7 @@ mod tests {
         assert_eq!(r2.latency, stats.steps[k].latency);
         assert_eq!(r2.errors, stats.steps[k].errors);
         assert_eq!(back.schedule, stats.schedule);
+        assert_eq!(r2.statuses, stats.steps[k].statuses);
+        assert_eq!(r2.checks, stats.steps[k].checks);
     }
 }

@@ -40,6 +40,8 @@ pub const CLOCK_SLACK: Duration = Duration::from_secs(60);
 /// agent's workers cross a boundary or two while they stop.
 pub const SEQ_SLACK: u64 = 2;
 
+/// Distinct status codes one step's record may count (100..=999).
+pub const MAX_STATUSES: usize = 900;
 
 /// What was wrong with a message, in words that name the field and value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +68,8 @@ pub struct RunBounds {
     pub steps: u32,
     /// The plan's probes: probe i reports as phase `phases`, step `steps + i`.
     pub probes: u32,
+    /// Checks in the plan (`Plan::check_names`): a check tally's index is below it.
+    pub checks: u32,
     /// Names of the plan's faults.
     pub faults: Vec<String>,
     /// The highest interval number the run can have.
@@ -97,6 +101,7 @@ impl RunBounds {
             phases: u32::try_from(phases).unwrap_or(u32::MAX),
             steps: u32::try_from(steps).unwrap_or(u32::MAX),
             probes: 0,
+            checks: 0,
             faults,
             max_seq: u64::try_from(intervals).unwrap_or(u64::MAX).saturating_add(SEQ_SLACK),
             start_unix_nanos,
@@ -118,6 +123,12 @@ impl RunBounds {
     /// phase, or a probe.
     fn knows_step(&self, phase: u32, step: u32) -> bool {
         (phase < self.phases && step < self.steps) || (phase == self.phases && step >= self.steps && step - self.steps < self.probes)
+    }
+
+    /// The same bounds for a plan with `checks` checks (none unless said).
+    pub fn with_checks(mut self, checks: usize) -> Self {
+        self.checks = u32::try_from(checks).unwrap_or(u32::MAX);
+        self
     }
 
     /// Whether `t` (the agent's clock, unix nanoseconds) falls in the run's
@@ -261,6 +272,26 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
             errors = errors.saturating_add(e.count);
         }
         check_count("a snapshot's error count", errors, b.max_count)?;
+        // One entry per status code at most; one per check.
+        if st.statuses.len() > MAX_STATUSES {
+            return refuse(format!("a snapshot (seq {}) with {} status counts for one step, over the limit of {MAX_STATUSES}", s.seq, st.statuses.len()));
+        }
+        for c in &st.statuses {
+            if !(100..=999).contains(&c.status) {
+                return refuse(format!("a snapshot (seq {}) counting status {}, which is not an HTTP status code", s.seq, c.status));
+            }
+            check_count("a snapshot's status count", c.count, b.max_count)?;
+        }
+        if st.checks.len() as u64 > u64::from(b.checks) {
+            return refuse(format!("a snapshot (seq {}) with {} check tallies for one step; the plan has {} checks", s.seq, st.checks.len(), b.checks));
+        }
+        for c in &st.checks {
+            if c.check >= b.checks {
+                return refuse(format!("a snapshot (seq {}) with a tally of check {}; the plan has {} checks", s.seq, c.check, b.checks));
+            }
+            check_count("a snapshot's passed checks", c.passed, b.max_count)?;
+            check_count("a snapshot's failed checks", c.failed, b.max_count)?;
+        }
     }
     for p in &s.phases {
         if p.phase >= b.phases {
@@ -394,6 +425,21 @@ mod tests {
         s.interval_start_unix_nanos = i64::MIN;
         assert!(check_snapshot(&s, &b, 0, now).is_err());
         assert!(check_snapshot(&snapshot(1), &b, i64::MIN, now).is_err());
+    }
+
+    #[test]
+    fn check_tallies_must_name_a_check_of_the_plan_and_statuses_a_status() {
+        use crate::v1::{CheckTally, StatusCount};
+        let b = bounds().with_checks(2);
+        let now = 1_000_000_000_000 + 12_000_000_000;
+        let mut s = snapshot(0);
+        s.steps.push(StepStats { checks: vec![CheckTally { check: 1, passed: 3, failed: 1 }], statuses: vec![StatusCount { status: 503, count: 4 }], ..Default::default() });
+        check_snapshot(&s, &b, 0, now).unwrap();
+        s.steps[0].checks[0].check = 2;
+        assert!(check_snapshot(&s, &b, 0, now).unwrap_err().0.contains("check 2"));
+        s.steps[0].checks[0].check = 0;
+        s.steps[0].statuses[0].status = 70_000;
+        assert!(check_snapshot(&s, &b, 0, now).unwrap_err().0.contains("status 70000"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! through the `config` crate (`load`), mapping field paths back to source
 //! lines (`lines`), and the checks serde cannot express (`validate`).
 
+mod check;
 mod error;
 mod fault;
 mod limits;
@@ -11,6 +12,7 @@ mod model;
 mod probe;
 mod validate;
 
+pub use check::*;
 pub use error::{printable, PlanError};
 pub use fault::*;
 pub use limits::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_NODES, MAX_PLAN_BYTES};

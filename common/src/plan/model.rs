@@ -178,6 +178,9 @@ pub struct Step {
     pub request: Request,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expect>,
+    /// Checks on every response (see `check.rs` and docs/plan.md, "Checks").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<super::Check>,
 }
 
 fn default_weight() -> u32 {
@@ -249,6 +252,12 @@ impl Plan {
     }
     pub fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
+    }
+    /// Every check's name in the plan-wide check index order: every step's
+    /// checks in step order (then every probe's, in probe order). Snapshots
+    /// and reports key check counts by this index.
+    pub fn check_names(&self) -> Vec<&str> {
+        self.steps.iter().flat_map(|s| s.checks.iter().map(|c| c.name.as_str())).collect()
     }
     /// Total planned duration of all phases.
     pub fn duration(&self) -> std::time::Duration {

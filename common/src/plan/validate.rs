@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::limits::{
     MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_FAULTS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PHASES, MAX_RATE, MAX_SLOS, MAX_STEPS,
 };
-use super::{Load, Model, Plan, Request};
+use super::{Load, Model, Plan, Request, MAX_CHECKS};
 use crate::slo::{Cmp, Scope, Threshold};
 
 /// Requests slower than this are not measured (the histograms' range), so no
@@ -139,6 +139,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         check_request(&step.request).map_err(|(field, m)| (at(&format!("request{field}")), m))?;
     }
 
+    check_checks(plan)?;
     super::fault::validate_faults(plan)?;
     super::probe::validate_probes(plan)?;
 
@@ -201,6 +202,29 @@ pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
         }
         if name.eq_ignore_ascii_case("transfer-encoding") {
             return fail(&format!(".headers.{name}"), "is not supported: stampede sends a body with Content-Length");
+        }
+    }
+    Ok(())
+}
+
+/// Every check says one thing that parses, under a name unique in the plan.
+fn check_checks(plan: &Plan) -> Result<(), (String, String)> {
+    let mut names = HashSet::new();
+    let mut count = 0usize;
+    for (i, step) in plan.steps.iter().enumerate() {
+        for (j, check) in step.checks.iter().enumerate() {
+            let at = |field: &str| format!("steps[{i}].checks[{j}].{field}");
+            count += 1;
+            if count > MAX_CHECKS {
+                return Err((at("name"), format!("is one check too many; a plan may have at most {MAX_CHECKS}")));
+            }
+            if check.name.trim().is_empty() {
+                return Err((at("name"), "must not be empty".into()));
+            }
+            if !names.insert(check.name.as_str()) {
+                return Err((at("name"), format!("check `{}` is defined twice (check names are unique across the plan)", check.name)));
+            }
+            check.kind().map_err(|(field, m)| (at(field), m))?;
         }
     }
     Ok(())
