@@ -1,11 +1,17 @@
 //! Probes (issue 9, section 3; docs/plan.md "Probes"): requests on a fixed
 //! cadence beside the load, recorded as their own series — in report.json's
 //! `probes`, never in the run's totals, phases or steps — through the real
-//! binary with local agents against the built-in target on a port of its own.
+//! binary with local agents against the built-in target on a port of its own,
+//! or a JSON health endpoint of the test's own on loopback.
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use support::stampede;
@@ -85,4 +91,96 @@ fn a_plan_whose_steady_state_names_no_probe_is_refused_naming_the_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("plan.yaml:10: steady_state.probes[0]: there is no probe `helth`"), "{stderr}");
+}
+
+/// A health endpoint of the test's own on a free loopback port (HTTP/1.1,
+/// keep-alive unless the request says `Connection: close`): every request gets `200 {"ok": true}` while `healthy` is set, `200 {"ok":
+/// false}` otherwise — a status the probe accepts, so only its JSON check
+/// can tell. The thread ends with the test process.
+fn json_health(healthy: Arc<AtomicBool>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let healthy = healthy.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                // Keep-alive: answer each request head on the connection.
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let close = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase().contains("connection: close");
+                        got.drain(..end + 4);
+                        let body = if healthy.load(Ordering::SeqCst) { r#"{"ok": true}"# } else { r#"{"ok": false}"# };
+                        let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        if conn.write_all(reply.as_bytes()).is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn json_plan(target: SocketAddr) -> String {
+    format!(
+        "name: json-health\ntarget: http://{target}\ntimeout: 1s\nphases:\n  - {{ name: steady, duration: 3s, load: {{ model: open, rate: 5/s }} }}\nsteps:\n  - {{ name: get }}\n\
+         probes:\n  - name: health\n    every: 500ms\n    request: {{ path: /health }}\n    checks:\n      - {{ name: says-ok, json: \"$.ok == true\" }}\n\
+         steady_state: {{ probes: [health], within: 1s }}\n"
+    )
+}
+
+#[test]
+fn a_probe_check_on_a_json_field_passes_and_fails_both_ways() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let target = json_health(healthy.clone());
+
+    // Healthy all along: every probe response passes `says-ok`, the verdict passes.
+    let (code, stderr, r) = run(&json_plan(target), 1);
+    assert_eq!(code, 0, "{stderr}\n{r:#}");
+    let p = &r["probes"][0];
+    assert!(n(&p["checks"]["says-ok"]["passed"]) >= 6, "{p:#}");
+    assert_eq!(n(&p["checks"]["says-ok"]["failed"]), 0, "{p:#}");
+    assert_eq!(n(&p["errors"]), 0, "{p:#}");
+    assert!(n(&p["statuses"]["200"]) >= 6, "{p:#}");
+
+    // Says `{"ok": false}` from 2.5 s after the launch (about 1.5 s into the
+    // 3 s run) on: the check fails as
+    // kind `check` and counts under its name, the load (no checks) does not
+    // notice, and the steady state after the run fails naming probe and check.
+    let flip = {
+        let healthy = healthy.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2500));
+            healthy.store(false, Ordering::SeqCst);
+        })
+    };
+    let (code, stderr, r) = run(&json_plan(target), 1);
+    flip.join().unwrap();
+    assert_eq!(code, 1, "{stderr}\n{r:#}");
+    let p = &r["probes"][0];
+    let failed = n(&p["checks"]["says-ok"]["failed"]);
+    assert!(failed >= 2, "{p:#}");
+    assert!(n(&p["checks"]["says-ok"]["passed"]) >= 2, "{p:#}");
+    assert_eq!(n(&p["errors_by_kind"]["check"]), failed, "{p:#}");
+    assert_eq!(n(&r["totals"]["errors"]), 0, "{:#}", r["totals"]);
+    let reasons: Vec<&str> = r["verdict_reasons"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(reasons, ["steady state did not hold after the run: health: says-ok failed"], "{r:#}");
+
+    // Unhealthy from the start: refused before anything runs.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plan.yaml");
+    std::fs::write(&file, json_plan(target)).unwrap();
+    let output = Command::new(stampede()).arg("run").arg(&file).args(["--local-agents", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nothing was started: health: says-ok failed"), "{stderr}");
 }

@@ -27,6 +27,8 @@ pub struct ProbeResponse {
     pub body: Vec<u8>,
     /// Bytes read from the socket, head and body.
     pub received: u64,
+    /// The body was longer than [`MAX_BODY`]: `body` is its beginning.
+    pub truncated: bool,
 }
 
 /// `request`, serialized once per probe; `Connection: close` so the
@@ -72,6 +74,7 @@ async fn exchange(addr: SocketAddr, request: &[u8], head_only: bool) -> Result<P
         }
     }
     let mut response = parse(&buf, head_only)?;
+    response.truncated |= received > buf.len() as u64;
     response.received = received;
     Ok(response)
 }
@@ -106,7 +109,8 @@ fn parse(buf: &[u8], head_only: bool) -> Result<ProbeResponse, ErrorKind> {
         } else {
             rest.to_vec()
         };
-        return Ok(ProbeResponse { status, headers, body: body.into_iter().take(MAX_BODY).collect(), received: 0 });
+        let truncated = body.len() > MAX_BODY;
+        return Ok(ProbeResponse { status, headers, body: body.into_iter().take(MAX_BODY).collect(), received: 0, truncated });
     }
 }
 

@@ -10,6 +10,7 @@
 //! with them, and the run's last interval is the probes' last when they
 //! outlast the load.
 
+mod checks;
 pub mod client;
 pub mod steady;
 
@@ -25,10 +26,11 @@ use stampede_common::units::StatusSet;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use self::checks::ProbeChecks;
 use crate::worker::Part;
 
 /// One probe of the plan, ready to send.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CompiledProbe {
     pub index: usize,
     pub name: String,
@@ -36,19 +38,22 @@ pub struct CompiledProbe {
     head: bool,
     expect: StatusSet,
     timeout: Duration,
+    checks: ProbeChecks,
 }
 
 impl CompiledProbe {
-    pub fn new(plan: &Plan, index: usize, authority: &str) -> CompiledProbe {
+    /// Probe `index` of a validated `plan` (its checks compile).
+    pub fn new(plan: &Plan, index: usize, authority: &str) -> Result<CompiledProbe, String> {
         let p: &Probe = &plan.probes[index];
-        CompiledProbe {
+        Ok(CompiledProbe {
             index,
             name: p.name.clone(),
             request: client::serialize(&p.request, authority),
             head: p.request.method == "HEAD",
             expect: p.expect.as_ref().map(|e| e.status.clone()).unwrap_or_default(),
             timeout: p.timeout.unwrap_or(plan.timeout).as_duration(),
-        }
+            checks: ProbeChecks::new(&p.checks, plan.probe_check_base(index)).map_err(|e| format!("probe {}: {e}", p.name))?,
+        })
     }
 }
 
@@ -65,6 +70,8 @@ pub struct Attempt {
     pub done: Instant,
     pub sent: u64,
     pub received: u64,
+    /// Each check's plan-wide index and whether it passed (none without a response).
+    pub checks: Vec<(u32, bool)>,
 }
 
 impl Attempt {
@@ -78,7 +85,7 @@ pub async fn attempt(probe: &CompiledProbe, addr: SocketAddr) -> Attempt {
     let started = Instant::now();
     let result = client::fetch(addr, &probe.request, probe.head, probe.timeout).await;
     let done = Instant::now();
-    let mut a = Attempt { error: None, status: 0, detail: String::new(), started, done, sent: probe.request.len() as u64, received: 0 };
+    let mut a = Attempt { error: None, status: 0, detail: String::new(), started, done, sent: probe.request.len() as u64, received: 0, checks: Vec::new() };
     match result {
         Err(kind) => {
             a.error = Some(kind);
@@ -91,9 +98,15 @@ pub async fn attempt(probe: &CompiledProbe, addr: SocketAddr) -> Attempt {
         Ok(r) => {
             a.status = r.status;
             a.received = r.received;
+            let checked = probe.checks.evaluate(&r);
+            a.checks = checked.results;
             if !probe.expect.contains(r.status) {
                 a.error = Some(ErrorKind::for_status(r.status));
                 a.detail = format!("status {} is not one the probe accepts ({})", r.status, String::from(probe.expect.clone()));
+            } else if let Some(failed) = checked.failed {
+                // Accepted by status, refused by a check: a failure of kind `check`.
+                a.error = Some(ErrorKind::Check);
+                a.detail = failed;
             }
         }
     }
@@ -120,6 +133,17 @@ fn record(stats: &mut RunStats, plan: &Plan, index: usize, due: Instant, a: &Att
     }
     r.bytes_sent += a.sent;
     r.bytes_received += a.received;
+    if a.status > 0 {
+        *r.statuses.entry(a.status).or_default() += 1;
+    }
+    for &(check, passed) in &a.checks {
+        let c = r.checks.entry(check).or_default();
+        if passed {
+            c.passed += 1;
+        } else {
+            c.failed += 1;
+        }
+    }
 }
 
 /// Where the probe runner delivers its parts, as one more worker.
@@ -152,7 +176,14 @@ pub fn spawn_runner(s: RunnerSetup) {
     let stats = Arc::new(Mutex::new(Book::default()));
     let mut tasks = tokio::task::JoinSet::new();
     for &i in &s.probes {
-        let probe = CompiledProbe::new(&s.plan, i, &s.authority);
+        let probe = match CompiledProbe::new(&s.plan, i, &s.authority) {
+            Ok(p) => p,
+            Err(e) => {
+                // The plan was validated, so its checks compile; say so if not.
+                tracing::warn!(message = "Probe not run: its checks do not compile.", error = %e);
+                continue;
+            }
+        };
         let end = s.run_start + s.plan.probe_end(&s.plan.probes[i]);
         let every = s.plan.probes[i].every.as_duration();
         let (plan, stats, cancel, addr, run_start) = (s.plan.clone(), stats.clone(), s.cancel.clone(), s.addr, s.run_start);

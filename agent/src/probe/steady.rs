@@ -15,7 +15,7 @@ pub async fn try_probes(plan: &Plan, probes: &[usize]) -> Result<Vec<(usize, Att
     let addr = engine::resolve(authority).await.map_err(|e| e.to_string())?;
     let mut tries = tokio::task::JoinSet::new();
     for &i in probes {
-        let probe = CompiledProbe::new(plan, i, authority);
+        let probe = CompiledProbe::new(plan, i, authority)?;
         tries.spawn(async move { (i, attempt(&probe, addr).await) });
     }
     let mut out = Vec::with_capacity(probes.len());

@@ -257,7 +257,8 @@ impl Plan {
     /// checks in step order (then every probe's, in probe order). Snapshots
     /// and reports key check counts by this index.
     pub fn check_names(&self) -> Vec<&str> {
-        self.steps.iter().flat_map(|s| s.checks.iter().map(|c| c.name.as_str())).collect()
+        let steps = self.steps.iter().flat_map(|s| s.checks.iter());
+        steps.chain(self.probes.iter().flat_map(|p| p.checks.iter())).map(|c| c.name.as_str()).collect()
     }
     /// Total planned duration of all phases.
     pub fn duration(&self) -> std::time::Duration {

@@ -35,6 +35,10 @@ pub struct Probe {
     /// Statuses that count as success (default: below 400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expect>,
+    /// Checks on the response (as a step's, `check.rs`): a probe request
+    /// whose status is accepted but that fails one fails as `check`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<super::Check>,
     /// How many of the run's agents run it: the first ones by index.
     #[serde(default = "one")]
     pub agents: u32,
@@ -86,6 +90,12 @@ impl UnlessUnhealthy {
 /// Probe step indices start after the plan's steps; their phase index is
 /// the plan's phase count (contract P).
 impl Plan {
+    /// The plan-wide index of probe `i`'s first check (`Plan::check_names`).
+    pub fn probe_check_base(&self, i: usize) -> u32 {
+        let steps: usize = self.steps.iter().map(|s| s.checks.len()).sum();
+        (steps + self.probes[..i].iter().map(|p| p.checks.len()).sum::<usize>()) as u32
+    }
+
     /// The phase index every probe record carries.
     pub fn probe_phase(&self) -> u32 {
         self.phases.len() as u32

@@ -211,9 +211,12 @@ pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
 fn check_checks(plan: &Plan) -> Result<(), (String, String)> {
     let mut names = HashSet::new();
     let mut count = 0usize;
-    for (i, step) in plan.steps.iter().enumerate() {
-        for (j, check) in step.checks.iter().enumerate() {
-            let at = |field: &str| format!("steps[{i}].checks[{j}].{field}");
+    // Steps' then probes' checks: the order of `Plan::check_names`.
+    let steps = plan.steps.iter().enumerate().map(|(i, s)| (format!("steps[{i}]"), &s.checks));
+    let probes = plan.probes.iter().enumerate().map(|(i, p)| (format!("probes[{i}]"), &p.checks));
+    for (owner, checks) in steps.chain(probes) {
+        for (j, check) in checks.iter().enumerate() {
+            let at = |field: &str| format!("{owner}.checks[{j}].{field}");
             count += 1;
             if count > MAX_CHECKS {
                 return Err((at("name"), format!("is one check too many; a plan may have at most {MAX_CHECKS}")));
