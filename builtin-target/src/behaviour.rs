@@ -1,4 +1,6 @@
-//! What the target does to each request: latency, error injection, periodic stalls.
+//! What the target does to each request: latency, error injection, periodic
+//! stalls, timed windows of outage (a status, a stall, refused connections)
+//! and a recovery period after the process was paused.
 //!
 //! Everything here is pure (no I/O, no clock reads) so the timing rules can be
 //! unit-tested deterministically; the service feeds it instants it measured.
@@ -20,6 +22,96 @@ pub struct Behaviour {
     /// Size in bytes of the response body for `GET`/`HEAD`. `0` (the default)
     /// means the 2-byte body `"ok"`; use `/bytes/0` for an empty body.
     pub body_size: usize,
+    /// Timed outages from the server's start: see [`Window`].
+    pub windows: Vec<Window>,
+    /// Answer a status for a while after the process was stopped and resumed.
+    pub after_pause: Option<AfterPause>,
+}
+
+/// From `at` after the server started, for `length`: do `action` to every
+/// request (the first window in the list that is on wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub at: Duration,
+    pub length: Duration,
+    pub action: WindowAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowAction {
+    /// Answer this status (body `unavailable`), at once.
+    Status(u16),
+    /// Hold every request until the window ends, then answer normally.
+    Stall,
+    /// Close connections without answering (new ones and kept-alive ones).
+    Refuse,
+}
+
+/// "A service that needs time to recover after a restart": once the process
+/// resumes from a stop (SIGSTOP), answer `status` for `length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterPause {
+    pub length: Duration,
+    pub status: u16,
+}
+
+/// What the target does to a request arriving `since_start` after it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Whatever the other settings say.
+    Normal,
+    Status(u16),
+    /// Hold for this long, then answer normally.
+    Hold(Duration),
+    Refuse,
+}
+
+/// The ticker that notices a pause checks the clock this often.
+pub const PAUSE_TICK: Duration = Duration::from_millis(100);
+/// A tick this much later than due means the process was stopped (a
+/// scheduler hiccup on a loaded machine stays well under it).
+pub const PAUSE_JUMP: Duration = Duration::from_secs(1);
+
+/// Whether a tick that came `gap` after the previous one (due after
+/// [`PAUSE_TICK`]) shows the process was paused.
+pub fn was_paused(gap: Duration) -> bool {
+    gap > PAUSE_TICK + PAUSE_JUMP
+}
+
+impl Window {
+    fn on(&self, since_start: Duration) -> bool {
+        since_start >= self.at && since_start - self.at < self.length
+    }
+}
+
+impl Behaviour {
+    /// The timed rules for a request arriving `since_start` after the start,
+    /// when the process last resumed from a pause `resumed` after the start.
+    pub fn verdict(&self, since_start: Duration, resumed: Option<Duration>) -> Verdict {
+        if let Some(w) = self.windows.iter().find(|w| w.on(since_start)) {
+            return match w.action {
+                WindowAction::Status(s) => Verdict::Status(s),
+                WindowAction::Stall => Verdict::Hold(w.at + w.length - since_start),
+                WindowAction::Refuse => Verdict::Refuse,
+            };
+        }
+        match (self.after_pause, resumed) {
+            (Some(p), Some(r)) if since_start >= r && since_start - r < p.length => Verdict::Status(p.status),
+            _ => Verdict::Normal,
+        }
+    }
+
+    /// Whether `/health` reports the service down: inside a status or
+    /// refuse window, or recovering from a pause. A stall is not an outage
+    /// the service knows about.
+    pub fn unhealthy(&self, since_start: Duration, resumed: Option<Duration>) -> bool {
+        matches!(self.verdict(since_start, resumed), Verdict::Status(_) | Verdict::Refuse)
+    }
+
+    /// Whether answering depends on the time since the start (a clock read per request).
+    pub(crate) fn timed(&self) -> bool {
+        !self.windows.is_empty() || self.after_pause.is_some()
+    }
 }
 
 /// "Hold every request for `hold` every `every`".
@@ -77,6 +169,22 @@ impl Behaviour {
                 return invalid("stall.every must be non-zero".to_owned());
             }
         }
+        let bad_status = |s: u16| !(100..=599).contains(&s);
+        for w in &self.windows {
+            if w.length.is_zero() {
+                return invalid(format!("a window at {:?} must last more than 0s", w.at));
+            }
+            if let WindowAction::Status(s) = w.action {
+                if bad_status(s) {
+                    return invalid(format!("a window's status {s} is not within 100..=599"));
+                }
+            }
+        }
+        if let Some(p) = self.after_pause {
+            if p.length.is_zero() || bad_status(p.status) {
+                return invalid(format!("after_pause needs a length above 0s and a status within 100..=599, got {:?} and {}", p.length, p.status));
+            }
+        }
         Ok(())
     }
 
@@ -119,14 +227,14 @@ mod tests {
             hold: 200 * MS,
         };
         assert_eq!(s.wait_for(Duration::ZERO), 200 * MS);
-        assert_eq!(s.wait_for(50 * MS), 150 * MS);
-        assert_eq!(s.wait_for(199 * MS), MS);
-        assert_eq!(s.wait_for(200 * MS), Duration::ZERO);
-        assert_eq!(s.wait_for(399 * MS), Duration::ZERO);
+        assert_eq!(s.wait_for(Duration::from_millis(50)), 150 * MS);
+        assert_eq!(s.wait_for(Duration::from_millis(199)), MS);
+        assert_eq!(s.wait_for(Duration::from_millis(200)), Duration::ZERO);
+        assert_eq!(s.wait_for(Duration::from_millis(399)), Duration::ZERO);
         // Second window behaves like the first.
-        assert_eq!(s.wait_for(400 * MS), 200 * MS);
-        assert_eq!(s.wait_for(450 * MS), 150 * MS);
-        assert_eq!(s.wait_for(650 * MS), Duration::ZERO);
+        assert_eq!(s.wait_for(Duration::from_millis(400)), 200 * MS);
+        assert_eq!(s.wait_for(Duration::from_millis(450)), 150 * MS);
+        assert_eq!(s.wait_for(Duration::from_millis(650)), Duration::ZERO);
     }
 
     #[test]
@@ -135,29 +243,29 @@ mod tests {
             every: 100 * MS,
             hold: 100 * MS,
         };
-        assert_eq!(always.wait_for(30 * MS), 70 * MS);
+        assert_eq!(always.wait_for(Duration::from_millis(30)), 70 * MS);
         let never = Stall {
             every: 100 * MS,
             hold: Duration::ZERO,
         };
-        assert_eq!(never.wait_for(30 * MS), Duration::ZERO);
+        assert_eq!(never.wait_for(Duration::from_millis(30)), Duration::ZERO);
         let zero_period = Stall {
             every: Duration::ZERO,
             hold: 100 * MS,
         };
-        assert_eq!(zero_period.wait_for(30 * MS), Duration::ZERO);
+        assert_eq!(zero_period.wait_for(Duration::from_millis(30)), Duration::ZERO);
     }
 
     #[test]
     fn latency_samples_stay_in_range() {
         let b = Behaviour {
             latency: 10 * MS,
-            latency_max: Some(20 * MS),
+            latency_max: Some(Duration::from_millis(20)),
             ..Default::default()
         };
         for _ in 0..1000 {
             let l = b.sample_latency();
-            assert!((10 * MS..=20 * MS).contains(&l), "{l:?}");
+            assert!((Duration::from_millis(10)..=20 * MS).contains(&l), "{l:?}");
         }
         let fixed = Behaviour {
             latency: 10 * MS,
@@ -181,7 +289,7 @@ mod tests {
         assert!(above_one.validate().is_err());
         let inverted = Behaviour {
             latency: 20 * MS,
-            latency_max: Some(10 * MS),
+            latency_max: Some(Duration::from_millis(10)),
             ..Default::default()
         };
         assert!(inverted.validate().is_err());
@@ -193,6 +301,59 @@ mod tests {
             ..Default::default()
         };
         assert!(zero_every.validate().is_err());
+    }
+
+    fn windows() -> Behaviour {
+        let w = |at: u64, length: u64, action| Window { at: Duration::from_millis(at), length: Duration::from_millis(length), action };
+        Behaviour {
+            windows: vec![w(5000, 7000, WindowAction::Status(503)), w(20_000, 3000, WindowAction::Stall), w(30_000, 2000, WindowAction::Refuse)],
+            after_pause: Some(AfterPause { length: 7000 * MS, status: 503 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn windows_apply_from_their_start_for_their_length() {
+        let b = windows();
+        assert_eq!(b.verdict(Duration::from_millis(4999), None), Verdict::Normal);
+        assert_eq!(b.verdict(Duration::from_millis(5000), None), Verdict::Status(503));
+        assert_eq!(b.verdict(Duration::from_millis(11_999), None), Verdict::Status(503));
+        assert_eq!(b.verdict(Duration::from_millis(12_000), None), Verdict::Normal);
+        // A stall holds until its window ends.
+        assert_eq!(b.verdict(Duration::from_millis(20_000), None), Verdict::Hold(Duration::from_millis(3000)));
+        assert_eq!(b.verdict(Duration::from_millis(22_500), None), Verdict::Hold(Duration::from_millis(500)));
+        assert_eq!(b.verdict(Duration::from_millis(23_000), None), Verdict::Normal);
+        assert_eq!(b.verdict(Duration::from_millis(31_000), None), Verdict::Refuse);
+        assert_eq!(b.verdict(Duration::from_millis(32_000), None), Verdict::Normal);
+    }
+
+    #[test]
+    fn health_is_down_in_status_and_refuse_windows_and_while_recovering() {
+        let b = windows();
+        assert!(!b.unhealthy(MS, None));
+        assert!(b.unhealthy(Duration::from_millis(6000), None));
+        assert!(!b.unhealthy(Duration::from_millis(21_000), None), "a stall is not an outage the service knows of");
+        assert!(b.unhealthy(Duration::from_millis(31_000), None));
+        assert!(b.unhealthy(Duration::from_millis(40_000), Some(Duration::from_millis(34_000))));
+        assert!(!b.unhealthy(Duration::from_millis(41_000), Some(Duration::from_millis(34_000))));
+    }
+
+    #[test]
+    fn after_a_pause_the_status_lasts_its_length_from_the_resume() {
+        let b = windows();
+        assert_eq!(b.verdict(Duration::from_millis(40_000), None), Verdict::Normal);
+        assert_eq!(b.verdict(Duration::from_millis(40_000), Some(Duration::from_millis(40_000))), Verdict::Status(503));
+        assert_eq!(b.verdict(Duration::from_millis(46_999), Some(Duration::from_millis(40_000))), Verdict::Status(503));
+        assert_eq!(b.verdict(Duration::from_millis(47_000), Some(Duration::from_millis(40_000))), Verdict::Normal);
+        let plain = Behaviour::default();
+        assert_eq!(plain.verdict(Duration::from_millis(40_000), Some(Duration::from_millis(40_000))), Verdict::Normal);
+    }
+
+    #[test]
+    fn only_a_tick_late_by_more_than_a_second_is_a_pause() {
+        assert!(!was_paused(PAUSE_TICK));
+        assert!(!was_paused(PAUSE_TICK + 900 * MS));
+        assert!(was_paused(PAUSE_TICK + 1500 * MS));
     }
 
     #[test]

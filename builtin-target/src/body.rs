@@ -33,6 +33,14 @@ impl RepeatBody {
         }
     }
 
+    /// A body made for this response (`/health`'s JSON).
+    pub(crate) fn owned(text: Vec<u8>) -> Self {
+        Self {
+            remaining: text.len() as u64,
+            chunk: Bytes::from(text),
+        }
+    }
+
     /// `len` bytes of filler.
     pub(crate) fn filler(len: u64) -> Self {
         Self {

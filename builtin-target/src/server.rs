@@ -77,7 +77,11 @@ pub async fn serve_with(
     behaviour.validate()?;
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
+    let after_pause = behaviour.after_pause.is_some();
     let shared = Arc::new(Shared::new(behaviour, Instant::now(), arrivals));
+    if after_pause {
+        spawn_pause_ticker(Arc::downgrade(&shared))?;
+    }
     let (stop, stop_rx) = watch::channel(false);
     let accept_loop = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
     tracing::debug!(%local_addr, "target bound");
@@ -114,6 +118,29 @@ pub async fn serve_until_with(
     Ok(())
 }
 
+/// Notices the process being stopped and resumed (SIGSTOP/SIGCONT, as a
+/// process fault does): the monotonic clock runs on while the process is
+/// stopped, so the tick after a resume comes late. A thread, not a task, so
+/// a busy runtime is not mistaken for a pause. Ends with the server.
+fn spawn_pause_ticker(shared: std::sync::Weak<Shared>) -> io::Result<()> {
+    std::thread::Builder::new().name("target-pause-ticker".into()).spawn(move || {
+        let mut last = Instant::now();
+        loop {
+            std::thread::sleep(crate::behaviour::PAUSE_TICK);
+            let Some(shared) = shared.upgrade() else { return };
+            let now = Instant::now();
+            if crate::behaviour::was_paused(now - last) {
+                let since = now.saturating_duration_since(shared.started_at);
+                let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX - 1);
+                shared.resumed_nanos.store(nanos + 1, Ordering::Relaxed);
+                tracing::info!(paused_ms = (now - last).as_millis() as u64, "Target resumed after a pause; answering the after_pause status for a while.");
+            }
+            last = now;
+        }
+    })?;
+    Ok(())
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut builder = http1::Builder::new();
     builder
@@ -137,6 +164,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 }
             }
             accepted = listener.accept() => match accepted {
+                // A refuse window: close at once, answering nothing.
+                Ok((stream, _)) if shared.refusing() => drop(stream),
                 Ok((stream, peer)) => {
                     crate::stats::Counters::bump(&shared.counters.connections);
                     let conn = serve_connection(&builder, stream, peer, shared.clone(), stop.clone());
@@ -180,6 +209,7 @@ fn serve_connection(
     // Only a connection's first request can be its peer's first: later ones
     // skip the arrivals log's lock (`logged` starts true when there is none).
     let logged = AtomicBool::new(shared.arrivals.is_none());
+    let shared_for_count = shared.clone();
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         if !logged.load(Ordering::Relaxed) && req.uri().path() != "/health" {
             logged.store(true, Ordering::Relaxed);
@@ -190,6 +220,8 @@ fn serve_connection(
         handle(shared.clone(), req)
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let open = shared_for_count.open_connections.fetch_add(1, Ordering::Relaxed) + 1;
+    shared_for_count.max_connections.fetch_max(open, Ordering::Relaxed);
     async move {
         let mut conn = std::pin::pin!(conn);
         let result = tokio::select! {
@@ -199,6 +231,7 @@ fn serve_connection(
                 conn.await
             }
         };
+        shared_for_count.open_connections.fetch_sub(1, Ordering::Relaxed);
         // Client resets and half-finished requests are routine under load tests.
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "target connection ended with error");

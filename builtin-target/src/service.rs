@@ -1,20 +1,22 @@
 //! Per-request handling: routing, injected delays and errors, counters.
 //!
-//! Routes: `/health` (always 200 "ok", immediately), `/bytes/N` (N filler bytes),
+//! Routes: `/health` (immediately: 200 `{"ok": true, "queue": {"max": N}}`, or
+//! 503 `{"ok": false}` while a status or refuse window or the recovery after a
+//! pause is on), `/bytes/N` (N filler bytes),
 //! anything else (GET/HEAD: `body_size` bytes or "ok"; other methods: "ok").
 //! Request bodies are always read and discarded so the connection stays usable
 //! for keep-alive.
 
-use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::arrivals::ArrivalLog;
-use crate::behaviour::Behaviour;
+use crate::behaviour::{Behaviour, Verdict};
 use crate::body::RepeatBody;
 use crate::stats::Counters;
 
@@ -24,6 +26,15 @@ pub(crate) struct Shared {
     pub(crate) behaviour: Behaviour,
     /// Cached `behaviour.delays()`: the hot path checks one bool.
     delays: bool,
+    /// Cached `behaviour.timed()`: windows or after_pause need the clock.
+    timed: bool,
+    /// When the process last resumed from a pause, in nanoseconds after
+    /// `started_at`, plus one (0: never). Written by the pause ticker.
+    pub(crate) resumed_nanos: AtomicU64,
+    /// Connections open now, and the most ever open at once: `/health`
+    /// reports the latter as `queue.max` (counted per connection, not per request).
+    pub(crate) open_connections: AtomicU64,
+    pub(crate) max_connections: AtomicU64,
     /// Origin of the stall windows.
     pub(crate) started_at: Instant,
     pub(crate) counters: Counters,
@@ -34,9 +45,14 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(behaviour: Behaviour, started_at: Instant, arrivals: Option<ArrivalLog>) -> Self {
         let delays = behaviour.delays();
+        let timed = behaviour.timed();
         Self {
             behaviour,
             delays,
+            timed,
+            resumed_nanos: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
+            max_connections: AtomicU64::new(0),
             started_at,
             counters: Counters::default(),
             arrivals,
@@ -54,6 +70,21 @@ impl Shared {
         arrival + stall_wait + self.behaviour.sample_latency()
     }
 
+    /// The timed rules (windows, recovery after a pause) for a request now.
+    fn verdict(&self) -> Verdict {
+        let since = self.started_at.elapsed();
+        let resumed = match self.resumed_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n - 1)),
+        };
+        self.behaviour.verdict(since, resumed)
+    }
+
+    /// Whether a new connection is to be closed unanswered (a refuse window).
+    pub(crate) fn refusing(&self) -> bool {
+        self.timed && self.verdict() == Verdict::Refuse
+    }
+
     /// The success body for a load request, or `None` for an unparsable `/bytes/N`.
     fn ok_body(&self, method: &Method, path: &str) -> Option<RepeatBody> {
         if let Some(n) = path.strip_prefix("/bytes/") {
@@ -68,20 +99,47 @@ impl Shared {
     }
 }
 
-/// Answers one request. Never fails: every outcome is an HTTP response.
+/// A refuse window: hyper closes the connection without answering.
+#[derive(Debug, thiserror::Error)]
+#[error("the target refuses requests (a refuse window is on)")]
+pub(crate) struct Refused;
+
+fn with_status(status: u16, body: RepeatBody) -> Response<RepeatBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    response
+}
+
+/// Answers one request; fails (closing the connection) only in a refuse window.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<RepeatBody>, Infallible> {
+) -> Result<Response<RepeatBody>, Refused> {
     let counters = &shared.counters;
+    let verdict = if shared.timed { shared.verdict() } else { Verdict::Normal };
+    if verdict == Verdict::Refuse {
+        return Err(Refused);
+    }
     if req.uri().path() == "/health" {
         Counters::bump(&counters.health_checks);
         drain(req.into_body()).await;
-        return Ok(Response::new(RepeatBody::text(b"ok")));
+        if matches!(verdict, Verdict::Status(_)) {
+            return Ok(with_status(503, RepeatBody::text(br#"{"ok": false}"#)));
+        }
+        let max = shared.max_connections.load(Ordering::Relaxed);
+        return Ok(Response::new(RepeatBody::owned(format!(r#"{{"ok": true, "queue": {{"max": {max}}}}}"#).into_bytes())));
     }
     Counters::bump(&counters.requests);
+    if let Verdict::Status(status) = verdict {
+        drain(req.into_body()).await;
+        Counters::bump(if status >= 500 { &counters.errors_500 } else if status >= 400 { &counters.client_errors_4xx } else { &counters.ok_2xx });
+        return Ok(with_status(status, RepeatBody::text(b"unavailable")));
+    }
     // Arrival = head parsed; read the clock only when something may wait.
-    let deadline = shared.delays.then(|| shared.deadline(Instant::now()));
+    let mut deadline = shared.delays.then(|| shared.deadline(Instant::now()));
+    if let Verdict::Hold(wait) = verdict {
+        deadline = Some(deadline.unwrap_or_else(Instant::now) + wait);
+    }
     let ok_body = shared.ok_body(req.method(), req.uri().path());
     // Draining overlaps with the wait: an upload's transfer time counts toward it.
     drain(req.into_body()).await;

@@ -212,6 +212,13 @@ pub struct TargetArgs {
     pub stall_every: Option<Dur>,
     #[arg(long, requires = "stall_every")]
     pub stall_hold: Option<Dur>,
+    /// An outage window from the target's start, AT+FOR:ACTION with ACTION a
+    /// status, `stall` or `refuse` (`--window 5s+7s:503 --window 30s+2s:refuse`).
+    #[arg(long = "window", value_name = "AT+FOR:ACTION")]
+    pub windows: Vec<stampede_common::plan::TargetWindow>,
+    /// After the process is stopped and resumed, answer STATUS for FOR (`7s:503`).
+    #[arg(long, value_name = "FOR:STATUS")]
+    pub after_pause: Option<stampede_common::plan::AfterPauseSpec>,
     /// Response body size for GET requests, bytes.
     #[arg(long)]
     pub body_size: Option<usize>,
@@ -422,6 +429,8 @@ async fn target(args: TargetArgs) -> anyhow::Result<i32> {
         latency_max: args.latency_max,
         error_rate: args.error_rate,
         stall: args.stall_every.zip(args.stall_hold).map(|(every, hold)| stampede_common::plan::StallSpec { every, hold }),
+        windows: args.windows,
+        after_pause: args.after_pause,
     };
     let mut behaviour = local::behaviour(&spec);
     if let Some(n) = args.body_size {

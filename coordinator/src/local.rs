@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use stampede_agent::session::{self, AgentConfig};
 use stampede_common::plan::{BuiltinTarget, Plan};
 use stampede_common::tls::Token;
-use stampede_target::{Behaviour, Stall, TargetHandle};
+use stampede_target::{AfterPause, Behaviour, Stall, TargetHandle, Window, WindowAction};
 use tokio_util::sync::CancellationToken;
 
 pub fn behaviour(b: &BuiltinTarget) -> Behaviour {
@@ -17,6 +17,20 @@ pub fn behaviour(b: &BuiltinTarget) -> Behaviour {
         latency_max: b.latency_max.map(|d| d.as_duration()),
         error_ratio: b.error_rate.map_or(0.0, |p| p.ratio()),
         stall: b.stall.map(|s| Stall { every: s.every.as_duration(), hold: s.hold.as_duration() }),
+        windows: b
+            .windows
+            .iter()
+            .map(|w| Window {
+                at: w.at.as_duration(),
+                length: w.length.as_duration(),
+                action: match (w.status, w.refuse == Some(true)) {
+                    (Some(s), _) => WindowAction::Status(s),
+                    (None, true) => WindowAction::Refuse,
+                    (None, false) => WindowAction::Stall,
+                },
+            })
+            .collect(),
+        after_pause: b.after_pause.map(|p| AfterPause { length: p.length.as_duration(), status: p.status }),
         ..Behaviour::default()
     }
 }

@@ -237,6 +237,67 @@ pub struct BuiltinTarget {
     /// "Hold every request for `hold` every `every`."
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stall: Option<StallSpec>,
+    /// Timed outages from the target's start (`at`, `for`, and one of
+    /// `status`, `stall: true`, `refuse: true`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<TargetWindow>,
+    /// After the target's process is stopped and resumed, answer `status`
+    /// for `for` (a service recovering from a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_pause: Option<AfterPauseSpec>,
+}
+
+/// One outage window of the built-in target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetWindow {
+    pub at: Dur,
+    #[serde(rename = "for")]
+    pub length: Dur,
+    /// Answer this status to every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Hold every request until the window ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall: Option<bool>,
+    /// Close connections without answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refuse: Option<bool>,
+}
+
+/// `AT+FOR:ACTION` on the command line: `5s+7s:503`, `20s+3s:stall`, `30s+2s:refuse`.
+impl std::str::FromStr for TargetWindow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a window: write AT+FOR:ACTION, e.g. `5s+7s:503`, `20s+3s:stall` or `30s+2s:refuse`");
+        let (times, action) = s.split_once(':').ok_or_else(bad)?;
+        let (at, length) = times.split_once('+').ok_or_else(bad)?;
+        let mut w = TargetWindow { at: at.parse().map_err(|_| bad())?, length: length.parse().map_err(|_| bad())?, status: None, stall: None, refuse: None };
+        match action {
+            "stall" => w.stall = Some(true),
+            "refuse" => w.refuse = Some(true),
+            n => w.status = Some(n.parse().map_err(|_| bad())?),
+        }
+        Ok(w)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfterPauseSpec {
+    #[serde(rename = "for")]
+    pub length: Dur,
+    pub status: u16,
+}
+
+/// `FOR:STATUS` on the command line: `7s:503`.
+impl std::str::FromStr for AfterPauseSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not FOR:STATUS, e.g. `7s:503`");
+        let (length, status) = s.split_once(':').ok_or_else(bad)?;
+        Ok(AfterPauseSpec { length: length.parse().map_err(|_| bad())?, status: status.parse().map_err(|_| bad())? })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -54,6 +54,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
                 return err("builtin_target.stall.hold".into(), "must be shorter than `every`, which must be more than 0s");
             }
         }
+        check_target_windows(b)?;
     }
 
     if plan.phases.is_empty() {
@@ -228,6 +229,33 @@ fn check_checks(plan: &Plan) -> Result<(), (String, String)> {
                 return Err((at("name"), format!("check `{}` is defined twice (check names are unique across the plan)", check.name)));
             }
             check.kind().map_err(|(field, m)| (at(field), m))?;
+        }
+    }
+    Ok(())
+}
+
+/// Each window lasts, and does one thing; statuses are statuses.
+fn check_target_windows(b: &super::BuiltinTarget) -> Result<(), (String, String)> {
+    let status_ok = |s: u16| (100..=599).contains(&s);
+    for (i, w) in b.windows.iter().enumerate() {
+        let at = |field: &str| format!("builtin_target.windows[{i}].{field}");
+        if w.length.as_duration().is_zero() {
+            return Err((at("for"), "must be more than 0s".into()));
+        }
+        let actions = [w.status.is_some(), w.stall == Some(true), w.refuse == Some(true)].iter().filter(|on| **on).count();
+        if actions != 1 {
+            return Err((at("at"), "a window does exactly one of `status: CODE`, `stall: true`, `refuse: true`".into()));
+        }
+        if w.status.is_some_and(|s| !status_ok(s)) {
+            return Err((at("status"), "must be an HTTP status, 100..=599".into()));
+        }
+    }
+    if let Some(p) = b.after_pause {
+        if p.length.as_duration().is_zero() {
+            return Err(("builtin_target.after_pause.for".into(), "must be more than 0s".into()));
+        }
+        if !status_ok(p.status) {
+            return Err(("builtin_target.after_pause.status".into(), "must be an HTTP status, 100..=599".into()));
         }
     }
     Ok(())
