@@ -193,8 +193,13 @@ async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedS
         }
         let entry = pending.entry(part.seq).or_default();
         entry.0.stats.add(&part.stats).expect("one histogram shape");
-        for (due, stats) in &part.late {
-            entry.0.late.entry(*due).or_default().add(stats).expect("one histogram shape");
+        for (due, stats) in part.late {
+            match entry.0.late.entry(due) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(stats);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().add(&stats).expect("one histogram shape"),
+            }
         }
         entry.0.in_flight += part.in_flight;
         entry.1 += 1;

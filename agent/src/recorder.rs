@@ -37,7 +37,7 @@ pub struct Recorder {
     other: BTreeMap<u64, RunStats>,
     /// Interval k is [start + k·interval, start + (k+1)·interval).
     start: Instant,
-    interval_nanos: u128,
+    interval_nanos: u64,
 }
 
 /// What one interval's flush carries: the interval's own requests and
@@ -57,14 +57,16 @@ impl Recorder {
             current: 0,
             other: BTreeMap::new(),
             start,
-            interval_nanos: interval.as_nanos().max(1),
+            interval_nanos: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1),
         }
     }
 
-    /// The interval `t` falls in (0 for an instant before the start).
+    /// The interval `t` falls in (0 for an instant before the start). In
+    /// u64 (584 years of nanoseconds): a u128 division costs several times more.
     #[inline]
     fn due_seq(&self, t: Instant) -> u64 {
-        (t.saturating_duration_since(self.start).as_nanos() / self.interval_nanos) as u64
+        let d = t.saturating_duration_since(self.start);
+        d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos())) / self.interval_nanos
     }
 
     /// An open-model arrival came due; `lag` is how late it started, `None`

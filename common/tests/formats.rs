@@ -96,3 +96,19 @@ fn a_top_level_key_that_looks_like_a_path_is_refused_in_every_format() {
         assert!(e.message.starts_with("unknown field `"), "{}: {e}", format.name());
     }
 }
+
+#[test]
+fn drill_rules_survive_the_json_trip_to_the_agents() {
+    let text = "name: drill\ntarget: http://127.0.0.1:9\nphases:\n  - { name: hold, duration: 60s, load: { model: open, rate: 10/s } }\nsteps:\n  - { name: read, request: { path: / } }\nfaults:\n  - { name: api-1, kind: cpu, at: 10s, duration: 20s, cpu: { workers: 1 } }\nslos:\n  - { name: ok, metric: error_rate, scope: outside:faults, pass: \"< 1%\" }\n  - { metric: p99, scope: step:read in during:api-1, pass: \"< 800ms\" }\n  - { metric: timeout_rate, scope: after:api-1, for: 30s, pass: \"< 1%\" }\n  - { metric: drop_rate, scope: before:api-1, pass: \"< 1%\", warn: \"< 2%\" }\n  - { metric: \"max_streak(error_rate > 0)\", pass: \"< 30s\" }\n  - { metric: recovery_time, fault: api-1, rules: [ok], consecutive: 2, pass: \"< 60s\" }\n";
+    let plan = load_str(text, Format::Yaml, Path::new("drill.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let json = serde_json::to_string(&plan).unwrap();
+    let back = load_str(&json, Format::Json, Path::new("wire.json")).unwrap_or_else(|e| panic!("{e}\n{json}"));
+    assert_eq!(back, plan);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["slos"][1]["scope"], "step:read in during:api-1");
+    assert_eq!(v["slos"][2]["for"], "30s");
+    assert_eq!(v["slos"][3]["warn"], "< 2%");
+    assert_eq!(v["slos"][4]["metric"], "max_streak(error_rate > 0)");
+    assert_eq!(plan.slos[5].metric, Metric::RecoveryTime);
+    assert_eq!(plan.slos[1].scope, Scope::In(Box::new(Scope::Step("read".into())), Box::new(Scope::During("api-1".into()))));
+}

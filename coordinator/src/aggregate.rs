@@ -212,10 +212,19 @@ impl Aggregate {
         let mut load = Sums::default();
         let mut timeouts = 0u64;
         let mut ok_latency = histogram::new_hist();
-        let mut stats = RunStats::default();
-        for (_, part) in &parts {
-            stats.checked_add(part).map_err(|source| SnapshotError::Merge { seq, source })?;
-        }
+        // The common case is one part (nothing late): no copy of it.
+        let merged;
+        let stats: &RunStats = match parts.as_slice() {
+            [(_, only)] => only,
+            _ => {
+                let mut all = RunStats::default();
+                for (_, part) in &parts {
+                    all.checked_add(part).map_err(|source| SnapshotError::Merge { seq, source })?;
+                }
+                merged = all;
+                &merged
+            }
+        };
         for (k, r) in &stats.steps {
             let errors = r.errors.iter().try_fold(0u64, |a, n| a.checked_add(*n)).ok_or_else(|| overflow("errors"))?;
             let one = Sums { requests: r.requests, errors, sent: r.bytes_sent, received: r.bytes_received };
@@ -238,7 +247,7 @@ impl Aggregate {
             None => load,
         };
         let in_flight_after = self.landed.get(&seq).map_or(Some(s.in_flight), |iv| iv.in_flight.checked_add(s.in_flight)).ok_or_else(|| overflow("in-flight"))?;
-        self.total.checked_add(&stats).map_err(|source| SnapshotError::Merge { seq, source })?;
+        self.total.checked_add(stats).map_err(|source| SnapshotError::Merge { seq, source })?;
         // Each due interval's sum is part of the run's total, which fit.
         for (due, part) in &parts {
             self.timeline.add(*due, part).map_err(|source| SnapshotError::Timeline { seq, due: *due, source })?;

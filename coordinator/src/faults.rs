@@ -138,6 +138,21 @@ impl FaultLog {
         self.events.insert((ev.agent_id.clone(), ev.fault.clone()), ev);
     }
 
+    /// Each fault's actual window on each agent that applied it, for the
+    /// judge (`during:`, `after:`, `recovery_time`): a fault never applied
+    /// has none, one never reverted is open-ended.
+    pub fn windows(&self) -> Vec<crate::judge::FaultWindow> {
+        self.events
+            .values()
+            .filter(|e| e.applied_unix_nanos > 0)
+            .map(|e| crate::judge::FaultWindow {
+                fault: e.fault.clone(),
+                applied_unix_nanos: e.applied_unix_nanos,
+                reverted_unix_nanos: (e.reverted_unix_nanos > 0).then_some(e.reverted_unix_nanos),
+            })
+            .collect()
+    }
+
     /// A restarted agent on the node of `on_node`'s agents reverted `f` at
     /// start-up (`reverted_nanos`, our clock): the entry of the agent that
     /// applied it says so — `reverted_at_startup`, or `revert_failed` — rather

@@ -11,7 +11,8 @@
 //! - [`load_bounds`]: refusing a share an agent cannot hold (its connection limit).
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
 //! - [`timeline`]: the run's intervals by due time, final after the timeout, compacted.
-//! - [`verdict`]: every trust decision (incomplete, invalid, aborted, interrupted) and SLO evaluation.
+//! - [`judge`]: every SLO rule over the totals and the timeline: fault windows, streaks, recovery.
+//! - [`verdict`]: every trust decision (incomplete, invalid, aborted, interrupted) and the verdict from the judged SLOs.
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
 //! - [`local`]: in-process agents and built-in target for `--local-agents`.
 //! - [`control`] / [`remote`]: the standing coordinator's submit API and its client.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod control;
 pub mod faults;
 pub mod fleet;
+pub mod judge;
 pub mod load_bounds;
 pub mod local;
 pub mod orchestrate;

@@ -57,6 +57,12 @@ impl Timeline {
 
     fn compact(slot: &mut Slot) {
         if let Slot::Open(s) = slot {
+            // Emptied before encoding: compressing them only to drop them
+            // would cost as much as the latency histogram kept.
+            for r in s.steps.values_mut() {
+                r.service.reset();
+                r.dispatch.reset();
+            }
             let (mut steps, phases) = encode_steps(s);
             for st in &mut steps {
                 st.service_hist.clear();

@@ -8,8 +8,10 @@ use std::fmt;
 
 use serde::Serialize;
 use stampede_common::plan::{Model, Plan};
-use stampede_common::slo::{Metric, Scope, Slo, Status};
-use stampede_common::stats::{RunStats, StepKey};
+use stampede_common::slo::{Metric, Scope, Status};
+use stampede_common::stats::RunStats;
+
+use crate::judge::{FaultWindow, IntervalSource};
 
 use stampede_proto::v1::FaultStatus;
 
@@ -50,67 +52,22 @@ impl Verdict {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SloResult {
-    /// The rule as written: `p99 < 400ms`.
-    pub rule: String,
-    pub metric: String,
-    pub scope: String,
-    /// In the metric's unit: ms for latency, a ratio for error_rate, req/s for throughput.
-    pub observed: Option<f64>,
-    pub threshold: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warn_threshold: Option<String>,
-    pub status: Status,
+pub use crate::judge::SloResult;
+
+/// A metric over a scope without a time window, from `stats` (the run's
+/// totals, or a few intervals merged).
+pub fn observe(plan: &Plan, stats: &RunStats, metric: &Metric, scope: &Scope) -> Option<f64> {
+    let parts = scope.parts().ok()?;
+    let seconds = match parts.phase.and_then(|n| plan.phase_index(n)) {
+        Some(i) => plan.phases[i].duration.as_duration().as_secs_f64(),
+        None => plan.duration().as_secs_f64(),
+    };
+    crate::judge::observe(plan, metric, stats, &crate::judge::KeyFilter::new(plan, &parts), seconds)
 }
 
-type KeyFilter = Box<dyn Fn(&StepKey) -> bool>;
-
-/// Which records a scope covers, and how long it lasted (for throughput).
-fn scope_filter(plan: &Plan, scope: &Scope) -> (KeyFilter, f64) {
-    match scope {
-        // Load only: probe records (contract P) are their own series.
-        Scope::Run => {
-            let probes = plan.probe_phase();
-            (Box::new(move |k| k.phase < probes), plan.duration().as_secs_f64())
-        }
-        Scope::Phase(name) => {
-            let i = plan.phase_index(name).expect("validated") as u32;
-            (Box::new(move |k| k.phase == i), plan.phases[i as usize].duration.as_duration().as_secs_f64())
-        }
-        Scope::Step(name) => {
-            let i = plan.step_index(name).expect("validated") as u32;
-            (Box::new(move |k| k.step == i), plan.duration().as_secs_f64())
-        }
-    }
-}
-
-pub fn observe(plan: &Plan, stats: &RunStats, metric: Metric, scope: &Scope) -> Option<f64> {
-    let (filter, seconds) = scope_filter(plan, scope);
-    let s = stats.summarize(filter);
-    match metric {
-        Metric::ErrorRate => (s.requests > 0).then(|| s.error_rate()),
-        Metric::Throughput => Some(s.sent() as f64 / seconds),
-        Metric::Max => s.max_ms(),
-        m => s.latency_ms(m.quantile().expect("latency metrics have a quantile")),
-    }
-}
-
-pub fn evaluate_slos(plan: &Plan, stats: &RunStats) -> Vec<SloResult> {
-    plan.slos.iter().map(|slo| evaluate(plan, stats, slo)).collect()
-}
-
-fn evaluate(plan: &Plan, stats: &RunStats, slo: &Slo) -> SloResult {
-    let observed = observe(plan, stats, slo.metric, &slo.scope);
-    SloResult {
-        rule: format!("{} {}", slo.metric, slo.pass),
-        metric: slo.metric.to_string(),
-        scope: slo.scope.to_string(),
-        observed,
-        threshold: slo.pass.to_string(),
-        warn_threshold: slo.warn.as_ref().map(ToString::to_string),
-        status: slo.evaluate(observed),
-    }
+/// Every SLO of the plan, judged by [`crate::judge::evaluate`].
+pub fn evaluate_slos(plan: &Plan, total: &RunStats, source: &dyn IntervalSource, start_unix_nanos: i64, windows: &[FaultWindow]) -> Vec<SloResult> {
+    crate::judge::evaluate(plan, total, source, start_unix_nanos, windows)
 }
 
 /// On an incomplete run: a rule that passed or warned on partial numbers is
@@ -167,7 +124,7 @@ pub struct Judgment {
 /// incomplete; a saturated client or a fault that failed makes it invalid;
 /// only then do the SLOs decide. A rule that passed on numbers the run
 /// cannot vouch for (stopped early, incomplete) is `not_evaluated`.
-pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop>) -> Judgment {
+pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop>, start_unix_nanos: i64) -> Judgment {
     let stats = &agg.total;
     let mut reasons: Vec<String> = stop
         .map(|s| match s {
@@ -181,7 +138,7 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
     let incomplete = matches!(stop, Some(Stop::Interrupted(_))) || !reasons.is_empty();
     let aborted = matches!(stop, Some(Stop::Aborted { .. }));
 
-    let slos = evaluate_slos(plan, stats);
+    let slos = evaluate_slos(plan, stats, agg, start_unix_nanos, &faults.windows());
     // Partial data vouches for nothing: a rule it satisfies is not a pass.
     let slos: Vec<SloResult> = if incomplete { slos.into_iter().map(not_evaluated).collect() } else { slos };
 
@@ -278,7 +235,20 @@ mod tests {
     use super::*;
 
     fn slo(status: Status) -> SloResult {
-        SloResult { rule: String::new(), metric: String::new(), scope: String::new(), observed: None, threshold: String::new(), warn_threshold: None, status }
+        SloResult {
+            rule: String::new(),
+            name: None,
+            metric: String::new(),
+            scope: String::new(),
+            observed: None,
+            unit: "ms",
+            threshold: String::new(),
+            warn_threshold: None,
+            status,
+            window: None,
+            decided_by: None,
+            detail: None,
+        }
     }
 
     #[test]
@@ -302,21 +272,21 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let agg = Aggregate::new(std::iter::empty(), std::time::Duration::from_secs(1), std::time::Duration::from_secs(1));
         let faults = FaultLog::default();
-        let healthy = judge(&plan, &agg, &faults, None);
+        let healthy = judge(&plan, &agg, &faults, None, 0);
         assert_eq!((healthy.verdict, healthy.reasons.len()), (Verdict::Pass, 0), "{:?}", healthy.reasons);
 
-        let aborted = judge(&plan, &agg, &faults, Some(&Stop::Aborted { rule: "error_rate > 20% for 10s".into() }));
+        let aborted = judge(&plan, &agg, &faults, Some(&Stop::Aborted { rule: "error_rate > 20% for 10s".into() }), 0);
         assert_eq!(aborted.verdict, Verdict::Fail);
         assert_eq!(aborted.verdict.exit_code(), 1);
         assert_eq!(aborted.reasons, vec!["aborted by error_rate > 20% for 10s".to_string()]);
         assert_eq!(aborted.slos[0].status, Status::NotEvaluated, "a stopped run's numbers vouch for no pass");
 
-        let mut broken = judge(&plan, &agg, &faults, None);
+        let mut broken = judge(&plan, &agg, &faults, None, 0);
         steady_state_broken(&mut broken, "health: cannot connect to 127.0.0.1:9");
         assert_eq!(broken.verdict, Verdict::Fail, "a passing run whose steady state is gone after it fails");
         assert_eq!(broken.reasons, vec!["steady state did not hold after the run: health: cannot connect to 127.0.0.1:9".to_string()]);
 
-        let interrupted = judge(&plan, &agg, &faults, Some(&Stop::Interrupted("SIGINT".into())));
+        let interrupted = judge(&plan, &agg, &faults, Some(&Stop::Interrupted("SIGINT".into())), 0);
         assert_eq!(interrupted.verdict, Verdict::Incomplete);
         assert_eq!(interrupted.verdict.exit_code(), 3);
         assert_eq!(interrupted.reasons, vec!["interrupted: SIGINT; the run was stopped before its end".to_string()]);

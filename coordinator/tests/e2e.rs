@@ -135,7 +135,7 @@ fn reports_land_in_the_out_dir() {
     assert!(html.contains(r#"<span class="verdict fail">FAIL</span>"#), "{html}");
     assert!(html.contains("<td>p50</td>") && html.contains("&lt; 5ms"), "the SLO row");
     // Axes and ticks are polylines too: look for the series' own colour and
-    // width, with a point per interval (a 2 s phase, then the drain's): a
+    // width, with a point per interval (a 2 s phase of 500 ms intervals): a
     // legend swatch has 2 points.
     let series_points = |stroke: &str| {
         html.split("<polyline").filter(|p| p.contains(&format!(r#"stroke="{stroke}" stroke-width="2""#))).map(|p| p.split("points=\"").nth(1).map_or(0, |pts| pts.split('"').next().unwrap().split_whitespace().count())).max().unwrap_or(0)

@@ -396,6 +396,24 @@ mod tests {
     }
 
     #[test]
+    fn late_additions_pass_within_a_timeout_of_their_snapshot_and_nowhere_else() {
+        let b = bounds();
+        let now = 1_000_000_000_000 + 12_000_000_000;
+        // 2 s timeout at 1 s intervals: up to 2 + SEQ_SLACK intervals back.
+        assert_eq!(b.max_late, 2 + SEQ_SLACK);
+        let with_due = |seq: u64, due: u64| {
+            let mut s = snapshot(seq);
+            s.steps.push(StepStats { due_seq: Some(due), ..Default::default() });
+            s
+        };
+        for due in 10 - b.max_late..=10 {
+            check_snapshot(&with_due(10, due), &b, 0, now).unwrap();
+        }
+        assert!(check_snapshot(&with_due(10, 11), &b, 0, now).unwrap_err().0.contains("adding to interval 11"), "not into the future");
+        assert!(check_snapshot(&with_due(10, 9 - b.max_late), &b, 0, now).is_err(), "not further back than a request can last");
+    }
+
+    #[test]
     fn the_runs_own_intervals_pass_and_others_do_not() {
         let b = bounds();
         let now = 1_000_000_000_000 + 12_000_000_000;

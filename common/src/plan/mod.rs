@@ -10,6 +10,7 @@ mod lines;
 mod load;
 mod model;
 mod probe;
+mod slo_rules;
 mod validate;
 
 pub use check::*;
@@ -19,4 +20,5 @@ pub use limits::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_NODES, MAX_PLAN_BYTES};
 pub use load::{load_file, load_str, Format};
 pub use model::*;
 pub use probe::*;
+pub use slo_rules::{outside_fault_rules, probe_names};
 pub use validate::validate;

@@ -1,6 +1,6 @@
 //! Checks a plan's meaning once its shape is known: names unique and
 //! referenced names existing, every load complete for its model, weights and
-//! rates sensible, SLO thresholds in their metric's unit.
+//! rates sensible; the SLO rules in `slo_rules.rs`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -9,7 +9,6 @@ use super::limits::{
     MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_FAULTS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PHASES, MAX_RATE, MAX_SLOS, MAX_STEPS,
 };
 use super::{Load, Model, Plan, Request, MAX_CHECKS};
-use crate::slo::{Cmp, Scope, Threshold};
 
 /// Requests slower than this are not measured (the histograms' range), so no
 /// timeout may be longer.
@@ -144,24 +143,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
     super::fault::validate_faults(plan)?;
     super::probe::validate_probes(plan)?;
 
-    for (i, slo) in plan.slos.iter().enumerate() {
-        let at = |field: &str| format!("slos[{i}].{field}");
-        match &slo.scope {
-            Scope::Run => {}
-            Scope::Phase(name) if plan.phase_index(name).is_none() => {
-                return err(at("scope"), &format!("there is no phase `{name}`"));
-            }
-            Scope::Step(name) if plan.step_index(name).is_none() => {
-                return err(at("scope"), &format!("there is no step `{name}`"));
-            }
-            _ => {}
-        }
-        slo.pass.check_unit(slo.metric).map_err(|m| (at("pass"), m))?;
-        if let Some(w) = &slo.warn {
-            w.check_unit(slo.metric).map_err(|m| (at("warn"), m))?;
-            check_warn_band(&slo.pass, w).map_err(|m| (at("warn"), m))?;
-        }
-    }
+    super::slo_rules::validate_slos(plan)?;
     Ok(())
 }
 
@@ -287,22 +269,6 @@ fn check_rates(load: &Load) -> Result<(), (&'static str, String)> {
                 format!("{r}/s is more than stampede sends ({MAX_RATE}/s across the fleet): lower the rate, and spread large loads over more agents (one agent sends far less)"),
             ));
         }
-    }
-    Ok(())
-}
-
-/// Warn is the band between pass and fail: it bounds the same side as pass
-/// and is looser, or a value that fails pass could land in warn from the
-/// other side (`pass: > 100/s`, `warn: < 50/s` would call 30/s a warning).
-fn check_warn_band(pass: &Threshold, warn: &Threshold) -> Result<(), String> {
-    let upper = |t: &Threshold| matches!(t.cmp, Cmp::Lt | Cmp::Le);
-    if upper(pass) != upper(warn) {
-        return Err(format!("`{warn}` bounds the other side from pass `{pass}`: warn must be a looser limit in the same direction"));
-    }
-    // Strictly: an equal limit leaves no value that warns.
-    let looser = if upper(pass) { warn.value > pass.value } else { warn.value < pass.value };
-    if !looser {
-        return Err(format!("`{warn}` is stricter than pass `{pass}`, or the same: warn must be a looser limit in the same direction"));
     }
     Ok(())
 }

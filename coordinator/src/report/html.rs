@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use plotters::prelude::*;
 
-use super::markdown::{ms, observed, totals_line};
+use super::markdown::{ms, observed, subject, totals_line, when};
 use super::{escape_markup, Percentiles, Report};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}\
@@ -91,19 +91,20 @@ fn slos(r: &Report, out: &mut String) {
         return;
     }
     out.push_str("<h2>SLOs</h2>\n<table>");
-    row(out, "th", &heads(&["SLO", "scope", "observed", "pass", "warn", "status"], false));
+    row(out, "th", &heads(&["SLO", "scope", "observed", "pass", "warn", "status", "when"], false));
     for s in &r.slos {
         let status = s.status.as_str();
         row(
             out,
             "td",
             &[
-                escape_markup(&s.metric),
+                escape_markup(subject(s)),
                 escape_markup(&s.scope),
-                escape_markup(&observed(&s.metric, s.observed)),
+                escape_markup(&observed(s)),
                 escape_markup(&s.threshold),
                 escape_markup(s.warn_threshold.as_deref().unwrap_or("-")),
                 format!("<span class=\"verdict {status}\">{status}</span>"),
+                escape_markup(&when(s)),
             ],
         );
     }
@@ -234,7 +235,7 @@ fn chart(r: &Report) -> Result<String, String> {
         root.present().map_err(|e| e.to_string())?;
     }
     let legend = if windows.is_empty() { "" } else { " Shaded: fault windows." };
-    Ok(format!("{svg}\n<p>One point per {interval} s interval; grey lines: phase starts.{legend}</p>\n"))
+    Ok(format!("{svg}\n<p>One point per {interval} s interval, counting each request in the interval it was due in (intended start; closed model: send); grey lines: phase starts.{legend}</p>\n"))
 }
 
 #[cfg(test)]

@@ -26,12 +26,17 @@ pub fn junit_xml(r: &Report) -> String {
     }
     let _ = writeln!(out, "  </testcase>");
     for s in &r.slos {
-        let name = escape_markup(&format!("{} {} ({})", s.metric, s.threshold, s.scope));
+        let name = escape_markup(&format!("{} {} ({})", super::markdown::subject(s), s.threshold, s.scope));
         let _ = writeln!(out, r#"  <testcase classname="stampede.slo" name="{name}">"#);
-        let observed = escape_markup(&super::markdown::observed(&s.metric, s.observed));
+        let observed = escape_markup(&super::markdown::observed(s));
+        // Time rules say when they looked and what decided them.
+        let when = match super::markdown::when(s) {
+            w if w == "-" => String::new(),
+            w => format!(" [{}]", escape_markup(&w)),
+        };
         match s.status {
             Status::Fail => {
-                let _ = writeln!(out, r#"    <failure message="observed {observed}">{name}: observed {observed}</failure>"#);
+                let _ = writeln!(out, r#"    <failure message="observed {observed}">{name}{when}: observed {observed}</failure>"#);
             }
             Status::Warn => {
                 let _ = writeln!(out, "    <system-out>warn: observed {observed}</system-out>");

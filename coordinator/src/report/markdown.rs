@@ -6,6 +6,7 @@ use std::fmt::Write;
 use stampede_common::slo::Status;
 
 use super::{Percentiles, Report};
+use crate::verdict::SloResult;
 
 pub(super) fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| if v < 10.0 { format!("{v:.2}") } else { format!("{v:.1}") })
@@ -16,13 +17,44 @@ pub(super) fn pct(r: f64) -> String {
 }
 
 /// An SLO's observed value in the unit its rule is written in (shared with
-/// the JUnit report, so both say `0.40%` where the rule says `< 0.5%`).
-pub(super) fn observed(metric: &str, v: Option<f64>) -> String {
-    match (metric, v) {
-        (_, None) => "no data".into(),
-        ("error_rate", Some(v)) => pct(v),
-        ("throughput", Some(v)) => format!("{v:.1}/s"),
-        (_, Some(v)) => format!("{}ms", ms(Some(v))),
+/// the HTML and JUnit reports, so all say `0.40%` where the rule says
+/// `< 0.5%`, and `7.0s` where it says `< 60s`).
+pub(super) fn observed(s: &SloResult) -> String {
+    let Some(v) = s.observed else { return "no data".into() };
+    match s.unit {
+        "ratio" => pct(v),
+        "req/s" => format!("{v:.1}/s"),
+        "count" => format!("{v:.0}"),
+        // Time rules are written in seconds (`< 60s`); latency in ms.
+        _ if s.metric.starts_with("recovery_time") || s.metric.starts_with("max_streak") => format!("{:.1}s", v / 1e3),
+        _ => format!("{}ms", ms(Some(v))),
+    }
+}
+
+/// What the rule judges, without its threshold: `p99`,
+/// `recovery_time(api-1)`, `max_streak(status:5xx > 0)`.
+pub(super) fn subject(s: &SloResult) -> &str {
+    s.rule.strip_suffix(&s.threshold).map_or(s.rule.as_str(), str::trim_end)
+}
+
+/// When a rule looked and what decided it, seconds after the run's start:
+/// `window +10.0–15.0s; decided by +22.0–25.0s`, and why it has no value.
+pub(super) fn when(s: &SloResult) -> String {
+    let span = |x: &crate::judge::Span| format!("+{:.1}–{:.1}s", x.from_s, x.to_s);
+    let mut parts = Vec::new();
+    if let Some(w) = &s.window {
+        parts.push(format!("window {}", span(w)));
+    }
+    if let Some(d) = &s.decided_by {
+        parts.push(format!("decided by {}", span(d)));
+    }
+    if let Some(d) = &s.detail {
+        parts.push(d.clone());
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
     }
 }
 
@@ -121,18 +153,19 @@ fn tables(r: &Report, out: &mut String) {
         }
     }
     if !r.slos.is_empty() {
-        let _ = writeln!(out, "\n| SLO | scope | observed | pass | warn | status |");
-        let _ = writeln!(out, "|---|---|---:|---|---|---|");
+        let _ = writeln!(out, "\n| SLO | scope | observed | pass | warn | status | when |");
+        let _ = writeln!(out, "|---|---|---:|---|---|---|---|");
         for s in &r.slos {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} |",
-                s.metric,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                subject(s),
                 s.scope,
-                observed(&s.metric, s.observed),
+                observed(s),
                 s.threshold,
                 s.warn_threshold.as_deref().unwrap_or("-"),
-                status(s.status)
+                status(s.status),
+                when(s)
             );
         }
     }
@@ -184,7 +217,7 @@ fn timeline(r: &Report, out: &mut String) {
     let per_row = r.timeline.len().div_ceil(TIMELINE_ROWS);
     // Sub-second intervals get sub-second labels.
     let prec = if interval * per_row as f64 >= 1.0 { 0 } else { 1 };
-    let _ = writeln!(out, "\n## Timeline\n\n| from | req/s | errors | worst p99 (ms) | kB/s received | faults active |\n|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "\n## Timeline\n\nEach request counts in the interval it was due in (intended start; closed model: send).\n\n| from | req/s | errors | worst p99 (ms) | kB/s received | faults active |\n|---:|---:|---:|---:|---:|---|");
     for rows in r.timeline.chunks(per_row) {
         let from = rows[0].t_s;
         let to = rows[rows.len() - 1].t_s + interval;

@@ -346,7 +346,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
     // The run's own numbers are the load's: probes are reported apart.
     let load = |k: &StepKey| k.phase < plan.probe_phase();
     let all = stats.summarize(load);
-    let mut judgment = verdict::judge(plan, f.aggregate, f.faults, f.stop);
+    let mut judgment = verdict::judge(plan, f.aggregate, f.faults, f.stop, f.start_unix_nanos);
     if let Some(why) = f.steady_after {
         verdict::steady_state_broken(&mut judgment, why);
     }
