@@ -52,9 +52,18 @@ probes:
   - { name: strict, every: 1s, request: { path: /health }, expect: { status: "204" } }
 slos:
   - { metric: error_rate, scope: run, pass: "< 1%" }
+  - { metric: error_rate, scope: "probe:health", pass: "< 1%" }
+  - { metric: error_rate, scope: "probe:strict", pass: "< 1%" }
 "#;
     let (code, stderr, r) = run(plan, 2);
-    assert_eq!(code, 0, "a failing probe must not fail the load's SLO; stderr:\n{stderr}\n{r:#}");
+    // Each series judged in its own scope: the load's and `health` pass,
+    // `strict` fails, and only that rule fails the run.
+    assert_eq!(code, 1, "stderr:\n{stderr}\n{r:#}");
+    let slos = r["slos"].as_array().unwrap();
+    let statuses: Vec<&str> = slos.iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["pass", "pass", "fail"], "{slos:#?}");
+    assert_eq!(slos[0]["observed"].as_f64(), Some(0.0), "the failing probe leaked into the run scope: {slos:#?}");
+    assert_eq!(slos[2]["observed"].as_f64(), Some(1.0), "{slos:#?}");
     let probes = r["probes"].as_array().unwrap_or_else(|| panic!("no probes section: {r:#}"));
     assert_eq!(probes.len(), 2);
     let (health, strict) = (&probes[0], &probes[1]);
