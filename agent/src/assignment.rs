@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::engine::{self, RunSpec};
-use crate::fault::injector::{FaultStatus, FaultUpdate, Injector};
+use crate::fault::injector::{FaultStatus, FaultUpdate, Injector, SteadyGate};
 use crate::fault::Action;
 use crate::outbox::Outbox;
 use crate::session::AgentConfig;
@@ -104,6 +104,8 @@ async fn stream_run(
         tokio::time::timeout(budget, all).await.map_err(|_| format!("preflight on this node: the fault checks did not finish within the {budget:?} before the start"))??;
     }
     let fault_stop = cancel.child_token();
+    // Each fault with `unless_unhealthy` gets the plan's steady state as its gate.
+    let faults = faults.into_iter().map(|f| { let gate = f.unless_unhealthy.map(|_| steady_gate(plan.clone())); (f, gate) }).collect();
     let fault_tasks = start_faults(a, cfg, injector, faults, start, &fault_stop, outbox);
     let spec = RunSpec {
         plan: plan.clone(),
@@ -189,12 +191,20 @@ fn dry_run_event(a: &Assignment, cfg: &AgentConfig, injector: Option<&Injector>,
     fault_event(a, cfg, u)
 }
 
+/// The plan's steady state, for a fault's `unless_unhealthy`.
+fn steady_gate(plan: Arc<Plan>) -> SteadyGate {
+    Arc::new(move || {
+        let plan = plan.clone();
+        Box::pin(async move { crate::probe::steady::holds(&plan).await })
+    })
+}
+
 /// Starts each fault's window; their updates go to the coordinator as they happen.
 fn start_faults(
     a: &Assignment,
     cfg: &AgentConfig,
     injector: Option<Arc<Injector>>,
-    faults: Vec<Fault>,
+    faults: Vec<(Fault, Option<SteadyGate>)>,
     start: SystemTime,
     stop: &CancellationToken,
     outbox: &Arc<Outbox>,
@@ -204,9 +214,11 @@ fn start_faults(
     }
     let (updates_tx, mut updates) = mpsc::unbounded_channel::<FaultUpdate>();
     let mut tasks = Vec::new();
-    for fault in faults {
+    for (fault, gate) in faults {
         match &injector {
-            Some(inj) => tasks.push(tokio::spawn(inj.clone().run_window(a.run_id.clone(), fault, start, stop.clone(), updates_tx.clone()))),
+            Some(inj) => {
+                tasks.push(tokio::spawn(inj.clone().run_gated_window(a.run_id.clone(), fault, start, stop.clone(), updates_tx.clone(), gate)))
+            }
             None => {
                 let mut refused = FaultUpdate::new(&fault, start, FaultStatus::Failed);
                 refused.error = "this agent has no fault journal, so it refuses faults".into();

@@ -70,7 +70,7 @@ pub fn authority(target: &str) -> Result<&str, EngineError> {
         .ok_or_else(|| EngineError::BadTarget(target.to_string()))
 }
 
-async fn resolve(authority: &str) -> Result<SocketAddr, EngineError> {
+pub(crate) async fn resolve(authority: &str) -> Result<SocketAddr, EngineError> {
     let with_port = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
     let mut addrs = tokio::net::lookup_host(with_port.as_str())
         .await
@@ -120,11 +120,28 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
         })
         .map_err(EngineError::Spawn)?;
     }
+    // This agent's probes deliver as one more worker (see `probe.rs`).
+    let probes = crate::probe::assigned(&spec.plan, spec.agent_index);
+    let producers = if probes.is_empty() {
+        workers
+    } else {
+        crate::probe::spawn_runner(crate::probe::RunnerSetup {
+            plan: spec.plan.clone(),
+            addr,
+            authority: authority.to_string(),
+            probes,
+            run_start,
+            worker: workers,
+            parts: parts_tx.clone(),
+            cancel: cancel.clone(),
+        });
+        workers + 1
+    };
     drop(parts_tx);
 
     let (tx, rx) = mpsc::unbounded_channel();
     let interval = spec.plan.interval.as_duration();
-    tokio::spawn(collect(parts_rx, tx, workers, spec.start, interval));
+    tokio::spawn(collect(parts_rx, tx, producers, spec.start, interval));
     Ok(rx)
 }
 

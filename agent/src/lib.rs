@@ -15,6 +15,8 @@
 //! - `schedule`: when each open-model arrival is due (pure arithmetic).
 //! - `http`: the allocation-free HTTP/1.1 client.
 //! - `recorder`: a worker's per-interval histograms and counters.
+//! - [`probe`]: the plan's probes on their cadence, and the steady-state
+//!   check (on the coordinator's request, or before a fault).
 #![forbid(unsafe_code)]
 
 mod assignment;
@@ -23,6 +25,7 @@ pub mod engine;
 pub mod fault;
 mod http;
 pub mod outbox;
+pub mod probe;
 mod recorder;
 mod schedule;
 pub mod session;

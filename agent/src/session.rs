@@ -301,6 +301,14 @@ async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &Cancellat
                             let _ = tx.try_send(message(Up::ClockEcho(echo)));
                         }
                         Some(Down::Delivered(d)) => state.outbox.ack(d.upto),
+                        Some(Down::SteadyState(req)) => {
+                            // Off the session's loop: the probes may take their timeout.
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let reply = crate::probe::steady::answer(req).await;
+                                let _ = tx.send(message(Up::SteadyState(reply))).await;
+                            });
+                        }
                         Some(Down::Registered(_)) | Some(Down::Heartbeat(_)) | None => {}
                     }
                 }

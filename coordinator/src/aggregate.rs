@@ -135,6 +135,9 @@ pub struct Aggregate {
     final_lag: u64,
     /// Every landed interval up to here is summarized.
     sealed_through: Option<u64>,
+    /// Records of this phase index and beyond are probes (contract P): in
+    /// the totals and the agents' counts, not in the load's timeline.
+    pub probe_phase: u32,
 }
 
 impl Aggregate {
@@ -150,6 +153,7 @@ impl Aggregate {
             interval,
             final_lag,
             sealed_through: None,
+            probe_phase: u32::MAX,
         }
     }
 
@@ -205,6 +209,7 @@ impl Aggregate {
         let parts = by_due_interval(s).map_err(|source| SnapshotError::Decode { seq, source })?;
         let overflow = |what: &'static str| SnapshotError::Overflow { seq, what };
         let mut sums = Sums::default();
+        let mut load = Sums::default();
         let mut timeouts = 0u64;
         let mut ok_latency = histogram::new_hist();
         // The common case is one part (nothing late): no copy of it.
@@ -224,6 +229,10 @@ impl Aggregate {
             let errors = r.errors.iter().try_fold(0u64, |a, n| a.checked_add(*n)).ok_or_else(|| overflow("errors"))?;
             let one = Sums { requests: r.requests, errors, sent: r.bytes_sent, received: r.bytes_received };
             sums = sums.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
+            if k.phase >= self.probe_phase {
+                continue;
+            }
+            load = load.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
             timeouts += r.errors[ErrorKind::Timeout as usize];
             if k.ok {
                 // decode_steps built every histogram in our shape: adding fits.
@@ -234,8 +243,8 @@ impl Aggregate {
         let mine = Sums { requests: agent.requests, errors: agent.errors, ..Sums::default() };
         let agent_after = mine.checked_add(&sums).ok_or_else(|| overflow("agent"))?;
         let interval_after = match self.landed.get(&seq) {
-            Some(iv) => Sums { requests: iv.requests, errors: iv.errors, sent: iv.bytes_sent, received: iv.bytes_received }.checked_add(&sums).ok_or_else(|| overflow("interval"))?,
-            None => sums,
+            Some(iv) => Sums { requests: iv.requests, errors: iv.errors, sent: iv.bytes_sent, received: iv.bytes_received }.checked_add(&load).ok_or_else(|| overflow("interval"))?,
+            None => load,
         };
         let in_flight_after = self.landed.get(&seq).map_or(Some(s.in_flight), |iv| iv.in_flight.checked_add(s.in_flight)).ok_or_else(|| overflow("in-flight"))?;
         self.total.checked_add(stats).map_err(|source| SnapshotError::Merge { seq, source })?;

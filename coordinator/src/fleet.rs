@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use stampede_proto::v1::{Capability, CoordinatorMessage, FaultEvent, RecoveredFault, RunFinished, Snapshot};
+use stampede_proto::v1::{Capability, CoordinatorMessage, FaultEvent, RecoveredFault, RunFinished, Snapshot, SteadyStateReply};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -31,6 +31,9 @@ pub enum AgentEvent {
     /// start-up, from its journal: the process that applied it died.
     /// `clock_offset_nanos` is the new process's clock minus ours.
     Recovered { agent_id: String, node: String, fault: RecoveredFault, clock_offset_nanos: i64 },
+    /// The answer to a steady-state request (`steady.rs`), checked by
+    /// `limits::check_steady_reply`; not a run message.
+    SteadyState { agent_id: String, reply: SteadyStateReply },
 }
 
 /// Ends one session from outside its handler: the handler's reader stops,

@@ -41,6 +41,7 @@ pub mod server;
 pub mod service;
 pub mod signals;
 pub mod split;
+pub mod steady;
 pub mod store;
 pub mod timeline;
 pub mod verdict;

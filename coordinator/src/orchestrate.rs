@@ -48,6 +48,8 @@ pub enum RunError {
     Preflight(#[from] crate::faults::PreflightError),
     #[error("preflight refused the plan: {0}")]
     LoadBound(#[from] crate::load_bounds::LoadBoundError),
+    #[error("the steady state does not hold before the run, so nothing was started: {0}")]
+    SteadyState(String),
 }
 
 fn describe_matching(matching: &[String], all: usize) -> String {
@@ -95,6 +97,14 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     let rate_shares: Vec<f64> = capacities.iter().map(|&c| f64::from(c) / total_capacity as f64).collect();
     crate::load_bounds::check(&plan, &agents, &per_phase)?;
     let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
+    // Chaos Toolkit's hypothesis first: no load and no fault on a target
+    // that is already unwell. Asked of the probe agent (the first).
+    if plan.steady_state.is_some() && !req.dry_run {
+        progress(format!("steady state: checking {} from agent {}", steady_names(&plan), agents[0].id));
+        let ask = crate::steady::Ask { fleet, agent_id: &agents[0].id, run_id: &run_id, plan: &plan, plan_json: &plan_json };
+        crate::steady::hold(&ask, &mut events).await.map_err(RunError::SteadyState)?;
+        progress("steady state holds".to_string());
+    }
     let (start, start_instant) = (SystemTime::now() + START_LEAD, Instant::now() + START_LEAD);
     let start_nanos = unix_nanos(start);
 
@@ -120,9 +130,10 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
         plan.phases.len(),
         plan.steps.len(),
         plan.faults.iter().map(|f| f.name.clone()).collect(),
-        RunTiming { duration: plan.duration(), interval: plan.interval.as_duration(), timeout: plan.timeout.as_duration() },
+        RunTiming { duration: plan.measured_duration(), interval: plan.interval.as_duration(), timeout: plan.timeout.as_duration() },
         start_nanos,
     )
+    .with_probes(plan.probes.len())
     .with_checks(plan.check_names().len());
     let mut run = Run::new(RunSetup { fleet, progress, run_id, plan, agents, bounds, start, start_instant, dry_run: req.dry_run });
     // The loop only waits and dispatches; `Run` decides what each event means.
@@ -140,7 +151,24 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             }
         }
     }
+    // After the run, once every agent has finished and reverted: the same
+    // hypothesis must hold again, or the drill failed (not for a run that
+    // was stopped or lost agents: its verdict is already decided by that).
+    if run.plan.steady_state.is_some() && !req.dry_run && run.stop.is_none() {
+        let (plan, agent) = (run.plan.clone(), run.agents[0].id.clone());
+        let ask = crate::steady::Ask { fleet, agent_id: &agent, run_id: &run.run_id, plan: &plan, plan_json: &plan_json };
+        let after = crate::steady::hold(&ask, &mut events).await;
+        progress(match &after {
+            Ok(()) => "steady state holds after the run".to_string(),
+            Err(why) => format!("steady state did not hold after the run: {why}"),
+        });
+        run.steady_after = after.err();
+    }
     Ok(run.finish().await)
+}
+
+fn steady_names(plan: &Plan) -> String {
+    plan.steady_state.as_ref().map(|s| s.probes.join(", ")).unwrap_or_default()
 }
 
 async fn sleep_until_first(at: Option<tokio::time::Instant>) {

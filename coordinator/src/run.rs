@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use stampede_common::plan::Plan;
+use stampede_common::plan::{Plan, UnlessUnhealthy};
 use stampede_proto::convert::unix_nanos;
 use stampede_proto::limits::{self, Refusal, RunBounds};
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{Abort, CoordinatorMessage, FaultEvent, RecoveredFault, RunFinished, Snapshot};
+use stampede_proto::v1::{Abort, CoordinatorMessage, FaultEvent, FaultStatus, RecoveredFault, RunFinished, Snapshot};
 
 use crate::aggregate::Aggregate;
 use crate::faults::FaultLog;
@@ -54,6 +54,8 @@ pub struct Run<'a> {
     pub deadline: tokio::time::Instant,
     /// Why the run was stopped before its end, if it was.
     pub stop: Option<Stop>,
+    /// Why the plan's steady state did not hold after the run, if it did not.
+    pub steady_after: Option<String>,
     dry_run: bool,
 }
 
@@ -79,8 +81,9 @@ pub struct RunSetup<'a> {
 
 impl<'a> Run<'a> {
     pub fn new(s: RunSetup<'a>) -> Self {
-        let agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())), s.plan.interval.as_duration(), s.plan.timeout.as_duration());
-        let planned_end = s.start_instant + s.plan.duration() + s.plan.timeout.as_duration() + END_GRACE;
+        let mut agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())), s.plan.interval.as_duration(), s.plan.timeout.as_duration());
+        agg.probe_phase = s.plan.probe_phase();
+        let planned_end = s.start_instant + s.plan.measured_duration() + s.plan.timeout.as_duration() + END_GRACE;
         Run {
             fleet: s.fleet,
             progress: s.progress,
@@ -96,6 +99,7 @@ impl<'a> Run<'a> {
             away: BTreeMap::new(),
             deadline: tokio::time::Instant::from_std(planned_end),
             stop: None,
+            steady_after: None,
             dry_run: s.dry_run,
         }
     }
@@ -123,7 +127,17 @@ impl<'a> Run<'a> {
             Ok(AgentEvent::Refused { agent_id, reason }) => self.refuse(&agent_id, reason).await,
             Ok(AgentEvent::Snapshot(s)) => self.on_snapshot(s).await,
             Ok(AgentEvent::Finished(f)) => return self.on_finished(f).await,
-            Ok(AgentEvent::Fault(ev)) => self.on_fault(ev),
+            Ok(AgentEvent::Fault(ev)) => {
+                let abort = self.unhealthy_abort(&ev);
+                self.on_fault(ev);
+                if let Some(rule) = abort {
+                    (self.progress)(format!("aborting: {rule}; stopping every agent and reverting its faults"));
+                    self.stop(Stop::Aborted { rule }).await;
+                }
+            }
+            // A steady-state answer comes only while no run loop is
+            // waiting for it (`steady.rs`): a late one is of no use.
+            Ok(AgentEvent::SteadyState { .. }) => {}
             Ok(AgentEvent::Lost { agent_id, reason, last_seen }) => self.on_lost(agent_id, reason, last_seen),
             Ok(AgentEvent::Returned { agent_id, active_run_id, session, instance }) => self.on_returned(agent_id, active_run_id, session, instance).await,
             Ok(AgentEvent::Recovered { agent_id, node, fault, clock_offset_nanos }) => self.on_recovered(agent_id, node, fault, clock_offset_nanos),
@@ -180,6 +194,14 @@ impl<'a> Run<'a> {
         }
         (self.progress)(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.fault_status().name(), if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
         self.fault_log.record(ev);
+    }
+
+    /// A fault skipped by its `unless_unhealthy: abort` stops the run: the
+    /// rule that tripped, in the words of the verdict's reason.
+    fn unhealthy_abort(&self, ev: &FaultEvent) -> Option<String> {
+        let fault = self.plan.faults.iter().find(|f| f.name == ev.fault)?;
+        (ev.fault_status() == FaultStatus::Skipped && fault.unless_unhealthy == Some(UnlessUnhealthy::Abort))
+            .then(|| format!("unless_unhealthy of fault {}: the steady state did not hold before it ({})", ev.fault, steady_reason(&ev.error)))
     }
 
     pub fn on_lost(&mut self, agent_id: String, reason: String, last_seen: SystemTime) {
@@ -288,7 +310,7 @@ impl<'a> Run<'a> {
         }
         self.agg.seal();
         let plan = &self.plan;
-        let duration_s = SystemTime::now().duration_since(self.start).map(|d| d.as_secs_f64()).unwrap_or(0.0).min(plan.duration().as_secs_f64() + 60.0);
+        let duration_s = SystemTime::now().duration_since(self.start).map(|d| d.as_secs_f64()).unwrap_or(0.0).min(plan.measured_duration().as_secs_f64() + 60.0);
         report::build(RunFacts {
             run_id: &self.run_id,
             plan,
@@ -298,6 +320,7 @@ impl<'a> Run<'a> {
             aggregate: &self.agg,
             first_requests: &self.first_requests,
             stop: self.stop.as_ref(),
+            steady_after: self.steady_after.as_deref(),
             faults: &self.fault_log,
             dry_run: self.dry_run,
         })
@@ -335,6 +358,13 @@ impl<'a> Run<'a> {
     }
 }
 
+/// The probe's failure out of a skipped fault's error text (the agent
+/// writes `not applied: the steady state did not hold just before it
+/// (WHY); unless_unhealthy: abort`).
+fn steady_reason(error: &str) -> &str {
+    error.split_once("just before it (").and_then(|(_, rest)| rest.rsplit_once("); unless_unhealthy")).map_or(error, |(why, _)| why)
+}
+
 pub async fn abort_agent(fleet: &Fleet, agent_id: &str, run_id: &str, reason: &str) {
     let Some(current) = fleet.agent(agent_id) else {
         return;
@@ -366,7 +396,7 @@ fn progress_line(plan: &Plan, agg: &Aggregate, seq: u64) -> String {
         iv.timeouts,
         err,
         p99,
-        agg.total.steps.values().map(|r| r.requests).sum::<u64>(),
+        agg.total.steps.iter().filter(|(k, _)| k.phase < plan.probe_phase()).map(|(_, r)| r.requests).sum::<u64>(),
         iv.reported,
         agg.agents.len()
     )

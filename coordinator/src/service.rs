@@ -296,6 +296,10 @@ fn session_message(fleet: &Fleet, agent_id: &str, msg: Option<Up>) {
                 fleet.clock_sample(agent_id, offset, rtt);
             }
         }
+        Some(Up::SteadyState(reply)) => match limits::check_steady_reply(&reply, stampede_common::plan::MAX_PROBES) {
+            Ok(()) => fleet.deliver(&reply.run_id.clone(), AgentEvent::SteadyState { agent_id: agent_id.to_string(), reply }),
+            Err(refusal) => warn!(message = "Steady-state answer out of bounds; ignored.", agent = %agent_id, %refusal),
+        },
         Some(Up::Register(_)) => warn!(message = "Agent registered twice on one session; ignored.", agent = %agent_id),
         Some(Up::Heartbeat(_)) | Some(Up::Snapshot(_)) | Some(Up::Finished(_)) | Some(Up::Fault(_)) | None => {}
     }

@@ -164,6 +164,17 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
     Judgment { verdict, reasons, slos }
 }
 
+/// The plan's steady state did not hold after the run (`why` names the
+/// probe): a drill that leaves its service unwell failed, whatever its SLOs
+/// say. Missing or untrustworthy numbers still say so first (incomplete,
+/// invalid); the reason is given either way.
+pub fn steady_state_broken(j: &mut Judgment, why: &str) {
+    j.reasons.push(format!("steady state did not hold after the run: {why}"));
+    if matches!(j.verdict, Verdict::Pass | Verdict::Warn) {
+        j.verdict = Verdict::Fail;
+    }
+}
+
 /// Why one agent's numbers are incomplete, if they are. `missing` is the
 /// intervals it never delivered.
 pub fn agent_incomplete(id: &str, a: &AgentProgress, missing: &[u64]) -> Option<String> {
@@ -270,9 +281,17 @@ mod tests {
         assert_eq!(aborted.reasons, vec!["aborted by error_rate > 20% for 10s".to_string()]);
         assert_eq!(aborted.slos[0].status, Status::NotEvaluated, "a stopped run's numbers vouch for no pass");
 
+        let mut broken = judge(&plan, &agg, &faults, None, 0);
+        steady_state_broken(&mut broken, "health: cannot connect to 127.0.0.1:9");
+        assert_eq!(broken.verdict, Verdict::Fail, "a passing run whose steady state is gone after it fails");
+        assert_eq!(broken.reasons, vec!["steady state did not hold after the run: health: cannot connect to 127.0.0.1:9".to_string()]);
+
         let interrupted = judge(&plan, &agg, &faults, Some(&Stop::Interrupted("SIGINT".into())), 0);
         assert_eq!(interrupted.verdict, Verdict::Incomplete);
         assert_eq!(interrupted.verdict.exit_code(), 3);
         assert_eq!(interrupted.reasons, vec!["interrupted: SIGINT; the run was stopped before its end".to_string()]);
+        let mut interrupted = interrupted;
+        steady_state_broken(&mut interrupted, "health: x");
+        assert_eq!(interrupted.verdict, Verdict::Incomplete, "missing numbers still come first");
     }
 }

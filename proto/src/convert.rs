@@ -50,6 +50,7 @@ pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
                 .collect(),
             bytes_sent: r.bytes_sent,
             bytes_received: r.bytes_received,
+            due_seq: None,
             // Zero entries stay behind (the recorder zeroes rather than
             // clears them, so as not to allocate): they carry nothing.
             statuses: r.statuses.iter().filter(|(_, n)| **n > 0).map(|(s, n)| StatusCount { status: u32::from(*s), count: *n }).collect(),
@@ -59,7 +60,6 @@ pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
                 .filter(|(_, c)| c.passed > 0 || c.failed > 0)
                 .map(|(i, c)| CheckTally { check: *i, passed: c.passed, failed: c.failed })
                 .collect(),
-            due_seq: None,
         })
         .collect();
     let phases = stats

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use stampede_common::stats::ErrorKind;
 
-use crate::v1::{ClockEcho, FaultEvent, Register, RunFinished, Snapshot};
+use crate::v1::{ClockEcho, FaultEvent, Register, RunFinished, Snapshot, SteadyStateReply};
 
 /// Ids (agent, run, node, fault names, label keys) and short words.
 pub const MAX_ID: usize = 128;
@@ -66,6 +66,8 @@ pub struct RunBounds {
     pub run_id: String,
     pub phases: u32,
     pub steps: u32,
+    /// The plan's probes: probe i reports as phase `phases`, step `steps + i`.
+    pub probes: u32,
     /// Checks in the plan (`Plan::check_names`): a check tally's index is below it.
     pub checks: u32,
     /// Names of the plan's faults.
@@ -98,6 +100,7 @@ impl RunBounds {
             run_id: run_id.to_string(),
             phases: u32::try_from(phases).unwrap_or(u32::MAX),
             steps: u32::try_from(steps).unwrap_or(u32::MAX),
+            probes: 0,
             checks: 0,
             faults,
             max_seq: u64::try_from(intervals).unwrap_or(u64::MAX).saturating_add(SEQ_SLACK),
@@ -107,6 +110,19 @@ impl RunBounds {
             max_bytes: MAX_BYTES_PER_SEC.saturating_mul(longest),
             max_late: u64::try_from(timeout.as_nanos().div_ceil(interval_nanos)).unwrap_or(u64::MAX).saturating_add(SEQ_SLACK),
         }
+    }
+
+    /// The same bounds for a plan with `probes` probes (contract P: their
+    /// records carry phase index `phases` and step indices from `steps` on).
+    pub fn with_probes(mut self, probes: usize) -> Self {
+        self.probes = u32::try_from(probes).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// Whether a record's (phase, step) is the plan's: a load step in a
+    /// phase, or a probe.
+    fn knows_step(&self, phase: u32, step: u32) -> bool {
+        (phase < self.phases && step < self.steps) || (phase == self.phases && step >= self.steps && step - self.steps < self.probes)
     }
 
     /// The same bounds for a plan with `checks` checks (none unless said).
@@ -218,9 +234,10 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
     if s.interval_end_unix_nanos < s.interval_start_unix_nanos {
         return refuse(format!("a snapshot (seq {}) whose interval ends ({}) before it starts ({})", s.seq, s.interval_end_unix_nanos, s.interval_start_unix_nanos));
     }
-    // One entry per (phase, step, outcome) at most, for its own interval
-    // and each earlier one it may add late completions to.
-    let max_steps = u64::from(b.phases) * u64::from(b.steps) * 2 * (1 + b.max_late);
+    // One entry per (phase, step, outcome) at most (and per probe, contract
+    // P), for its own interval and each earlier one it may add late
+    // completions to.
+    let max_steps = (u64::from(b.phases) * u64::from(b.steps) + u64::from(b.probes)) * 2 * (1 + b.max_late);
     if s.steps.len() as u64 > max_steps {
         return refuse(format!("a snapshot (seq {}) with {} step entries; the plan has room for {max_steps}", s.seq, s.steps.len()));
     }
@@ -231,8 +248,11 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
         if let Some(due) = st.due_seq.filter(|&due| due > s.seq || due < s.seq.saturating_sub(b.max_late)) {
             return refuse(format!("a snapshot (seq {}) adding to interval {due}; late completions belong to the {} intervals before it", s.seq, b.max_late));
         }
-        if st.phase >= b.phases || st.step >= b.steps {
-            return refuse(format!("a snapshot (seq {}) for phase {} step {}; the plan has {} phases and {} steps", s.seq, st.phase, st.step, b.phases, b.steps));
+        if !b.knows_step(st.phase, st.step) {
+            return refuse(format!(
+                "a snapshot (seq {}) for phase {} step {}; the plan has {} phases, {} steps and {} probes",
+                s.seq, st.phase, st.step, b.phases, b.steps, b.probes
+            ));
         }
         for (name, h) in [("latency", &st.latency_hist), ("service", &st.service_hist), ("dispatch", &st.dispatch_hist)] {
             if h.len() > MAX_HISTOGRAM {
@@ -284,10 +304,27 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
     Ok(())
 }
 
+/// A steady-state answer to a request for `probes` probes: one outcome per
+/// probe of the plan at most, short texts.
+pub fn check_steady_reply(r: &SteadyStateReply, probes: usize) -> Result<(), Refusal> {
+    check_id("SteadyStateReply.run_id", &r.run_id)?;
+    check_len("SteadyStateReply.error", &r.error, MAX_TEXT)?;
+    if r.probes.len() > probes {
+        return refuse(format!("a steady-state answer with {} probe outcomes; the plan has {probes} probes", r.probes.len()));
+    }
+    for p in &r.probes {
+        if p.probe as usize >= probes {
+            return refuse(format!("a steady-state answer for probe #{}; the plan has {probes} probes", p.probe));
+        }
+        check_len("ProbeOutcome.detail", &p.detail, MAX_TEXT)?;
+    }
+    Ok(())
+}
+
 /// An agent's closing message: its totals fit the run, its times its window.
 pub fn check_finished(f: &RunFinished, b: &RunBounds, offset: i64, now: i64) -> Result<(), Refusal> {
     let intervals = b.max_seq.saturating_add(1);
-    let most = b.max_count.saturating_mul(intervals).saturating_mul(u64::from(b.phases.max(1)) * u64::from(b.steps.max(1)) * 2);
+    let most = b.max_count.saturating_mul(intervals).saturating_mul((u64::from(b.phases.max(1)) * u64::from(b.steps.max(1)) + u64::from(b.probes)) * 2);
     if f.snapshots_sent > intervals {
         return refuse(format!("RunFinished.snapshots_sent {} is more than the run's {intervals} intervals", f.snapshots_sent));
     }
@@ -389,6 +426,18 @@ mod tests {
         s.steps.push(StepStats { phase: 2, ..Default::default() });
         assert!(check_snapshot(&s, &b, 0, now).unwrap_err().0.contains("phase 2"));
         s.steps[0] = StepStats { requests: u64::MAX, ..Default::default() };
+        assert!(check_snapshot(&s, &b, 0, now).is_err());
+        // Probe records (contract P): phase = the plan's phase count, step
+        // from the step count on, only as many as the plan has probes.
+        let probe = |step| StepStats { phase: b.phases, step, ..Default::default() };
+        let mut s = snapshot(0);
+        s.steps.push(probe(b.steps));
+        assert!(check_snapshot(&s, &b, 0, now).unwrap_err().0.contains("0 probes"));
+        let b = b.clone().with_probes(1);
+        check_snapshot(&s, &b, 0, now).unwrap();
+        s.steps[0] = probe(b.steps + 1);
+        assert!(check_snapshot(&s, &b, 0, now).is_err());
+        s.steps[0] = StepStats { phase: b.phases, step: 0, ..Default::default() };
         assert!(check_snapshot(&s, &b, 0, now).is_err());
         let mut s = snapshot(0);
         s.interval_start_unix_nanos = i64::MIN;

@@ -21,6 +21,11 @@ use super::journal::{Entry, Journal};
 use super::watchdog::{self, Watchdog};
 use super::{driver_for, FaultError, Node};
 
+/// The steady-state check a fault with `unless_unhealthy` runs just before
+/// its window (`probe::steady::holds` on the run's plan): `Err` says which
+/// probe failed and why.
+pub type SteadyGate = Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
 /// After the window's end, how long the dead-man thread waits before it
 /// reverts on its own.
 pub const DEAD_MAN_GRACE: Duration = Duration::from_secs(5);
@@ -198,6 +203,22 @@ impl Injector {
     /// One fault's window: waits until `start + fault.at`, then journals,
     /// applies, holds until the window ends or `cancel`, and reverts.
     pub async fn run_window(self: Arc<Self>, run_id: String, fault: Fault, start: SystemTime, cancel: CancellationToken, updates: mpsc::UnboundedSender<FaultUpdate>) {
+        self.run_gated_window(run_id, fault, start, cancel, updates, None).await
+    }
+
+    /// [`Injector::run_window`], and for a fault with `unless_unhealthy`,
+    /// the steady state checked by `gate` just before the window: when it
+    /// does not hold, the fault is `skipped` with nothing applied (the
+    /// coordinator stops the run if the plan says `abort`).
+    pub async fn run_gated_window(
+        self: Arc<Self>,
+        run_id: String,
+        fault: Fault,
+        start: SystemTime,
+        cancel: CancellationToken,
+        updates: mpsc::UnboundedSender<FaultUpdate>,
+        gate: Option<SteadyGate>,
+    ) {
         self.windows.send_modify(|n| *n += 1);
         let _in_progress = InProgress(self.clone());
         let scheduled = start + fault.at.as_duration();
@@ -231,6 +252,23 @@ impl Injector {
             if let Err(e) = checked {
                 warn!(message = "Fault not applied: it cannot be applied as planned any more.", fault = %fault.name, error = %e);
                 update.error = format!("not applied (checked again before its window): {e}");
+                let _ = updates.send(update);
+                return;
+            }
+        }
+
+        // Issue 9: a fault is never injected into a service already down.
+        // Checked after the re-check (1.5 s ahead), so a healthy probe
+        // leaves the apply on time; a slow one makes it late, and says so.
+        if let (Some(action), Some(gate)) = (fault.unless_unhealthy, gate) {
+            let held = tokio::select! {
+                held = gate() => held,
+                _ = cancel.cancelled() => return,
+            };
+            if let Err(why) = held {
+                warn!(message = "Fault skipped: the steady state did not hold just before it.", fault = %fault.name, unless_unhealthy = action.as_str(), reason = %why);
+                update.status = FaultStatus::Skipped;
+                update.error = format!("not applied: the steady state did not hold just before it ({why}); unless_unhealthy: {}", action.as_str());
                 let _ = updates.send(update);
                 return;
             }

@@ -49,6 +49,10 @@ pub struct Fault {
     pub cpu: Option<CpuPressure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryPressure>,
+    /// Run the plan's steady state just before applying: when it does not
+    /// hold, `skip` leaves this fault out, `abort` stops the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unless_unhealthy: Option<super::UnlessUnhealthy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

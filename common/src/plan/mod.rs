@@ -9,6 +9,7 @@ mod limits;
 mod lines;
 mod load;
 mod model;
+mod probe;
 mod slo_rules;
 mod validate;
 
@@ -18,5 +19,6 @@ pub use fault::*;
 pub use limits::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_NODES, MAX_PLAN_BYTES};
 pub use load::{load_file, load_str, Format};
 pub use model::*;
+pub use probe::*;
 pub use slo_rules::{outside_fault_rules, probe_names};
 pub use validate::validate;

@@ -36,6 +36,12 @@ pub struct Plan {
     /// Faults injected by the agents on the run's timeline (see `fault.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<super::Fault>,
+    /// Requests on a fixed cadence beside the load (see `probe.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<super::Probe>,
+    /// What must hold before any load or fault, and after the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_state: Option<super::SteadyState>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,7 +318,8 @@ impl Plan {
     /// checks in step order (then every probe's, in probe order). Snapshots
     /// and reports key check counts by this index.
     pub fn check_names(&self) -> Vec<&str> {
-        self.steps.iter().flat_map(|s| s.checks.iter().map(|c| c.name.as_str())).collect()
+        let steps = self.steps.iter().flat_map(|s| s.checks.iter());
+        steps.chain(self.probes.iter().flat_map(|p| p.checks.iter())).map(|c| c.name.as_str()).collect()
     }
     /// Total planned duration of all phases.
     pub fn duration(&self) -> std::time::Duration {

@@ -15,13 +15,9 @@ fn check_names(plan: &Plan) -> Vec<&str> {
     plan.check_names()
 }
 
-
 /// The plan's probe names (contract P, `Plan.probes`).
 pub fn probe_names(plan: &Plan) -> Vec<&str> {
-    // Until the probes model lands, a plan has none: swap for
-    // `plan.probes.iter().map(|p| p.name.as_str()).collect()` at merge.
-    let _ = plan;
-    Vec::new()
+    plan.probes.iter().map(|p| p.name.as_str()).collect()
 }
 
 pub fn validate_slos(plan: &Plan) -> Result<(), Problem> {

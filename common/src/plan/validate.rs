@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::limits::{
     MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_FAULTS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PHASES, MAX_RATE, MAX_SLOS, MAX_STEPS,
 };
-use super::{Load, Model, Plan, MAX_CHECKS, MAX_CHECKS_PER_STEP};
+use super::{Load, Model, Plan, Request, MAX_CHECKS, MAX_CHECKS_PER_STEP};
 
 /// Requests slower than this are not measured (the histograms' range), so no
 /// timeout may be longer.
@@ -136,48 +136,57 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
             Some(w) => w,
             None => return err(at("weight"), "makes the weights add up to more than 4294967295"),
         };
-        let method = &step.request.method;
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-            return err(at("request.method"), "must be an upper-case HTTP method such as GET or POST");
-        }
-        if !step.request.path.starts_with('/') || step.request.path.bytes().any(|b| b.is_ascii_whitespace()) {
-            return err(at("request.path"), "must start with `/` and contain no spaces");
-        }
-        if step.request.headers.len() > MAX_HEADERS {
-            return err(at("request.headers"), &format!("has {} headers; a step may have at most {MAX_HEADERS}", step.request.headers.len()));
-        }
-        if let Some(body) = &step.request.body {
-            if body.len() > MAX_BODY_BYTES {
-                return err(at("request.body"), &format!("is {} bytes; a body may be at most {MAX_BODY_BYTES} bytes (256 KiB)", body.len()));
-            }
-        }
-        for (name, value) in &step.request.headers {
-            if name.len() + value.len() > MAX_HEADER_BYTES {
-                return err(at("request.headers"), &format!("a header is {} bytes; a header's name and value may be at most {MAX_HEADER_BYTES} bytes", name.len() + value.len()));
-            }
-            if name.contains(['\r', '\n']) {
-                return err(at("request.headers"), &format!("header name `{name}` must not contain line breaks"));
-            }
-            let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !token {
-                return err(at(&format!("request.headers.{name}")), "is not a valid header name");
-            }
-            if value.contains(['\r', '\n']) {
-                return err(at(&format!("request.headers.{name}")), "must not contain line breaks");
-            }
-            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("host") {
-                return err(at(&format!("request.headers.{name}")), "is set by stampede itself");
-            }
-            if name.eq_ignore_ascii_case("transfer-encoding") {
-                return err(at(&format!("request.headers.{name}")), "is not supported: stampede sends a body with Content-Length");
-            }
-        }
+        check_request(&step.request).map_err(|(field, m)| (at(&format!("request{field}")), m))?;
     }
 
     check_checks(plan)?;
     super::fault::validate_faults(plan)?;
+    super::probe::validate_probes(plan)?;
 
     super::slo_rules::validate_slos(plan)?;
+    Ok(())
+}
+
+/// A request's method, path, headers and body (a step's or a probe's):
+/// `Err((field under `request`, message))`, the field starting with `.`.
+pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
+    let fail = |field: &str, msg: &str| Err((field.to_string(), msg.to_string()));
+    let method = &r.method;
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return fail(".method", "must be an upper-case HTTP method such as GET or POST");
+    }
+    if !r.path.starts_with('/') || r.path.bytes().any(|b| b.is_ascii_whitespace()) {
+        return fail(".path", "must start with `/` and contain no spaces");
+    }
+    if r.headers.len() > MAX_HEADERS {
+        return fail(".headers", &format!("has {} headers; a request may have at most {MAX_HEADERS}", r.headers.len()));
+    }
+    if let Some(body) = &r.body {
+        if body.len() > MAX_BODY_BYTES {
+            return fail(".body", &format!("is {} bytes; a body may be at most {MAX_BODY_BYTES} bytes (256 KiB)", body.len()));
+        }
+    }
+    for (name, value) in &r.headers {
+        if name.len() + value.len() > MAX_HEADER_BYTES {
+            return fail(".headers", &format!("a header is {} bytes; a header's name and value may be at most {MAX_HEADER_BYTES} bytes", name.len() + value.len()));
+        }
+        if name.contains(['\r', '\n']) {
+            return fail(".headers", &format!("header name `{name}` must not contain line breaks"));
+        }
+        let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return fail(&format!(".headers.{name}"), "is not a valid header name");
+        }
+        if value.contains(['\r', '\n']) {
+            return fail(&format!(".headers.{name}"), "must not contain line breaks");
+        }
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("host") {
+            return fail(&format!(".headers.{name}"), "is set by stampede itself");
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            return fail(&format!(".headers.{name}"), "is not supported: stampede sends a body with Content-Length");
+        }
+    }
     Ok(())
 }
 
@@ -185,9 +194,12 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
 fn check_checks(plan: &Plan) -> Result<(), (String, String)> {
     let mut names = HashSet::new();
     let mut count = 0usize;
-    for (i, step) in plan.steps.iter().enumerate() {
-        for (j, check) in step.checks.iter().enumerate() {
-            let at = |field: &str| format!("steps[{i}].checks[{j}].{field}");
+    // Steps' then probes' checks: the order of `Plan::check_names`.
+    let steps = plan.steps.iter().enumerate().map(|(i, s)| (format!("steps[{i}]"), &s.checks));
+    let probes = plan.probes.iter().enumerate().map(|(i, p)| (format!("probes[{i}]"), &p.checks));
+    for (owner, checks) in steps.chain(probes) {
+        for (j, check) in checks.iter().enumerate() {
+            let at = |field: &str| format!("{owner}.checks[{j}].{field}");
             count += 1;
             if j >= MAX_CHECKS_PER_STEP {
                 return Err((at("name"), format!("is one check too many; a step may have at most {MAX_CHECKS_PER_STEP}")));

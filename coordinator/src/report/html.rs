@@ -46,6 +46,7 @@ pub fn html(r: &Report) -> String {
     }
     slos(r, &mut out);
     phases(r, &mut out);
+    probes(r, &mut out);
     agents(r, &mut out);
     faults(r, &mut out);
     out.push_str("\n</body></html>\n");
@@ -121,6 +122,21 @@ fn phases(r: &Report, out: &mut String) {
         };
         let fixed = vec![escape_markup(&p.name), format!("{:?}", p.model).to_lowercase(), p.requests.to_string(), p.errors.to_string(), format!("{:.1}", p.throughput_rps)];
         row(out, "td", &[fixed, latency(&p.latency_ms), vec![schedule]].concat());
+    }
+    out.push_str("</table>\n");
+}
+
+fn probes(r: &Report, out: &mut String) {
+    if r.probes.is_empty() {
+        return;
+    }
+    out.push_str("<h2>Probes</h2>\n<table>");
+    row(out, "th", &[heads(&["probe", "requests", "errors"], true), vec!["errors by kind".to_string()]].concat());
+    for p in &r.probes {
+        let kinds: Vec<String> = p.errors_by_kind.iter().map(|(k, n)| format!("{} {n}", escape_markup(k))).collect();
+        let cls = if p.errors > 0 { " class=\"bad\"" } else { "" };
+        let fixed = vec![escape_markup(&p.name), p.requests.to_string(), format!("<span{cls}>{}</span>", p.errors)];
+        row(out, "td", &[fixed, latency(&p.latency_ms), vec![if kinds.is_empty() { "-".into() } else { kinds.join(", ") }]].concat());
     }
     out.push_str("</table>\n");
 }

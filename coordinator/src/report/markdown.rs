@@ -123,6 +123,14 @@ fn tables(r: &Report, out: &mut String) {
         t.throughput_rps,
         latency_cells(&r.latency_ms)
     );
+    if !r.probes.is_empty() {
+        let _ = writeln!(out, "\n| probe | requests | errors | p50 | p90 | p95 | p99 | p99.9 | max (ms) | errors by kind |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for p in &r.probes {
+            let kinds: Vec<String> = p.errors_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = writeln!(out, "| {} | {} | {} | {} | {} |", p.name, p.requests, p.errors, latency_cells(&p.latency_ms), if kinds.is_empty() { "-".into() } else { kinds.join(", ") });
+        }
+    }
     if !r.faults.is_empty() {
         let _ = writeln!(out, "\n| fault | kind | agent | window | status | effect |");
         let _ = writeln!(out, "|---|---|---|---|---|---|");

@@ -48,6 +48,9 @@ pub struct Report {
     pub phases: Vec<PhaseReport>,
     pub steps: Vec<StepReport>,
     pub slos: Vec<SloResult>,
+    /// The plan's probes, each its own series (not in totals, phases or steps).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeReport>,
     pub faults: Vec<FaultReport>,
     pub timeline: Vec<TimelinePoint>,
     /// Every check of the plan by name, over the whole run (load steps).
@@ -135,6 +138,60 @@ pub struct StepReport {
     /// This step's checks by name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub checks: BTreeMap<String, CheckCount>,
+}
+
+/// One probe over the whole run, every agent that ran it together.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub name: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub errors_by_kind: BTreeMap<&'static str, u64>,
+    /// Every probe request, failed or not, from its due time: a health
+    /// endpoint's slowness matters when it fails too.
+    pub latency_ms: Percentiles,
+    /// Responses by status code.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Each of the probe's checks by name: responses that passed and failed it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, CheckCount>,
+}
+
+fn probe_reports(plan: &Plan, stats: &RunStats) -> Vec<ProbeReport> {
+    (0..plan.probes.len())
+        .map(|i| {
+            let (phase, step) = (plan.probe_phase(), plan.probe_step(i));
+            let s = stats.summarize(|k| k.phase == phase && k.step == step);
+            let mut latency = stampede_common::histogram::new_hist();
+            let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+            let base = plan.probe_check_base(i);
+            let mut checks: BTreeMap<String, CheckCount> = plan.probes[i].checks.iter().map(|c| (c.name.clone(), CheckCount::default())).collect();
+            for (_, r) in stats.steps.iter().filter(|(k, _)| k.phase == phase && k.step == step) {
+                let _ = stampede_common::histogram::add(&mut latency, &r.latency);
+                for (status, n) in &r.statuses {
+                    *statuses.entry(*status).or_default() += n;
+                }
+                for (index, count) in &r.checks {
+                    let Some(check) = index.checked_sub(base).and_then(|j| plan.probes[i].checks.get(j as usize)) else { continue };
+                    let c = checks.entry(check.name.clone()).or_default();
+                    c.passed += count.passed;
+                    c.failed += count.failed;
+                }
+            }
+            let q = |x| stampede_common::stats::quantile_ms(&latency, x);
+            ProbeReport {
+                name: plan.probes[i].name.clone(),
+                requests: s.requests,
+                errors: s.errors,
+                error_rate: ratio(s.errors, s.requests),
+                errors_by_kind: errors_by_kind(&s),
+                latency_ms: Percentiles { p50: q(0.5), p90: q(0.9), p95: q(0.95), p99: q(0.99), p999: q(0.999), max: (s.requests > 0).then(|| latency.max() as f64 / 1e3) },
+                statuses,
+                checks,
+            }
+        })
+        .collect()
 }
 
 /// One fault on one agent: when it was planned, applied and reverted.
@@ -314,6 +371,8 @@ pub struct RunFacts<'a> {
     pub first_requests: &'a BTreeMap<String, i64>,
     /// Why the run was stopped before its end, if it was.
     pub stop: Option<&'a Stop>,
+    /// Why the plan's steady state did not hold after the run, if it did not.
+    pub steady_after: Option<&'a str>,
     pub faults: &'a FaultLog,
     /// A dry run measured nothing; its report only lists the faults' commands.
     pub dry_run: bool,
@@ -322,8 +381,13 @@ pub struct RunFacts<'a> {
 pub fn build(f: RunFacts<'_>) -> Report {
     let plan = f.plan;
     let stats: &RunStats = &f.aggregate.total;
-    let all = stats.summarize(|_| true);
-    let judgment = verdict::judge(plan, f.aggregate, f.faults, f.stop, f.start_unix_nanos);
+    // The run's own numbers are the load's: probes are reported apart.
+    let load = |k: &StepKey| k.phase < plan.probe_phase();
+    let all = stats.summarize(load);
+    let mut judgment = verdict::judge(plan, f.aggregate, f.faults, f.stop, f.start_unix_nanos);
+    if let Some(why) = f.steady_after {
+        verdict::steady_state_broken(&mut judgment, why);
+    }
     let run_last = f.aggregate.run_last_seq();
     let agents: Vec<AgentReport> = f
         .aggregate
@@ -415,15 +479,16 @@ pub fn build(f: RunFacts<'_>) -> Report {
             error_rate: ratio(all.errors, all.requests),
             throughput_rps: all.sent() as f64 / planned_s,
             errors_by_kind: errors_by_kind(&all),
-            bytes_sent: stats.steps.values().map(|r| r.bytes_sent).sum(),
-            bytes_received: stats.steps.values().map(|r| r.bytes_received).sum(),
-            statuses: statuses(stats, |_| true),
+            bytes_sent: stats.steps.iter().filter(|(k, _)| load(k)).map(|(_, r)| r.bytes_sent).sum(),
+            bytes_received: stats.steps.iter().filter(|(k, _)| load(k)).map(|(_, r)| r.bytes_received).sum(),
+            statuses: statuses(stats, |k| load(k)),
         },
         latency_ms: percentiles(&all, false),
         service_ms: percentiles(&all, true),
         phases,
         steps,
         slos: judgment.slos,
+        probes: probe_reports(plan, stats),
         faults,
         timeline,
         checks: checks(&check_names, stats, |k| (k.phase as usize) < plan.phases.len()),
