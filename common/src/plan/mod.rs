@@ -2,6 +2,7 @@
 //! through the `config` crate (`load`), mapping field paths back to source
 //! lines (`lines`), and the checks serde cannot express (`validate`).
 
+mod abort;
 mod error;
 mod fault;
 mod limits;
@@ -10,6 +11,7 @@ mod load;
 mod model;
 mod validate;
 
+pub use abort::AbortRule;
 pub use error::{printable, PlanError};
 pub use fault::*;
 pub use limits::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_NODES, MAX_PLAN_BYTES};

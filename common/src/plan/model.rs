@@ -36,6 +36,9 @@ pub struct Plan {
     /// Faults injected by the agents on the run's timeline (see `fault.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<super::Fault>,
+    /// Guardrails that stop the run early (`abort.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abort_when: Vec<super::AbortRule>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -194,6 +194,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
             check_warn_band(&slo.pass, w).map_err(|m| (at("warn"), m))?;
         }
     }
+    super::abort::validate_abort_rules(plan)?;
     Ok(())
 }
 
@@ -204,6 +205,7 @@ fn check_counts(plan: &Plan) -> Result<(), (String, String)> {
         ("phases", plan.phases.len(), MAX_PHASES),
         ("steps", plan.steps.len(), MAX_STEPS),
         ("slos", plan.slos.len(), MAX_SLOS),
+        ("abort_when", plan.abort_when.len(), MAX_SLOS),
         ("faults", plan.faults.len(), MAX_FAULTS),
     ];
     match lists.into_iter().find(|&(_, n, max)| n > max) {
