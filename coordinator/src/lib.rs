@@ -10,6 +10,7 @@
 //! - [`faults`]: fault preflight (selection once per node, capabilities) and the fault log.
 //! - [`load_bounds`]: refusing a share an agent cannot hold (its connection limit).
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
+//! - [`guardrail`]: abort guardrails (`abort_when`) judged live, interval by interval.
 //! - [`verdict`]: every trust decision (incomplete, invalid, aborted, interrupted) and SLO evaluation.
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
 //! - [`local`]: in-process agents and built-in target for `--local-agents`.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod control;
 pub mod faults;
 pub mod fleet;
+pub mod guardrail;
 pub mod load_bounds;
 pub mod local;
 pub mod orchestrate;

@@ -17,6 +17,7 @@ use stampede_proto::v1::{Abort, CoordinatorMessage, FaultEvent, RecoveredFault, 
 use crate::aggregate::Aggregate;
 use crate::faults::FaultLog;
 use crate::fleet::{AgentEntry, AgentEvent, Fleet};
+use crate::guardrail::Guardrails;
 use crate::orchestrate::RunError;
 use crate::report::{self, Report, RunFacts};
 use crate::verdict::Stop;
@@ -54,6 +55,8 @@ pub struct Run<'a> {
     pub deadline: tokio::time::Instant,
     /// Why the run was stopped before its end, if it was.
     pub stop: Option<Stop>,
+    /// The plan's `abort_when` rules, judged as intervals complete.
+    guardrails: Guardrails,
     dry_run: bool,
 }
 
@@ -80,6 +83,7 @@ pub struct RunSetup<'a> {
 impl<'a> Run<'a> {
     pub fn new(s: RunSetup<'a>) -> Self {
         let agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
+        let guardrails = Guardrails::new(&s.plan);
         let planned_end = s.start_instant + s.plan.duration() + s.plan.timeout.as_duration() + END_GRACE;
         Run {
             fleet: s.fleet,
@@ -96,6 +100,7 @@ impl<'a> Run<'a> {
             away: BTreeMap::new(),
             deadline: tokio::time::Instant::from_std(planned_end),
             stop: None,
+            guardrails,
             dry_run: s.dry_run,
         }
     }
@@ -151,7 +156,14 @@ impl<'a> Run<'a> {
         match self.agg.add_snapshot(&s) {
             Ok(Some(seq)) => (self.progress)(progress_line(&self.plan, &self.agg, seq)),
             Ok(None) => {}
-            Err(e) => self.refuse(&s.agent_id, e.to_string()).await,
+            Err(e) => return self.refuse(&s.agent_id, e.to_string()).await,
+        }
+        if self.stop.is_none() {
+            if let Some(trip) = self.guardrails.on_snapshot(&self.plan, &s, &self.agg) {
+                tracing::warn!(message = "Abort guardrail tripped; stopping the run.", run = %self.run_id, rule = %trip.rule, observed = trip.observed, last_interval = trip.last_seq);
+                (self.progress)(trip.describe());
+                self.stop(Stop::Aborted { rule: trip.rule }).await;
+            }
         }
     }
 
