@@ -15,6 +15,7 @@
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
 //! - [`local`]: in-process agents and built-in target for `--local-agents`.
 //! - [`control`] / [`remote`]: the standing coordinator's submit API and its client.
+//! - [`halt`]: `stampede halt`: stop the run in progress, say what each agent reverted.
 //! - [`store`]: the standing coordinator's run store (`--data DIR`).
 //! - [`server`]: serving the gRPC services until shutdown, with mutual TLS
 //!   and the enrollment token ([`server::Security`]) or without.
@@ -30,6 +31,7 @@ pub mod control;
 pub mod faults;
 pub mod fleet;
 pub mod guardrail;
+pub mod halt;
 pub mod load_bounds;
 pub mod local;
 pub mod orchestrate;
