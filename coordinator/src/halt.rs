@@ -112,3 +112,36 @@ pub fn text(url: &str, h: &HaltResponse) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(status: FaultStatus) -> HaltedFault {
+        HaltedFault { fault: "cut".into(), kind: "partition".into(), fault_status: status as i32, error: String::new() }
+    }
+
+    fn halted(agents: Vec<HaltedAgent>) -> HaltResponse {
+        HaltResponse { halted: true, run_id: "r1".into(), agents, verdict: "incomplete".into(), error: String::new() }
+    }
+
+    #[test]
+    fn a_halt_is_all_clear_only_when_every_agent_confirmed_and_no_fault_is_left_applied() {
+        let ok = |faults| HaltedAgent { agent_id: "a1".into(), finished: true, lost: String::new(), faults };
+        let clear = halted(vec![ok(vec![fault(FaultStatus::Reverted), fault(FaultStatus::Planned)])]);
+        assert!(all_clear(&clear));
+        assert!(text("http://c:7000", &clear).contains("  cut (partition): reverted\n  cut (partition): never applied\n"));
+
+        let applied = halted(vec![ok(vec![fault(FaultStatus::Applied)])]);
+        assert!(!all_clear(&applied));
+        assert!(text("http://c:7000", &applied).contains("STILL APPLIED: check its node"));
+
+        let silent = halted(vec![HaltedAgent { agent_id: "a2".into(), finished: false, lost: "no final snapshot".into(), faults: vec![] }]);
+        assert!(!all_clear(&silent));
+        assert!(text("http://c:7000", &silent).contains("agent a2: DID NOT CONFIRM (no final snapshot): check its node"));
+
+        let idle = HaltResponse::default();
+        assert!(all_clear(&idle));
+        assert_eq!(text("http://c:7000", &idle), "no run in progress on http://c:7000: nothing to halt\n");
+    }
+}
