@@ -17,7 +17,7 @@ use stampede_proto::v1::{Abort, CoordinatorMessage, FaultEvent, RecoveredFault, 
 use crate::aggregate::Aggregate;
 use crate::faults::FaultLog;
 use crate::fleet::{AgentEntry, AgentEvent, Fleet};
-use crate::guardrail::Guardrails;
+use crate::guardrail::{Guardrails, Trip};
 use crate::orchestrate::RunError;
 use crate::report::{self, Report, RunFacts};
 use crate::verdict::Stop;
@@ -159,12 +159,19 @@ impl<'a> Run<'a> {
             Err(e) => return self.refuse(&s.agent_id, e.to_string()).await,
         }
         if self.stop.is_none() {
-            if let Some(trip) = self.guardrails.on_snapshot(&self.plan, &s, &self.agg) {
-                tracing::warn!(message = "Abort guardrail tripped; stopping the run.", run = %self.run_id, rule = %trip.rule, observed = trip.observed, last_interval = trip.last_seq);
-                (self.progress)(trip.describe());
-                self.stop(Stop::Aborted { rule: trip.rule }).await;
-            }
+            let trip = self.guardrails.on_snapshot(&self.plan, &s, &self.agg);
+            self.on_trip(trip).await;
         }
+    }
+
+    /// A guardrail tripped: the run stops, `aborted by` its rule.
+    async fn on_trip(&mut self, trip: Option<Trip>) {
+        let Some(trip) = trip.filter(|_| self.stop.is_none()) else {
+            return;
+        };
+        tracing::warn!(message = "Abort guardrail tripped; stopping the run.", run = %self.run_id, rule = %trip.rule, observed = trip.observed, last_interval = trip.last_seq);
+        (self.progress)(trip.describe());
+        self.stop(Stop::Aborted { rule: trip.rule }).await;
     }
 
     pub async fn on_finished(&mut self, f: RunFinished) -> Next {
@@ -178,6 +185,9 @@ impl<'a> Run<'a> {
             self.first_requests.insert(f.agent_id.clone(), f.first_request_unix_nanos.saturating_sub(self.clock_offset(&f.agent_id)));
         }
         self.agg.finished(f);
+        // Intervals that waited only for this agent can be judged now.
+        let trip = self.guardrails.judge_complete(&self.plan, &self.agg);
+        self.on_trip(trip).await;
         Next::Continue
     }
 
