@@ -153,12 +153,15 @@ impl<'a> Run<'a> {
     }
 
     pub async fn on_snapshot(&mut self, s: Snapshot) {
+        // Only what the aggregate counts reaches the guardrails: not a
+        // duplicate, nor anything of a refused agent.
+        let counted = self.agg.agents.get(&s.agent_id).is_some_and(|a| !a.refused && !a.seqs.contains(&s.seq));
         match self.agg.add_snapshot(&s) {
             Ok(Some(seq)) => (self.progress)(progress_line(&self.plan, &self.agg, seq)),
             Ok(None) => {}
             Err(e) => return self.refuse(&s.agent_id, e.to_string()).await,
         }
-        if self.stop.is_none() {
+        if counted && self.stop.is_none() {
             let trip = self.guardrails.on_snapshot(&self.plan, &s, &self.agg);
             self.on_trip(trip).await;
         }
