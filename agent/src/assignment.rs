@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use stampede_common::plan::{validate, Fault, Plan};
 use stampede_proto::convert::{encode_steps, unix_nanos};
 use stampede_proto::v1::agent_message::Msg as Up;
-use stampede_proto::v1::{Assignment, FaultEffect, FaultEvent, RunFinished, Snapshot};
+use stampede_proto::v1::{Assignment, FaultEffect, FaultEvent, RunFinished, Snapshot, StepStats};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -116,11 +116,15 @@ async fn stream_run(
     };
     let mut intervals = engine::start(spec, cancel).await.map_err(|e| e.to_string())?;
     while let Some(iv) = intervals.recv().await {
-        for r in iv.stats.steps.values() {
+        for r in std::iter::once(&iv.stats).chain(iv.late.values()).flat_map(|s| s.steps.values()) {
             finished.requests += r.requests;
             finished.errors += r.error_count();
         }
-        let (steps, phases) = encode_steps(&iv.stats);
+        let (mut steps, phases) = encode_steps(&iv.stats);
+        // Late completions go out as additions to the interval they were due in.
+        for (due, stats) in &iv.late {
+            steps.extend(encode_steps(stats).0.into_iter().map(|s| StepStats { due_seq: Some(*due), ..s }));
+        }
         let snapshot = Snapshot {
             run_id: a.run_id.clone(),
             agent_id: cfg.agent_id.clone(),
@@ -130,7 +134,7 @@ async fn stream_run(
             steps,
             phases,
             last: iv.last,
-            in_flight: 0,
+            in_flight: iv.in_flight,
         };
         outbox.push(Up::Snapshot(snapshot));
         finished.snapshots_sent += 1;

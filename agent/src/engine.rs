@@ -36,7 +36,12 @@ pub struct Interval {
     pub seq: u64,
     pub start: SystemTime,
     pub end: SystemTime,
+    /// Requests due in this interval that finished by its end.
     pub stats: RunStats,
+    /// Requests due in earlier intervals that finished since, by due seq.
+    pub late: BTreeMap<u64, RunStats>,
+    /// Requests on the wire at the interval's end, over every worker.
+    pub in_flight: u64,
     /// The run's last interval for this agent.
     pub last: bool,
     /// On the last interval: when the agent's first request started.
@@ -150,8 +155,16 @@ pub fn split(total: u32, parts: usize, index: usize) -> u32 {
 /// Merges the workers' parts per interval and emits each interval once every
 /// worker still running has delivered it. A worker that sent its last part at
 /// `seq` delivers nothing after it.
+/// One interval's parts as they come in from the workers.
+#[derive(Default)]
+struct Pending {
+    stats: RunStats,
+    late: BTreeMap<u64, RunStats>,
+    in_flight: u64,
+}
+
 async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedSender<Interval>, workers: usize, start: SystemTime, interval: Duration) {
-    let mut pending: BTreeMap<u64, (RunStats, usize)> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, (Pending, usize)> = BTreeMap::new();
     let mut finished_at: Vec<Option<u64>> = vec![None; workers];
     let mut next = 0u64;
     let mut first: Option<Instant> = None;
@@ -162,7 +175,11 @@ async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedS
             first = Some(first.map_or(t, |f| f.min(t)));
         }
         let entry = pending.entry(part.seq).or_default();
-        entry.0.add(&part.stats).expect("one histogram shape");
+        entry.0.stats.add(&part.stats).expect("one histogram shape");
+        for (due, stats) in &part.late {
+            entry.0.late.entry(*due).or_default().add(stats).expect("one histogram shape");
+        }
+        entry.0.in_flight += part.in_flight;
         entry.1 += 1;
         if part.last {
             finished_at[part.worker] = Some(part.seq);
@@ -175,7 +192,7 @@ async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedS
                 Some((_, got)) if *got >= expected => {}
                 _ => break,
             }
-            let (stats, _) = pending.remove(&next).expect("checked above");
+            let (Pending { stats, late, in_flight }, _) = pending.remove(&next).expect("checked above");
             let last = all_done && last_seq == Some(next);
             let begin = start + interval * next as u32;
             let end = if last { SystemTime::now().max(begin) } else { begin + interval };
@@ -183,7 +200,7 @@ async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedS
                 Some(after) => anchor.1 + after,
                 None => anchor.1 - anchor.0.duration_since(t),
             });
-            if out.send(Interval { seq: next, start: begin, end, stats, last, first_request }).is_err() {
+            if out.send(Interval { seq: next, start: begin, end, stats, late, in_flight, last, first_request }).is_err() {
                 return;
             }
             next += 1;

@@ -60,7 +60,12 @@ pub struct WorkerPlan {
 pub struct Part {
     pub worker: usize,
     pub seq: u64,
+    /// Requests due in interval `seq`.
     pub stats: RunStats,
+    /// Requests due in earlier intervals that finished since their flush.
+    pub late: Vec<(u64, RunStats)>,
+    /// Requests sent and not yet answered at the flush.
+    pub in_flight: u64,
     /// The worker's last part: it has finished the run.
     pub last: bool,
     /// On the last part: when this worker's schedule began, as measured by
@@ -81,7 +86,10 @@ struct Worker {
     plan: WorkerPlan,
     recorder: RefCell<Recorder>,
     pool: RefCell<Vec<Conn>>,
+    /// Open-model requests started and not finished, plus running closed loops: the in-flight bound.
     in_flight: Cell<u32>,
+    /// Requests on the wire (sent, not yet answered, failed or aborted), for progress.
+    requests_in_flight: Cell<u64>,
     /// `run_start` + how late the first request started (see [`Worker::note_first_request`]).
     first_request: Cell<Option<Instant>>,
     picker: StepPicker,
@@ -106,9 +114,10 @@ impl Worker {
 async fn run(plan: WorkerPlan) {
     let phases = plan.plan.phases.len();
     let w = Rc::new(Worker {
-        recorder: RefCell::new(Recorder::new(phases, plan.plan.steps.len())),
+        recorder: RefCell::new(Recorder::new(phases, plan.plan.steps.len(), plan.run_start, plan.plan.interval.as_duration())),
         pool: RefCell::new(Vec::new()),
         in_flight: Cell::new(0),
+        requests_in_flight: Cell::new(0),
         first_request: Cell::new(None),
         picker: StepPicker::new(plan.plan.steps.iter().map(|s| s.weight), plan.index as u64),
         timeout: plan.plan.timeout.as_duration(),
@@ -221,9 +230,10 @@ async fn flush_intervals(w: Rc<Worker>, finished: Rc<tokio::sync::Notify>) {
             _ = sleep_until(boundary.into()) => false,
             _ = finished.notified() => true,
         };
-        let stats = w.recorder.borrow_mut().take();
+        let taken = w.recorder.borrow_mut().take(seq, last);
         let first_request = if last { w.first_request.get() } else { None };
-        let _ = w.plan.parts.send(Part { worker: w.plan.index, seq, stats, last, first_request });
+        let in_flight = w.requests_in_flight.get();
+        let _ = w.plan.parts.send(Part { worker: w.plan.index, seq, stats: taken.stats, late: taken.late, in_flight, last, first_request });
         if last {
             return;
         }
@@ -329,10 +339,13 @@ async fn closed_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Ins
 /// request, is not reused). Without this an interrupted run's report
 /// silently lost every request it had sent and not yet seen answered.
 async fn run_or_abort(w: &Worker, conn: Option<Conn>, step: usize) -> (Outcome, Option<Conn>) {
-    tokio::select! {
+    w.requests_in_flight.set(w.requests_in_flight.get() + 1);
+    let done = tokio::select! {
         done = execute(w, conn, step) => done,
         _ = w.plan.cancel.cancelled() => (Outcome::Failed(ErrorKind::Aborted), None),
-    }
+    };
+    w.requests_in_flight.set(w.requests_in_flight.get() - 1);
+    done
 }
 
 /// Runs one request on `conn` (or a new connection) within the timeout.

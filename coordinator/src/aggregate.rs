@@ -1,18 +1,28 @@
 //! Merges the agents' snapshots of one run, exactly: histograms are added,
 //! never percentiles averaged. Tracks per agent which intervals arrived, so a
 //! duplicate is never counted twice and a gap is never silently ignored.
+//!
+//! Two series per interval: the timeline by *due* interval (`timeline.rs`,
+//! what the report and the judgments use: a request belongs to the
+//! interval it was due in) and what *landed* in each snapshot interval
+//! (what completed, timed out, was in flight: live progress).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use stampede_common::histogram::{self, Hist};
-use stampede_common::stats::{quantile_ms, MergeError, RunStats};
+use stampede_common::stats::{quantile_ms, ErrorKind, MergeError, RunStats};
 use stampede_proto::convert::{decode_steps, DecodeError};
-use stampede_proto::v1::{RunFinished, Snapshot};
+use stampede_proto::v1::{RunFinished, Snapshot, StepStats};
+
+use crate::timeline::{Timeline, TimelineError};
 
 #[derive(Debug, Default)]
 pub struct AgentProgress {
     pub labels: BTreeMap<String, String>,
     pub seqs: BTreeSet<u64>,
+    /// The highest seq with every one up to it delivered.
+    pub contiguous: Option<u64>,
     /// Seq of the snapshot marked last, once it arrived.
     pub last_seq: Option<u64>,
     pub finished: Option<RunFinished>,
@@ -53,13 +63,18 @@ impl AgentProgress {
     }
 }
 
-/// One interval of the whole fleet, kept as counters plus the merged latency
-/// histogram until every agent has reported it.
+/// What landed in one snapshot interval across the fleet (completed in it,
+/// whenever due), kept as counters plus the merged latency histogram until
+/// every agent has reported it: live progress.
 #[derive(Debug)]
 pub struct IntervalAgg {
     pub start_unix_nanos: i64,
     pub requests: u64,
     pub errors: u64,
+    /// Requests that timed out in this interval (part of `errors`).
+    pub timeouts: u64,
+    /// Requests on the wire at the interval's end, summed over the agents.
+    pub in_flight: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub reported: usize,
@@ -84,6 +99,8 @@ pub enum SnapshotError {
     Merge { seq: u64, source: MergeError },
     #[error("a snapshot (seq {seq}) whose counts would overflow its {what} total past 2^64")]
     Overflow { seq: u64, what: &'static str },
+    #[error("a snapshot (seq {seq}) whose additions to interval {due} do not merge: {source}")]
+    Timeline { seq: u64, due: u64, source: TimelineError },
 }
 
 /// A snapshot's sums, computed with checked arithmetic.
@@ -109,16 +126,61 @@ impl Sums {
 pub struct Aggregate {
     pub agents: BTreeMap<String, AgentProgress>,
     pub total: RunStats,
-    pub timeline: BTreeMap<u64, IntervalAgg>,
+    /// By snapshot interval: what landed in it (live progress).
+    pub landed: BTreeMap<u64, IntervalAgg>,
+    /// By due interval: the run's timeline.
+    timeline: Timeline,
+    interval: Duration,
+    /// An interval is final once every agent delivered this many intervals after it.
+    final_lag: u64,
+    /// Every landed interval up to here is summarized.
+    sealed_through: Option<u64>,
 }
 
 impl Aggregate {
-    pub fn new(agents: impl IntoIterator<Item = (String, BTreeMap<String, String>)>) -> Self {
+    /// `interval` and `timeout` are the plan's: a request due in interval
+    /// k can finish up to one timeout after it.
+    pub fn new(agents: impl IntoIterator<Item = (String, BTreeMap<String, String>)>, interval: Duration, timeout: Duration) -> Self {
+        let final_lag = 1 + u64::try_from(timeout.as_nanos().div_ceil(interval.as_nanos().max(1))).unwrap_or(u64::MAX);
         Aggregate {
             agents: agents.into_iter().map(|(id, labels)| (id, AgentProgress { labels, ..Default::default() })).collect(),
             total: RunStats::default(),
-            timeline: BTreeMap::new(),
+            landed: BTreeMap::new(),
+            timeline: Timeline::default(),
+            interval,
+            final_lag,
+            sealed_through: None,
         }
+    }
+
+    /// The plan's interval: interval k starts k of them after the common start.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The due intervals that have requests, in order.
+    pub fn due_seqs(&self) -> Vec<u64> {
+        self.timeline.seqs()
+    }
+
+    /// The fleet's merged stats of the requests due in interval `seq`
+    /// (counters, schedule, latency histogram; a final interval's service
+    /// and dispatch histograms are dropped to bound memory).
+    pub fn interval_stats(&self, seq: u64) -> Option<RunStats> {
+        self.timeline.stats(seq)
+    }
+
+    /// Every due interval ≤ this one is final: every agent still running has
+    /// delivered each snapshot up to one ending at least one timeout plus
+    /// one interval after it, so no late completion can change it. Once
+    /// every agent is done, every interval is final.
+    pub fn final_through(&self) -> Option<u64> {
+        let mut through: Option<u64> = None;
+        for a in self.agents.values().filter(|a| !a.done()) {
+            let t = a.contiguous?.checked_sub(self.final_lag)?;
+            through = Some(through.map_or(t, |x: u64| x.min(t)));
+        }
+        through.or_else(|| self.timeline.seqs().last().copied())
     }
 
     /// Adds a snapshot; returns the seq of an interval that just became
@@ -140,14 +202,29 @@ impl Aggregate {
             return Ok(None);
         }
         let seq = s.seq;
-        let stats = decode_steps(&s.steps, &s.phases).map_err(|source| SnapshotError::Decode { seq, source })?;
+        let parts = by_due_interval(s).map_err(|source| SnapshotError::Decode { seq, source })?;
         let overflow = |what: &'static str| SnapshotError::Overflow { seq, what };
         let mut sums = Sums::default();
+        let mut timeouts = 0u64;
         let mut ok_latency = histogram::new_hist();
+        // The common case is one part (nothing late): no copy of it.
+        let merged;
+        let stats: &RunStats = match parts.as_slice() {
+            [(_, only)] => only,
+            _ => {
+                let mut all = RunStats::default();
+                for (_, part) in &parts {
+                    all.checked_add(part).map_err(|source| SnapshotError::Merge { seq, source })?;
+                }
+                merged = all;
+                &merged
+            }
+        };
         for (k, r) in &stats.steps {
             let errors = r.errors.iter().try_fold(0u64, |a, n| a.checked_add(*n)).ok_or_else(|| overflow("errors"))?;
             let one = Sums { requests: r.requests, errors, sent: r.bytes_sent, received: r.bytes_received };
             sums = sums.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
+            timeouts += r.errors[ErrorKind::Timeout as usize];
             if k.ok {
                 // decode_steps built every histogram in our shape: adding fits.
                 histogram::add(&mut ok_latency, &r.latency).map_err(|e| SnapshotError::Decode { seq, source: e.into() })?;
@@ -156,23 +233,33 @@ impl Aggregate {
         // Every sum is checked before anything is changed.
         let mine = Sums { requests: agent.requests, errors: agent.errors, ..Sums::default() };
         let agent_after = mine.checked_add(&sums).ok_or_else(|| overflow("agent"))?;
-        let interval_after = match self.timeline.get(&seq) {
+        let interval_after = match self.landed.get(&seq) {
             Some(iv) => Sums { requests: iv.requests, errors: iv.errors, sent: iv.bytes_sent, received: iv.bytes_received }.checked_add(&sums).ok_or_else(|| overflow("interval"))?,
             None => sums,
         };
-        self.total.checked_add(&stats).map_err(|source| SnapshotError::Merge { seq, source })?;
+        let in_flight_after = self.landed.get(&seq).map_or(Some(s.in_flight), |iv| iv.in_flight.checked_add(s.in_flight)).ok_or_else(|| overflow("in-flight"))?;
+        self.total.checked_add(stats).map_err(|source| SnapshotError::Merge { seq, source })?;
+        // Each due interval's sum is part of the run's total, which fit.
+        for (due, part) in &parts {
+            self.timeline.add(*due, part).map_err(|source| SnapshotError::Timeline { seq, due: *due, source })?;
+        }
 
         let agent = self.agents.get_mut(&s.agent_id).expect("looked up above");
         agent.seqs.insert(seq);
+        while agent.seqs.contains(&agent.contiguous.map_or(0, |c| c + 1)) {
+            agent.contiguous = Some(agent.contiguous.map_or(0, |c| c + 1));
+        }
         if s.last {
             agent.last_seq = Some(seq);
         }
         agent.requests = agent_after.requests;
         agent.errors = agent_after.errors;
-        let iv = self.timeline.entry(seq).or_insert_with(|| IntervalAgg {
+        let iv = self.landed.entry(seq).or_insert_with(|| IntervalAgg {
             start_unix_nanos: s.interval_start_unix_nanos,
             requests: 0,
             errors: 0,
+            timeouts: 0,
+            in_flight: 0,
             bytes_sent: 0,
             bytes_received: 0,
             reported: 0,
@@ -181,17 +268,31 @@ impl Aggregate {
         });
         iv.requests = interval_after.requests;
         iv.errors = interval_after.errors;
+        iv.timeouts += timeouts;
+        iv.in_flight = in_flight_after;
         iv.bytes_sent = interval_after.sent;
         iv.bytes_received = interval_after.received;
         iv.reported += 1;
         if let Some(h) = iv.hist.as_mut() {
             histogram::add(h, &ok_latency).map_err(|e| SnapshotError::Decode { seq, source: e.into() })?;
         }
-        if iv.reported >= expected {
+        let complete = iv.reported >= expected;
+        if complete {
             iv.seal();
-            return Ok(Some(seq));
         }
-        Ok(None)
+        if let Some(through) = self.final_through() {
+            self.timeline.compact_through(through);
+            // An interval some agent will never send (it was lost) is
+            // summarized once final, so its histogram is not kept all run.
+            let from = self.sealed_through.map_or(0, |s| s + 1);
+            if from <= through {
+                for (_, iv) in self.landed.range_mut(from..=through) {
+                    iv.seal();
+                }
+                self.sealed_through = Some(through);
+            }
+        }
+        Ok(complete.then_some(seq))
     }
 
     /// Refuses the rest of an agent's data: it sent `reason`. What it sent
@@ -218,7 +319,7 @@ impl Aggregate {
     /// The run's last interval: the highest any agent marked last, or else
     /// the highest that arrived at all.
     pub fn run_last_seq(&self) -> Option<u64> {
-        self.agents.values().filter_map(|a| a.last_seq).max().or_else(|| self.timeline.keys().last().copied())
+        self.agents.values().filter_map(|a| a.last_seq).max().or_else(|| self.landed.keys().last().copied())
     }
 
     pub fn all_done(&self) -> bool {
@@ -228,8 +329,94 @@ impl Aggregate {
     /// Ends the run's bookkeeping: intervals some agent never sent are
     /// summarized from what did arrive.
     pub fn seal(&mut self) {
-        for iv in self.timeline.values_mut() {
+        for iv in self.landed.values_mut() {
             iv.seal();
         }
+        if let Some(through) = self.final_through() {
+            self.timeline.compact_through(through);
+        }
+    }
+}
+
+/// A snapshot's entries decoded per interval they were due in (absent
+/// `due_seq`: the snapshot's own, which also carries the schedule).
+fn by_due_interval(s: &Snapshot) -> Result<Vec<(u64, RunStats)>, DecodeError> {
+    if s.steps.iter().all(|st| st.due_seq.is_none_or(|d| d == s.seq)) {
+        return Ok(vec![(s.seq, decode_steps(&s.steps, &s.phases)?)]);
+    }
+    let mut groups: BTreeMap<u64, Vec<StepStats>> = BTreeMap::new();
+    groups.insert(s.seq, Vec::new());
+    for st in &s.steps {
+        groups.entry(st.due_seq.unwrap_or(s.seq)).or_default().push(st.clone());
+    }
+    groups.into_iter().map(|(due, steps)| Ok((due, decode_steps(&steps, if due == s.seq { &s.phases } else { &[] })?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use stampede_common::stats::{StepKey, StepRecord};
+    use stampede_proto::convert::encode_steps;
+
+    use super::*;
+
+    fn requests(n: u64, timeouts: u64) -> RunStats {
+        let mut r = StepRecord { requests: n, ..Default::default() };
+        r.errors[ErrorKind::Timeout as usize] = timeouts;
+        for h in [&mut r.latency, &mut r.service, &mut r.dispatch] {
+            h.saturating_record_n(1000, n);
+        }
+        let mut s = RunStats::default();
+        s.steps.insert(StepKey { phase: 0, step: 0, ok: timeouts == 0 }, r);
+        s
+    }
+
+    /// Agent `agent`'s snapshot `seq`: `own` requests due in it, and `late`
+    /// ones due in earlier intervals.
+    fn snapshot(agent: &str, seq: u64, own: &RunStats, late: &[(u64, RunStats)]) -> Snapshot {
+        let (mut steps, phases) = encode_steps(own);
+        for (due, stats) in late {
+            steps.extend(encode_steps(stats).0.into_iter().map(|s| StepStats { due_seq: Some(*due), ..s }));
+        }
+        Snapshot { agent_id: agent.into(), seq, steps, phases, in_flight: 7, ..Default::default() }
+    }
+
+    fn due_requests(agg: &Aggregate, seq: u64) -> u64 {
+        agg.interval_stats(seq).map_or(0, |s| s.steps.values().map(|r| r.requests).sum())
+    }
+
+    #[test]
+    fn late_additions_go_to_their_due_interval_which_is_final_one_timeout_later() {
+        // 1 s intervals, 2 s timeout: final 3 intervals behind every agent.
+        let agents = ["a", "b"].map(|id| (id.to_string(), BTreeMap::new()));
+        let mut agg = Aggregate::new(agents, Duration::from_secs(1), Duration::from_secs(2));
+        for seq in 0..4 {
+            // Interval 1's requests on agent a all time out, two intervals later.
+            let own = if seq == 1 { RunStats::default() } else { requests(10, 0) };
+            let late = if seq == 3 { vec![(1, requests(10, 10))] } else { Vec::new() };
+            agg.add_snapshot(&snapshot("a", seq, &own, &late)).unwrap();
+            assert_eq!(agg.final_through(), None, "b has sent nothing yet");
+        }
+        for seq in 0..4 {
+            agg.add_snapshot(&snapshot("b", seq, &requests(5, 0), &[])).unwrap();
+        }
+        assert_eq!(agg.final_through(), Some(0), "interval 0 ends 3 s before the snapshots both agents delivered");
+        assert_eq!((0..4).map(|s| due_requests(&agg, s)).collect::<Vec<_>>(), [15, 15, 15, 15]);
+        let one = agg.interval_stats(1).unwrap();
+        assert_eq!(one.summarize(|_| true).errors_by_kind[ErrorKind::Timeout as usize], 10, "the timeouts count where they were due");
+        // What landed: interval 1 saw only b's 5, interval 3 a's 20 (10 of them timeouts) and b's 5.
+        assert_eq!((agg.landed[&1].requests, agg.landed[&3].requests, agg.landed[&3].timeouts, agg.landed[&3].in_flight), (5, 25, 10, 14));
+        // Totals are the sum either way.
+        assert_eq!(agg.total.summarize(|_| true).requests, 60);
+        agg.add_snapshot(&snapshot("a", 4, &requests(10, 0), &[])).unwrap();
+        agg.add_snapshot(&snapshot("b", 4, &requests(5, 0), &[])).unwrap();
+        assert_eq!(agg.final_through(), Some(1));
+        // A gap holds finality back: a missing snapshot may carry late completions.
+        agg.add_snapshot(&snapshot("b", 6, &requests(5, 0), &[])).unwrap();
+        agg.add_snapshot(&snapshot("a", 6, &requests(5, 0), &[])).unwrap();
+        assert_eq!(agg.final_through(), Some(1));
+        agg.finished(RunFinished { agent_id: "a".into(), ..Default::default() });
+        agg.finished(RunFinished { agent_id: "b".into(), ..Default::default() });
+        assert_eq!(agg.final_through(), Some(6), "once every agent is done, everything is final");
+        assert_eq!(due_requests(&agg, 1), 15, "a final interval keeps its counts");
     }
 }

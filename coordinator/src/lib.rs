@@ -10,6 +10,7 @@
 //! - [`faults`]: fault preflight (selection once per node, capabilities) and the fault log.
 //! - [`load_bounds`]: refusing a share an agent cannot hold (its connection limit).
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
+//! - [`timeline`]: the run's intervals by due time, final after the timeout, compacted.
 //! - [`guardrail`]: abort guardrails (`abort_when`) judged live, interval by interval.
 //! - [`verdict`]: every trust decision (incomplete, invalid, aborted, interrupted) and SLO evaluation.
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
@@ -43,4 +44,5 @@ pub mod service;
 pub mod signals;
 pub mod split;
 pub mod store;
+pub mod timeline;
 pub mod verdict;

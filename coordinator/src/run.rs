@@ -82,7 +82,7 @@ pub struct RunSetup<'a> {
 
 impl<'a> Run<'a> {
     pub fn new(s: RunSetup<'a>) -> Self {
-        let agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())));
+        let agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())), s.plan.interval.as_duration(), s.plan.timeout.as_duration());
         let guardrails = Guardrails::new(&s.plan);
         let planned_end = s.start_instant + s.plan.duration() + s.plan.timeout.as_duration() + END_GRACE;
         Run {
@@ -369,10 +369,12 @@ pub async fn abort_agent(fleet: &Fleet, agent_id: &str, run_id: &str, reason: &s
     let _ = tokio::time::timeout(Duration::from_secs(1), current.tx.send(Ok(msg))).await;
 }
 
+/// What happened in snapshot interval `seq` as it happened: requests that
+/// completed in it, the timeouts and errors that landed in it, and what was
+/// still in flight at its end (a stalled target shows here at once, while
+/// the due-interval timeline waits for the timeout to judge).
 fn progress_line(plan: &Plan, agg: &Aggregate, seq: u64) -> String {
-    let Some(iv) = agg.timeline.get(&seq) else {
-        return String::new();
-    };
+    let Some(iv) = agg.landed.get(&seq) else { return String::new() };
     let secs = plan.interval.as_duration().as_secs_f64();
     // Interval k starts k intervals after the common start, in every agent's clock.
     let t = seq as f64 * secs;
@@ -381,10 +383,12 @@ fn progress_line(plan: &Plan, agg: &Aggregate, seq: u64) -> String {
     let err = if iv.requests == 0 { 0.0 } else { iv.errors as f64 / iv.requests as f64 * 100.0 };
     let p99 = iv.p99_ms.map_or("-".to_string(), |v| format!("{v:.1}ms"));
     format!(
-        "[{:>5.1}s] {:<10} {:>8.0} req/s  err {:>5.2}%  p99 {:>9}  total {:>9}  agents {}/{}",
+        "[{:>5.1}s] {:<10} {:>8.0} req/s  in flight {:>6}  timeouts {:>6}  err {:>5.2}%  p99 {:>9}  total {:>9}  agents {}/{}",
         t + secs,
         phase,
         iv.requests as f64 / secs,
+        iv.in_flight,
+        iv.timeouts,
         err,
         p99,
         agg.total.steps.values().map(|r| r.requests).sum::<u64>(),

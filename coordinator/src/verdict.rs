@@ -289,7 +289,7 @@ mod tests {
             std::path::Path::new("t.yaml"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let agg = Aggregate::new(std::iter::empty());
+        let agg = Aggregate::new(std::iter::empty(), std::time::Duration::from_secs(1), std::time::Duration::from_secs(1));
         let faults = FaultLog::default();
         let healthy = judge(&plan, &agg, &faults, None);
         assert_eq!((healthy.verdict, healthy.reasons.len()), (Verdict::Pass, 0), "{:?}", healthy.reasons);

@@ -135,7 +135,7 @@ fn reports_land_in_the_out_dir() {
     assert!(html.contains(r#"<span class="verdict fail">FAIL</span>"#), "{html}");
     assert!(html.contains("<td>p50</td>") && html.contains("&lt; 5ms"), "the SLO row");
     // Axes and ticks are polylines too: look for the series' own colour and
-    // width, with a point per interval (a 2 s phase, then the drain's): a
+    // width, with a point per interval (a 2 s phase of 500 ms intervals): a
     // legend swatch has 2 points.
     let series_points = |stroke: &str| {
         html.split("<polyline").filter(|p| p.contains(&format!(r#"stroke="{stroke}" stroke-width="2""#))).map(|p| p.split("points=\"").nth(1).map_or(0, |pts| pts.split('"').next().unwrap().split_whitespace().count())).max().unwrap_or(0)
@@ -174,4 +174,44 @@ fn a_stalled_target_fails_its_slos_and_does_not_look_like_a_saturated_client() {
     assert_eq!(r["verdict"], "fail", "{}", r["verdict_reasons"]);
     assert_eq!(r["totals"]["errors_by_kind"]["timeout"], r["totals"]["requests"], "{}", r["totals"]);
     assert_eq!(code, 1, "stderr:\n{stderr}");
+}
+
+/// A stall with a 1 s timeout: the requests due during it time out one
+/// second later. The report's timeline counts them where they were due, so
+/// every interval holds the 20 requests scheduled in it, stall or not (by
+/// completion, a stall's intervals would hold none and the next ones twice
+/// as many), and each interval's timeouts are requests due in it. Live
+/// progress, by contrast, shows the stall as it happens: requests in flight.
+#[test]
+fn a_stall_counts_its_timeouts_in_its_due_intervals_and_progress_shows_them_in_flight() {
+    let (code, stderr, report) = run("stall-timeline.yaml", 1);
+    let r = report.unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
+    assert_eq!(r["verdict"], "pass", "no SLOs, complete data; stderr:\n{stderr}");
+    assert_eq!(code, 0);
+    let timeline = r["timeline"].as_array().unwrap();
+    let field = |p: &Value, f: &str| p[f].as_u64().unwrap();
+    let planned: Vec<&Value> = timeline.iter().filter(|p| p["t_s"].as_f64().unwrap() < 8.0).collect();
+    assert_eq!(planned.len(), 8, "{timeline:#?}");
+    for p in &planned {
+        let n = field(p, "requests");
+        assert!((19..=21).contains(&n), "every interval holds the requests due in it, whenever they finished: {timeline:#?}");
+        assert!(field(p, "timeouts") <= n);
+    }
+    assert!(timeline.iter().filter(|p| p["t_s"].as_f64().unwrap() >= 8.0).all(|p| field(p, "requests") == 0), "nothing is due after the schedule ends: {timeline:#?}");
+    let timeouts: u64 = planned.iter().map(|p| field(p, "timeouts")).sum();
+    assert_eq!(timeouts, r["totals"]["errors_by_kind"]["timeout"].as_u64().unwrap_or(0));
+    // About the first second of each of the two stalls: 2 × 20.
+    assert!((20..=60).contains(&timeouts), "{timeouts} timeouts: {timeline:#?}");
+    // The totals are the same as ever: the timeline only moves requests between intervals.
+    let sum: u64 = timeline.iter().map(|p| field(p, "requests")).sum();
+    assert_eq!(sum, r["totals"]["requests"].as_u64().unwrap());
+
+    let in_flight: Vec<u64> = stderr
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .filter_map(|l| l.split("in flight").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(in_flight.len() >= 8, "a progress line per interval, each saying what is in flight:\n{stderr}");
+    assert!(in_flight.iter().any(|&n| n >= 10), "during a stall, progress shows the requests waiting:\n{stderr}");
+    assert!(in_flight.iter().any(|&n| n <= 2), "outside a stall nothing waits (1 ms answers at 20/s):\n{stderr}");
 }

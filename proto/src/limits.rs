@@ -75,6 +75,10 @@ pub struct RunBounds {
     /// Most requests one agent can report in one interval; most bytes.
     pub max_count: u64,
     pub max_bytes: u64,
+    /// How many intervals before its own a snapshot may add late
+    /// completions to (`StepStats.due_seq`): a request lasts at most one
+    /// timeout, and its interval's snapshot may leave just before it ends.
+    pub max_late: u64,
 }
 
 impl RunBounds {
@@ -96,6 +100,7 @@ impl RunBounds {
             end_unix_nanos: start_unix_nanos.saturating_add(i64::try_from((duration + timeout).as_nanos()).unwrap_or(i64::MAX)),
             max_count: MAX_EVENTS_PER_SEC.saturating_mul(longest),
             max_bytes: MAX_BYTES_PER_SEC.saturating_mul(longest),
+            max_late: u64::try_from(timeout.as_nanos().div_ceil(interval_nanos)).unwrap_or(u64::MAX).saturating_add(SEQ_SLACK),
         }
     }
 
@@ -202,8 +207,9 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
     if s.interval_end_unix_nanos < s.interval_start_unix_nanos {
         return refuse(format!("a snapshot (seq {}) whose interval ends ({}) before it starts ({})", s.seq, s.interval_end_unix_nanos, s.interval_start_unix_nanos));
     }
-    // One entry per (phase, step, outcome) at most.
-    let max_steps = u64::from(b.phases) * u64::from(b.steps) * 2;
+    // One entry per (phase, step, outcome) at most, for its own interval
+    // and each earlier one it may add late completions to.
+    let max_steps = u64::from(b.phases) * u64::from(b.steps) * 2 * (1 + b.max_late);
     if s.steps.len() as u64 > max_steps {
         return refuse(format!("a snapshot (seq {}) with {} step entries; the plan has room for {max_steps}", s.seq, s.steps.len()));
     }
@@ -211,6 +217,9 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
         return refuse(format!("a snapshot (seq {}) with {} phase schedules; the plan has {} phases", s.seq, s.phases.len(), b.phases));
     }
     for st in &s.steps {
+        if let Some(due) = st.due_seq.filter(|&due| due > s.seq || due < s.seq.saturating_sub(b.max_late)) {
+            return refuse(format!("a snapshot (seq {}) adding to interval {due}; late completions belong to the {} intervals before it", s.seq, b.max_late));
+        }
         if st.phase >= b.phases || st.step >= b.steps {
             return refuse(format!("a snapshot (seq {}) for phase {} step {}; the plan has {} phases and {} steps", s.seq, st.phase, st.step, b.phases, b.steps));
         }
@@ -316,6 +325,24 @@ mod tests {
     fn snapshot(seq: u64) -> Snapshot {
         let t = 1_000_000_000_000i64.wrapping_add((seq as i64).wrapping_mul(1_000_000_000));
         Snapshot { run_id: "r".into(), agent_id: "a".into(), seq, interval_start_unix_nanos: t, interval_end_unix_nanos: t.wrapping_add(1_000_000_000), ..Default::default() }
+    }
+
+    #[test]
+    fn late_additions_pass_within_a_timeout_of_their_snapshot_and_nowhere_else() {
+        let b = bounds();
+        let now = 1_000_000_000_000 + 12_000_000_000;
+        // 2 s timeout at 1 s intervals: up to 2 + SEQ_SLACK intervals back.
+        assert_eq!(b.max_late, 2 + SEQ_SLACK);
+        let with_due = |seq: u64, due: u64| {
+            let mut s = snapshot(seq);
+            s.steps.push(StepStats { due_seq: Some(due), ..Default::default() });
+            s
+        };
+        for due in 10 - b.max_late..=10 {
+            check_snapshot(&with_due(10, due), &b, 0, now).unwrap();
+        }
+        assert!(check_snapshot(&with_due(10, 11), &b, 0, now).unwrap_err().0.contains("adding to interval 11"), "not into the future");
+        assert!(check_snapshot(&with_due(10, 9 - b.max_late), &b, 0, now).is_err(), "not further back than a request can last");
     }
 
     #[test]

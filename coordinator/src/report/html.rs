@@ -218,7 +218,7 @@ fn chart(r: &Report) -> Result<String, String> {
         root.present().map_err(|e| e.to_string())?;
     }
     let legend = if windows.is_empty() { "" } else { " Shaded: fault windows." };
-    Ok(format!("{svg}\n<p>One point per {interval} s interval; grey lines: phase starts.{legend}</p>\n"))
+    Ok(format!("{svg}\n<p>One point per {interval} s interval, counting each request in the interval it was due in (intended start; closed model: send); grey lines: phase starts.{legend}</p>\n"))
 }
 
 #[cfg(test)]

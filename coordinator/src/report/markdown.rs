@@ -176,7 +176,7 @@ fn timeline(r: &Report, out: &mut String) {
     let per_row = r.timeline.len().div_ceil(TIMELINE_ROWS);
     // Sub-second intervals get sub-second labels.
     let prec = if interval * per_row as f64 >= 1.0 { 0 } else { 1 };
-    let _ = writeln!(out, "\n## Timeline\n\n| from | req/s | errors | worst p99 (ms) | kB/s received | faults active |\n|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "\n## Timeline\n\nEach request counts in the interval it was due in (intended start; closed model: send).\n\n| from | req/s | errors | worst p99 (ms) | kB/s received | faults active |\n|---:|---:|---:|---:|---:|---|");
     for rows in r.timeline.chunks(per_row) {
         let from = rows[0].t_s;
         let to = rows[rows.len() - 1].t_s + interval;
