@@ -31,6 +31,15 @@ impl Caller {
         }
     }
 
+    /// Who, in a sentence's words: the certificate's subject name, or the
+    /// plain-text client's address.
+    pub fn subject(&self) -> String {
+        match self {
+            Caller::Certified { holder, .. } => holder.name.clone(),
+            Caller::Insecure { peer } => format!("an insecure (plain-text) client at {}", peer.map_or_else(|| "an unknown address".to_string(), |p| p.to_string())),
+        }
+    }
+
     /// For the run store: `{transport, role, name, peer}`.
     pub fn to_json(&self) -> serde_json::Value {
         let peer = self.peer().map(|p| p.to_string());

@@ -47,6 +47,11 @@ pub enum Command {
     Coordinator(CoordinatorArgs),
     /// List the agents connected to a standing coordinator.
     Agents(AgentsArgs),
+    /// Stop the run in progress on a standing coordinator and revert every fault
+    /// on every agent (operator certificate); prints what each agent reverted.
+    /// Exit 0 halted and all clear (or no run in progress), 3 an agent did not
+    /// confirm or a fault is still applied, 2 the halt could not be made.
+    Halt(AgentsArgs),
     /// Make a CA, certificates and the enrollment token for mutual TLS.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -162,6 +167,7 @@ impl Cli {
         match &self.command {
             Command::Coordinator(a) => a.mode().err().map(|m| ("coordinator", m)),
             Command::Agents(a) => a.tls.mode_for(&a.coordinator, false).err().map(|m| ("agents", m)),
+            Command::Halt(a) => a.tls.mode_for(&a.coordinator, false).err().map(|m| ("halt", m)),
             Command::Run(a) => match (&a.coordinator, a.tls.any()) {
                 (Some(_), _) if a.workers.is_some() || a.state_dir.is_some() => Some(REMOTE_LOCAL_FLAGS.into()),
                 (Some(url), _) => a.tls.mode_for(url, false).err(),
@@ -235,6 +241,10 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Coordinator(args) => coordinator(args).await,
         Command::Agents(args) => match client_tls(&args.tls) {
             Ok(tls) => remote::list_agents(&args.coordinator, tls.as_ref()).await,
+            Err(e) => Err(e),
+        },
+        Command::Halt(args) => match client_tls(&args.tls) {
+            Ok(tls) => remote::halt(&args.coordinator, tls.as_ref()).await,
             Err(e) => Err(e),
         },
         Command::Certs(cmd) => certs::main(cmd),

@@ -4,13 +4,14 @@
 
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stampede_common::plan::{load_str, Format};
 use stampede_common::tls::Role;
 use stampede_proto::v1::control_service_server::ControlService;
 use stampede_proto::v1::run_event::Event;
-use stampede_proto::v1::{AgentInfo, ListAgentsRequest, ListAgentsResponse, RunEvent, RunResult, SubmitRunRequest};
+use stampede_proto::v1::{AgentInfo, HaltRequest, HaltResponse, ListAgentsRequest, ListAgentsResponse, RunEvent, RunResult, SubmitRunRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -18,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::caller::{authorize, Caller};
 use crate::fleet::Fleet;
+use crate::halt::{self, CurrentRun};
 use crate::orchestrate::{self, RunRequest};
 use crate::report::{self, Report};
 use crate::signals::Interrupt;
@@ -32,6 +34,8 @@ pub struct Control {
     stopping: Interrupt,
     /// Runs whose task has not ended yet (0 or 1: one run at a time).
     running: watch::Sender<usize>,
+    /// The run in progress, for `halt`.
+    current: Arc<Mutex<Option<CurrentRun>>>,
 }
 
 type Events = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
@@ -46,7 +50,7 @@ fn progress_event(line: String) -> Result<RunEvent, Status> {
 
 impl Control {
     pub fn new(fleet: Fleet, store: RunStore) -> Control {
-        Control { fleet, store, stopping: Interrupt::default(), running: watch::Sender::new(0) }
+        Control { fleet, store, stopping: Interrupt::default(), running: watch::Sender::new(0), current: Arc::default() }
     }
 
     /// Stops the coordinator's runs: no new one is accepted, the one in
@@ -120,17 +124,23 @@ impl Control {
             })
         };
         let request = RunRequest { plan, expect_agents: req.expect_agents as usize, wait: Duration::from_millis(req.wait_ms.max(1)), dry_run };
-        let event = match orchestrate::execute(&self.fleet, request, &abort, &progress).await {
+        // `halt` interrupts it through the same `abort`, and waits on `done`.
+        let (done, done_rx) = watch::channel(None);
+        *self.current.lock().expect("the current run's lock is never held across a panic") = Some(CurrentRun { abort: abort.clone(), done: done_rx });
+        let outcome = orchestrate::execute(&self.fleet, request, &abort, &progress).await.map(Arc::new);
+        *self.current.lock().expect("the current run's lock is never held across a panic") = None;
+        done.send_replace(Some(outcome.as_ref().map(Arc::clone).map_err(ToString::to_string)));
+        let event = match outcome {
             Ok(r) if dry_run => {
                 // Nothing ran, so nothing is stored; the listing is the result.
-                let result = RunResult { exit_code: 0, verdict: "dry_run".into(), report_json: serde_json::to_string_pretty(&r).expect("reports serialize"), report_md: report::dry_run_listing(&r), ..Default::default() };
+                let result = RunResult { exit_code: 0, verdict: "dry_run".into(), report_json: serde_json::to_string_pretty(&*r).expect("reports serialize"), report_md: report::dry_run_listing(&r), ..Default::default() };
                 RunEvent { event: Some(Event::Result(result)) }
             }
             Ok(r) => {
                 let result = RunResult {
                     exit_code: r.verdict.exit_code(),
                     verdict: r.verdict.as_str().into(),
-                    report_json: serde_json::to_string_pretty(&r).expect("reports serialize"),
+                    report_json: serde_json::to_string_pretty(&*r).expect("reports serialize"),
                     report_md: report::markdown(&r),
                     report_junit: report::junit_xml(&r),
                     report_html: report::html(&r),
@@ -162,6 +172,12 @@ impl ControlService for Control {
     async fn submit_dry_run(&self, request: Request<SubmitRunRequest>) -> Result<Response<Events>, Status> {
         let caller = authorize(&request, "the control API (ControlService.SubmitDryRun)", Role::Operator)?;
         self.submit(request.into_inner(), caller, true).await
+    }
+
+    async fn halt(&self, request: Request<HaltRequest>) -> Result<Response<HaltResponse>, Status> {
+        let caller = authorize(&request, "the control API (ControlService.Halt)", Role::Operator)?;
+        let current = self.current.lock().expect("the current run's lock is never held across a panic").clone();
+        Ok(Response::new(halt::halt(current, &caller.subject()).await?))
     }
 
     async fn list_agents(&self, request: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {

@@ -12,10 +12,12 @@
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
 //! - [`timeline`]: the run's intervals by due time, final after the timeout, compacted.
 //! - [`judge`]: every SLO rule over the totals and the timeline: fault windows, streaks, recovery.
+//! - [`guardrail`]: abort guardrails (`abort_when`) judged live, interval by interval.
 //! - [`verdict`]: every trust decision (incomplete, invalid, aborted, interrupted) and the verdict from the judged SLOs.
 //! - [`report`]: report.json / report.md / junit.xml and the terminal summary.
 //! - [`local`]: in-process agents and built-in target for `--local-agents`.
 //! - [`control`] / [`remote`]: the standing coordinator's submit API and its client.
+//! - [`halt`]: `stampede halt`: stop the run in progress, say what each agent reverted.
 //! - [`store`]: the standing coordinator's run store (`--data DIR`).
 //! - [`server`]: serving the gRPC services until shutdown, with mutual TLS
 //!   and the enrollment token ([`server::Security`]) or without.
@@ -30,6 +32,8 @@ pub mod cli;
 pub mod control;
 pub mod faults;
 pub mod fleet;
+pub mod guardrail;
+pub mod halt;
 pub mod judge;
 pub mod load_bounds;
 pub mod local;

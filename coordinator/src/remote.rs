@@ -5,7 +5,7 @@ use stampede_common::plan::Format;
 use stampede_common::tls::{self, ClientTls};
 use stampede_proto::v1::control_service_client::ControlServiceClient;
 use stampede_proto::v1::run_event::Event;
-use stampede_proto::v1::{AgentInfo, ListAgentsRequest, RunResult, SubmitRunRequest};
+use stampede_proto::v1::{AgentInfo, HaltRequest, ListAgentsRequest, RunResult, SubmitRunRequest};
 use tonic::transport::Channel;
 
 use crate::cli::{progress_printer, RunArgs, EXIT_ERROR};
@@ -103,6 +103,16 @@ fn write_result(r: &RunResult, args: &RunArgs, file_name: &str, text: &str) -> a
         println!("\nreports written to {}", out.display());
     }
     Ok(r.exit_code)
+}
+
+/// `stampede halt`: stops the coordinator's run in progress and prints what
+/// each agent reverted. Exit 0 when nothing is left applied (or nothing was
+/// running), 3 when an agent did not confirm or a fault is not reverted.
+pub async fn halt(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<i32> {
+    let mut client = connect(url, tls).await?;
+    let h = client.halt(HaltRequest {}).await.map_err(|s| call_failed(url, s))?.into_inner();
+    print!("{}", crate::halt::text(url, &h));
+    Ok(if crate::halt::all_clear(&h) { 0 } else { 3 })
 }
 
 pub async fn list_agents(url: &str, tls: Option<&ClientTls>) -> anyhow::Result<i32> {

@@ -17,6 +17,7 @@ use stampede_proto::v1::{Abort, CoordinatorMessage, FaultEvent, FaultStatus, Rec
 use crate::aggregate::Aggregate;
 use crate::faults::FaultLog;
 use crate::fleet::{AgentEntry, AgentEvent, Fleet};
+use crate::guardrail::{Guardrails, Trip};
 use crate::orchestrate::RunError;
 use crate::report::{self, Report, RunFacts};
 use crate::verdict::Stop;
@@ -56,6 +57,8 @@ pub struct Run<'a> {
     pub stop: Option<Stop>,
     /// Why the plan's steady state did not hold after the run, if it did not.
     pub steady_after: Option<String>,
+    /// The plan's `abort_when` rules, judged as intervals complete.
+    guardrails: Guardrails,
     dry_run: bool,
 }
 
@@ -82,6 +85,7 @@ pub struct RunSetup<'a> {
 impl<'a> Run<'a> {
     pub fn new(s: RunSetup<'a>) -> Self {
         let mut agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())), s.plan.interval.as_duration(), s.plan.timeout.as_duration());
+        let guardrails = Guardrails::new(&s.plan);
         agg.probe_phase = s.plan.probe_phase();
         let planned_end = s.start_instant + s.plan.measured_duration() + s.plan.timeout.as_duration() + END_GRACE;
         Run {
@@ -100,6 +104,7 @@ impl<'a> Run<'a> {
             deadline: tokio::time::Instant::from_std(planned_end),
             stop: None,
             steady_after: None,
+            guardrails,
             dry_run: s.dry_run,
         }
     }
@@ -162,11 +167,28 @@ impl<'a> Run<'a> {
     }
 
     pub async fn on_snapshot(&mut self, s: Snapshot) {
+        // Only what the aggregate counts reaches the guardrails: not a
+        // duplicate, nor anything of a refused agent.
+        let counted = self.agg.agents.get(&s.agent_id).is_some_and(|a| !a.refused && !a.seqs.contains(&s.seq));
         match self.agg.add_snapshot(&s) {
             Ok(Some(seq)) => (self.progress)(progress_line(&self.plan, &self.agg, seq)),
             Ok(None) => {}
-            Err(e) => self.refuse(&s.agent_id, e.to_string()).await,
+            Err(e) => return self.refuse(&s.agent_id, e.to_string()).await,
         }
+        if counted && self.stop.is_none() {
+            let trip = self.guardrails.on_snapshot(&self.plan, &s, &self.agg);
+            self.on_trip(trip).await;
+        }
+    }
+
+    /// A guardrail tripped: the run stops, `aborted by` its rule.
+    async fn on_trip(&mut self, trip: Option<Trip>) {
+        let Some(trip) = trip.filter(|_| self.stop.is_none()) else {
+            return;
+        };
+        tracing::warn!(message = "Abort guardrail tripped; stopping the run.", run = %self.run_id, rule = %trip.rule, observed = trip.observed, last_interval = trip.last_seq);
+        (self.progress)(trip.describe());
+        self.stop(Stop::Aborted { rule: trip.rule }).await;
     }
 
     pub async fn on_finished(&mut self, f: RunFinished) -> Next {
@@ -180,6 +202,9 @@ impl<'a> Run<'a> {
             self.first_requests.insert(f.agent_id.clone(), f.first_request_unix_nanos.saturating_sub(self.clock_offset(&f.agent_id)));
         }
         self.agg.finished(f);
+        // Intervals that waited only for this agent can be judged now.
+        let trip = self.guardrails.judge_complete(&self.plan, &self.agg);
+        self.on_trip(trip).await;
         Next::Continue
     }
 

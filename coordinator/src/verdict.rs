@@ -134,7 +134,11 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
         .into_iter()
         .collect();
     let run_last = agg.run_last_seq();
-    reasons.extend(agg.agents.iter().filter_map(|(id, a)| agent_incomplete(id, a, &a.missing(run_last))));
+    // After a guardrail's abort, an agent that finished was stopped on the
+    // run's own request: its short share is the abort, already the reason.
+    // One that was lost is still news.
+    let stopped_by_us = |a: &AgentProgress| matches!(stop, Some(Stop::Aborted { .. })) && a.lost.is_none() && a.finished.is_some();
+    reasons.extend(agg.agents.iter().filter(|(_, a)| !stopped_by_us(a)).filter_map(|(id, a)| agent_incomplete(id, a, &a.missing(run_last))));
     let incomplete = matches!(stop, Some(Stop::Interrupted(_))) || !reasons.is_empty();
     let aborted = matches!(stop, Some(Stop::Aborted { .. }));
 

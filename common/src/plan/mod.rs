@@ -2,6 +2,7 @@
 //! through the `config` crate (`load`), mapping field paths back to source
 //! lines (`lines`), and the checks serde cannot express (`validate`).
 
+mod abort;
 mod check;
 mod error;
 mod fault;
@@ -13,6 +14,7 @@ mod probe;
 mod slo_rules;
 mod validate;
 
+pub use abort::AbortRule;
 pub use check::*;
 pub use error::{printable, PlanError};
 pub use fault::*;

@@ -42,6 +42,9 @@ pub struct Plan {
     /// What must hold before any load or fault, and after the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steady_state: Option<super::SteadyState>,
+    /// Guardrails that stop the run early (`abort.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abort_when: Vec<super::AbortRule>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

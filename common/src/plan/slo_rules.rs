@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use super::Plan;
-use crate::slo::{Cmp, Metric, Scope, Slo, Threshold};
+use crate::slo::{Cmp, Metric, Parts, Scope, Slo, Threshold};
 
 type Problem = (String, String);
 
@@ -45,8 +45,21 @@ pub fn validate_slos(plan: &Plan) -> Result<(), Problem> {
 }
 
 fn check_scope(plan: &Plan, slo: &Slo) -> Result<(), (&'static str, String)> {
-    let parts = slo.scope.parts().map_err(|m| ("scope", m))?;
-    let missing = |kind: &str, name: &str| Err(("scope", format!("there is no {kind} `{name}`")));
+    let parts = check_scope_names(plan, &slo.scope).map_err(|m| ("scope", m))?;
+    match (parts.window, slo.length) {
+        (Some(Scope::After(f)), None) => {
+            Err(("scope", format!("`after:{f}` needs `for`: how long after the revert to look, e.g. `for: 30s`")))
+        }
+        (Some(Scope::After(_)), Some(d)) if d.as_duration().is_zero() => Err(("for", "must be more than 0s".into())),
+        (Some(Scope::After(_)), Some(_)) | (_, None) => Ok(()),
+        (_, Some(_)) => Err(("for", "only an `after:FAULT` scope takes `for`".into())),
+    }
+}
+
+/// The scope parses, and every phase, step, probe and fault it names exists.
+pub(super) fn check_scope_names<'a>(plan: &Plan, scope: &'a Scope) -> Result<Parts<'a>, String> {
+    let parts = scope.parts()?;
+    let missing = |kind: &str, name: &str| Err(format!("there is no {kind} `{name}`"));
     if let Some(name) = parts.phase.filter(|n| plan.phase_index(n).is_none()) {
         return missing("phase", name);
     }
@@ -61,17 +74,10 @@ fn check_scope(plan: &Plan, slo: &Slo) -> Result<(), (&'static str, String)> {
             return missing("fault", f);
         }
     }
-    match (parts.window, slo.length) {
-        (Some(Scope::After(f)), None) => {
-            Err(("scope", format!("`after:{f}` needs `for`: how long after the revert to look, e.g. `for: 30s`")))
-        }
-        (Some(Scope::After(_)), Some(d)) if d.as_duration().is_zero() => Err(("for", "must be more than 0s".into())),
-        (Some(Scope::After(_)), Some(_)) | (_, None) => Ok(()),
-        (_, Some(_)) => Err(("for", "only an `after:FAULT` scope takes `for`".into())),
-    }
+    Ok(parts)
 }
 
-fn check_metric(plan: &Plan, metric: &Metric) -> Result<(), String> {
+pub(super) fn check_metric(plan: &Plan, metric: &Metric) -> Result<(), String> {
     match metric {
         Metric::Check(name) if !check_names(plan).contains(&name.as_str()) => Err(format!("there is no check `{name}`")),
         Metric::MaxStreak(c) => {

@@ -144,6 +144,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
     super::probe::validate_probes(plan)?;
 
     super::slo_rules::validate_slos(plan)?;
+    super::abort::validate_abort_rules(plan)?;
     Ok(())
 }
 
@@ -253,6 +254,7 @@ fn check_counts(plan: &Plan) -> Result<(), (String, String)> {
         ("phases", plan.phases.len(), MAX_PHASES),
         ("steps", plan.steps.len(), MAX_STEPS),
         ("slos", plan.slos.len(), MAX_SLOS),
+        ("abort_when", plan.abort_when.len(), MAX_SLOS),
         ("faults", plan.faults.len(), MAX_FAULTS),
     ];
     match lists.into_iter().find(|&(_, n, max)| n > max) {
