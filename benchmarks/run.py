@@ -210,14 +210,20 @@ def parse_wrk(text: str) -> dict:
     return res
 
 
-def plan_yaml(name: str, port: int, duration: int, load: str) -> str:
+# The `--checks` run's step: a status check and a body check on every
+# response (the body is `ok`), so both the head and the body are kept.
+CHECKS = "checks: [ { name: status-ok, status: 200 }, { name: says-ok, body_contains: ok } ]"
+
+
+def plan_yaml(name: str, port: int, duration: int, load: str, checks: bool = False) -> str:
+    extra = f", {CHECKS}" if checks else ""
     return (
         f"name: {name}\n"
         f"target: http://127.0.0.1:{port}\n"
         "phases:\n"
         f"  - {{ name: hold, duration: {duration}s, load: {load} }}\n"
         "steps:\n"
-        "  - { name: get, request: { method: GET, path: / } }\n"
+        f"  - {{ name: get, request: {{ method: GET, path: / }}{extra} }}\n"
     )
 
 
@@ -299,12 +305,12 @@ class Bench:
         r.update(parse_wrk(r["output"]))
         return r
 
-    def stampede(self, label: str, load: str) -> dict:
+    def stampede(self, label: str, load: str, checks: bool = False, binary: Path | None = None) -> dict:
         plan = self.workdir / f"{label}.yaml"
-        plan.write_text(plan_yaml(f"bench-{label}", self.port, self.args.duration, load))
+        plan.write_text(plan_yaml(f"bench-{label}", self.port, self.args.duration, load, checks))
         out = self.workdir / f"{label}-out"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [str(self.binary), "run", str(plan), "--local-agents", "1", "--workers", "1", "--out", str(out)]
+        cmd = [str(binary or self.binary), "run", str(plan), "--local-agents", "1", "--workers", "1", "--out", str(out)]
         r = self.measured(label, cmd)
         # 0 pass/warn, 1 SLO fail (none here), 3 untrustworthy numbers
         # (a saturated open run): keep those and flag them; 2 is an error.
@@ -356,6 +362,10 @@ def stats(values: list[float]) -> dict:
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
 
+def runs_of(rep: dict) -> list[dict]:
+    return [rep[k] for k in ("wrk", "closed", "open", "checks", "baseline") if k in rep]
+
+
 def summarize(reps: list[dict]) -> dict:
     w = [r["wrk"] for r in reps]
     c = [r["closed"] for r in reps]
@@ -382,11 +392,24 @@ def summarize(reps: list[dict]) -> dict:
         "stampede_open_cpu_s": stats([x["cpu_s"] for x in o]),
         "target_cpu_share_wrk": stats([x["target_cpu_s"] / x["elapsed_s"] for x in w]),
         "target_cpu_share_stampede_closed": stats([x["target_cpu_s"] / x["elapsed_s"] for x in c]),
-        "client_core_foreign_s_max": max(x["client_core_foreign_s"] for r in reps for x in (r["wrk"], r["closed"], r["open"])),
-        "target_core_foreign_s_max": max(x["target_core_foreign_s"] for r in reps for x in (r["wrk"], r["closed"], r["open"])),
+        "client_core_foreign_s_max": max(x["client_core_foreign_s"] for r in reps for x in runs_of(r)),
+        "target_core_foreign_s_max": max(x["target_core_foreign_s"] for r in reps for x in runs_of(r)),
         "open_schedule_kept_reps": sum(1 for r in reps if r["open_kept_schedule"]),
         "reps": len(reps),
+        **optional_summary(reps),
     }
+
+
+def optional_summary(reps: list[dict]) -> dict:
+    """The `--checks` and `--baseline-bin` runs, when they were made."""
+    out = {}
+    if "checks" in reps[0]:
+        out["stampede_checks_cpu_us_per_req"] = stats([r["checks"]["cpu_us_per_req"] for r in reps])
+        out["ratio_checks_over_closed_cpu_per_req"] = stats([r["ratio_checks_closed"] for r in reps])
+    if "baseline" in reps[0]:
+        out["baseline_closed_cpu_us_per_req"] = stats([r["baseline"]["cpu_us_per_req"] for r in reps])
+        out["ratio_closed_over_baseline_cpu_per_req"] = stats([r["ratio_closed_baseline"] for r in reps])
+    return out
 
 
 def fmt(v, spec: str) -> str:
@@ -416,7 +439,12 @@ def table(summary: dict, args) -> str:
         ("stampede open: client CPU s per run", "stampede_open_cpu_s", ".3f"),
         ("target core busy share, wrk run", "target_cpu_share_wrk", ".2f"),
         ("target core busy share, stampede closed run", "target_cpu_share_stampede_closed", ".2f"),
+        ("stampede closed with 2 checks: CPU µs / request", "stampede_checks_cpu_us_per_req", ".2f"),
+        ("ratio closed with checks / without (CPU per request, per rep)", "ratio_checks_over_closed_cpu_per_req", ".3f"),
+        ("baseline binary closed: CPU µs / request", "baseline_closed_cpu_us_per_req", ".2f"),
+        ("ratio closed / baseline binary closed (CPU per request, per rep)", "ratio_closed_over_baseline_cpu_per_req", ".3f"),
     ]
+    rows = [r for r in rows if r[1] in summary]
     width = max(len(r[0]) for r in rows)
     lines = [f"| {'metric':<{width}} | {'median':>12} | {'min – max':>25} |", f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 27}|"]
     for label, key, spec in rows:
@@ -466,6 +494,11 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10, help="seconds of load per run (default 10)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 reps of 3 s")
     ap.add_argument("--bin", type=Path, help="use this stampede binary instead of building one")
+    ap.add_argument("--checks", action="store_true",
+                    help="also run the closed model with two checks on every response (what checks cost)")
+    ap.add_argument("--baseline-bin", type=Path,
+                    help="also run the closed model with this other stampede binary (e.g. an earlier revision), "
+                         "interleaved: a regression check of the hot path")
     ap.add_argument("--rate", type=float, default=5000.0, help="open-model rate, req/s (default 5000)")
     ap.add_argument("--concurrency", type=int, default=50, help="closed-model connections (default 50)")
     ap.add_argument("--target-core", type=int, default=0)
@@ -526,9 +559,20 @@ def main() -> None:
             rep["wrk"] = bench.wrk()
             rep["closed"] = bench.stampede("closed", closed_load)
             rep["open"] = bench.stampede("open", open_load)
-            for k in ("wrk", "closed", "open"):
+            runs = ["wrk", "closed", "open"]
+            if args.checks:
+                rep["checks"] = bench.stampede("checks", closed_load, checks=True)
+                runs.append("checks")
+            if args.baseline_bin:
+                rep["baseline"] = bench.stampede("baseline", closed_load, binary=args.baseline_bin.resolve())
+                runs.append("baseline")
+            for k in runs:
                 derive(rep[k])
                 rep[k].pop("output", None)
+            if args.checks:
+                rep["ratio_checks_closed"] = rep["checks"]["cpu_us_per_req"] / rep["closed"]["cpu_us_per_req"]
+            if args.baseline_bin:
+                rep["ratio_closed_baseline"] = rep["closed"]["cpu_us_per_req"] / rep["baseline"]["cpu_us_per_req"]
             rep["ratio_closed"] = rep["closed"]["req_per_cpu_s"] / rep["wrk"]["req_per_cpu_s"]
             rep["ratio_open_closed"] = rep["open"]["cpu_us_per_req"] / rep["closed"]["cpu_us_per_req"]
             kept, why = open_run_kept_schedule(rep["open"], args.rate, args.duration)
@@ -536,7 +580,7 @@ def main() -> None:
             # Another process on either core during a run: /proc/stat busy
             # time that neither the client nor the target accounts for.
             disturbed = [f"{k} ({max(rep[k]['client_core_foreign_s'], rep[k]['target_core_foreign_s']):.2f} s foreign)"
-                         for k in ("wrk", "closed", "open")
+                         for k in runs
                          if max(rep[k]["client_core_foreign_s"], rep[k]["target_core_foreign_s"]) > limit]
             rep["disturbed"] = disturbed
             w, c, o = rep["wrk"], rep["closed"], rep["open"]
@@ -574,7 +618,7 @@ def main() -> None:
     path.write_text(json.dumps({
         "started_at": started.isoformat(),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "settings": {"reps": args.reps, "duration_s": args.duration, "rate": args.rate, "concurrency": args.concurrency,
+        "settings": {"checks": args.checks, "baseline_bin": str(args.baseline_bin) if args.baseline_bin else None, "reps": args.reps, "duration_s": args.duration, "rate": args.rate, "concurrency": args.concurrency,
                      "target_core": args.target_core, "client_core": args.client_core, "binary": str(binary)},
         "machine": info,
         "summary": summary,

@@ -4,8 +4,8 @@
 //! cannot be trusted). `common/tests/formats.rs` checks that they load; this
 //! checks that they run.
 //!
-//! One test per plan, so each stays far below 30 s (the plans run 8–11 s).
-//! Together they take about 45 s of run time, under the 60 s above which
+//! One test per plan, so each stays far below 30 s (the plans run 8–15 s).
+//! Together they take about 60 s of run time, at the limit above which
 //! they would be `#[ignore]`d. `quickstart.toml` and `.json` are the same
 //! plan as `quickstart.yaml` (`formats.rs` proves it), so only the YAML runs;
 //! `every_example_has_a_test` makes a new example without a test fail.
@@ -23,10 +23,10 @@ fn examples_dir() -> PathBuf {
 }
 
 /// The examples that run here, and the twins that are covered by another.
-const RUN: &[&str] = &["quickstart.yaml", "chat-soak.yaml", "mesh-mix.yaml", "staging-load.yaml"];
+const RUN: &[&str] = &["quickstart.yaml", "chat-soak.yaml", "mesh-mix.yaml", "staging-load.yaml", "game-day.yaml"];
 const SAME_AS_ANOTHER: &[&str] = &["quickstart.toml", "quickstart.json"];
 
-fn run_example(file: &str) {
+fn run_example(file: &str) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut cmd = std::process::Command::new(support::stampede());
@@ -42,6 +42,7 @@ fn run_example(file: &str) {
     for s in r["slos"].as_array().unwrap() {
         assert!(!s["observed"].is_null(), "{file}: SLO saw nothing: {s}");
     }
+    r
 }
 
 #[test]
@@ -62,6 +63,30 @@ fn mesh_mix_runs() {
 #[test]
 fn staging_load_runs() {
     run_example("staging-load.yaml");
+}
+
+#[test]
+fn game_day_judges_the_outage_and_the_recovery() {
+    // The partition needs root and nftables; its table is removed whatever happens.
+    if let Some(why) = support::nft::skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _table = support::nft::TableGuard("stampede_broker_outage".into());
+    let r = run_example("game-day.yaml");
+    assert_eq!(r["verdict"], "pass", "{:#}", r["slos"]);
+    let fault = &r["faults"][0];
+    assert_eq!((fault["name"].as_str(), fault["status"].as_str()), (Some("broker-outage"), Some("reverted")), "{fault}");
+    let slo = |rule: &str| r["slos"].as_array().unwrap().iter().find(|s| s["rule"].as_str().is_some_and(|x| x.starts_with(rule))).unwrap_or_else(|| panic!("no {rule}: {:#}", r["slos"])).clone();
+    // The partition fails every health beat (5 s); the target's 503 window
+    // follows it. Recovery counts from the revert to three healthy beats.
+    let recovery = slo("recovery_time")["observed"].as_f64().unwrap();
+    assert!((1_000.0..=8_000.0).contains(&recovery), "recovery {recovery} ms");
+    let outage = slo("max_streak(error_rate > 0)")["observed"].as_f64().unwrap();
+    assert!((4_000.0..=10_000.0).contains(&outage), "longest failing streak of health {outage} ms");
+    assert!(slo("max_streak(status:5xx > 0)")["observed"].as_f64().unwrap() >= 1_000.0, "the 503 window shows as a 5xx streak");
+    let health = &r["probes"][0];
+    assert!(health["errors_by_kind"]["timeout"].as_u64().unwrap() >= 4, "{health}");
 }
 
 #[test]

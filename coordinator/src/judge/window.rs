@@ -137,7 +137,8 @@ impl Grid {
             Scope::Before(f) => {
                 let span = self.fault(f)?;
                 let length = span.reverted.unwrap_or(end) - span.applied;
-                Ok(self.untouched(self.covered(span.applied - length, span.applied), span))
+                // A baseline longer than the time before the fault starts with the run.
+                Ok(self.untouched(self.covered((span.applied - length).max(0), span.applied), span))
             }
             Scope::OutsideFaults => {
                 let touched: BTreeSet<u64> = self.faults.values().flat_map(|f| self.overlapping(f.applied, f.reverted.unwrap_or(end))).collect();
