@@ -141,7 +141,8 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
 
     let (tx, rx) = mpsc::unbounded_channel();
     let interval = spec.plan.interval.as_duration();
-    tokio::spawn(collect(parts_rx, tx, producers, spec.start, interval));
+    let max_late = stampede_proto::limits::late_intervals(interval, spec.plan.timeout.as_duration());
+    tokio::spawn(collect(parts_rx, tx, producers, spec.start, interval, max_late));
     Ok(rx)
 }
 
@@ -191,7 +192,9 @@ struct Pending {
     in_flight: u64,
 }
 
-async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedSender<Interval>, workers: usize, start: SystemTime, interval: Duration) {
+/// `max_late`: how many intervals back a late completion may be filed
+/// (`limits::late_intervals`); anything older goes into the oldest of them.
+async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedSender<Interval>, workers: usize, start: SystemTime, interval: Duration, max_late: u64) {
     let mut pending: BTreeMap<u64, (Pending, usize)> = BTreeMap::new();
     let mut finished_at: Vec<Option<u64>> = vec![None; workers];
     let mut next = 0u64;
@@ -205,7 +208,7 @@ async fn collect(mut parts: mpsc::UnboundedReceiver<Part>, out: mpsc::UnboundedS
         let entry = pending.entry(part.seq).or_default();
         entry.0.stats.add(&part.stats).expect("one histogram shape");
         for (due, stats) in part.late {
-            match entry.0.late.entry(due) {
+            match entry.0.late.entry(due.max(part.seq.saturating_sub(max_late))) {
                 std::collections::btree_map::Entry::Vacant(v) => {
                     v.insert(stats);
                 }
@@ -255,6 +258,30 @@ mod tests {
             assert_eq!(parts.iter().sum::<u32>(), total);
             assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
         }
+    }
+
+    #[tokio::test]
+    async fn a_completion_later_than_the_bounds_allow_is_filed_in_the_oldest_interval_they_allow() {
+        let (parts_tx, parts_rx) = mpsc::unbounded_channel();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+        tokio::spawn(collect(parts_rx, out_tx, 1, SystemTime::now(), Duration::from_secs(1), 2));
+        let one = |requests| {
+            let mut s = RunStats::default();
+            s.steps.insert(stampede_common::stats::StepKey { phase: 0, step: 0, ok: true }, stampede_common::stats::StepRecord { requests, ..Default::default() });
+            s
+        };
+        for seq in 0..10 {
+            // At interval 9, completions due in 2 (a pacer far behind) and in 8.
+            let late = if seq == 9 { vec![(2, one(3)), (8, one(1))] } else { vec![] };
+            parts_tx.send(Part { worker: 0, seq, stats: RunStats::default(), late, in_flight: 0, last: seq == 9, first_request: None }).unwrap();
+        }
+        let mut last = None;
+        while let Some(i) = out_rx.recv().await {
+            last = Some(i);
+        }
+        let late = last.unwrap().late;
+        assert_eq!(late.keys().copied().collect::<Vec<_>>(), vec![7, 8], "filed two intervals back at most");
+        assert_eq!(late[&7].summarize(|_| true).requests, 3);
     }
 
     #[test]

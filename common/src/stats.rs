@@ -348,7 +348,7 @@ impl Summary {
     /// and the aborted ones, cut off unfinished by an interruption — what
     /// throughput is made of.
     pub fn sent(&self) -> u64 {
-        self.requests - self.errors_by_kind[ErrorKind::Dropped as usize] - self.errors_by_kind[ErrorKind::Aborted as usize]
+        self.requests.saturating_sub(self.errors_by_kind[ErrorKind::Dropped as usize]).saturating_sub(self.errors_by_kind[ErrorKind::Aborted as usize])
     }
 
     pub fn error_rate(&self) -> f64 {

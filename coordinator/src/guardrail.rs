@@ -7,7 +7,7 @@
 //! (no request in the scope) or missing altogether breaks the streak.
 //!
 //! The value of a metric in a scope comes from one function, [`observe`],
-//! which calls the SLOs' own (`verdict::observe`), so the guardrails speak
+//! which calls the SLOs' own (`judge::observe`), so the guardrails speak
 //! exactly the SLO language.
 
 use std::collections::BTreeMap;
@@ -93,7 +93,13 @@ impl Guardrails {
     /// Judges, in order, every pending interval every agent has delivered.
     pub fn judge_complete(&mut self, plan: &Plan, agg: &Aggregate) -> Option<Trip> {
         while let Some((&seq, _)) = self.pending.first_key_value() {
-            let complete = agg.agents.values().all(|a| a.seqs.contains(&seq) || a.done() || a.last_seq.is_some_and(|l| l < seq));
+            // An agent sends its intervals in order (its outbox resends a
+            // backlog oldest first), so once it delivered a later one, one
+            // it has not delivered never will be (evicted): judging must not
+            // wait for it, or the guardrails would stall for the rest of the run.
+            let complete = agg.agents.values().all(|a| {
+                a.seqs.contains(&seq) || a.done() || a.last_seq.is_some_and(|l| l < seq) || a.seqs.last().is_some_and(|&l| l > seq)
+            });
             if !complete {
                 return None;
             }
@@ -125,18 +131,11 @@ impl Guardrails {
     }
 }
 
-/// A metric's value in a scope over one interval's records: the SLOs'
-/// `verdict::observe`, with throughput per second of the interval rather
-/// than of the scope's planned length.
+/// A metric's value in a scope over one interval's records: the SLOs' own
+/// measure (`judge::observe`), with throughput per second of the interval.
 pub fn observe(plan: &Plan, stats: &RunStats, metric: &Metric, scope: &Scope, interval: Duration) -> Option<f64> {
-    let value = crate::verdict::observe(plan, stats, metric, scope)?;
-    if *metric != Metric::Throughput {
-        return Some(value);
-    }
-    // `verdict::observe` divides by the scope's planned length; undo it.
-    let phase = scope.parts().ok()?.phase.and_then(|n| plan.phase_index(n));
-    let scope_secs = phase.map_or(plan.duration(), |i| plan.phases[i].duration.as_duration());
-    Some(value * scope_secs.as_secs_f64() / interval.as_secs_f64())
+    let parts = scope.parts().ok()?;
+    crate::judge::observe(plan, metric, stats, &crate::judge::KeyFilter::new(plan, &parts), interval.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ pub enum RunError {
     LoadBound(#[from] crate::load_bounds::LoadBoundError),
     #[error("the steady state does not hold before the run, so nothing was started: {0}")]
     SteadyState(String),
+    #[error("interrupted before any load was sent, so nothing was started: {0}")]
+    Interrupted(String),
 }
 
 fn describe_matching(matching: &[String], all: usize) -> String {
@@ -102,7 +104,11 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     if plan.steady_state.is_some() && !req.dry_run {
         progress(format!("steady state: checking {} from agent {}", steady_names(&plan), agents[0].id));
         let ask = crate::steady::Ask { fleet, agent_id: &agents[0].id, run_id: &run_id, plan: &plan, plan_json: &plan_json };
-        crate::steady::hold(&ask, &mut events).await.map_err(RunError::SteadyState)?;
+        // Ctrl-C or `halt` while it is checked: nothing has been sent yet.
+        tokio::select! {
+            held = crate::steady::hold(&ask, &mut events) => held.map_err(RunError::SteadyState)?,
+            _ = abort.triggered() => return Err(RunError::Interrupted(abort.reason().to_string())),
+        }
         progress("steady state holds".to_string());
     }
     let (start, start_instant) = (SystemTime::now() + START_LEAD, Instant::now() + START_LEAD);
@@ -153,16 +159,22 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     }
     // After the run, once every agent has finished and reverted: the same
     // hypothesis must hold again, or the drill failed (not for a run that
-    // was stopped or lost agents: its verdict is already decided by that).
-    if run.plan.steady_state.is_some() && !req.dry_run && run.stop.is_none() {
+    // was stopped or lost agents: its verdict is already decided by that,
+    // and a lost agent's faults may still be on).
+    if run.plan.steady_state.is_some() && !req.dry_run && run.stop.is_none() && run.all_finished() {
         let (plan, agent) = (run.plan.clone(), run.agents[0].id.clone());
         let ask = crate::steady::Ask { fleet, agent_id: &agent, run_id: &run.run_id, plan: &plan, plan_json: &plan_json };
-        let after = crate::steady::hold(&ask, &mut events).await;
-        progress(match &after {
-            Ok(()) => "steady state holds after the run".to_string(),
-            Err(why) => format!("steady state did not hold after the run: {why}"),
-        });
-        run.steady_after = after.err();
+        tokio::select! {
+            after = crate::steady::hold(&ask, &mut events) => {
+                progress(match &after {
+                    Ok(()) => "steady state holds after the run".to_string(),
+                    Err(why) => format!("steady state did not hold after the run: {why}"),
+                });
+                run.steady_after = after.err();
+            }
+            // Ctrl-C or `halt` now: the report says so, and halt does not wait for `within`.
+            _ = abort.triggered() => run.on_interrupt(abort.reason().to_string()).await,
+        }
     }
     Ok(run.finish().await)
 }

@@ -114,6 +114,11 @@ impl<'a> Run<'a> {
         self.agg.all_done()
     }
 
+    /// Every agent finished its share (none lost or still running).
+    pub fn all_finished(&self) -> bool {
+        self.agg.agents.values().all(|a| a.finished.is_some())
+    }
+
     /// When the run gives up waiting: its deadline, or later if an agent
     /// away on its lease may still come back after it.
     pub fn wake_at(&self) -> tokio::time::Instant {

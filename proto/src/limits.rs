@@ -108,7 +108,7 @@ impl RunBounds {
             end_unix_nanos: start_unix_nanos.saturating_add(i64::try_from((duration + timeout).as_nanos()).unwrap_or(i64::MAX)),
             max_count: MAX_EVENTS_PER_SEC.saturating_mul(longest),
             max_bytes: MAX_BYTES_PER_SEC.saturating_mul(longest),
-            max_late: u64::try_from(timeout.as_nanos().div_ceil(interval_nanos)).unwrap_or(u64::MAX).saturating_add(SEQ_SLACK),
+            max_late: late_intervals(interval, timeout).saturating_add(SEQ_SLACK),
         }
     }
 
@@ -225,6 +225,14 @@ pub fn clock_sample(e: &ClockEcho, t4: i64) -> Option<(i64, i64)> {
 /// A snapshot of `agent_id` (whose clock is `offset` ahead of ours), at our
 /// time `now`: its seq, interval bounds, indices, list lengths, counts and
 /// histogram sizes. Checked before any histogram is decoded.
+/// How many intervals back a request due in one interval may complete: a
+/// timeout's worth. The agent files anything later into the oldest of
+/// them (a pacer far behind its schedule), so a saturated client shows as
+/// such instead of sending a snapshot this side must refuse.
+pub fn late_intervals(interval: Duration, timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_nanos().div_ceil(interval.as_nanos().max(1))).unwrap_or(u64::MAX)
+}
+
 pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Result<(), Refusal> {
     if s.seq > b.max_seq {
         return refuse(format!("a snapshot with seq {}, beyond the run's last possible interval ({})", s.seq, b.max_seq));
@@ -272,6 +280,10 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
             errors = errors.saturating_add(e.count);
         }
         check_count("a snapshot's error count", errors, b.max_count)?;
+        // Every error is a failed request (dropped and aborted ones too).
+        if errors > st.requests {
+            return refuse(format!("a snapshot (seq {}) with {errors} errors for one step but {} requests", s.seq, st.requests));
+        }
         // One entry per status code at most; one per check.
         if st.statuses.len() > MAX_STATUSES {
             return refuse(format!("a snapshot (seq {}) with {} status counts for one step, over the limit of {MAX_STATUSES}", s.seq, st.statuses.len()));
@@ -383,7 +395,7 @@ pub fn check_fault(ev: &FaultEvent, b: &RunBounds, offset: i64, now: i64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::StepStats;
+    use crate::v1::{ErrorCount, StepStats};
 
     fn bounds() -> RunBounds {
         let timing = RunTiming { duration: Duration::from_secs(10), interval: Duration::from_secs(1), timeout: Duration::from_secs(2) };
@@ -393,6 +405,16 @@ mod tests {
     fn snapshot(seq: u64) -> Snapshot {
         let t = 1_000_000_000_000i64.wrapping_add((seq as i64).wrapping_mul(1_000_000_000));
         Snapshot { run_id: "r".into(), agent_id: "a".into(), seq, interval_start_unix_nanos: t, interval_end_unix_nanos: t.wrapping_add(1_000_000_000), ..Default::default() }
+    }
+
+    #[test]
+    fn a_snapshot_with_more_errors_than_requests_is_refused() {
+        let b = RunBounds::new("r", 1, 1, vec![], RunTiming { duration: Duration::from_secs(10), interval: Duration::from_secs(1), timeout: Duration::from_secs(2) }, 0);
+        let step = |requests, errors| StepStats { requests, errors: vec![ErrorCount { kind: "dropped".into(), count: errors }], ..StepStats::default() };
+        let snapshot = |st| Snapshot { run_id: "r".into(), seq: 1, steps: vec![st], ..Snapshot::default() };
+        assert!(check_snapshot(&snapshot(step(5, 5)), &b, 0, 0).is_ok());
+        let e = check_snapshot(&snapshot(step(5, 6)), &b, 0, 0).unwrap_err();
+        assert!(format!("{e:?}").contains("6 errors for one step but 5 requests"), "{e:?}");
     }
 
     #[test]

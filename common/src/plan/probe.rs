@@ -153,8 +153,9 @@ pub(super) fn validate_probes(plan: &Plan) -> Result<(), (String, String)> {
             return Err((at("agents"), format!("must be 1–{MAX_PROBE_AGENTS} (how many of the run's agents run the probe)")));
         }
         if let Some(t) = p.timeout {
-            if t.as_duration().is_zero() || t.as_duration() > Duration::from_secs(3600) {
-                return Err((at("timeout"), "must be more than 0s and at most 1h".into()));
+            if t.as_duration().is_zero() || t.as_duration() > plan.timeout.as_duration() {
+                // The run's timeline waits one plan `timeout` for late answers.
+                return Err((at("timeout"), format!("must be more than 0s and at most the plan's `timeout` ({}), which is how long the run waits for late answers", plan.timeout)));
             }
         }
         super::validate::check_request(&p.request).map_err(|(field, m)| (at(&format!("request{field}")), m))?;

@@ -176,7 +176,8 @@ fn windowed(plan: &Plan, source: &dyn IntervalSource, grid: &Grid, slo: &Slo, pa
     if present.is_empty() {
         return Judged { window: Some(covered.window), ..Judged::no_data("no data: no interval of the run overlaps the window") };
     }
-    let seconds = present.len() as f64 * source.interval().as_secs_f64();
+    // Per second of the window's intervals, those without data included.
+    let seconds = covered.seqs.len() as f64 * source.interval().as_secs_f64();
     Judged {
         observed: observe(plan, &slo.metric, &merged, &KeyFilter::new(plan, parts), seconds),
         window: Some(covered.window),

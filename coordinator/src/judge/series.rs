@@ -90,7 +90,7 @@ pub fn recovery_time(plan: &Plan, source: &dyn IntervalSource, grid: &Grid, slo:
     }
     Judged {
         window,
-        detail: Some(format!("not recovered after {:.1} s (its rules did not hold for {need} consecutive intervals before the run ended)", (end - reverted) as f64 / 1e9)),
+        detail: Some(format!("not recovered after {:.1} s (its rules did not hold for {need} consecutive intervals before the run ended)", (end - reverted).max(0) as f64 / 1e9)),
         ..Judged::default()
     }
 }

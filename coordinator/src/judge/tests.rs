@@ -309,3 +309,14 @@ fn timeout_and_drop_rates_count_their_kind_over_every_request() {
     assert_eq!((r[1].observed, r[1].status), (Some(0.1), Status::Pass));
     assert_eq!(r[1].unit, "ratio");
 }
+
+#[test]
+fn throughput_over_a_window_counts_the_intervals_in_which_nothing_was_due() {
+    // 10 requests in each interval, none due in 11 and 13 (a closed model
+    // waiting out its timeouts): 30 requests over the 5 s of the fault.
+    let mut source = Fake::new(slow_during_fault);
+    source.intervals.remove(&11);
+    source.intervals.remove(&13);
+    let r = judge("  - { metric: throughput, scope: during:api-1, pass: \"> 1/s\" }\n", &source, &window(10.0, Some(15.0)));
+    assert_eq!((r[0].observed, r[0].window), (Some(6.0), span(10.0, 15.0)), "{:?}", r[0]);
+}

@@ -52,9 +52,11 @@ fn secs(ns: i64) -> f64 {
 }
 
 impl Grid {
-    pub fn new(interval_ns: i64, mut seqs: Vec<u64>, start_unix_nanos: i64, windows: &[FaultWindow]) -> Self {
-        seqs.sort_unstable();
-        seqs.dedup();
+    pub fn new(interval_ns: i64, seqs: Vec<u64>, start_unix_nanos: i64, windows: &[FaultWindow]) -> Self {
+        // Every interval up to the last with data: one in which nothing was
+        // due (a closed model waiting out its timeouts) is still time the
+        // window lasted, and a rule per interval sees it as "no requests".
+        let seqs = seqs.iter().max().map_or_else(Vec::new, |&last| (0..=last).collect());
         let mut faults: BTreeMap<String, FaultSpan> = BTreeMap::new();
         // A window that was never applied (a failed fault, a dry run) is no window.
         for w in windows.iter().filter(|w| w.applied_unix_nanos > 0) {
