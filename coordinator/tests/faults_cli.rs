@@ -56,10 +56,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
 fn nft_tables() -> Vec<String> {
     Command::new("nft").args(["list", "tables"]).output().map(|o| stampede_tables(&text(&o.stdout))).unwrap_or_default()
 }
@@ -95,7 +91,10 @@ fn without_findings(listing: &str) -> String {
         .lines()
         .filter(|l| !l.starts_with("preflight: "))
         .map(|l| l.split_once("  preflight: ").map_or(l, |(head, _)| head))
-        .map(|l| format!("{l}\n"))
+        .map(|l| match (l.starts_with("agent "), l.split_once(" (node "), l.split_once("): ")) {
+            (true, Some((head, _)), Some((_, tail))) => format!("{head} (node <host>): {tail}\n"),
+            _ => format!("{l}\n"),
+        })
         .collect()
 }
 
