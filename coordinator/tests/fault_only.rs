@@ -89,4 +89,18 @@ fn a_capacity_0_agent_gets_no_load_and_applies_its_fault() {
     assert_eq!(r["verdict"], "pass", "{r:#}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| svc (fault-only) |"), "{md}");
+
+    // The same plan simulated through a standing coordinator
+    // (SubmitSimulatedRun): the load runs, the service is never paused.
+    let sim_out = procs.dir.path().join("sim");
+    let mut cmd = Command::new(support::stampede());
+    cmd.args(["run", plan_s, "--coordinator", &url, "--insecure", "--expect-agents", "2", "--simulate-faults", "--out"]).arg(&sim_out);
+    let mut run = support::Background::start(cmd, procs.dir.path(), "simulated");
+    let paused = support::wait_until(Duration::from_secs(8), || state_of(pid) == Some('T'));
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}\n{}", procs.logs());
+    assert!(!paused, "a simulated fault paused the service");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(sim_out.join("report.json")).unwrap()).unwrap();
+    assert_eq!((r["faults"][0]["agent"].as_str(), r["faults"][0]["status"].as_str()), (Some("svc"), Some("simulated")), "{r:#}");
+    assert_eq!(r["faults_simulated"], true, "{r:#}");
 }
