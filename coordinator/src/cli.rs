@@ -187,7 +187,7 @@ impl Cli {
 
 /// Every flag of `stampede run` is, with `--coordinator`, either sent to the
 /// coordinator and honoured there (the plan, --expect-agents, --wait,
-/// --dry-run through its own RPC), applied here (--out, the TLS flags), or
+/// --dry-run and --simulate-faults through their own RPCs), applied here (--out, the TLS flags), or
 /// refused: these two shape in-process agents, and a standing coordinator's
 /// agents are separate processes with their own flags. Dropping them
 /// silently would run something other than what was asked.
