@@ -68,45 +68,31 @@ async fn stream_run(
         faults.push(fault.clone());
     }
     if a.dry_run {
+        // The same refusal the real run would meet on this node, as a finding.
+        let control = if faults.is_empty() { Vec::new() } else { crate::fault::control::resolve(&cfg.coordinator).await.unwrap_or_default() };
         for fault in &faults {
-            outbox.push(Up::Fault(dry_run_event(a, cfg, injector.as_deref(), fault, start)));
+            outbox.push(Up::Fault(dry_run_event(a, cfg, injector.as_deref(), fault, start, &control)));
         }
         return Ok(());
     }
-    // Before any load: every fault must be possible here as planned (a
-    // route to its scope, an instance that exists). A refusal reaches the
-    // coordinator as this agent failing to start, which stops the whole run.
-    // In parallel, and done before the common start: a slow CLI must not
-    // make this agent start late, nor refuse after the others have begun.
-    if let Some(inj) = &injector {
-        // Issue 8 item 8: no network fault, alone or with the others on
-        // this node, may cover the coordinator this agent dials.
-        // Issue 8 item 9: nor may a process fault signal that coordinator.
-        if !faults.is_empty() {
-            let control = crate::fault::control::resolve(&cfg.coordinator).await.map_err(|e| format!("preflight on this node: {e}"))?;
-            if let Some((i, addr)) = crate::fault::control::covering(&faults, &control) {
-                return Err(format!("preflight on this node: {}", crate::fault::control::refusal(&faults[i], addr)));
-            }
-            inj.set_control(control);
-        }
-        let budget = start.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(CHECK_MARGIN);
-        let mut checks = tokio::task::JoinSet::new();
-        for fault in &faults {
-            let (inj, f) = (inj.clone(), fault.clone());
-            checks.spawn_blocking(move || inj.check(&f));
-        }
-        let all = async {
-            while let Some(checked) = checks.join_next().await {
-                checked.map_err(|e| e.to_string())?.map_err(|e| format!("preflight on this node: {e}"))?;
-            }
-            Ok::<(), String>(())
-        };
-        tokio::time::timeout(budget, all).await.map_err(|_| format!("preflight on this node: the fault checks did not finish within the {budget:?} before the start"))??;
-    }
     let fault_stop = cancel.child_token();
     // Each fault with `unless_unhealthy` gets the plan's steady state as its gate.
-    let faults = faults.into_iter().map(|f| { let gate = f.unless_unhealthy.map(|_| steady_gate(plan.clone())); (f, gate) }).collect();
-    let fault_tasks = start_faults(a, cfg, injector, faults, start, &fault_stop, outbox);
+    let faults: Vec<_> = faults.into_iter().map(|f| { let gate = f.unless_unhealthy.map(|_| steady_gate(plan.clone())); (f, gate) }).collect();
+    let fault_tasks = if a.simulate_faults {
+        // Nothing on this node is checked or touched: the faults are only announced.
+        let (a, cfg, outbox) = (a.clone(), cfg.clone(), outbox.clone());
+        let sink = Arc::new(move |u: FaultUpdate| {
+            outbox.push(Up::Fault(fault_event(&a, &cfg, u)));
+        });
+        crate::fault::simulate::start(faults, injector.as_deref(), start, &fault_stop, sink)
+    } else {
+        check_faults(cfg, injector.as_ref(), &faults, start).await?;
+        start_faults(a, cfg, injector, faults, start, &fault_stop, outbox)
+    };
+    // A fault-only agent (capacity 0: no rate share, no connections) runs
+    // no load but still sends its (empty) intervals to the run's end, so
+    // the run's numbers stay complete and its faults keep their windows.
+    let fault_only = a.rate_share == 0.0 && a.concurrency.iter().all(|&c| c == 0);
     let spec = RunSpec {
         plan: plan.clone(),
         rate_share: a.rate_share,
@@ -114,8 +100,54 @@ async fn stream_run(
         agent_index: a.agent_index,
         agent_count: a.agent_count,
         start,
-        workers: cfg.workers,
+        workers: if fault_only { 1 } else { cfg.workers },
     };
+    let loaded = run_load(a, cfg, spec, cancel, outbox, finished).await;
+    // The run is over (or its load could not start): any fault still
+    // active is reverted before we say so.
+    fault_stop.cancel();
+    for t in fault_tasks {
+        let _ = t.await;
+    }
+    loaded
+}
+
+/// Before any load: every fault must be possible here as planned (a route
+/// to its scope, an instance that exists). A refusal reaches the
+/// coordinator as this agent failing to start, which stops the whole run.
+/// In parallel, and done before the common start: a slow CLI must not make
+/// this agent start late, nor refuse after the others have begun.
+async fn check_faults(cfg: &AgentConfig, injector: Option<&Arc<Injector>>, faults: &[(Fault, Option<SteadyGate>)], start: SystemTime) -> Result<(), String> {
+    let faults: Vec<Fault> = faults.iter().map(|(f, _)| f.clone()).collect();
+    let Some(inj) = injector else { return Ok(()) };
+    // Issue 8 item 8: no network fault, alone or with the others on
+    // this node, may cover the coordinator this agent dials.
+    // Issue 8 item 9: nor may a process fault signal that coordinator.
+    if !faults.is_empty() {
+        let control = crate::fault::control::resolve(&cfg.coordinator).await.map_err(|e| format!("preflight on this node: {e}"))?;
+        if let Some((i, addr)) = crate::fault::control::covering(&faults, &control) {
+            return Err(format!("preflight on this node: {}", crate::fault::control::refusal(&faults[i], addr)));
+        }
+        inj.set_control(control);
+    }
+    let budget = start.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(CHECK_MARGIN);
+    let mut checks = tokio::task::JoinSet::new();
+    for fault in &faults {
+        let (inj, f) = (inj.clone(), fault.clone());
+        checks.spawn_blocking(move || inj.check(&f));
+    }
+    let all = async {
+        while let Some(checked) = checks.join_next().await {
+            checked.map_err(|e| e.to_string())?.map_err(|e| format!("preflight on this node: {e}"))?;
+        }
+        Ok::<(), String>(())
+    };
+    tokio::time::timeout(budget, all).await.map_err(|_| format!("preflight on this node: the fault checks did not finish within the {budget:?} before the start"))??;
+    Ok(())
+}
+
+/// Runs the load engine and sends its intervals as snapshots until the last.
+async fn run_load(a: &Assignment, cfg: &AgentConfig, spec: RunSpec, cancel: CancellationToken, outbox: &Arc<Outbox>, finished: &mut RunFinished) -> Result<(), String> {
     let mut intervals = engine::start(spec, cancel).await.map_err(|e| e.to_string())?;
     while let Some(iv) = intervals.recv().await {
         for r in std::iter::once(&iv.stats).chain(iv.late.values()).flat_map(|s| s.steps.values()) {
@@ -147,11 +179,6 @@ async fn stream_run(
             break;
         }
     }
-    // The run is over: any fault still active is reverted before we say so.
-    fault_stop.cancel();
-    for t in fault_tasks {
-        let _ = t.await;
-    }
     Ok(())
 }
 
@@ -178,7 +205,12 @@ fn fault_event(a: &Assignment, cfg: &AgentConfig, u: FaultUpdate) -> FaultEvent 
     }
 }
 
-fn dry_run_event(a: &Assignment, cfg: &AgentConfig, injector: Option<&Injector>, fault: &Fault, start: SystemTime) -> FaultEvent {
+/// A fault of a dry run: its exact commands, and in `error` what this node
+/// would refuse of it that the coordinator cannot know (the actions cannot
+/// be built, the scope covers the coordinator this agent dials). Nothing is
+/// run: the read-only checks of a real run (`docker inspect` ...) are not
+/// made either.
+fn dry_run_event(a: &Assignment, cfg: &AgentConfig, injector: Option<&Injector>, fault: &Fault, start: SystemTime, control: &[std::net::SocketAddr]) -> FaultEvent {
     let mut u = FaultUpdate::new(fault, start, FaultStatus::DryRun);
     match injector.map(|i| i.plan(fault)) {
         Some(Ok(actions)) => {
@@ -186,7 +218,11 @@ fn dry_run_event(a: &Assignment, cfg: &AgentConfig, injector: Option<&Injector>,
             u.revert_commands = actions.revert.iter().map(Action::display).collect();
         }
         Some(Err(e)) => u.error = e.to_string(),
-        None => u.error = "this agent has no fault journal".into(),
+        None => u.error = "this agent has no fault journal, so it refuses faults".into(),
+    }
+    if let Some((_, addr)) = crate::fault::control::covering(std::slice::from_ref(fault), control) {
+        let refusal = crate::fault::control::refusal(fault, addr);
+        u.error = if u.error.is_empty() { refusal } else { format!("{}; {refusal}", u.error) };
     }
     fault_event(a, cfg, u)
 }

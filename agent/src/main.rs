@@ -36,7 +36,9 @@ struct Args {
     /// Labels the plan can select on: `zone=a,role=edge`.
     #[arg(long, default_value = "")]
     labels: String,
-    /// Relative weight when the coordinator splits load between agents.
+    /// Relative weight when the coordinator splits load between agents. 0
+    /// makes a fault-only agent: no load, only its node's faults (e.g. on a
+    /// service node that must not also generate load).
     #[arg(long, default_value_t = 1)]
     capacity: u32,
     /// Load worker threads (default: one per core).
@@ -119,7 +121,7 @@ fn main() -> anyhow::Result<()> {
         token: None,
         agent_id: args.id.unwrap_or_else(default_id),
         labels: parse_labels(&args.labels).context("--labels")?,
-        capacity: args.capacity.max(1),
+        capacity: args.capacity,
         workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         node: args.node.clone().unwrap_or_else(session::host_name),
         state_dir: args.state_dir.clone(),

@@ -123,6 +123,10 @@ impl ActiveRun {
     }
 }
 
+/// The capability that says this agent simulates faults when asked
+/// (`coordinator/src/faults.rs` checks it before a simulated run).
+pub const SIMULATE_CAPABILITY: &str = "simulate_faults";
+
 /// Runs the agent until `shutdown`: reconnects with exponential backoff
 /// whenever the session ends or cannot be opened, and enforces the lease.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -130,7 +134,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     async move {
         let (injector, recovered) = open_injector(&cfg);
         // Probed once: what this node can do does not change while we run.
-        let capabilities = if cfg.probe_capabilities { tokio::task::spawn_blocking(fault::probe::probe).await.unwrap_or_default() } else { Vec::new() };
+        let mut capabilities = if cfg.probe_capabilities { tokio::task::spawn_blocking(fault::probe::probe).await.unwrap_or_default() } else { Vec::new() };
+        // Not probed: this build honours `Assignment.simulate_faults`. The
+        // coordinator sends a simulated run only to agents that say so.
+        capabilities.push(stampede_proto::v1::Capability { name: SIMULATE_CAPABILITY.into(), available: true, detail: "announces faults instead of applying them".into() });
         let missing: Vec<_> = capabilities.iter().filter(|c| !c.available).map(|c| c.name.as_str()).collect();
         info!(message = "Capabilities probed.", available = capabilities.len() - missing.len(), missing = ?missing);
         let mut state = AgentState {

@@ -250,6 +250,14 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
     let total = schedule.count();
     let stride = w.plan.workers as u64;
     let mut k = w.plan.index as u64;
+    if k >= total {
+        // No arrival of this phase is this worker's (a fault-only agent's
+        // share is 0): it idles to the phase's end rather than ending the
+        // agent's run early, so its intervals reach the run's end like
+        // everyone's and its faults keep their windows.
+        sleep_until(phase_end.into()).await;
+        return;
+    }
     while k < total {
         let due = start + schedule.time_of(k);
         let now = Instant::now();

@@ -90,10 +90,15 @@ pub struct RunArgs {
     /// Worker threads per local agent (default: cores / agents).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Print, per agent and time offset, the exact commands each fault would
-    /// run; generate no load and touch nothing.
+    /// Print, per agent and in time order, the exact commands each fault would
+    /// run and what the preflight would say of it; generate no load and touch
+    /// nothing. With --out, also write DIR/dry-run.json.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run the load for real but only announce each fault at its time
+    /// (logged, and `simulated` in the report): nothing is touched.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub simulate_faults: bool,
     /// Where local agents keep their fault journals (default: a folder under the system temp dir).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -182,7 +187,7 @@ impl Cli {
 
 /// Every flag of `stampede run` is, with `--coordinator`, either sent to the
 /// coordinator and honoured there (the plan, --expect-agents, --wait,
-/// --dry-run through its own RPC), applied here (--out, the TLS flags), or
+/// --dry-run and --simulate-faults through their own RPCs), applied here (--out, the TLS flags), or
 /// refused: these two shape in-process agents, and a standing coordinator's
 /// agents are separate processes with their own flags. Dropping them
 /// silently would run something other than what was asked.
@@ -324,8 +329,11 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(crate::verdict::Verdict::Incomplete.exit_code());
         }
     };
-    if args.dry_run {
-        print!("{}", report::dry_run_listing(&report));
+    if let Some(dry) = report.dry_run.as_ref().filter(|_| args.dry_run) {
+        print!("{}", crate::dryrun::listing(dry));
+        if let Some(out) = &args.out {
+            write_dry_run(out, &serde_json::to_string_pretty(dry).expect("dry runs serialize"))?;
+        }
         return Ok(0);
     }
     print!("{}", report::terminal_summary(&report));
@@ -334,6 +342,15 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         println!("\nreports written to {}", out.display());
     }
     Ok(report.verdict.exit_code())
+}
+
+/// `--dry-run --out DIR`: the findings as `DIR/dry-run.json`.
+pub fn write_dry_run(out: &Path, json: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join(crate::dryrun::FILE);
+    std::fs::write(&path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
+    println!("\ndry run written to {}", path.display());
+    Ok(())
 }
 
 /// Runs with in-process agents: a coordinator on loopback, N agents dialing
@@ -360,7 +377,7 @@ async fn run_local(mut plan: Plan, args: &RunArgs, mut signals: StopSignals) -> 
 
     let abort = Interrupt::default();
     let progress = progress_printer();
-    let request = RunRequest { plan, expect_agents: n, wait: args.wait.as_duration(), dry_run: args.dry_run };
+    let request = RunRequest { plan, expect_agents: n, wait: args.wait.as_duration(), dry_run: args.dry_run, simulate_faults: args.simulate_faults };
     let execute = orchestrate::execute(&fleet, request, &abort, &progress);
     tokio::pin!(execute);
     let outcome = tokio::select! {

@@ -40,6 +40,15 @@ pub struct Control {
 
 type Events = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
 
+/// Which submit RPC was called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    DryRun,
+    /// `--simulate-faults`: the load for real, the faults only announced.
+    Simulate,
+}
+
 fn result(exit_code: i32, error: String) -> RunEvent {
     RunEvent { event: Some(Event::Result(RunResult { exit_code, error, ..Default::default() })) }
 }
@@ -63,9 +72,11 @@ impl Control {
         tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// Both RPCs: a real run, or (`dry_run`) one that lists the faults'
-    /// commands and touches nothing.
-    async fn submit(&self, req: SubmitRunRequest, caller: Caller, dry_run: bool) -> Result<Response<Events>, Status> {
+    /// The three submit RPCs: a real run, one (`Mode::DryRun`) that lists
+    /// the faults' commands and touches nothing, or one whose faults are
+    /// only announced (`Mode::Simulate`).
+    async fn submit(&self, req: SubmitRunRequest, caller: Caller, mode: Mode) -> Result<Response<Events>, Status> {
+        let dry_run = mode == Mode::DryRun;
         let (tx, rx) = mpsc::channel::<Result<RunEvent, Status>>(256);
         let format = Format::from_name(&req.plan_format).ok_or_else(|| Status::invalid_argument(format!("unknown plan format `{}`", req.plan_format)))?;
         let mut plan = match load_str(&req.plan_text, format, Path::new(&req.plan_name)) {
@@ -81,7 +92,7 @@ impl Control {
         if self.fleet.is_busy() {
             return Err(Status::failed_precondition("another run is in progress on this coordinator; try again when it ends"));
         }
-        tracing::info!(message = "Run submitted.", submitter = %caller, plan = %req.plan_name, dry_run);
+        tracing::info!(message = "Run submitted.", submitter = %caller, plan = %req.plan_name, dry_run, simulate_faults = mode == Mode::Simulate);
         let this = self.clone();
         self.running.send_modify(|n| *n += 1);
         tokio::spawn(async move {
@@ -89,7 +100,7 @@ impl Control {
             let target = if dry_run { Ok(None) } else { crate::local::start_builtin_target(&mut plan).await };
             match target {
                 Ok(target) => {
-                    this.execute(req, plan, &caller, dry_run, &tx).await;
+                    this.execute(req, plan, &caller, mode, &tx).await;
                     if let Some(t) = target {
                         t.shutdown().await;
                     }
@@ -103,7 +114,8 @@ impl Control {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn execute(&self, req: SubmitRunRequest, plan: stampede_common::plan::Plan, caller: &Caller, dry_run: bool, tx: &mpsc::Sender<Result<RunEvent, Status>>) {
+    async fn execute(&self, req: SubmitRunRequest, plan: stampede_common::plan::Plan, caller: &Caller, mode: Mode, tx: &mpsc::Sender<Result<RunEvent, Status>>) {
+        let dry_run = mode == Mode::DryRun;
         let progress_tx = tx.clone();
         let progress = move |line: String| {
             let _ = progress_tx.try_send(progress_event(line));
@@ -123,7 +135,7 @@ impl Control {
                 }
             })
         };
-        let request = RunRequest { plan, expect_agents: req.expect_agents as usize, wait: Duration::from_millis(req.wait_ms.max(1)), dry_run };
+        let request = RunRequest { plan, expect_agents: req.expect_agents as usize, wait: Duration::from_millis(req.wait_ms.max(1)), dry_run, simulate_faults: mode == Mode::Simulate };
         // `halt` interrupts it through the same `abort`, and waits on `done`.
         let (done, done_rx) = watch::channel(None);
         *self.current.lock().expect("the current run's lock is never held across a panic") = Some(CurrentRun { abort: abort.clone(), done: done_rx });
@@ -132,8 +144,16 @@ impl Control {
         done.send_replace(Some(outcome.as_ref().map(Arc::clone).map_err(ToString::to_string)));
         let event = match outcome {
             Ok(r) if dry_run => {
-                // Nothing ran, so nothing is stored; the listing is the result.
-                let result = RunResult { exit_code: 0, verdict: "dry_run".into(), report_json: serde_json::to_string_pretty(&*r).expect("reports serialize"), report_md: report::dry_run_listing(&r), ..Default::default() };
+                // Nothing ran, so nothing is stored; the listing is the
+                // result, and its findings are the JSON (`dry-run.json`).
+                let dry = r.dry_run.as_ref().expect("a dry run's report carries its findings");
+                let result = RunResult {
+                    exit_code: 0,
+                    verdict: "dry_run".into(),
+                    report_json: serde_json::to_string_pretty(dry).expect("dry runs serialize"),
+                    report_md: crate::dryrun::listing(dry),
+                    ..Default::default()
+                };
                 RunEvent { event: Some(Event::Result(result)) }
             }
             Ok(r) => {
@@ -163,15 +183,21 @@ impl Control {
 impl ControlService for Control {
     type SubmitRunStream = Events;
     type SubmitDryRunStream = Events;
+    type SubmitSimulatedRunStream = Events;
 
     async fn submit_run(&self, request: Request<SubmitRunRequest>) -> Result<Response<Events>, Status> {
         let caller = authorize(&request, "the control API (ControlService.SubmitRun)", Role::Operator)?;
-        self.submit(request.into_inner(), caller, false).await
+        self.submit(request.into_inner(), caller, Mode::Run).await
     }
 
     async fn submit_dry_run(&self, request: Request<SubmitRunRequest>) -> Result<Response<Events>, Status> {
         let caller = authorize(&request, "the control API (ControlService.SubmitDryRun)", Role::Operator)?;
-        self.submit(request.into_inner(), caller, true).await
+        self.submit(request.into_inner(), caller, Mode::DryRun).await
+    }
+
+    async fn submit_simulated_run(&self, request: Request<SubmitRunRequest>) -> Result<Response<Events>, Status> {
+        let caller = authorize(&request, "the control API (ControlService.SubmitSimulatedRun)", Role::Operator)?;
+        self.submit(request.into_inner(), caller, Mode::Simulate).await
     }
 
     async fn halt(&self, request: Request<HaltRequest>) -> Result<Response<HaltResponse>, Status> {

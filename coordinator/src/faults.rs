@@ -15,14 +15,22 @@ use crate::fleet::AgentEntry;
 #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
 pub struct PreflightError(pub Vec<Problem>);
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum Problem {
     #[error("fault `{fault}`: its selector {selector} matches none of this run's agents")]
     NoAgent { fault: String, selector: String },
     #[error("fault `{fault}` cannot run on agent {agent}: it needs {}, which that node lacks", .missing.join(", "))]
-    Missing { fault: String, agent: String, missing: Vec<String> },
+    Missing {
+        fault: String,
+        agent: String,
+        missing: Vec<String>,
+        /// The same in an operator's words (`no netem in this kernel`), for the dry run.
+        plain: Vec<String>,
+    },
     #[error("faults `{first}` and `{second}` both shape traffic with tc on node {node} at overlapping times ({first_window} and {second_window}); stampede keeps one tc tree per device and direction, so schedule them one after the other, at least 2s apart")]
     TcOverlap { first: String, second: String, node: String, first_window: String, second_window: String },
+    #[error("agent {agent} cannot simulate faults (it does not register the `simulate_faults` capability: an older agent would apply them for real); upgrade it or leave it out of the run")]
+    CannotSimulate { agent: String },
 }
 
 fn selector_text(sel: &BTreeMap<String, String>) -> String {
@@ -30,10 +38,93 @@ fn selector_text(sel: &BTreeMap<String, String>) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
+/// Who would apply what, and everything that stands in the way.
+#[derive(Debug)]
+pub struct Preflight {
+    /// For each agent (by index), the plan's fault indices it is chosen
+    /// for, whether or not it can do them: the dry run lists what each
+    /// would run, the simulated run announces each there.
+    pub per_agent: Vec<Vec<u32>>,
+    pub problems: Vec<Problem>,
+}
+
+/// The capability an agent registers when it knows `simulate_faults` on its
+/// Assignment: an older agent would drop that field and apply the faults.
+pub use stampede_agent::session::SIMULATE_CAPABILITY;
+
+impl Preflight {
+    /// A real run: every problem refuses it.
+    pub fn for_run(&self) -> Result<Vec<Vec<u32>>, PreflightError> {
+        if self.problems.is_empty() {
+            Ok(self.per_agent.clone())
+        } else {
+            Err(PreflightError(self.problems.clone()))
+        }
+    }
+
+    /// A run with simulated faults touches nothing, so what a node lacks is
+    /// no obstacle; a fault that no agent would announce still is (its
+    /// window would judge nothing), and so is an agent too old to simulate.
+    pub fn for_simulation(&self, agents: &[AgentEntry]) -> Result<Vec<Vec<u32>>, PreflightError> {
+        let mut problems: Vec<Problem> = self.problems.iter().filter(|p| matches!(p, Problem::NoAgent { .. })).cloned().collect();
+        for (i, faults) in self.per_agent.iter().enumerate() {
+            let a = &agents[i];
+            if !faults.is_empty() && !a.capabilities.iter().any(|c| c.name == SIMULATE_CAPABILITY && c.available) {
+                problems.push(Problem::CannotSimulate { agent: a.id.clone() });
+            }
+        }
+        if problems.is_empty() {
+            Ok(self.per_agent.clone())
+        } else {
+            Err(PreflightError(problems))
+        }
+    }
+
+    /// Why `agent` (on `node`) would be refused `fault`, in plain words;
+    /// empty when it would run.
+    pub fn findings(&self, agent: &str, node: &str, fault: &str) -> Vec<String> {
+        self.problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::Missing { fault: f, agent: a, plain, .. } if f == fault && a == agent => Some(plain.join("; ")),
+                Problem::TcOverlap { first, second, node: n, .. } if n == node && (first == fault || second == fault) => Some(p.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The problems that belong to no agent: a selector that matches none.
+    pub fn unplaced(&self) -> Vec<String> {
+        self.problems.iter().filter(|p| matches!(p, Problem::NoAgent { .. })).map(ToString::to_string).collect()
+    }
+}
+
+/// A missing capability as an operator says it (`no netem in this
+/// kernel`), with what the agent's probe found.
+fn plain(capability: &str, detail: &str) -> String {
+    let why = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
+    match capability {
+        "net_admin" => format!("no CAP_NET_ADMIN{why}"),
+        "link.ifb" => format!("no ifb devices in this kernel{why}"),
+        "tc.mirred" => format!("no tc mirred action in this kernel{why}"),
+        // The probe could not try it (no `tc`, no NET_ADMIN): the kernel may have it.
+        c if c.starts_with("qdisc.") && detail.starts_with("cannot probe") => format!("cannot tell whether this kernel has {}{why}", &c["qdisc.".len()..]),
+        c if c.starts_with("qdisc.") => format!("no {} in this kernel{why}", &c["qdisc.".len()..]),
+        c if detail.is_empty() => format!("`{c}` was not reported by this agent"),
+        c => format!("no `{c}` on this node{why}"),
+    }
+}
+
 /// For each agent (by index), the plan's fault indices it applies. A fault
 /// runs once per node: on the first selected agent of each node, so three
 /// agents on one host do not stack three copies of the same rule.
 pub fn assign(plan: &Plan, agents: &[AgentEntry]) -> Result<Vec<Vec<u32>>, PreflightError> {
+    preflight(plan, agents).for_run()
+}
+
+/// [`assign`] without refusing: every fault placed on the agents its
+/// selector picks (one per node), and every problem found.
+pub fn preflight(plan: &Plan, agents: &[AgentEntry]) -> Preflight {
     let mut per_agent = vec![Vec::new(); agents.len()];
     let mut problems = Vec::new();
     for (fi, fault) in plan.faults.iter().enumerate() {
@@ -52,30 +143,23 @@ pub fn assign(plan: &Plan, agents: &[AgentEntry]) -> Result<Vec<Vec<u32>>, Prefl
         let needs = stampede_agent::fault::driver_for(fault.kind).requires(fault);
         for &ai in &chosen {
             let agent = &agents[ai];
-            let missing: Vec<String> = needs
+            let lacks: Vec<(&String, String)> = needs
                 .iter()
                 .filter_map(|capability| {
                     let found = agent.capabilities.iter().find(|c| &c.name == capability);
-                    if found.is_some_and(|c| c.available) {
-                        return None;
-                    }
-                    let detail = found.filter(|c| !c.detail.is_empty()).map(|c| format!(" ({})", c.detail)).unwrap_or_default();
-                    Some(format!("`{capability}`{detail}"))
+                    (!found.is_some_and(|c| c.available)).then(|| (capability, found.map(|c| c.detail.clone()).unwrap_or_default()))
                 })
                 .collect();
-            if missing.is_empty() {
-                per_agent[ai].push(fi as u32);
-            } else {
-                problems.push(Problem::Missing { fault: fault.name.clone(), agent: agent.id.clone(), missing });
+            per_agent[ai].push(fi as u32);
+            if !lacks.is_empty() {
+                let missing = lacks.iter().map(|(c, d)| if d.is_empty() { format!("`{c}`") } else { format!("`{c}` ({d})") }).collect();
+                let plain = lacks.iter().map(|(c, d)| plain(c, d)).collect();
+                problems.push(Problem::Missing { fault: fault.name.clone(), agent: agent.id.clone(), missing, plain });
             }
         }
     }
     problems.extend(tc_overlaps(plan, agents, &per_agent));
-    if problems.is_empty() {
-        Ok(per_agent)
-    } else {
-        Err(PreflightError(problems))
-    }
+    Preflight { per_agent, problems }
 }
 
 /// Between two tc faults of one node and direction: the first must be
@@ -230,6 +314,34 @@ mod tests {
     }
 
     const TC: &[&str] = &["tc", "qdisc.prio", "qdisc.netem", "qdisc.htb", "net_admin", "nft"];
+
+    // Issue 10: a dry run shows what a run would refuse, per agent and fault,
+    // in an operator's words; a simulated run needs no tool on the node,
+    // only an agent that announces the fault and knows how to simulate it.
+    #[test]
+    fn the_preflight_finds_in_plain_words_and_a_simulation_needs_only_an_agent_that_simulates() {
+        let slow = "  - { name: slow, kind: netem, at: 1s, duration: 5s, scope: { dst: 10.0.0.1/32, dev: eth0 }, netem: { delay: 10ms } }\n";
+        let nowhere = "  - { name: nowhere, kind: cpu, at: 1s, duration: 2s, agents: { zone: z }, cpu: { workers: 1 } }\n";
+        let p = plan(&format!("{slow}{nowhere}"));
+        let a = agent("a", "n1", &["tc", "net_admin", "qdisc.prio"], &[("qdisc.netem", "Error: Specified qdisc kind is unknown.")]);
+        let found = preflight(&p, std::slice::from_ref(&a));
+        assert_eq!(found.per_agent, vec![vec![0]], "placed even where it cannot run");
+        assert_eq!(found.findings("a", "n1", "slow"), ["no netem in this kernel (Error: Specified qdisc kind is unknown.)"]);
+        assert_eq!(found.findings("b", "n1", "slow"), Vec::<String>::new());
+        assert_eq!(found.unplaced(), ["fault `nowhere`: its selector {zone=z} matches none of this run's agents"]);
+        assert!(found.for_run().is_err());
+        let refused = found.for_simulation(std::slice::from_ref(&a)).unwrap_err().to_string();
+        assert!(refused.contains("fault `nowhere`") && refused.contains("agent a cannot simulate faults"), "{refused}");
+        assert!(!refused.contains("netem"), "a simulation needs no netem: {refused}");
+
+        let mut simulating = a.clone();
+        simulating.capabilities.push(Capability { name: SIMULATE_CAPABILITY.into(), available: true, detail: String::new() });
+        let p = plan(slow);
+        let agents = [simulating];
+        assert_eq!(preflight(&p, &agents).for_simulation(&agents).unwrap(), vec![vec![0]]);
+        assert_eq!(plain("incus", "not on PATH"), "no `incus` on this node (not on PATH)");
+        assert_eq!(plain("docker", ""), "`docker` was not reported by this agent");
+    }
 
     #[test]
     fn every_missing_capability_of_every_agent_is_named_at_once() {

@@ -100,7 +100,7 @@ pub fn text(url: &str, h: &HaltResponse) -> String {
         for f in &a.faults {
             let what = match f.fault_status() {
                 FaultStatus::Reverted | FaultStatus::RevertedAtStartup => "reverted",
-                FaultStatus::Planned | FaultStatus::Skipped | FaultStatus::DryRun => "never applied",
+                FaultStatus::Planned | FaultStatus::Skipped | FaultStatus::DryRun | FaultStatus::Simulated => "never applied",
                 FaultStatus::Failed => "failed to apply (nothing left behind)",
                 FaultStatus::Applied => "STILL APPLIED: check its node",
                 FaultStatus::RevertFailed => "REVERT FAILED: check its node",

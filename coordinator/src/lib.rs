@@ -8,6 +8,7 @@
 //! - [`run`]: the run in progress as a state machine, one method per event.
 //! - [`split`]: splitting rate and concurrency by capacity.
 //! - [`faults`]: fault preflight (selection once per node, capabilities) and the fault log.
+//! - [`dryrun`]: `--dry-run`: every agent's fault commands in time order, with the preflight's findings.
 //! - [`load_bounds`]: refusing a share an agent cannot hold (its connection limit).
 //! - [`aggregate`]: exact merging of snapshots; gaps and duplicates per agent.
 //! - [`timeline`]: the run's intervals by due time, final after the timeout, compacted.
@@ -30,6 +31,7 @@ pub mod caller;
 pub mod certs;
 pub mod cli;
 pub mod control;
+pub mod dryrun;
 pub mod faults;
 pub mod fleet;
 pub mod guardrail;

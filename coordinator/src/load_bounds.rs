@@ -36,7 +36,8 @@ pub fn check(plan: &Plan, agents: &[AgentEntry], concurrency: &[Vec<u32>]) -> Re
         let load = &phase.load;
         for (ai, agent) in agents.iter().enumerate() {
             let holds = agent.max_connections;
-            if holds == 0 {
+            // 0: declared none (an older agent); capacity 0: fault-only, no load.
+            if holds == 0 || agent.capacity == 0 {
                 continue;
             }
             let (needs, what, advice) = match load.model {

@@ -32,6 +32,8 @@ pub struct RunRequest {
     pub wait: Duration,
     /// Print the faults' exact commands per agent; generate no load, touch nothing.
     pub dry_run: bool,
+    /// Run the load for real, but only announce each fault at its time.
+    pub simulate_faults: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,15 @@ pub enum RunError {
     SteadyState(String),
     #[error("interrupted before any load was sent, so nothing was started: {0}")]
     Interrupted(String),
+    #[error("{}", no_load_agent(.0))]
+    NoLoadAgent(Vec<String>),
+}
+
+fn no_load_agent(fault_only: &[String]) -> String {
+    format!(
+        "every agent of this run has capacity 0 ({}: fault-only agents take their node's faults but generate no load), so nothing would generate the plan's load; add an agent started with --capacity 1 or more",
+        fault_only.join(", ")
+    )
 }
 
 fn describe_matching(matching: &[String], all: usize) -> String {
@@ -86,17 +97,32 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     // The CLI's number wins over the plan's, so one plan serves fleets of any size.
     let expect = if req.expect_agents > 0 { req.expect_agents } else { plan.agents.count.unwrap_or(0) as usize };
     let agents = wait_for_agents(fleet, &plan.agents, expect, req.wait, abort).await?;
-    let agents = with_clock_estimates(fleet, agents).await;
+    let agents = load_agents_first(with_clock_estimates(fleet, agents).await);
     fleet.set_run_agents(agents.iter().map(|a| a.id.clone()));
-    progress(format!("run {run_id}: {} agent(s): {}", agents.len(), agents.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ")));
+    let names: Vec<String> = agents.iter().map(|a| if a.capacity == 0 { format!("{} (fault-only)", a.id) } else { a.id.clone() }).collect();
+    progress(format!("run {run_id}: {} agent(s): {}", agents.len(), names.join(", ")));
 
-    let faults_per_agent = crate::faults::assign(&plan, &agents)?;
+    let fault_only: Vec<String> = agents.iter().filter(|a| a.capacity == 0).map(|a| a.id.clone()).collect();
+    if fault_only.len() == agents.len() && !req.dry_run {
+        return Err(RunError::NoLoadAgent(fault_only));
+    }
+    // A dry run refuses nothing: it shows what a run would refuse, and why.
+    let preflight = crate::faults::preflight(&plan, &agents);
+    let faults_per_agent = if req.dry_run {
+        preflight.per_agent.clone()
+    } else if req.simulate_faults {
+        preflight.for_simulation(&agents)?
+    } else {
+        preflight.for_run()?
+    };
     let capacities: Vec<u32> = agents.iter().map(|a| a.capacity).collect();
     // In u64: two agents declaring `--capacity 3000000000` would wrap a u32.
     let total_capacity: u64 = capacities.iter().map(|&c| u64::from(c)).sum();
     let per_phase: Vec<Vec<u32>> =
         plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Closed { p.load.concurrency.unwrap_or(0) } else { 0 }, &capacities)).collect();
-    let rate_shares: Vec<f64> = capacities.iter().map(|&c| f64::from(c) / total_capacity as f64).collect();
+    // A fault-only agent (capacity 0) gets no share; with no load agent at
+    // all (a dry run) nobody does.
+    let rate_shares: Vec<f64> = capacities.iter().map(|&c| if total_capacity == 0 { 0.0 } else { f64::from(c) / total_capacity as f64 }).collect();
     crate::load_bounds::check(&plan, &agents, &per_phase)?;
     let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
     // Chaos Toolkit's hypothesis first: no load and no fault on a target
@@ -126,6 +152,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             agent_count: agents.len() as u32,
             faults: faults_per_agent[i].clone(),
             dry_run: req.dry_run,
+            simulate_faults: req.simulate_faults,
         };
         let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
         a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;
@@ -141,6 +168,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     )
     .with_probes(plan.probes.len())
     .with_checks(plan.check_names().len());
+    let dry_agents = req.dry_run.then(|| agents.clone());
     let mut run = Run::new(RunSetup { fleet, progress, run_id, plan, agents, bounds, start, start_instant, dry_run: req.dry_run });
     // The loop only waits and dispatches; `Run` decides what each event means.
     while !run.over() {
@@ -176,7 +204,19 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             _ = abort.triggered() => run.on_interrupt(abort.reason().to_string()).await,
         }
     }
-    Ok(run.finish().await)
+    let mut report = run.finish().await;
+    if let Some(agents) = dry_agents {
+        report.dry_run = Some(crate::dryrun::DryRun::new(&report, &preflight, &agents));
+    }
+    Ok(report)
+}
+
+/// The run's agents with the fault-only ones (capacity 0) last, each group
+/// in id order: the first agent is the one that probes and checks the
+/// steady state, and it must be one that sends requests.
+fn load_agents_first(mut agents: Vec<AgentEntry>) -> Vec<AgentEntry> {
+    agents.sort_by_key(|a| a.capacity == 0);
+    agents
 }
 
 fn steady_names(plan: &Plan) -> String {

@@ -41,11 +41,21 @@ pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &
         expect_agents: args.expect_agents as u32,
         wait_ms: args.wait.as_duration().as_millis() as u64,
     };
-    let events = if args.dry_run { client.submit_dry_run(request).await } else { client.submit_run(request).await };
+    let events = if args.dry_run {
+        client.submit_dry_run(request).await
+    } else if args.simulate_faults {
+        client.submit_simulated_run(request).await
+    } else {
+        client.submit_run(request).await
+    };
     let mut events = match events {
         Ok(e) => e.into_inner(),
         Err(s) if args.dry_run && s.code() == tonic::Code::Unimplemented => {
             eprintln!("error: the coordinator at {url} cannot do a dry run (it is older than SubmitDryRun); nothing was run");
+            return Ok(EXIT_ERROR);
+        }
+        Err(s) if args.simulate_faults && s.code() == tonic::Code::Unimplemented => {
+            eprintln!("error: the coordinator at {url} cannot simulate faults (it is older than SubmitSimulatedRun); nothing was run");
             return Ok(EXIT_ERROR);
         }
         Err(s) => return Err(call_failed(url, s)),
@@ -85,8 +95,11 @@ fn write_result(r: &RunResult, args: &RunArgs, file_name: &str, text: &str) -> a
         return Ok(r.exit_code);
     }
     if args.dry_run {
-        // The same listing the local dry run prints.
+        // The same listing the local dry run prints; its findings as JSON.
         print!("{}", r.report_md);
+        if let Some(out) = &args.out {
+            crate::cli::write_dry_run(out, &r.report_json)?;
+        }
         return Ok(r.exit_code);
     }
     print!("\n{}", r.report_md);

@@ -222,7 +222,13 @@ impl<'a> Run<'a> {
                 *t = t.saturating_sub(offset);
             }
         }
-        (self.progress)(format!("fault {} on {}: {}{}", ev.fault, ev.agent_id, ev.fault_status().name(), if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
+        let status = match ev.fault_status() {
+            // Announced twice: at its start and at its end.
+            FaultStatus::Simulated if ev.reverted_unix_nanos == 0 => "simulated: its window starts now; nothing was injected",
+            FaultStatus::Simulated => "simulated: its window ended; nothing was injected",
+            s => s.name(),
+        };
+        (self.progress)(format!("fault {} on {}: {status}{}", ev.fault, ev.agent_id, if ev.error.is_empty() { String::new() } else { format!(" ({})", ev.error) }));
         self.fault_log.record(ev);
     }
 
@@ -340,6 +346,7 @@ impl<'a> Run<'a> {
         }
         self.agg.seal();
         let plan = &self.plan;
+        let fault_only: Vec<String> = self.agents.iter().filter(|a| a.capacity == 0).map(|a| a.id.clone()).collect();
         let duration_s = SystemTime::now().duration_since(self.start).map(|d| d.as_secs_f64()).unwrap_or(0.0).min(plan.measured_duration().as_secs_f64() + 60.0);
         report::build(RunFacts {
             run_id: &self.run_id,
@@ -353,6 +360,7 @@ impl<'a> Run<'a> {
             steady_after: self.steady_after.as_deref(),
             faults: &self.fault_log,
             dry_run: self.dry_run,
+            fault_only: &fault_only,
         })
     }
 

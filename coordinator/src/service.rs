@@ -77,7 +77,8 @@ impl AgentService for AgentSessions {
         let registered = self.fleet.register(AgentEntry {
             id: reg.agent_id,
             labels: reg.labels.into_iter().collect(),
-            capacity: reg.capacity.max(1),
+            // 0 is a fault-only agent (`--capacity 0`): its node's faults, no load.
+            capacity: reg.capacity,
             workers: reg.workers,
             max_connections: reg.max_connections,
             capabilities: reg.capabilities,

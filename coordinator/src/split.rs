@@ -10,7 +10,9 @@ pub fn split_by_capacity(total: u32, capacities: &[u32]) -> Vec<u32> {
     let exact: Vec<f64> = capacities.iter().map(|&c| total as f64 * c as f64 / sum as f64).collect();
     let mut parts: Vec<u32> = exact.iter().map(|e| e.floor() as u32).collect();
     let mut left = total - parts.iter().sum::<u32>();
-    let mut order: Vec<usize> = (0..parts.len()).collect();
+    // Only agents with capacity take the remainder: a fault-only agent
+    // (capacity 0) gets nothing, whatever the rounding.
+    let mut order: Vec<usize> = (0..parts.len()).filter(|&i| capacities[i] > 0).collect();
     order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
     for i in order.into_iter().cycle() {
         if left == 0 {
@@ -32,6 +34,8 @@ mod tests {
         assert_eq!(split_by_capacity(10, &[3, 1]), vec![8, 2]);
         assert_eq!(split_by_capacity(1, &[1, 1]), vec![1, 0]);
         assert_eq!(split_by_capacity(0, &[1, 2]), vec![0, 0]);
+        // A fault-only agent (capacity 0) gets no connection.
+        assert_eq!(split_by_capacity(5, &[0, 1, 0, 1]), vec![0, 3, 0, 2]);
         for total in 0..200 {
             assert_eq!(split_by_capacity(total, &[5, 3, 2, 7]).iter().sum::<u32>(), total);
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use stampede_agent::fault::nft::stampede_tables;
-use stampede_agent::fault::probe::probe;
+use stampede_agent::fault::probe::{probe, Capability};
 use stampede_agent::fault::driver_for;
 use stampede_common::plan::load_file;
 use support::stampede;
@@ -56,10 +56,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
 fn nft_tables() -> Vec<String> {
     Command::new("nft").args(["list", "tables"]).output().map(|o| stampede_tables(&text(&o.stdout))).unwrap_or_default()
 }
@@ -88,12 +84,22 @@ impl Drop for TableGuard {
     }
 }
 
+/// The listing without what depends on this machine: each apply's
+/// preflight finding (what this node lacks) and the closing verdict.
+fn without_findings(listing: &str) -> String {
+    listing
+        .lines()
+        .filter(|l| !l.starts_with("preflight: "))
+        .map(|l| l.split_once("  preflight: ").map_or(l, |(head, _)| head))
+        .map(|l| match (l.starts_with("agent "), l.split_once(" (node "), l.split_once("): ")) {
+            (true, Some((head, _)), Some((_, tail))) => format!("{head} (node <host>): {tail}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect()
+}
+
 #[test]
 fn dry_run_prints_the_exact_commands_and_touches_nothing() {
-    if !is_root() {
-        eprintln!("skipped: not root, so the preflight refuses the partition and loss faults (net_admin)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     // A recording `docker` first on PATH: the preflight finds it, and a dry
     // run must never call it.
@@ -113,8 +119,8 @@ fn dry_run_prints_the_exact_commands_and_touches_nothing() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
 
-    // The only thing that differs between machines: where the binary is.
-    let listing = stdout.replace(&stampede().display().to_string(), "<stampede>");
+    // What differs between machines: where the binary is, what the node lacks.
+    let listing = without_findings(&stdout.replace(&stampede().display().to_string(), "<stampede>"));
     let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden_path, &listing).unwrap();
@@ -237,3 +243,136 @@ fn an_instance_that_does_not_exist_is_refused_before_any_load() {
     assert!(started.elapsed() < Duration::from_secs(10), "refused only after {:?}", started.elapsed());
 }
 
+
+/// The events of the dry-run listing (`+5.0s  agent A  apply F ...`), as
+/// (seconds, agent, action, fault), in printed order.
+fn listed_events(listing: &str) -> Vec<(f64, String, String, String)> {
+    listing
+        .lines()
+        .filter(|l| l.starts_with('+'))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[0].trim_start_matches('+').trim_end_matches('s').parse().unwrap(), w[2].to_string(), w[3].to_string(), w[4].to_string())
+        })
+        .collect()
+}
+
+/// Whether this node has every capability the fault's driver asks for.
+fn can_do(caps: &[Capability], fault: &stampede_common::plan::Fault) -> bool {
+    driver_for(fault.kind).requires(fault).iter().all(|n| caps.iter().any(|c| &c.name == n && c.available))
+}
+
+// Issue 10: `--dry-run` refused a production plan on a laptop ("preflight
+// refused the plan: fault `db-split` cannot run on agent local-0: it needs
+// `nft`"). Now it lists every command per agent in time order, whatever the
+// node lacks, with the preflight's finding beside each fault, exits 0, and
+// writes the same as dry-run.json with --out.
+#[test]
+fn dry_run_lists_netem_and_incus_faults_in_time_order_on_a_node_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan_path = plans().join("faults-dry-run-anywhere.yaml");
+    let (state, out_dir) = (dir.path().join("state"), dir.path().join("out"));
+    let before = nft_tables();
+    let args = ["run", plan_path.to_str().unwrap(), "--dry-run", "--local-agents", "1", "--state-dir", state.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
+    let out = stampede_run(&args, None, Duration::from_secs(30));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    // Every apply and revert, in time order: the partition's window ends
+    // inside the netem's, the incus stop's inside both.
+    let events = listed_events(&stdout);
+    let order: Vec<(f64, &str, &str)> = events.iter().map(|(t, _, a, f)| (*t, a.as_str(), f.as_str())).collect();
+    assert_eq!(
+        order,
+        [(2.0, "apply", "db-split"), (5.0, "apply", "db-slow"), (6.0, "revert", "db-split"), (8.0, "apply", "api-1"), (12.0, "revert", "api-1"), (15.0, "revert", "db-slow")],
+        "{stdout}"
+    );
+    assert!(events.iter().all(|(_, agent, _, _)| agent == "local-0"), "{stdout}");
+    for command in ["tc qdisc add dev eth0 root handle 5ea7:", "netem delay 200ms 20ms", "incus stop --force backend-api-1", "incus start backend-api-1", "nft delete table inet stampede_db_split"] {
+        assert!(stdout.contains(command), "`{command}` is not listed:\n{stdout}");
+    }
+
+    // Beside each apply, what the preflight says of it on this node.
+    let plan = load_file(&plan_path).unwrap();
+    let caps = probe();
+    let mut all_ok = true;
+    for fault in &plan.faults {
+        let line = stdout.lines().find(|l| l.contains(&format!(" apply {} (", fault.name))).unwrap();
+        let ok = can_do(&caps, fault);
+        all_ok &= ok;
+        if ok {
+            assert!(line.ends_with("preflight: ok"), "{line}");
+        } else {
+            assert!(line.contains("preflight: would be refused: "), "{line}");
+        }
+    }
+    let incus = stdout.lines().find(|l| l.contains(" apply api-1 (")).unwrap();
+    if !caps.iter().any(|c| c.name == "incus" && c.available) {
+        assert!(incus.contains("no `incus` on this node (not on PATH)"), "{incus}");
+    }
+    let netem = stdout.lines().find(|l| l.contains(" apply db-slow (")).unwrap();
+    if let Some(c) = caps.iter().find(|c| c.name == "qdisc.netem" && !c.available && !c.detail.starts_with("cannot probe")) {
+        assert!(netem.contains(&format!("no netem in this kernel ({})", c.detail)), "{netem}");
+    }
+
+    // The same as JSON.
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("dry-run.json")).unwrap()).unwrap();
+    assert_eq!(json["plan"], "faults-dry-run-anywhere", "{json:#}");
+    assert_eq!(json["would_run"], all_ok, "{json:#}");
+    let agent = &json["agents"][0];
+    assert_eq!((agent["id"].as_str(), agent["fault_only"].as_bool()), (Some("local-0"), Some(false)), "{json:#}");
+    let times: Vec<f64> = agent["events"].as_array().unwrap().iter().map(|e| e["at_s"].as_f64().unwrap()).collect();
+    assert_eq!(times, [2.0, 5.0, 6.0, 8.0, 12.0, 15.0], "{json:#}");
+    let faults = agent["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 3, "{json:#}");
+    for f in faults {
+        let name = f["name"].as_str().unwrap();
+        let line = stdout.lines().find(|l| l.contains(&format!(" apply {name} ("))).unwrap();
+        assert!(line.ends_with(&format!("preflight: {}", f["preflight"].as_str().unwrap())), "{line}\n{f:#}");
+        assert!(!f["apply_commands"].as_array().unwrap().is_empty(), "{f:#}");
+    }
+
+    // Nothing was touched, no load ran.
+    assert_eq!(nft_tables(), before, "the dry run changed nft tables");
+    assert!(!stderr.lines().any(|l| l.starts_with('[')), "a dry run generates no load:\n{stderr}");
+}
+
+// Issue 10: `--simulate-faults`, the runbooks' "simulated mode": the load
+// runs for real, the partition is only announced at its time (no nft table
+// at any moment), the report says `simulated`, and the fault-window rule
+// judges the announced window.
+#[test]
+fn a_simulated_partition_is_announced_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plans().join("faults-simulated.yaml");
+    let (state, out_dir) = (dir.path().join("state"), dir.path().join("out"));
+    let args = ["run", plan.to_str().unwrap(), "--simulate-faults", "--local-agents", "1", "--state-dir", state.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
+    let mut cmd = Command::new(stampede());
+    cmd.args(args);
+    let mut run = support::Background::start(cmd, dir.path(), "simulated");
+    // Watched through the whole run: the table never appears.
+    let mut seen = Vec::new();
+    let watch_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < watch_until {
+        seen.extend(nft_tables().into_iter().filter(|t| t == "stampede_db_split"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(seen.is_empty(), "a simulated partition created its nft table");
+
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    assert_eq!(r["faults_simulated"], true, "{r:#}");
+    assert!(r["totals"]["requests"].as_u64().unwrap() > 400, "the load ran: {r:#}");
+    let faults = r["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 1, "{r:#}");
+    let f = &faults[0];
+    assert_eq!((f["name"].as_str(), f["status"].as_str()), (Some("db-split"), Some("simulated")), "{f:#}");
+    assert!(f["applied_at"].is_string() && f["reverted_at"].is_string(), "the announced window: {f:#}");
+    let during = r["slos"].as_array().unwrap().iter().find(|s| s["scope"] == "during:db-split").unwrap();
+    assert_eq!(during["status"], "pass", "{during:#}");
+    assert!(during["window"].is_object(), "judged on the announced window: {during:#}");
+    assert!(stderr.contains("fault db-split on local-0: simulated: its window starts now; nothing was injected"), "{stderr}");
+    assert!(stdout.contains("Faults were SIMULATED"), "{stdout}");
+}

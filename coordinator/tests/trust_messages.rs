@@ -115,7 +115,7 @@ async fn forged_run(forge: impl FnOnce(&FakeAgent, &Assignment) -> Vec<Up>) -> O
     let run = {
         let (fleet, lines) = (coordinator.fleet.clone(), lines.clone());
         tokio::spawn(async move {
-            let req = RunRequest { plan, expect_agents: 2, wait: Duration::from_secs(10), dry_run: false };
+            let req = RunRequest { plan, expect_agents: 2, wait: Duration::from_secs(10), dry_run: false, simulate_faults: false };
             let progress = move |line: String| lines.lock().unwrap().push(line);
             orchestrate::execute(&fleet, req, &stampede_coordinator::signals::Interrupt::default(), &progress).await
         })

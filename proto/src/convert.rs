@@ -20,6 +20,7 @@ impl FaultStatus {
             FaultStatus::DryRun => "dry_run",
             FaultStatus::RevertedAtStartup => "reverted_at_startup",
             FaultStatus::Skipped => "skipped",
+            FaultStatus::Simulated => "simulated",
         }
     }
 }

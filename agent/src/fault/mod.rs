@@ -16,6 +16,7 @@
 //! - [`procs`]: the exact processes a process fault signals, never stampede's own.
 //! - [`watchdog`]: a process per applied fault that reverts it if the agent cannot.
 //! - [`sweep`]: `stampede-agent sweep`, removing whatever stampede left on a node.
+//! - [`simulate`]: `--simulate-faults`: each fault announced on the timeline, nothing touched.
 
 pub mod action;
 pub mod control;
@@ -28,6 +29,7 @@ pub mod net;
 pub mod nft;
 pub mod probe;
 pub mod procs;
+pub mod simulate;
 pub mod sweep;
 pub mod watchdog;
 

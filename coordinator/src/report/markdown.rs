@@ -90,6 +90,13 @@ pub(super) fn totals_line(r: &Report) -> String {
 fn tables(r: &Report, out: &mut String) {
     let t = &r.totals;
     let _ = writeln!(out, "{}\n", totals_line(r));
+    if r.faults_simulated {
+        let _ = writeln!(out, "{SIMULATED_NOTE}\n");
+    }
+    let fault_only: Vec<&str> = r.agents.iter().filter(|a| a.fault_only).map(|a| a.id.as_str()).collect();
+    if !fault_only.is_empty() {
+        let _ = writeln!(out, "Fault-only agents (capacity 0: their node's faults, no load): {}\n", fault_only.join(", "));
+    }
     let _ = writeln!(out, "| phase | model | requests | errors | req/s | p50 | p90 | p95 | p99 | p99.9 | max (ms) | schedule |");
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for p in &r.phases {
@@ -188,8 +195,9 @@ pub fn markdown(r: &Report) -> String {
         let labels: Vec<_> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} |",
             a.id,
+            if a.fault_only { " (fault-only)" } else { "" },
             labels.join(","),
             a.requests,
             a.errors,
@@ -257,19 +265,5 @@ pub fn terminal_summary(r: &Report) -> String {
     out
 }
 
-/// `--dry-run`: every fault's exact commands, per agent, at its offset.
-pub fn dry_run_listing(r: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "dry run of {}: {} fault action(s); nothing was touched\n", r.plan.name, r.faults.len());
-    for f in &r.faults {
-        let _ = writeln!(out, "+{:.1}s  agent {}  fault {} ({}){}", f.offset_s, f.agent, f.name, f.kind, if f.error.is_empty() { String::new() } else { format!("  ERROR: {}", f.error) });
-        for c in &f.apply_commands {
-            let _ = writeln!(out, "    apply:  {c}");
-        }
-        let _ = writeln!(out, "+{:.1}s  agent {}  revert {}", f.offset_s + f.duration_s, f.agent, f.name);
-        for c in &f.revert_commands {
-            let _ = writeln!(out, "    revert: {c}");
-        }
-    }
-    out
-}
+/// Said wherever a run with `--simulate-faults` is summed up.
+pub const SIMULATED_NOTE: &str = "Faults were SIMULATED (--simulate-faults): each was announced at its time and nothing was injected; `during:`, `after:`, `before:`, `outside:faults`, max_streak and recovery_time rules judged the announced windows.";

@@ -20,7 +20,7 @@ use crate::verdict::{self, SloResult, Stop, Verdict};
 
 pub use html::html;
 pub use junit::junit_xml;
-pub use markdown::{dry_run_listing, markdown, terminal_summary};
+pub use markdown::{markdown, terminal_summary, SIMULATED_NOTE};
 
 /// `&`, `<`, `>` and both quotes, for HTML and XML (`report.html`,
 /// `junit.xml`): what they show comes from plans, agents and errors, none of
@@ -56,12 +56,22 @@ pub struct Report {
     /// Every check of the plan by name, over the whole run (load steps).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub checks: BTreeMap<String, CheckCount>,
+    /// `--simulate-faults`: the faults were only announced (status
+    /// `simulated`); the fault-window rules judged their announced windows.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub faults_simulated: bool,
+    /// A dry run's listing and findings (`dry-run.json`), instead of numbers.
+    #[serde(skip)]
+    pub dry_run: Option<crate::dryrun::DryRun>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentReport {
     pub id: String,
     pub labels: BTreeMap<String, String>,
+    /// Started with `--capacity 0`: it took its node's faults and no load.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fault_only: bool,
     pub requests: u64,
     pub errors: u64,
     /// First request's actual start minus the common start instant.
@@ -208,7 +218,9 @@ pub struct FaultReport {
     /// applied | reverted | reverted_at_startup (the agent process died and
     /// its successor reverted it from the journal; `reverted_at` is when) |
     /// failed | revert_failed | dry_run | skipped (not injected: the steady
-    /// state did not hold at its start); `FaultStatus::name`
+    /// state did not hold at its start) | simulated (`--simulate-faults`:
+    /// announced at its time, nothing touched; `applied_at`/`reverted_at`
+    /// are the announced window); `FaultStatus::name`
     pub status: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
@@ -376,6 +388,8 @@ pub struct RunFacts<'a> {
     pub faults: &'a FaultLog,
     /// A dry run measured nothing; its report only lists the faults' commands.
     pub dry_run: bool,
+    /// The agents started with `--capacity 0`: no load, only their node's faults.
+    pub fault_only: &'a [String],
 }
 
 pub fn build(f: RunFacts<'_>) -> Report {
@@ -396,6 +410,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
         .map(|(id, a)| AgentReport {
             id: id.clone(),
             labels: a.labels.clone(),
+            fault_only: f.fault_only.contains(id),
             requests: a.requests,
             errors: a.errors,
             start_skew_ms: f.first_requests.get(id).map(|t| (t - f.start_unix_nanos) as f64 / 1e6),
@@ -492,6 +507,8 @@ pub fn build(f: RunFacts<'_>) -> Report {
         faults,
         timeline,
         checks: checks(&check_names, stats, |k| (k.phase as usize) < plan.phases.len()),
+        faults_simulated: f.faults.events.values().any(|e| e.fault_status() == stampede_proto::v1::FaultStatus::Simulated),
+        dry_run: None,
     }
 }
 
