@@ -12,11 +12,14 @@ use config::{Map, Value, ValueKind};
 
 use super::secret::SecretSource;
 
+/// Looks up a variable: the process environment, or a test's map.
+pub type Lookup = dyn Fn(&str) -> Option<String>;
+
 /// What shapes a plan beyond its text.
 pub struct Params<'a> {
     /// Values of `${NAME}`; `None` takes the text literally (a standing
     /// coordinator: its client substituted already).
-    pub vars: Option<&'a dyn Fn(&str) -> Option<String>>,
+    pub vars: Option<&'a Lookup>,
     /// `--set key.path=value`, in order (a later one wins).
     pub sets: &'a [String],
     /// `--target URL`: sets `target` and drops `builtin_target`.
@@ -59,7 +62,7 @@ pub fn substitute(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<S
         }
         out.push_str(&rest[..at]);
         let inner_and_more = &rest[at + 2..];
-        let end = inner_and_more.find('}').ok_or_else(|| format!("`${{` without its closing `}}` (write `$${{` for a literal `${{`)"))?;
+        let end = inner_and_more.find('}').ok_or_else(|| "`${` without its closing `}` (write `$${` for a literal `${`)".to_string())?;
         let inner = &inner_and_more[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
