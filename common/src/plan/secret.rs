@@ -438,6 +438,32 @@ mod tests {
     }
 
     #[test]
+    fn each_agent_gets_only_the_secrets_of_what_it_sends() {
+        let text = "name: s\ntarget: http://127.0.0.1:0
+builtin_target: { require_header: { name: x, value: { secret_env: TARGET_ONLY } } }
+phases:\n  - { name: p, duration: 1s, load: { model: open, rate: 1/s } }
+steps:\n  - { name: a, request: { headers: { x: { secret_env: TOKEN } } } }
+probes:\n  - { name: h, every: 1s, agents: 1, request: { body: { secret_env: PROBE_ONLY } } }\n";
+        let mut p = crate::plan::load_str(text, crate::plan::Format::Yaml, Path::new("p.yaml")).unwrap();
+        let env = |n: &str| Some(format!("value-of-{n}"));
+        resolve_secrets(&mut p, &SecretSource::Local { env: &env, dir: Path::new(".") }).unwrap();
+        let all = p.secret_values();
+        assert_eq!(all.len(), 3);
+        let keys = |v: SecretValues| v.into_keys().collect::<Vec<_>>();
+        assert_eq!(keys(p.secrets_for_agent(0, &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, &all)), ["env:TOKEN"], "agent 1 runs no probe");
+        assert_eq!(keys(p.secrets_for_probes(&[0], &all)), ["env:PROBE_ONLY"]);
+        // Agent 1 fills what it sends; the rest stays unresolved, without error.
+        let mut on_agent: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, &all), true, |i| p.agent_sends_probe(1, i)).unwrap();
+        assert_eq!(on_agent.steps[0].request.headers["x"].sent(), "value-of-TOKEN");
+        assert_eq!(on_agent.probes[0].request.body.as_ref().unwrap().sent(), "");
+        // Agent 0 must have the probe's: without it, it refuses.
+        let err = fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, &all), true, |i| p.agent_sends_probe(0, i)).unwrap_err();
+        assert_eq!(err.0, "probes[0].request.body");
+    }
+
+    #[test]
     fn redaction_replaces_values_but_not_tiny_ones() {
         let values: SecretValues = [("env:A".to_string(), "s3cr3t".to_string()), ("env:B".to_string(), "1".to_string())].into_iter().collect();
         assert_eq!(redact("x s3cr3t y 1", &values), "x *** y 1");
