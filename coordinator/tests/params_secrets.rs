@@ -145,6 +145,9 @@ fn a_local_run_sends_the_secret_and_writes_it_nowhere() {
     let (code, _, stderr) = run_stampede(&args, &[("STP_TEST_EXPECTED", &secret)], Duration::from_secs(20));
     assert_eq!(code, 2);
     assert!(stderr.contains("secret.yaml:12: steps[0].request.headers.authorization: environment variable STP_TEST_TOKEN is not set"), "{stderr}");
+    // A dry run reads no secret: it works without the variables.
+    let (code, stdout, stderr) = run_stampede(&["run", plan.to_str().unwrap(), "--dry-run"], &[], Duration::from_secs(30));
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
     // A wrong value reaches the target, which refuses it: the check is real.
     let (code, stdout, stderr) = run_stampede(&args, &[("STP_TEST_TOKEN", "wrong"), ("STP_TEST_EXPECTED", &secret)], Duration::from_secs(60));
     assert_eq!(code, 2, "{stdout}");
