@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use stampede_common::plan::{validate, Fault, Plan};
+use stampede_common::plan::{fill_agent_secrets, validate, Fault, Plan};
 use stampede_proto::convert::{encode_steps, unix_nanos};
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::{Assignment, FaultEffect, FaultEvent, RunFinished, Snapshot, StepStats};
@@ -52,8 +52,16 @@ async fn stream_run(
     cancel: CancellationToken,
     finished: &mut RunFinished,
 ) -> Result<(), String> {
-    let plan: Plan = serde_json::from_str(&a.plan_json).map_err(|e| format!("the assigned plan does not parse: {e}"))?;
+    let mut plan: Plan = serde_json::from_str(&a.plan_json).map_err(|e| format!("the assigned plan does not parse: {e}"))?;
     validate(&plan).map_err(|(path, msg)| format!("the assigned plan is invalid: {path}: {msg}"))?;
+    // The plan names its secrets; their values came beside it, on this
+    // session (a dry run sends nothing and gets none).
+    if !a.dry_run {
+        let secrets = stampede_proto::secrets_from_wire(&a.secrets);
+        let runs: Vec<bool> = (0..plan.probes.len()).map(|p| plan.agent_sends_probe(a.agent_index as usize, p)).collect();
+        fill_agent_secrets(&mut plan, &secrets, true, |p| runs.get(p).copied().unwrap_or(false))
+            .map_err(|(path, msg)| format!("the assigned plan's secrets: {path}: {msg}"))?;
+    }
     if a.concurrency.len() != plan.phases.len() {
         return Err(format!("assignment has {} concurrency entries for {} phases", a.concurrency.len(), plan.phases.len()));
     }

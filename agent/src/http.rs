@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use stampede_common::plan::Step;
+use stampede_common::plan::{Step, Text};
 use stampede_common::stats::ErrorKind;
 use stampede_common::units::StatusSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,10 +40,10 @@ pub struct RequestTemplate {
 impl RequestTemplate {
     pub fn new(step: &Step, authority: &str) -> Self {
         let r = &step.request;
-        let body = r.body.as_deref().unwrap_or("");
+        let body = r.body.as_ref().map_or("", Text::sent);
         let mut s = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: stampede/{}\r\n", r.method, r.path, env!("CARGO_PKG_VERSION"));
         for (name, value) in &r.headers {
-            s.push_str(&format!("{name}: {value}\r\n"));
+            s.push_str(&format!("{name}: {}\r\n", value.sent()));
         }
         if !body.is_empty() || matches!(r.method.as_str(), "POST" | "PUT" | "PATCH") {
             s.push_str(&format!("Content-Length: {}\r\n", body.len()));

@@ -26,6 +26,22 @@ pub struct Behaviour {
     pub windows: Vec<Window>,
     /// Answer a status for a while after the process was stopped and resumed.
     pub after_pause: Option<AfterPause>,
+    /// Answer 401 to every request but `/health` that lacks this header value.
+    pub require_header: Option<RequireHeader>,
+}
+
+/// A header every request must carry with exactly this value (a test's
+/// proof that a secret reached the target). Its Debug hides the value.
+#[derive(Clone, PartialEq)]
+pub struct RequireHeader {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for RequireHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequireHeader").field("name", &self.name).field("value", &"***").finish()
+    }
 }
 
 /// From `at` after the server started, for `length`: do `action` to every

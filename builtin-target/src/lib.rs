@@ -36,6 +36,6 @@ mod service;
 mod stats;
 
 pub use arrivals::ArrivalLog;
-pub use behaviour::{AfterPause, Behaviour, Stall, Window, WindowAction};
+pub use behaviour::{AfterPause, Behaviour, RequireHeader, Stall, Window, WindowAction};
 pub use server::{serve, serve_until, serve_until_with, serve_with, TargetHandle};
 pub use stats::TargetStats;

@@ -3,7 +3,8 @@
 //! Routes: `/health` (immediately: 200 `{"ok": true, "queue": {"max": N}}`, or
 //! 503 `{"ok": false}` while a status or refuse window or the recovery after a
 //! pause is on), `/bytes/N` (N filler bytes),
-//! anything else (GET/HEAD: `body_size` bytes or "ok"; other methods: "ok").
+//! anything else (GET/HEAD: `body_size` bytes or "ok"; other methods: "ok";
+//! 401 "unauthorized" without the `require_header` value, when one is set).
 //! Request bodies are always read and discarded so the connection stays usable
 //! for keep-alive.
 
@@ -133,6 +134,13 @@ pub(crate) async fn handle(
         return Ok(response);
     }
     Counters::bump(&counters.requests);
+    if let Some(h) = &shared.behaviour.require_header {
+        if req.headers().get(h.name.as_str()).map(|v| v.as_bytes()) != Some(h.value.as_slice()) {
+            drain(req.into_body()).await;
+            Counters::bump(&counters.client_errors_4xx);
+            return Ok(with_status(401, RepeatBody::text(b"unauthorized")));
+        }
+    }
     if let Verdict::Status(status) = verdict {
         drain(req.into_body()).await;
         Counters::bump(if status >= 500 { &counters.errors_500 } else if status >= 400 { &counters.client_errors_4xx } else { &counters.ok_2xx });

@@ -210,3 +210,25 @@ async fn stall_holds_requests_arriving_inside_until_its_end() {
     );
     target.shutdown().await;
 }
+
+#[tokio::test]
+async fn require_header_answers_401_without_the_exact_value() {
+    let behaviour = Behaviour {
+        require_header: Some(stampede_target::RequireHeader { name: "authorization".into(), value: b"Bearer t0k3n".to_vec() }),
+        ..Default::default()
+    };
+    // Its Debug never shows the value.
+    assert!(!format!("{behaviour:?}").contains("t0k3n"));
+    let target = serve(any_port(), behaviour).await.unwrap();
+    let mut client = RawClient::connect(target.local_addr).await;
+    assert_eq!(client.get("/items/1").await.status, 401);
+    client.send(b"GET /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n\r\n").await;
+    assert_eq!(client.read_response(false).await.status, 401);
+    client.send(b"GET /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k3n\r\n\r\n").await;
+    assert_eq!(client.read_response(false).await.status, 200);
+    // /health answers whatever the header.
+    assert_eq!(client.get("/health").await.status, 200);
+    let stats = target.stats();
+    assert_eq!((stats.requests, stats.client_errors_4xx, stats.ok_2xx), (3, 2, 1));
+    target.shutdown().await;
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
-use stampede_common::plan::{load_file, Format, Plan};
+use stampede_common::plan::{load_file_with, redact, Format, Params, Plan, SecretSource};
 use stampede_common::tls::{ClientTls, Mode, ServerTls, TlsArgs, Token, INSECURE_WARNING};
 use stampede_common::units::{Dur, Percent};
 use tokio::net::TcpListener;
@@ -39,9 +39,12 @@ pub struct Cli {
 pub enum Command {
     /// Run a plan and print its verdict; exit 0 pass/warn, 1 SLO failed, 2 error, 3 untrustworthy numbers.
     Run(RunArgs),
-    /// Check a plan without running it.
+    /// Check a plan without running it (with the same `${NAME}`, --set,
+    /// --target and secrets as `run`).
     Validate {
         plan: PathBuf,
+        #[command(flatten)]
+        params: PlanParams,
     },
     /// Serve a standing coordinator that agents dial and runs are submitted to.
     Coordinator(CoordinatorArgs),
@@ -67,10 +70,37 @@ pub enum Command {
     FaultWatchdog(stampede_agent::fault::watchdog::WatchdogCommand),
 }
 
+/// What shapes a plan beyond its file: one plan for every environment.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PlanParams {
+    /// Override a field of the plan, after `${NAME}` substitution (repeatable;
+    /// a later one wins): `--set phases[0].duration=30s`, `--set 'slos[1].pass=< 300ms'`.
+    /// The value is text, converted as the field needs; `null` removes the field.
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub sets: Vec<String>,
+    /// Point the plan at this base URL instead of its `target`; drops its
+    /// `builtin_target` (the plan now runs against a real service).
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+}
+
+/// Loads the plan at `path` as `stampede run` and `validate` see it:
+/// `${NAME}` from this process's environment, the flags' overrides, and
+/// secrets read here (environment variables, files relative to the plan's
+/// folder) unless `resolve_secrets` is false (a dry run needs none).
+pub fn load_plan(path: &Path, params: &PlanParams, resolve_secrets: bool) -> Result<Plan, stampede_common::plan::PlanError> {
+    let env = stampede_common::plan::process_env;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let secrets = if resolve_secrets { SecretSource::Local { env: &env, dir } } else { SecretSource::Unresolved };
+    load_file_with(path, &Params { vars: Some(&env), sets: &params.sets, target: params.target.as_deref(), secrets })
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The plan file (.yaml, .yml, .toml or .json).
     pub plan: PathBuf,
+    #[command(flatten)]
+    pub params: PlanParams,
     /// Start N agents in this process, dialing it over gRPC on loopback (default 1
     /// when --coordinator is not given).
     #[arg(long)]
@@ -242,7 +272,7 @@ pub struct TargetArgs {
 pub async fn main(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Run(args) => run(args).await,
-        Command::Validate { plan } => validate(&plan),
+        Command::Validate { plan, params } => validate(&plan, &params),
         Command::Coordinator(args) => coordinator(args).await,
         Command::Agents(args) => match client_tls(&args.tls) {
             Ok(tls) => remote::list_agents(&args.coordinator, tls.as_ref()).await,
@@ -272,8 +302,8 @@ pub async fn main(cli: Cli) -> i32 {
     }
 }
 
-fn validate(path: &Path) -> anyhow::Result<i32> {
-    match load_file(path) {
+fn validate(path: &Path, params: &PlanParams) -> anyhow::Result<i32> {
+    match load_plan(path, params, true) {
         Ok(plan) => {
             println!("{}: ok ({} phases, {} steps, {} SLOs, {:?})", path.display(), plan.phases.len(), plan.steps.len(), plan.slos.len(), plan.duration());
             Ok(0)
@@ -304,7 +334,8 @@ pub fn progress_printer() -> impl Fn(String) + Send + Sync {
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     // First: from here on a stop signal goes through the graceful path.
     let signals = StopSignals::install().context("installing the stop-signal handlers")?;
-    let plan = match load_file(&args.plan) {
+    // A dry run lists commands and sends nothing: it needs no secret, so it works anywhere.
+    let plan = match load_plan(&args.plan, &args.params, !args.dry_run) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -316,8 +347,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     if let Some(url) = &args.coordinator {
         let format = Format::from_path(&args.plan).expect("load_file checked the extension");
         let tls = client_tls(&args.tls)?;
-        return remote::submit(url, tls.as_ref(), &file_name, &text, format, &args, signals).await;
+        let submission = remote::Submission::new(&plan, &file_name, &text, format, &args.params);
+        return remote::submit(url, tls.as_ref(), &submission, &args, signals).await;
     }
+    let secrets = plan.secret_values();
     let report = match run_local(plan, &args, signals).await? {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
@@ -336,9 +369,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    print!("{}", report::terminal_summary(&report));
+    print!("{}", redact(&report::terminal_summary(&report), &secrets));
     if let Some(out) = &args.out {
-        report::write_all(&report, &text, &file_name, out).with_context(|| format!("writing reports to {}", out.display()))?;
+        report::write_all(&report, &text, &file_name, out, &secrets).with_context(|| format!("writing reports to {}", out.display()))?;
         println!("\nreports written to {}", out.display());
     }
     Ok(report.verdict.exit_code())
@@ -458,6 +491,7 @@ async fn target(args: TargetArgs) -> anyhow::Result<i32> {
         stall: args.stall_every.zip(args.stall_hold).map(|(every, hold)| stampede_common::plan::StallSpec { every, hold }),
         windows: args.windows,
         after_pause: args.after_pause,
+        require_header: None,
     };
     let mut behaviour = local::behaviour(&spec);
     if let Some(n) = args.body_size {

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stampede_common::plan::{load_str, Format};
+use stampede_common::plan::{load_str_with, redact, Format, Params, SecretSource};
 use stampede_common::tls::Role;
 use stampede_proto::v1::control_service_server::ControlService;
 use stampede_proto::v1::run_event::Event;
@@ -79,7 +79,15 @@ impl Control {
         let dry_run = mode == Mode::DryRun;
         let (tx, rx) = mpsc::channel::<Result<RunEvent, Status>>(256);
         let format = Format::from_name(&req.plan_format).ok_or_else(|| Status::invalid_argument(format!("unknown plan format `{}`", req.plan_format)))?;
-        let mut plan = match load_str(&req.plan_text, format, Path::new(&req.plan_name)) {
+        // Taken literally (the client substituted `${NAME}` and applied its
+        // flags); secrets come from the request, in memory for this run only.
+        // A dry run sends none and needs none.
+        let loaded = {
+            let secrets = stampede_proto::secrets_from_wire(&req.secrets);
+            let source = if dry_run { SecretSource::Unresolved } else { SecretSource::Given(&secrets) };
+            load_str_with(&req.plan_text, format, Path::new(&req.plan_name), &Params { secrets: source, ..Params::default() })
+        };
+        let mut plan = match loaded {
             Ok(p) => p,
             Err(e) => {
                 let _ = tx.send(Ok(result(2, e.to_string()))).await;
@@ -117,8 +125,15 @@ impl Control {
     async fn execute(&self, req: SubmitRunRequest, plan: stampede_common::plan::Plan, caller: &Caller, mode: Mode, tx: &mpsc::Sender<Result<RunEvent, Status>>) {
         let dry_run = mode == Mode::DryRun;
         let progress_tx = tx.clone();
-        let progress = move |line: String| {
-            let _ = progress_tx.try_send(progress_event(line));
+        // Whatever echoes a secret's value (a target quoting a header) is
+        // redacted before it leaves: progress, reports, the run store.
+        let secrets = plan.secret_values();
+        let clean = move |text: String| redact(&text, &secrets);
+        let progress = {
+            let clean = clean.clone();
+            move |line: String| {
+                let _ = progress_tx.try_send(progress_event(clean(line)));
+            }
         };
         // A client that hangs up aborts its run rather than leaving it
         // orphaned; a coordinator that stops aborts it too.
@@ -160,10 +175,10 @@ impl Control {
                 let result = RunResult {
                     exit_code: r.verdict.exit_code(),
                     verdict: r.verdict.as_str().into(),
-                    report_json: serde_json::to_string_pretty(&*r).expect("reports serialize"),
-                    report_md: report::markdown(&r),
-                    report_junit: report::junit_xml(&r),
-                    report_html: report::html(&r),
+                    report_json: clean(serde_json::to_string_pretty(&*r).expect("reports serialize")),
+                    report_md: clean(report::markdown(&r)),
+                    report_junit: clean(report::junit_xml(&r)),
+                    report_html: clean(report::html(&r)),
                     error: String::new(),
                 };
                 // The run's last progress line says where it was kept; the
@@ -172,7 +187,7 @@ impl Control {
                 let _ = tx.send(progress_event(line)).await;
                 RunEvent { event: Some(Event::Result(result)) }
             }
-            Err(e) => result(2, e.to_string()),
+            Err(e) => result(2, clean(e.to_string())),
         };
         watch.abort();
         let _ = tx.send(Ok(event)).await;

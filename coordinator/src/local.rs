@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use stampede_agent::session::{self, AgentConfig};
 use stampede_common::plan::{BuiltinTarget, Plan};
 use stampede_common::tls::Token;
-use stampede_target::{AfterPause, Behaviour, Stall, TargetHandle, Window, WindowAction};
+use stampede_target::{AfterPause, Behaviour, RequireHeader, Stall, TargetHandle, Window, WindowAction};
 use tokio_util::sync::CancellationToken;
 
 pub fn behaviour(b: &BuiltinTarget) -> Behaviour {
@@ -31,6 +31,8 @@ pub fn behaviour(b: &BuiltinTarget) -> Behaviour {
             })
             .collect(),
         after_pause: b.after_pause.map(|p| AfterPause { length: p.length.as_duration(), status: p.status }),
+        // The plan's secrets are resolved by now: the target wants the value as sent.
+        require_header: b.require_header.as_ref().map(|h| RequireHeader { name: h.name.clone(), value: h.value.sent().as_bytes().to_vec() }),
         ..Behaviour::default()
     }
 }

@@ -124,7 +124,9 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     // all (a dry run) nobody does.
     let rate_shares: Vec<f64> = capacities.iter().map(|&c| if total_capacity == 0 { 0.0 } else { f64::from(c) / total_capacity as f64 }).collect();
     crate::load_bounds::check(&plan, &agents, &per_phase)?;
+    // References only (`{ secret_env: TOKEN }`): the values go beside it, per agent.
     let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
+    let secrets = plan.secret_values();
     // Chaos Toolkit's hypothesis first: no load and no fault on a target
     // that is already unwell. Asked of the probe agent (the first).
     if plan.steady_state.is_some() && !req.dry_run {
@@ -153,6 +155,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             faults: faults_per_agent[i].clone(),
             dry_run: req.dry_run,
             simulate_faults: req.simulate_faults,
+            secrets: stampede_proto::secrets_to_wire(&plan.secrets_for_agent(i, &secrets)),
         };
         let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
         a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;

@@ -1,14 +1,14 @@
 //! The client side of a standing coordinator: submit a run and stream its
 //! progress, or list the connected agents.
 
-use stampede_common::plan::Format;
+use stampede_common::plan::{Format, Plan};
 use stampede_common::tls::{self, ClientTls};
 use stampede_proto::v1::control_service_client::ControlServiceClient;
 use stampede_proto::v1::run_event::Event;
 use stampede_proto::v1::{AgentInfo, HaltRequest, ListAgentsRequest, RunResult, SubmitRunRequest};
 use tonic::transport::Channel;
 
-use crate::cli::{progress_printer, RunArgs, EXIT_ERROR};
+use crate::cli::{progress_printer, PlanParams, RunArgs, EXIT_ERROR};
 use crate::signals::StopSignals;
 use crate::verdict::Verdict;
 
@@ -29,17 +29,48 @@ fn call_failed(url: &str, status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("the connection to the coordinator at {url} failed: {}", tls::describe_call(&status))
 }
 
+/// What is sent to a standing coordinator for one plan.
+pub struct Submission<'a> {
+    /// The plan file's own name and text (written to `--out` as given).
+    pub file_name: &'a str,
+    pub text: &'a str,
+    /// What the coordinator gets: the file as written, or — when `${NAME}`,
+    /// `--set` or `--target` changed it — the plan as resolved here, as JSON.
+    /// The coordinator takes it literally: it never substitutes again, and a
+    /// coordinator older than these flags runs exactly what was resolved.
+    sent_name: String,
+    sent_text: String,
+    sent_format: Format,
+    /// The secrets' values, read here; sent beside the plan, never in it.
+    secrets: stampede_common::plan::SecretValues,
+}
+
+impl<'a> Submission<'a> {
+    pub fn new(plan: &Plan, file_name: &'a str, text: &'a str, format: Format, params: &PlanParams) -> Submission<'a> {
+        let literal = params.sets.is_empty() && params.target.is_none() && !text.contains("${");
+        let (sent_name, sent_text, sent_format) = if literal {
+            (file_name.to_string(), text.to_string(), format)
+        } else {
+            let stem = std::path::Path::new(file_name).file_stem().map_or("plan".into(), |s| s.to_string_lossy().into_owned());
+            (format!("{stem}.resolved.json"), serde_json::to_string_pretty(plan).expect("plans serialize") + "\n", Format::Json)
+        };
+        Submission { file_name, text, sent_name, sent_text, sent_format, secrets: plan.secret_values() }
+    }
+}
+
 /// Submits the run (or the dry run) and streams it. A stop signal here
 /// hangs up: the coordinator then interrupts the run, its agents revert
 /// their faults, and it keeps the reports in its run store.
-pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &str, format: Format, args: &RunArgs, mut signals: StopSignals) -> anyhow::Result<i32> {
+pub async fn submit(url: &str, tls: Option<&ClientTls>, plan: &Submission<'_>, args: &RunArgs, mut signals: StopSignals) -> anyhow::Result<i32> {
     let mut client = connect(url, tls).await?;
+    let (file_name, text) = (plan.file_name, plan.text);
     let request = SubmitRunRequest {
-        plan_name: file_name.to_string(),
-        plan_text: text.to_string(),
-        plan_format: format.name().to_string(),
+        plan_name: plan.sent_name.clone(),
+        plan_text: plan.sent_text.clone(),
+        plan_format: plan.sent_format.name().to_string(),
         expect_agents: args.expect_agents as u32,
         wait_ms: args.wait.as_duration().as_millis() as u64,
+        secrets: stampede_proto::secrets_to_wire(&plan.secrets),
     };
     let events = if args.dry_run {
         client.submit_dry_run(request).await
@@ -72,7 +103,7 @@ pub async fn submit(url: &str, tls: Option<&ClientTls>, file_name: &str, text: &
         let Some(event) = event else { break };
         match event.event {
             Some(Event::Progress(line)) => progress(line),
-            Some(Event::Result(r)) => return write_result(&r, args, file_name, text),
+            Some(Event::Result(r)) => return write_result(&r, args, file_name, text, &plan.secrets),
             None => {}
         }
     }
@@ -89,9 +120,11 @@ fn went_away(url: &str, status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("the coordinator went away during the run (it shut down or crashed); {}", call_failed(url, status))
 }
 
-fn write_result(r: &RunResult, args: &RunArgs, file_name: &str, text: &str) -> anyhow::Result<i32> {
+fn write_result(r: &RunResult, args: &RunArgs, file_name: &str, text: &str, secrets: &stampede_common::plan::SecretValues) -> anyhow::Result<i32> {
+    // The coordinator redacts too; this covers one older than secrets.
+    let clean = |t: &str| stampede_common::plan::redact(t, secrets);
     if !r.error.is_empty() {
-        eprintln!("error: {}", r.error);
+        eprintln!("error: {}", clean(&r.error));
         return Ok(r.exit_code);
     }
     if args.dry_run {
@@ -102,16 +135,16 @@ fn write_result(r: &RunResult, args: &RunArgs, file_name: &str, text: &str) -> a
         }
         return Ok(r.exit_code);
     }
-    print!("\n{}", r.report_md);
+    print!("\n{}", clean(&r.report_md));
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out)?;
-        std::fs::write(out.join("report.json"), &r.report_json)?;
-        std::fs::write(out.join("report.md"), &r.report_md)?;
+        std::fs::write(out.join("report.json"), clean(&r.report_json))?;
+        std::fs::write(out.join("report.md"), clean(&r.report_md))?;
         // An older coordinator sends no HTML report.
         if !r.report_html.is_empty() {
-            std::fs::write(out.join("report.html"), &r.report_html)?;
+            std::fs::write(out.join("report.html"), clean(&r.report_html))?;
         }
-        std::fs::write(out.join("junit.xml"), &r.report_junit)?;
+        std::fs::write(out.join("junit.xml"), clean(&r.report_junit))?;
         std::fs::write(out.join(file_name), text)?;
         println!("\nreports written to {}", out.display());
     }

@@ -54,7 +54,9 @@ pub async fn hold(ask: &Ask<'_>, events: &mut UnboundedReceiver<AgentEvent>) -> 
 
 async fn try_once(ask: &Ask<'_>, probes: &[u32], id: u64, events: &mut UnboundedReceiver<AgentEvent>) -> Result<(), String> {
     let agent = ask.fleet.agent(ask.agent_id).ok_or_else(|| format!("agent {} (which runs the steady-state probes) is not connected", ask.agent_id))?;
-    let req = SteadyStateRequest { run_id: ask.run_id.to_string(), id, plan_json: ask.plan_json.to_string(), probes: probes.to_vec() };
+    let indices: Vec<usize> = probes.iter().map(|&i| i as usize).collect();
+    let secrets = stampede_proto::secrets_to_wire(&ask.plan.secrets_for_probes(&indices, &ask.plan.secret_values()));
+    let req = SteadyStateRequest { run_id: ask.run_id.to_string(), id, plan_json: ask.plan_json.to_string(), probes: probes.to_vec(), secrets };
     let msg = CoordinatorMessage { msg: Some(Down::SteadyState(req)) };
     tokio::time::timeout(Duration::from_secs(1), agent.tx.send(Ok(msg)))
         .await

@@ -34,10 +34,10 @@ pub struct ProbeResponse {
 /// `request`, serialized once per probe; `Connection: close` so the
 /// server ends the response by closing.
 pub fn serialize(request: &Request, authority: &str) -> Vec<u8> {
-    let body = request.body.as_deref().unwrap_or("");
+    let body = request.body.as_ref().map_or("", stampede_common::plan::Text::sent);
     let mut s = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: stampede-probe/{}\r\nConnection: close\r\n", request.method, request.path, env!("CARGO_PKG_VERSION"));
     for (name, value) in &request.headers {
-        s.push_str(&format!("{name}: {value}\r\n"));
+        s.push_str(&format!("{name}: {}\r\n", value.sent()));
     }
     if !body.is_empty() || matches!(request.method.as_str(), "POST" | "PUT" | "PATCH") {
         s.push_str(&format!("Content-Length: {}\r\n", body.len()));

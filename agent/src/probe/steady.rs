@@ -55,6 +55,13 @@ pub async fn answer(req: SteadyStateRequest) -> SteadyStateReply {
         reply.error = format!("the plan of the steady-state request is invalid: {path}: {msg}");
         return reply;
     }
+    let secrets = stampede_proto::secrets_from_wire(&req.secrets);
+    let mut plan = plan;
+    let asked: Vec<usize> = req.probes.iter().map(|&i| i as usize).collect();
+    if let Err((path, msg)) = stampede_common::plan::fill_agent_secrets(&mut plan, &secrets, false, |p| asked.contains(&p)) {
+        reply.error = format!("the steady-state request's secrets: {path}: {msg}");
+        return reply;
+    }
     let probes: Vec<usize> = req.probes.iter().map(|&i| i as usize).collect();
     if probes.iter().any(|&i| i >= plan.probes.len()) {
         reply.error = "the steady-state request names a probe the plan lacks".into();

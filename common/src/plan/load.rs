@@ -8,6 +8,8 @@ use std::path::Path;
 use super::error::printable;
 use super::limits::{self, Breach};
 use super::lines::LineMap;
+use super::params::{self, Params};
+use super::secret;
 use super::{validate, Plan, PlanError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +56,19 @@ impl Format {
 }
 
 /// Reads and validates the plan at `path`; the format follows the extension.
+/// Taken literally: no `${NAME}`, no overrides, secrets left unresolved.
 pub fn load_file(path: &Path) -> Result<Plan, PlanError> {
+    load_file_with(path, &Params::default())
+}
+
+/// [`load_file`] with `${NAME}` substitution, `--set`/`--target` overrides
+/// and secrets as `params` say.
+pub fn load_file_with(path: &Path, params: &Params<'_>) -> Result<Plan, PlanError> {
     let error = |message: String| PlanError { file: path.to_path_buf(), line: None, path: String::new(), message };
     let format = Format::from_path(path)
         .ok_or_else(|| error("unknown plan format: the file name must end in .yaml, .yml, .toml or .json".into()))?;
     let text = read_bounded(path).map_err(|e| error(format!("cannot read the plan: {e}")))?;
-    load_str(&text, format, path)
+    load_str_with(&text, format, path, params)
 }
 
 /// Reads at most one byte past the size limit, so a huge file (or
@@ -73,6 +82,11 @@ fn read_bounded(path: &Path) -> std::io::Result<String> {
 
 /// Parses and validates plan `text`; `file` only names the source in errors.
 pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanError> {
+    load_str_with(text, format, file, &Params::default())
+}
+
+/// [`load_str`] shaped by `params` (see [`load_file_with`]).
+pub fn load_str_with(text: &str, format: Format, file: &Path, params: &Params<'_>) -> Result<Plan, PlanError> {
     // Bounds first: nothing below may build a tree the text cannot afford.
     let refuse = |breach: Breach| {
         let path = match breach.line {
@@ -89,27 +103,57 @@ pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanErr
         }
         _ => LineMap::default(),
     };
+    let overrides = params
+        .sets
+        .iter()
+        .map(|flag| params::parse_set(flag).map(|o| (flag, o)).map_err(|m| flag_error(file, &format!("--set {flag}: {m}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let set_by = |path: &str| {
+        let from = |p: &str| path == p || path.starts_with(&format!("{p}.")) || path.starts_with(&format!("{p}["));
+        match (params.target, overrides.iter().rev().find(|(_, o)| from(&o.path))) {
+            (_, Some((flag, _))) => Some(format!("--set {flag}")),
+            (Some(t), None) if from("target") => Some(format!("--target {t}")),
+            _ => None,
+        }
+    };
     // User text (keys, header names, values) is quoted in messages: never
-    // echo a raw control character (issue 8, item 13).
-    let error_at = |path: String, message: String| PlanError {
-        file: file.to_path_buf(),
-        line: lines.line_of(&path),
-        path: printable(&path),
-        message: printable(&message),
+    // echo a raw control character (issue 8, item 13). A field a flag set
+    // is named by the flag, not by a line of the file.
+    let error_at = |path: String, message: String| match set_by(&path) {
+        Some(flag) => PlanError { file: file.to_path_buf(), line: None, path: printable(&path), message: printable(&format!("{message} (set by `{flag}`)")) },
+        None => PlanError { file: file.to_path_buf(), line: lines.line_of(&path), path: printable(&path), message: printable(&message) },
     };
 
     // `config` reads the text into one value tree per format. Its
     // `ConfigBuilder` would then read every top-level key as a path (see
     // `check_top_level_keys`); a plan is one file with no overrides, so the
     // tree is taken as it is, once the keys are checked.
-    let table = config::Source::collect(&config::File::from_str(text, format.config_format())).map_err(|e| PlanError {
-        file: file.to_path_buf(),
-        line: lines.syntax_error_line(),
-        path: String::new(),
-        message: printable(&format!("not valid {}: {e}", format.name())),
+    let table = config::Source::collect(&config::File::from_str(text, format.config_format())).map_err(|e| {
+        let line = lines.syntax_error_line();
+        // YAML ends a plain scalar at `{` inside `{ … }`: say how to write it.
+        let on_line = line.and_then(|l| text.lines().nth(l.saturating_sub(1)));
+        let hint = if format == Format::Yaml && on_line.is_some_and(|l| l.contains("${")) {
+            "; inside `{ … }` or `[ … ]` quote a value with `${NAME}`: `rate: \"${RATE}\"`"
+        } else {
+            ""
+        };
+        PlanError { file: file.to_path_buf(), line, path: String::new(), message: printable(&format!("not valid {}: {e}{hint}", format.name())) }
     })?;
     check_top_level_keys(&table, &lines, file)?;
     limits::check_tree(&table).map_err(|(path, message)| error_at(path, message))?;
+    let mut table = table;
+    if let Some(vars) = params.vars {
+        params::substitute_tree(&mut table, vars, &|path| set_by(path).is_some()).map_err(|(path, message)| error_at(path, message))?;
+    }
+    // Flags after the file's own values: what the command line says wins.
+    if let Some(t) = params.target {
+        table.insert("target".into(), config::Value::new(None, config::ValueKind::String(t.to_string())));
+        // The built-in target stands in for a real one; pointed elsewhere, it has no job.
+        table.remove("builtin_target");
+    }
+    for (flag, o) in &overrides {
+        params::apply(&mut table, o).map_err(|m| flag_error(file, &format!("--set {flag}: {m}")))?;
+    }
     let tree = config::Value::new(None, table);
 
     let plan: Plan = serde_path_to_error::deserialize(tree).map_err(|e| {
@@ -128,8 +172,15 @@ pub fn load_str(text: &str, format: Format, file: &Path) -> Result<Plan, PlanErr
         }
     })?;
 
+    let mut plan = plan;
     validate(&plan).map_err(|(path, message)| error_at(path, message))?;
+    secret::resolve_secrets(&mut plan, &params.secrets).map_err(|(path, message)| error_at(path, message))?;
     Ok(plan)
+}
+
+/// A bad `--set`: names the flag; the file has no line for it.
+fn flag_error(file: &Path, message: &str) -> PlanError {
+    PlanError { file: file.to_path_buf(), line: None, path: String::new(), message: printable(message) }
 }
 
 /// `config`'s builder reads every top-level key as a path expression

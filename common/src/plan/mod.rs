@@ -1,6 +1,7 @@
 //! Plans: the model users write (`model`), loading any of YAML/TOML/JSON
 //! through the `config` crate (`load`), mapping field paths back to source
-//! lines (`lines`), and the checks serde cannot express (`validate`).
+//! lines (`lines`), and the checks serde cannot express (`validate`);
+//! `${NAME}` and `--set`/`--target` (`params`), secret values (`secret`).
 
 mod abort;
 mod check;
@@ -10,7 +11,9 @@ mod limits;
 mod lines;
 mod load;
 mod model;
+mod params;
 mod probe;
+mod secret;
 mod slo_rules;
 mod validate;
 
@@ -19,8 +22,10 @@ pub use check::*;
 pub use error::{printable, PlanError};
 pub use fault::*;
 pub use limits::{MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_NODES, MAX_PLAN_BYTES};
-pub use load::{load_file, load_str, Format};
+pub use load::{load_file, load_file_with, load_str, load_str_with, Format};
 pub use model::*;
+pub use params::{process_env, substitute, Params};
 pub use probe::*;
+pub use secret::{fill_agent_secrets, redact, resolve_secrets, Secret, SecretSource, SecretValues, Text, REDACTED};
 pub use slo_rules::{outside_fault_rules, probe_names};
 pub use validate::validate;

@@ -197,10 +197,11 @@ pub struct Request {
     pub method: String,
     #[serde(default = "default_path")]
     pub path: String,
+    /// Values are text or a secret (`{ secret_env: TOKEN }`, `secret.rs`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, super::Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
+    pub body: Option<super::Text>,
 }
 
 impl Default for Request {
@@ -248,6 +249,18 @@ pub struct BuiltinTarget {
     /// for `for` (a service recovering from a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_pause: Option<AfterPauseSpec>,
+    /// Answer 401 to every request (but `/health`) without this header
+    /// value: how a test shows a secret reached the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_header: Option<RequiredHeader>,
+}
+
+/// `require_header: { name: authorization, value: { secret_env: TOKEN, prefix: "Bearer " } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredHeader {
+    pub name: String,
+    pub value: super::Text,
 }
 
 /// One outage window of the built-in target.

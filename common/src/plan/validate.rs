@@ -54,6 +54,15 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
             }
         }
         check_target_windows(b)?;
+        if let Some(h) = &b.require_header {
+            let token = !h.name.is_empty() && h.name.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+            if !token {
+                return err("builtin_target.require_header.name".into(), "is not a valid header name");
+            }
+            if h.value.sent().contains(['\r', '\n']) {
+                return err("builtin_target.require_header.value".into(), "must not contain line breaks");
+            }
+        }
     }
 
     if plan.phases.is_empty() {
@@ -162,12 +171,14 @@ pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
     if r.headers.len() > MAX_HEADERS {
         return fail(".headers", &format!("has {} headers; a request may have at most {MAX_HEADERS}", r.headers.len()));
     }
-    if let Some(body) = &r.body {
+    if let Some(body) = r.body.as_ref().map(super::Text::sent) {
         if body.len() > MAX_BODY_BYTES {
             return fail(".body", &format!("is {} bytes; a body may be at most {MAX_BODY_BYTES} bytes (256 KiB)", body.len()));
         }
     }
     for (name, value) in &r.headers {
+        // A secret not resolved yet reads as empty here; its value is checked when it is filled.
+        let value = value.sent();
         if name.len() + value.len() > MAX_HEADER_BYTES {
             return fail(".headers", &format!("a header is {} bytes; a header's name and value may be at most {MAX_HEADER_BYTES} bytes", name.len() + value.len()));
         }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use serde::Serialize;
-use stampede_common::plan::{Model, Plan};
+use stampede_common::plan::{redact, Model, Plan, SecretValues};
 use stampede_common::stats::{CheckCount, ErrorKind, RunStats, ScheduleStats, StepKey, Summary};
 
 use crate::aggregate::Aggregate;
@@ -512,14 +512,18 @@ pub fn build(f: RunFacts<'_>) -> Report {
     }
 }
 
-/// Writes every report file into `dir`, plus the plan as given.
-pub fn write_all(report: &Report, plan_text: &str, plan_file_name: &str, dir: &Path) -> std::io::Result<()> {
+/// Writes every report file into `dir`, plus the plan as given. The plan
+/// holds only references to its secrets; any of their `secrets` values
+/// found in what is written anyway (a target echoing a header into an error)
+/// is replaced by `***`.
+pub fn write_all(report: &Report, plan_text: &str, plan_file_name: &str, dir: &Path, secrets: &SecretValues) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), redact(&text, secrets));
     let json = serde_json::to_string_pretty(report).expect("reports serialize");
-    std::fs::write(dir.join("report.json"), json + "\n")?;
-    std::fs::write(dir.join("report.md"), markdown(report))?;
-    std::fs::write(dir.join("report.html"), html(report))?;
-    std::fs::write(dir.join("junit.xml"), junit_xml(report))?;
-    std::fs::write(dir.join(plan_file_name), plan_text)?;
+    write("report.json", json + "\n")?;
+    write("report.md", markdown(report))?;
+    write("report.html", html(report))?;
+    write("junit.xml", junit_xml(report))?;
+    write(plan_file_name, plan_text.to_string())?;
     Ok(())
 }
