@@ -12,6 +12,7 @@ mod load;
 mod model;
 mod probe;
 mod slo_rules;
+mod tls;
 mod validate;
 
 pub use abort::AbortRule;
@@ -23,4 +24,5 @@ pub use load::{load_file, load_str, Format};
 pub use model::*;
 pub use probe::*;
 pub use slo_rules::{outside_fault_rules, probe_names};
+pub use tls::{TargetTls, INSECURE_SKIP_VERIFY_WARNING};
 pub use validate::validate;
