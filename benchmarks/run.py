@@ -8,6 +8,15 @@ process, read from the kernel's rusage of that very child via os.wait4), for
   (b) stampede closed model, concurrency 50   1 agent, 1 worker thread
   (c) stampede open model, fixed rate         1 agent, 1 worker thread
 
+and with --https, interleaved in the same repetitions:
+
+  (d) wrk -t1 -c50 over https://               closed model, 50 connections
+  (e) stampede closed model over https://      concurrency 50, the plan
+                                              trusting the target's CA
+
+against a second built-in target serving TLS (`stampede target --tls`, a
+certificate from a CA generated at its start), pinned like the first.
+
 against stampede's built-in HTTP/1.1 target. The target is pinned to one core
 (`taskset -c 0`), every client to another (`taskset -c 1`). The three runs are
 interleaved in every repetition so that drift on the machine (other builds,
@@ -17,7 +26,7 @@ stampede is measured as a whole process: coordinator, in-process agent, gRPC
 on loopback, the ~1 s common-start lead, the drain and the report writing are
 all in its CPU time. Its request count is report.json's totals.requests.
 
-Usage:  python3 benchmarks/run.py [--reps N] [--duration S] [--quick] [--bin PATH]
+Usage:  python3 benchmarks/run.py [--reps N] [--duration S] [--quick] [--bin PATH] [--https]
 Raw results go to benchmarks/results/<timestamp>.json.
 
 Python 3.11 standard library only.
@@ -215,11 +224,14 @@ def parse_wrk(text: str) -> dict:
 CHECKS = "checks: [ { name: status-ok, status: 200 }, { name: says-ok, body_contains: ok } ]"
 
 
-def plan_yaml(name: str, port: int, duration: int, load: str, checks: bool = False) -> str:
+def plan_yaml(name: str, port: int, duration: int, load: str, checks: bool = False, tls_ca: Path | None = None) -> str:
     extra = f", {CHECKS}" if checks else ""
+    scheme = "https" if tls_ca else "http"
+    tls = f"tls: {{ ca: {tls_ca} }}\n" if tls_ca else ""
     return (
         f"name: {name}\n"
-        f"target: http://127.0.0.1:{port}\n"
+        f"target: {scheme}://127.0.0.1:{port}\n"
+        f"{tls}"
         "phases:\n"
         f"  - {{ name: hold, duration: {duration}s, load: {load} }}\n"
         "steps:\n"
@@ -253,12 +265,15 @@ def parse_report(report: dict) -> dict:
 
 
 class Bench:
-    def __init__(self, args, binary: Path, port: int, target: subprocess.Popen, workdir: Path):
+    def __init__(self, args, binary: Path, port: int, target: subprocess.Popen, workdir: Path,
+                 https: tuple[int, subprocess.Popen, Path] | None = None):
         self.args = args
         self.binary = binary
         self.port = port
         self.target = target
         self.workdir = workdir
+        # --https: the TLS target's port, process and CA file.
+        self.https = https
         self.pin = ["taskset", "-c", str(args.client_core)]
 
     def wait_quiet(self) -> dict:
@@ -277,14 +292,15 @@ class Bench:
                     print(f"  warning: cores still {busy:.0%} busy after waiting {waited:.0f}s; measuring anyway", flush=True)
                 return {"busy_share_before": busy, "waited_s": waited}
 
-    def measured(self, label: str, cmd: list[str]) -> dict:
+    def measured(self, label: str, cmd: list[str], target: subprocess.Popen | None = None) -> dict:
         cores = [self.args.target_core, self.args.client_core]
+        target = target or self.target
         quiet = self.wait_quiet()
         busy0 = core_busy_s(cores)
-        tcpu0 = proc_cpu_s(self.target.pid)
+        tcpu0 = proc_cpu_s(target.pid)
         load0 = Path("/proc/loadavg").read_text().split()[0]
         r = run_measured(self.pin + cmd, self.workdir / f"{label}.out")
-        tcpu1 = proc_cpu_s(self.target.pid)
+        tcpu1 = proc_cpu_s(target.pid)
         busy1 = core_busy_s(cores)
         r["target_cpu_s"] = tcpu1 - tcpu0
         r["core_busy_s"] = {str(c): busy1[c] - busy0[c] for c in cores}
@@ -296,22 +312,24 @@ class Bench:
         r["quiet_check"] = quiet
         return r
 
-    def wrk(self) -> dict:
+    def wrk(self, https: bool = False) -> dict:
         d = self.args.duration
-        cmd = ["wrk", "-t1", f"-c{self.args.concurrency}", f"-d{d}s", "--latency", f"http://127.0.0.1:{self.port}/"]
-        r = self.measured("wrk", cmd)
+        url = f"https://127.0.0.1:{self.https[0]}/" if https else f"http://127.0.0.1:{self.port}/"
+        cmd = ["wrk", "-t1", f"-c{self.args.concurrency}", f"-d{d}s", "--latency", url]
+        r = self.measured("wrk-https" if https else "wrk", cmd, self.https[1] if https else None)
         if r["exit"] != 0:
             die(f"wrk exited with {r['exit']}:\n{r['output']}")
         r.update(parse_wrk(r["output"]))
         return r
 
-    def stampede(self, label: str, load: str, checks: bool = False, binary: Path | None = None) -> dict:
+    def stampede(self, label: str, load: str, checks: bool = False, binary: Path | None = None, https: bool = False) -> dict:
         plan = self.workdir / f"{label}.yaml"
-        plan.write_text(plan_yaml(f"bench-{label}", self.port, self.args.duration, load, checks))
+        port, target, ca = self.https if https else (self.port, None, None)
+        plan.write_text(plan_yaml(f"bench-{label}", port, self.args.duration, load, checks, tls_ca=ca))
         out = self.workdir / f"{label}-out"
         shutil.rmtree(out, ignore_errors=True)
         cmd = [str(binary or self.binary), "run", str(plan), "--local-agents", "1", "--workers", "1", "--out", str(out)]
-        r = self.measured(label, cmd)
+        r = self.measured(label, cmd, target)
         # 0 pass/warn, 1 SLO fail (none here), 3 untrustworthy numbers
         # (a saturated open run): keep those and flag them; 2 is an error.
         report_path = out / "report.json"
@@ -363,7 +381,7 @@ def stats(values: list[float]) -> dict:
 
 
 def runs_of(rep: dict) -> list[dict]:
-    return [rep[k] for k in ("wrk", "closed", "open", "checks", "baseline") if k in rep]
+    return [rep[k] for k in ("wrk", "closed", "open", "checks", "baseline", "wrk_https", "https") if k in rep]
 
 
 def summarize(reps: list[dict]) -> dict:
@@ -409,6 +427,16 @@ def optional_summary(reps: list[dict]) -> dict:
     if "baseline" in reps[0]:
         out["baseline_closed_cpu_us_per_req"] = stats([r["baseline"]["cpu_us_per_req"] for r in reps])
         out["ratio_closed_over_baseline_cpu_per_req"] = stats([r["ratio_closed_baseline"] for r in reps])
+    if "https" in reps[0]:
+        out["wrk_https_req_per_cpu_s"] = stats([r["wrk_https"]["req_per_cpu_s"] for r in reps])
+        out["stampede_https_req_per_cpu_s"] = stats([r["https"]["req_per_cpu_s"] for r in reps])
+        out["ratio_https_stampede_over_wrk"] = stats([r["ratio_https"] for r in reps])
+        out["wrk_https_cpu_us_per_req"] = stats([r["wrk_https"]["cpu_us_per_req"] for r in reps])
+        out["stampede_https_cpu_us_per_req"] = stats([r["https"]["cpu_us_per_req"] for r in reps])
+        out["wrk_https_throughput_rps"] = stats([r["wrk_https"]["throughput_rps"] for r in reps])
+        out["stampede_https_throughput_rps"] = stats([r["https"]["throughput_rps"] for r in reps])
+        out["stampede_https_p99_ms"] = stats([r["https"]["p99_ms"] for r in reps])
+        out["wrk_https_p99_ms"] = stats([r["wrk_https"]["p99_ms"] for r in reps])
     return out
 
 
@@ -443,6 +471,15 @@ def table(summary: dict, args) -> str:
         ("ratio closed with checks / without (CPU per request, per rep)", "ratio_checks_over_closed_cpu_per_req", ".3f"),
         ("baseline binary closed: CPU µs / request", "baseline_closed_cpu_us_per_req", ".2f"),
         ("ratio closed / baseline binary closed (CPU per request, per rep)", "ratio_closed_over_baseline_cpu_per_req", ".3f"),
+        ("wrk https closed: requests / CPU-s", "wrk_https_req_per_cpu_s", ",.0f"),
+        ("stampede https closed: requests / CPU-s", "stampede_https_req_per_cpu_s", ",.0f"),
+        ("ratio stampede / wrk (https closed, per rep)", "ratio_https_stampede_over_wrk", ".3f"),
+        ("wrk https closed: CPU µs / request", "wrk_https_cpu_us_per_req", ".2f"),
+        ("stampede https closed: CPU µs / request", "stampede_https_cpu_us_per_req", ".2f"),
+        ("wrk https closed: throughput req/s", "wrk_https_throughput_rps", ",.0f"),
+        ("stampede https closed: throughput req/s", "stampede_https_throughput_rps", ",.0f"),
+        ("wrk https closed: p99 ms", "wrk_https_p99_ms", ".3f"),
+        ("stampede https closed: p99 ms", "stampede_https_p99_ms", ".3f"),
     ]
     rows = [r for r in rows if r[1] in summary]
     width = max(len(r[0]) for r in rows)
@@ -476,6 +513,12 @@ def verdicts(summary: dict) -> str:
                    f"(range {o['min']:.3f}–{o['max']:.3f}) -> {'MET' if ok else 'NOT MET'}"
                    + ("" if (o["max"] <= 2.0) == ok else " (range straddles 2.0)")
                    + ("" if summary["open_schedule_kept_reps"] == summary["reps"] else " [open run SATURATED in some reps]"))
+    h = summary.get("ratio_https_stampede_over_wrk")
+    if h and h["median"] is not None:
+        ok = h["median"] >= 1.0
+        out.append(f"target 3 (https closed >= 1.0x wrk req/CPU-s): median {h['median']:.3f}x "
+                   f"(range {h['min']:.3f}–{h['max']:.3f}) -> {'MET' if ok else 'NOT MET'}"
+                   + ("" if (h["min"] >= 1.0) == ok else " (range straddles 1.0)"))
     if summary["client_core_foreign_s_max"] > 0.2:
         out.append(f"note: up to {summary['client_core_foreign_s_max']:.2f} s of busy time on the client core was not the client's "
                    "(other processes or softirq); see client_core_foreign_s in the JSON")
@@ -499,6 +542,8 @@ def main() -> None:
     ap.add_argument("--baseline-bin", type=Path,
                     help="also run the closed model with this other stampede binary (e.g. an earlier revision), "
                          "interleaved: a regression check of the hot path")
+    ap.add_argument("--https", action="store_true",
+                    help="also run wrk and stampede (closed model) against a second built-in target serving TLS, interleaved")
     ap.add_argument("--rate", type=float, default=5000.0, help="open-model rate, req/s (default 5000)")
     ap.add_argument("--concurrency", type=int, default=50, help="closed-model connections (default 50)")
     ap.add_argument("--target-core", type=int, default=0)
@@ -541,11 +586,20 @@ def main() -> None:
     target_log = open(workdir / "target.log", "wb")
     target = subprocess.Popen(["taskset", "-c", str(args.target_core), str(binary), "target", "--listen", f"127.0.0.1:{port}"],
                               stdout=target_log, stderr=subprocess.STDOUT)
+    https = None
+    if args.https:
+        tls_port = free_port()
+        tls_dir = workdir / "tls"
+        tls_target = subprocess.Popen(["taskset", "-c", str(args.target_core), str(binary), "target", "--listen", f"127.0.0.1:{tls_port}",
+                                       "--tls", "--tls-dir", str(tls_dir)], stdout=target_log, stderr=subprocess.STDOUT)
+        https = (tls_port, tls_target, tls_dir / "ca.pem")
     reps: list[dict] = []
     discarded: list[dict] = []
     try:
         wait_listening(port, target)
-        bench = Bench(args, binary, port, target, workdir)
+        if https:
+            wait_listening(https[0], https[1])
+        bench = Bench(args, binary, port, target, workdir, https)
         # Warm-up (not counted): page cache, the target's allocator, TCP.
         subprocess.run(bench.pin + ["wrk", "-t1", "-c50", "-d1s", f"http://127.0.0.1:{port}/"], capture_output=True)
         closed_load = f"{{ model: closed, concurrency: {args.concurrency} }}"
@@ -566,6 +620,10 @@ def main() -> None:
             if args.baseline_bin:
                 rep["baseline"] = bench.stampede("baseline", closed_load, binary=args.baseline_bin.resolve())
                 runs.append("baseline")
+            if https:
+                rep["wrk_https"] = bench.wrk(https=True)
+                rep["https"] = bench.stampede("https", closed_load, https=True)
+                runs += ["wrk_https", "https"]
             for k in runs:
                 derive(rep[k])
                 rep[k].pop("output", None)
@@ -574,6 +632,8 @@ def main() -> None:
             if args.baseline_bin:
                 rep["ratio_closed_baseline"] = rep["closed"]["cpu_us_per_req"] / rep["baseline"]["cpu_us_per_req"]
             rep["ratio_closed"] = rep["closed"]["req_per_cpu_s"] / rep["wrk"]["req_per_cpu_s"]
+            if https:
+                rep["ratio_https"] = rep["https"]["req_per_cpu_s"] / rep["wrk_https"]["req_per_cpu_s"]
             rep["ratio_open_closed"] = rep["open"]["cpu_us_per_req"] / rep["closed"]["cpu_us_per_req"]
             kept, why = open_run_kept_schedule(rep["open"], args.rate, args.duration)
             rep["open_kept_schedule"], rep["open_schedule_note"] = kept, why
@@ -588,6 +648,10 @@ def main() -> None:
                     f"stampede closed {c['requests']} / {c['cpu_s']:.2f} = {c['req_per_cpu_s']:,.0f} ({rep['ratio_closed']:.3f}x) | "
                     f"open {o['requests']} / {o['cpu_s']:.3f} = {o['cpu_us_per_req']:.2f} µs/req "
                     f"({rep['ratio_open_closed']:.2f}x closed; schedule {why})")
+            if https:
+                wh, h = rep["wrk_https"], rep["https"]
+                line += (f" | https: wrk {wh['req_per_cpu_s']:,.0f}/CPU-s, stampede {h['req_per_cpu_s']:,.0f}/CPU-s "
+                         f"({rep['ratio_https']:.3f}x)")
             if disturbed and len(discarded) < args.max_retries:
                 discarded.append(rep)
                 print(f"rep {i + 1}/{args.reps} DISCARDED, other load on the cores during {', '.join(disturbed)}: {line}", flush=True)
@@ -597,11 +661,12 @@ def main() -> None:
             reps.append(rep)
             print(f"rep {i + 1}/{args.reps}: {line}", flush=True)
     finally:
-        target.terminate()
-        try:
-            target.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            target.kill()
+        for t in [target] + ([https[1]] if https else []):
+            t.terminate()
+            try:
+                t.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                t.kill()
         target_log.close()
 
     summary = summarize(reps)
@@ -618,7 +683,7 @@ def main() -> None:
     path.write_text(json.dumps({
         "started_at": started.isoformat(),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "settings": {"checks": args.checks, "baseline_bin": str(args.baseline_bin) if args.baseline_bin else None, "reps": args.reps, "duration_s": args.duration, "rate": args.rate, "concurrency": args.concurrency,
+        "settings": {"checks": args.checks, "https": args.https, "baseline_bin": str(args.baseline_bin) if args.baseline_bin else None, "reps": args.reps, "duration_s": args.duration, "rate": args.rate, "concurrency": args.concurrency,
                      "target_core": args.target_core, "client_core": args.client_core, "binary": str(binary)},
         "machine": info,
         "summary": summary,

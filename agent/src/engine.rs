@@ -12,6 +12,7 @@ use stampede_common::stats::RunStats;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::connect::{self, Dialer, Endpoint, Resolver};
 use crate::http::RequestTemplate;
 use crate::worker::{self, Part, WorkerPlan};
 
@@ -51,8 +52,10 @@ pub struct Interval {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("target `{0}` is not an http://host:port URL")]
+    #[error("target `{0}` is not an http://host:port or https://host:port URL")]
     BadTarget(String),
+    #[error("target `{0}`: {1}")]
+    Tls(String, String),
     #[error("cannot resolve target `{0}`: {1}")]
     Resolve(String, String),
     #[error("cannot start a worker thread: {0}")]
@@ -61,29 +64,47 @@ pub enum EngineError {
     Check(String, String),
 }
 
-/// Host and port of an `http://host:port[/]` target.
+/// Host and port of an `http(s)://host:port[/]` target.
 pub fn authority(target: &str) -> Result<&str, EngineError> {
     target
         .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
         .map(|r| r.trim_end_matches('/'))
         .filter(|a| !a.is_empty() && !a.contains('/'))
         .ok_or_else(|| EngineError::BadTarget(target.to_string()))
 }
 
-pub(crate) async fn resolve(authority: &str) -> Result<SocketAddr, EngineError> {
-    let with_port = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
-    let mut addrs = tokio::net::lookup_host(with_port.as_str())
-        .await
-        .map_err(|e| EngineError::Resolve(authority.to_string(), e.to_string()))?;
-    addrs.next().ok_or_else(|| EngineError::Resolve(authority.to_string(), "no address".into()))
+/// The plan's target, ready to connect to: its URL taken apart, every
+/// address its name resolves to now, and the dialer (with the plan's TLS
+/// files read on this node).
+pub(crate) struct Target {
+    pub endpoint: Endpoint,
+    pub addrs: Vec<SocketAddr>,
+    pub dialer: Dialer,
+}
+
+pub(crate) async fn target(plan: &Plan, resolver: &Resolver) -> Result<Target, EngineError> {
+    let endpoint = Endpoint::parse(&plan.target).map_err(|_| EngineError::BadTarget(plan.target.clone()))?;
+    let addrs = connect::resolve(resolver, &endpoint.host_port()).await.map_err(|e| EngineError::Resolve(endpoint.authority.clone(), e))?;
+    let dialer = Dialer::new(&endpoint, plan.tls.as_ref()).map_err(|e| EngineError::Tls(plan.target.clone(), e))?;
+    Ok(Target { endpoint, addrs, dialer })
 }
 
 /// Starts the workers; intervals arrive on the returned channel, the last
 /// one marked `last`. Cancelling `cancel` stops the load at once and still
 /// delivers what was measured.
 pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::UnboundedReceiver<Interval>, EngineError> {
-    let authority = authority(&spec.plan.target)?;
-    let addr = resolve(authority).await?;
+    start_with_resolver(spec, cancel, connect::system_resolver()).await
+}
+
+/// [`start`], resolving the target's name with `resolver` (tests make a
+/// name resolve to several loopback addresses with it).
+pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resolver: Resolver) -> Result<mpsc::UnboundedReceiver<Interval>, EngineError> {
+    let Target { endpoint, addrs, dialer } = target(&spec.plan, &resolver).await?;
+    let authority = endpoint.authority.as_str();
+    // Every address the name resolves to, and again every RESOLVE_EVERY:
+    // the workers spread their new connections over the current list.
+    let addrs = connect::watch_addresses(resolver, &endpoint, addrs, cancel.clone());
     // Checks compiled once per run; their plan-wide index runs on across steps.
     let mut base = 0u32;
     let mut templates = Vec::with_capacity(spec.plan.steps.len());
@@ -108,7 +129,9 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
             index,
             workers,
             plan: spec.plan.clone(),
-            addr,
+            addrs: addrs.clone(),
+            addr_offset: index + spec.agent_index as usize,
+            dialer: dialer.clone(),
             templates: templates.clone(),
             rate_share: spec.rate_share,
             arrival_offset: spec.agent_index as f64 / spec.agent_count.max(1) as f64,
@@ -127,7 +150,8 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
     } else {
         crate::probe::spawn_runner(crate::probe::RunnerSetup {
             plan: spec.plan.clone(),
-            addr,
+            addrs: addrs.clone(),
+            dialer: dialer.clone(),
             authority: authority.to_string(),
             probes,
             run_start,
@@ -287,7 +311,8 @@ mod tests {
     #[test]
     fn authorities() {
         assert_eq!(authority("http://127.0.0.1:8080/").unwrap(), "127.0.0.1:8080");
-        assert!(authority("https://x").is_err());
+        assert_eq!(authority("https://x").unwrap(), "x");
+        assert!(authority("ftp://x").is_err());
         assert!(authority("http://x/y").is_err());
     }
 }

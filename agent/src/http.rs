@@ -11,20 +11,23 @@
 //! A step with checks ([`crate::check`]) keeps its response's head and up to
 //! 1 MiB of body in buffers the connection owns and reuses; a step without
 //! checks takes none of those paths.
+//!
+//! [`Conn`] is generic over its byte stream: TCP, or TLS over TCP for an
+//! `https://` target (`connect.rs` makes both). A TLS error (an alert from
+//! the server, such as "certificate required" after a TLS 1.3 handshake)
+//! fails the request with kind `tls`, other stream errors with `io`.
 
 use std::io;
-use std::net::SocketAddr;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
 use stampede_common::plan::{Step, Text};
 use stampede_common::stats::ErrorKind;
 use stampede_common::units::StatusSet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::check::{keep_body, CheckBits, CompiledChecks, Received};
+use crate::connect::error_kind;
 
 /// A step's request, serialized once.
 #[derive(Debug, Clone)]
@@ -92,8 +95,8 @@ pub enum RequestError {
 const HEADER_SLOTS: usize = 64;
 const READ_CHUNK: usize = 16 * 1024;
 
-pub struct Conn {
-    stream: TcpStream,
+pub struct Conn<S> {
+    stream: S,
     buf: Vec<u8>,
     /// Requests served on this connection, to tell a stale keep-alive
     /// connection from a server that refuses the first request.
@@ -104,11 +107,10 @@ pub struct Conn {
     body: Vec<u8>,
 }
 
-impl Conn {
-    pub async fn connect(addr: SocketAddr) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: Vec::with_capacity(READ_CHUNK), served: 0, head: Vec::new(), body: Vec::new() })
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// A connection over `stream`, already connected (and, for TLS, past its handshake).
+    pub fn new(stream: S) -> Conn<S> {
+        Conn { stream, buf: Vec::with_capacity(READ_CHUNK), served: 0, head: Vec::new(), body: Vec::new() }
     }
 
     /// Sends `req` and reads the whole response. On `Ok`, the connection can
@@ -117,8 +119,8 @@ impl Conn {
         let reused = self.served > 0;
         self.served += 1;
         let stale_or = |kind| if reused { RequestError::Stale } else { RequestError::Failed(kind) };
-        if self.stream.write_all(&req.bytes).await.is_err() {
-            return Err(stale_or(ErrorKind::Io));
+        if let Err(e) = self.stream.write_all(&req.bytes).await {
+            return Err(stale_or(error_kind(&e)));
         }
         self.buf.clear();
         // Read until the head parses.
@@ -127,8 +129,9 @@ impl Conn {
                 Ok(0) if self.buf.is_empty() => return Err(stale_or(ErrorKind::Io)),
                 Ok(0) => return Err(RequestError::Failed(ErrorKind::Io)),
                 Ok(_) => {}
-                Err(_) if self.buf.is_empty() => return Err(stale_or(ErrorKind::Io)),
-                Err(_) => return Err(RequestError::Failed(ErrorKind::Io)),
+                // A TLS alert is never a stale connection: the server said why.
+                Err(e) if self.buf.is_empty() && error_kind(&e) == ErrorKind::Io => return Err(stale_or(ErrorKind::Io)),
+                Err(e) => return Err(RequestError::Failed(error_kind(&e))),
             }
             match parse_head(&self.buf, req.head) {
                 Ok(Some(h)) if h.0 < 200 => {
@@ -158,7 +161,7 @@ impl Conn {
                 }
                 while have < n {
                     self.buf.clear();
-                    let got = self.read_more().await.map_err(|_| RequestError::Failed(ErrorKind::Io))?;
+                    let got = self.read_more().await.map_err(|e| RequestError::Failed(error_kind(&e)))?;
                     if got == 0 {
                         return Err(RequestError::Failed(ErrorKind::Io));
                     }
@@ -199,7 +202,7 @@ impl Conn {
                                 keep_body(&mut self.body, &self.buf);
                             }
                         }
-                        Err(_) => return Err(RequestError::Failed(ErrorKind::Io)),
+                        Err(e) => return Err(RequestError::Failed(error_kind(&e))),
                     }
                 }
                 false
@@ -232,7 +235,7 @@ impl Conn {
                 match httparse::parse_chunk_size(&self.buf) {
                     Ok(httparse::Status::Complete(c)) => break c,
                     Ok(httparse::Status::Partial) => {
-                        let n = self.read_more().await.map_err(|_| io_err)?;
+                        let n = self.read_more().await.map_err(|e| RequestError::Failed(error_kind(&e)))?;
                         if n == 0 {
                             return Err(io_err);
                         }
@@ -250,7 +253,7 @@ impl Conn {
                         self.buf.drain(..end);
                         return Ok((extra, data_len));
                     }
-                    let n = self.read_more().await.map_err(|_| io_err)?;
+                    let n = self.read_more().await.map_err(|e| RequestError::Failed(error_kind(&e)))?;
                     if n == 0 {
                         return Err(io_err);
                     }
@@ -273,7 +276,7 @@ impl Conn {
                 if skip == 0 {
                     break;
                 }
-                let n = self.read_more().await.map_err(|_| io_err)?;
+                let n = self.read_more().await.map_err(|e| RequestError::Failed(error_kind(&e)))?;
                 if n == 0 {
                     return Err(io_err);
                 }

@@ -13,7 +13,9 @@
 //! - `worker`: one thread, one current_thread runtime: the open-model pacer,
 //!   closed-model connection loops, the connection pool.
 //! - `schedule`: when each open-model arrival is due (pure arithmetic).
-//! - `http`: the allocation-free HTTP/1.1 client.
+//! - `http`: the allocation-free HTTP/1.1 client, generic over its stream.
+//! - [`connect`]: the target's URL and addresses (all of them, resolved
+//!   again on a period) and the dialer: TCP, and TLS for `https://`.
 //! - `recorder`: a worker's per-interval histograms and counters.
 //! - [`probe`]: the plan's probes on their cadence, and the steady-state
 //!   check (on the coordinator's request, or before a fault).
@@ -21,6 +23,7 @@
 
 mod assignment;
 pub mod check;
+pub mod connect;
 pub mod engine;
 pub mod fault;
 mod http;

@@ -125,6 +125,20 @@ impl Recorder {
         r.bytes_received += received;
     }
 
+    /// The TLS handshake of the connection a request opened, under the
+    /// same key (due interval, phase, step, outcome) as that request's
+    /// [`Recorder::request`]. Only `https://` targets call it.
+    pub fn handshake(&mut self, phase: usize, step: usize, outcome: Outcome, intended: Instant, took: Duration) {
+        let ok = matches!(outcome, Outcome::Response { success: true, checks, .. } if checks.all_passed());
+        let due = self.due_seq(intended);
+        let r: &mut StepRecord = if due == self.current {
+            self.records[(phase * self.steps + step) * 2 + ok as usize].get_or_insert_with(Default::default)
+        } else {
+            self.other.entry(due).or_default().steps.entry(StepKey { phase: phase as u32, step: step as u32, ok }).or_default()
+        };
+        record_us(&mut r.handshake, micros(took));
+    }
+
     /// `count` arrivals of `phase` that were never sent because the phase
     /// ended first (an overloaded pacer): scheduled, dropped, and failed
     /// requests of `step`, recorded at once rather than one by one.
@@ -258,6 +272,21 @@ mod tests {
         got.retain(|_, n| *n > 0);
         assert_eq!(got, expected);
         assert_eq!(total, 400);
+    }
+
+    #[test]
+    fn a_handshake_lands_beside_its_request() {
+        let t0 = Instant::now();
+        let mut r = Recorder::new(1, 1, t0, Duration::from_secs(1));
+        let ok = Outcome::Response { status: 200, success: true, received: 10, checks: CheckBits::default() };
+        r.request(0, 0, ok, t0, t0, t0 + Duration::from_millis(3), 40);
+        r.handshake(0, 0, ok, t0, Duration::from_micros(1500));
+        r.request(0, 0, Outcome::Failed(ErrorKind::Timeout), t0, t0, t0, 40);
+        r.handshake(0, 0, Outcome::Failed(ErrorKind::Timeout), t0, Duration::from_micros(900));
+        let s = r.take(0, false).stats;
+        let ok = &s.steps[&StepKey { phase: 0, step: 0, ok: true }];
+        assert_eq!((ok.handshake.len(), ok.handshake.max() / 10), (1, 150));
+        assert_eq!(s.steps[&StepKey { phase: 0, step: 0, ok: false }].handshake.len(), 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
+use crate::connect::{Addrs, Dialer, Stream};
 use crate::http::{Conn, RequestError, RequestTemplate, Response};
 use crate::recorder::{Outcome, Recorder};
 use crate::schedule::ArrivalSchedule;
@@ -41,7 +42,13 @@ pub struct WorkerPlan {
     pub index: usize,
     pub workers: usize,
     pub plan: Arc<Plan>,
-    pub addr: SocketAddr,
+    /// The target's addresses (every one its name resolves to, kept up to
+    /// date by the engine): new connections take each in turn.
+    pub addrs: tokio::sync::watch::Receiver<Arc<[SocketAddr]>>,
+    /// Where this worker starts in that list (spreads single connections).
+    pub addr_offset: usize,
+    /// TCP, or TCP and TLS for an `https://` target.
+    pub dialer: Dialer,
     pub templates: Arc<Vec<RequestTemplate>>,
     /// This agent's share of every open-model rate, and its stagger offset.
     pub rate_share: f64,
@@ -85,7 +92,8 @@ pub fn spawn(plan: WorkerPlan) -> std::io::Result<std::thread::JoinHandle<()>> {
 struct Worker {
     plan: WorkerPlan,
     recorder: RefCell<Recorder>,
-    pool: RefCell<Vec<Conn>>,
+    pool: RefCell<Vec<Conn<Stream>>>,
+    addrs: RefCell<Addrs>,
     /// Open-model requests started and not finished, plus running closed loops: the in-flight bound.
     in_flight: Cell<u32>,
     /// Requests on the wire (sent, not yet answered, failed or aborted), for progress.
@@ -116,6 +124,7 @@ async fn run(plan: WorkerPlan) {
     let w = Rc::new(Worker {
         recorder: RefCell::new(Recorder::new(phases, plan.plan.steps.len(), plan.run_start, plan.plan.interval.as_duration())),
         pool: RefCell::new(Vec::new()),
+        addrs: RefCell::new(Addrs::new(plan.addrs.clone(), plan.addr_offset)),
         in_flight: Cell::new(0),
         requests_in_flight: Cell::new(0),
         first_request: Cell::new(None),
@@ -306,10 +315,16 @@ async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant) {
     w.recorder.borrow_mut().arrival(phase, Some(started.saturating_duration_since(intended)));
     let step = w.picker.pick();
     let conn = w.pool.borrow_mut().pop();
-    let (outcome, conn) = run_or_abort(&w, conn, step).await;
+    let (outcome, conn, handshake) = run_or_abort(&w, conn, step).await;
     let done = Instant::now();
     let sent = w.plan.templates[step].wire_len() as u64;
-    w.recorder.borrow_mut().request(phase, step, outcome, intended, started, done, sent);
+    {
+        let mut recorder = w.recorder.borrow_mut();
+        recorder.request(phase, step, outcome, intended, started, done, sent);
+        if let Some(h) = handshake {
+            recorder.handshake(phase, step, outcome, intended, h);
+        }
+    }
     if let Some(c) = conn {
         w.pool.borrow_mut().push(c);
     }
@@ -325,14 +340,21 @@ async fn closed_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Ins
         let step = w.picker.pick();
         let started = Instant::now();
         w.note_first_request(phase_start, started);
-        let (outcome, back) = run_or_abort(&w, conn.take(), step).await;
+        let (outcome, back, handshake) = run_or_abort(&w, conn.take(), step).await;
         let done = Instant::now();
         let sent = w.plan.templates[step].wire_len() as u64;
-        w.recorder.borrow_mut().request(phase, step, outcome, started, started, done, sent);
+        {
+            let mut recorder = w.recorder.borrow_mut();
+            recorder.request(phase, step, outcome, started, started, done, sent);
+            if let Some(h) = handshake {
+                recorder.handshake(phase, step, outcome, started, h);
+            }
+        }
         conn = back;
-        if matches!(outcome, Outcome::Failed(ErrorKind::Connect)) {
-            // A refused connection fails in microseconds; without a pause a
-            // down server turns the loop into a busy spin of errors.
+        if matches!(outcome, Outcome::Failed(ErrorKind::Connect | ErrorKind::Tls)) {
+            // A refused connection (or certificate) fails in microseconds;
+            // without a pause a down server turns the loop into a busy spin
+            // of errors.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -346,30 +368,46 @@ async fn closed_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Ins
 /// when the run is stopped early fails as `aborted` (the connection, mid
 /// request, is not reused). Without this an interrupted run's report
 /// silently lost every request it had sent and not yet seen answered.
-async fn run_or_abort(w: &Worker, conn: Option<Conn>, step: usize) -> (Outcome, Option<Conn>) {
+async fn run_or_abort(w: &Worker, conn: Option<Conn<Stream>>, step: usize) -> (Outcome, Option<Conn<Stream>>, Option<Duration>) {
     w.requests_in_flight.set(w.requests_in_flight.get() + 1);
     let done = tokio::select! {
         done = execute(w, conn, step) => done,
-        _ = w.plan.cancel.cancelled() => (Outcome::Failed(ErrorKind::Aborted), None),
+        _ = w.plan.cancel.cancelled() => (Outcome::Failed(ErrorKind::Aborted), None, None),
     };
     w.requests_in_flight.set(w.requests_in_flight.get() - 1);
     done
 }
 
+/// A new connection to the target's next address, and its TLS handshake time.
+async fn dial(w: &Worker) -> Result<(Conn<Stream>, Option<Duration>), ErrorKind> {
+    let addr = w.addrs.borrow_mut().pick();
+    let (stream, handshake) = w.plan.dialer.dial(addr).await?;
+    Ok((Conn::new(stream), handshake))
+}
+
 /// Runs one request on `conn` (or a new connection) within the timeout.
-/// Returns the connection when it can be reused.
-async fn execute(w: &Worker, conn: Option<Conn>, step: usize) -> (Outcome, Option<Conn>) {
+/// Returns the connection when it can be reused, and the TLS handshake of
+/// the connection this request opened, if it opened one that completed it.
+async fn execute(w: &Worker, conn: Option<Conn<Stream>>, step: usize) -> (Outcome, Option<Conn<Stream>>, Option<Duration>) {
     let template = &w.plan.templates[step];
-    let addr = w.plan.addr;
-    let attempt = async move {
+    // Outside the timed future: a handshake that completed counts even
+    // when the request then times out.
+    let handshake = Cell::new(None);
+    let attempt = async {
         let mut conn = match conn {
             Some(c) => c,
-            None => Conn::connect(addr).await.map_err(|_| ErrorKind::Connect)?,
+            None => {
+                let (c, h) = dial(w).await?;
+                handshake.set(h);
+                c
+            }
         };
         let result = match conn.round_trip(template).await {
             Err(RequestError::Stale) => {
                 // The server closed the idle connection; one retry on a fresh one.
-                conn = Conn::connect(addr).await.map_err(|_| ErrorKind::Connect)?;
+                let (c, h) = dial(w).await?;
+                handshake.set(h);
+                conn = c;
                 conn.round_trip(template).await
             }
             other => other,
@@ -380,11 +418,12 @@ async fn execute(w: &Worker, conn: Option<Conn>, step: usize) -> (Outcome, Optio
             Err(RequestError::Failed(kind)) => Err(kind),
         }
     };
-    match tokio::time::timeout(w.timeout, attempt).await {
+    let (outcome, conn) = match tokio::time::timeout(w.timeout, attempt).await {
         Err(_) => (Outcome::Failed(ErrorKind::Timeout), None),
         Ok(Err(kind)) => (Outcome::Failed(kind), None),
         Ok(Ok((Response { status, received, success, checks }, conn))) => (Outcome::Response { status, success, received, checks }, conn),
-    }
+    };
+    (outcome, conn, handshake.get())
 }
 
 /// Chooses steps by weight with a per-worker generator (no shared state).

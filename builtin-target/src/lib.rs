@@ -10,6 +10,8 @@
 //! - `stats` — [`TargetStats`] and the atomic counters behind it.
 //! - `server` — [`serve`], [`serve_until`], [`TargetHandle`]: listener, accept
 //!   loop, one task per keep-alive connection, shutdown.
+//! - `tls` — [`TlsMaterial`]: HTTPS with a CA and certificates generated at
+//!   start ([`serve_tls`]), optionally requiring a client certificate.
 //! - `arrivals` — [`ArrivalLog`]: when each peer's first request arrived
 //!   (`stampede target --arrivals FILE`, for measuring a fleet's start).
 //!
@@ -34,8 +36,10 @@ mod body;
 mod server;
 mod service;
 mod stats;
+mod tls;
 
 pub use arrivals::ArrivalLog;
 pub use behaviour::{AfterPause, Behaviour, RequireHeader, Stall, Window, WindowAction};
-pub use server::{serve, serve_until, serve_until_with, serve_with, TargetHandle};
+pub use server::{serve, serve_tls, serve_until, serve_until_tls, serve_until_with, serve_with, TargetHandle};
 pub use stats::TargetStats;
+pub use tls::{TlsFiles, TlsMaterial};

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 use crate::arrivals::ArrivalLog;
 use crate::behaviour::Behaviour;
@@ -23,6 +24,9 @@ use crate::stats::TargetStats;
 /// connections: long enough for typical injected latencies, short enough that a
 /// 10 s latency setting cannot hang a test's teardown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a client may take over its TLS handshake (HTTPS targets).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Back-off after a failed `accept` (e.g. EMFILE) so the loop does not spin hot.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
@@ -74,6 +78,18 @@ pub async fn serve_with(
     behaviour: Behaviour,
     arrivals: Option<ArrivalLog>,
 ) -> io::Result<TargetHandle> {
+    serve_tls(addr, behaviour, arrivals, None).await
+}
+
+/// [`serve_with`], serving HTTPS with `tls` when given (see
+/// [`crate::TlsMaterial`]): each connection's handshake runs in its own
+/// task, and one that fails is closed (and counted in `tls_failures`).
+pub async fn serve_tls(
+    addr: SocketAddr,
+    behaviour: Behaviour,
+    arrivals: Option<ArrivalLog>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<TargetHandle> {
     behaviour.validate()?;
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
@@ -83,7 +99,8 @@ pub async fn serve_with(
         spawn_pause_ticker(Arc::downgrade(&shared))?;
     }
     let (stop, stop_rx) = watch::channel(false);
-    let accept_loop = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+    let tls = tls.map(TlsAcceptor::from);
+    let accept_loop = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx, tls));
     tracing::debug!(%local_addr, "target bound");
     Ok(TargetHandle {
         local_addr,
@@ -110,7 +127,18 @@ pub async fn serve_until_with(
     arrivals: Option<ArrivalLog>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let handle = serve_with(addr, behaviour, arrivals).await?;
+    serve_until_tls(addr, behaviour, arrivals, None, shutdown).await
+}
+
+/// [`serve_until_with`], serving HTTPS with `tls` when given.
+pub async fn serve_until_tls(
+    addr: SocketAddr,
+    behaviour: Behaviour,
+    arrivals: Option<ArrivalLog>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let handle = serve_tls(addr, behaviour, arrivals, tls).await?;
     tracing::info!(addr = %handle.local_addr, "Target listening.");
     shutdown.await;
     tracing::info!(addr = %handle.local_addr, "Target stopping.");
@@ -141,7 +169,7 @@ fn spawn_pause_ticker(shared: std::sync::Weak<Shared>) -> io::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, tls: Option<TlsAcceptor>) {
     let mut builder = http1::Builder::new();
     builder
         // No header-read timeout: it would arm a timer per request, and slowloris
@@ -168,7 +196,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 Ok((stream, _)) if shared.refusing() => drop(stream),
                 Ok((stream, peer)) => {
                     crate::stats::Counters::bump(&shared.counters.connections);
-                    let conn = serve_connection(&builder, stream, peer, shared.clone(), stop.clone());
+                    let conn = serve_connection(&builder, stream, peer, shared.clone(), stop.clone(), tls.clone());
                     connections.spawn(conn);
                 }
                 Err(e) => {
@@ -201,6 +229,7 @@ fn serve_connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) -> impl Future<Output = ()> + Send + 'static {
     // Small responses must not wait for Nagle/delayed-ACK (~40 ms stalls).
     if let Err(e) = stream.set_nodelay(true) {
@@ -219,17 +248,39 @@ fn serve_connection(
         }
         handle(shared.clone(), req)
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let builder = builder.clone();
     let open = shared_for_count.open_connections.fetch_add(1, Ordering::Relaxed) + 1;
     shared_for_count.max_connections.fetch_max(open, Ordering::Relaxed);
     async move {
-        let mut conn = std::pin::pin!(conn);
-        let result = tokio::select! {
-            res = conn.as_mut() => res,
-            _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+        // The same driving for either stream type (hyper's connection is
+        // generic over it).
+        macro_rules! drive {
+            ($io:expr) => {{
+                let conn = builder.serve_connection(TokioIo::new($io), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    res = conn.as_mut() => res,
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }};
+        }
+        let result = match tls {
+            None => drive!(stream),
+            Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => drive!(tls_stream),
+                failed => {
+                    crate::stats::Counters::bump(&shared_for_count.counters.tls_failures);
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    tracing::debug!(%peer, error = %why, "target TLS handshake failed");
+                    Ok(())
+                }
+            },
         };
         shared_for_count.open_connections.fetch_sub(1, Ordering::Relaxed);
         // Client resets and half-finished requests are routine under load tests.

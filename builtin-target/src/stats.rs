@@ -24,6 +24,9 @@ pub struct TargetStats {
     pub health_checks: u64,
     /// TCP connections accepted.
     pub connections: u64,
+    /// TLS handshakes that failed or timed out (HTTPS targets).
+    #[serde(default)]
+    pub tls_failures: u64,
 }
 
 /// Live counters shared by the accept loop and every connection.
@@ -38,6 +41,7 @@ pub(crate) struct Counters {
     pub(crate) errors_500: AtomicU64,
     pub(crate) health_checks: AtomicU64,
     pub(crate) connections: AtomicU64,
+    pub(crate) tls_failures: AtomicU64,
 }
 
 impl Counters {
@@ -53,6 +57,7 @@ impl Counters {
             errors_500: self.errors_500.load(Relaxed),
             health_checks: self.health_checks.load(Relaxed),
             connections: self.connections.load(Relaxed),
+            tls_failures: self.tls_failures.load(Relaxed),
         }
     }
 }

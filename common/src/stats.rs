@@ -39,10 +39,15 @@ pub enum ErrorKind {
     /// step's checks: a failed request, counted per check in
     /// [`StepRecord::checks`].
     Check,
+    /// An `https://` target's TLS failed: the handshake (certificate not
+    /// trusted, wrong name, expired; no client certificate where the server
+    /// wants one) or a TLS alert later on the connection. Last in the list:
+    /// kinds are indexed by position (arrays, `ALL`).
+    Tls,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Io,
@@ -53,6 +58,7 @@ impl ErrorKind {
         ErrorKind::Dropped,
         ErrorKind::Aborted,
         ErrorKind::Check,
+        ErrorKind::Tls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +73,7 @@ impl ErrorKind {
             ErrorKind::Dropped => "dropped",
             ErrorKind::Aborted => "aborted",
             ErrorKind::Check => "check",
+            ErrorKind::Tls => "tls",
         }
     }
 
@@ -112,6 +119,11 @@ pub struct StepRecord {
     pub service: Hist,
     /// Intended start → actual start: how far the client lagged its schedule.
     pub dispatch: Hist,
+    /// TLS handshakes (`https://` targets), each recorded with the request
+    /// that opened its connection: TCP connected → handshake done. Empty for
+    /// plain HTTP, and then not sent (an empty histogram costs nothing on
+    /// the wire).
+    pub handshake: Hist,
     pub requests: u64,
     pub errors: [u64; ErrorKind::ALL.len()],
     pub bytes_sent: u64,
@@ -130,6 +142,7 @@ impl Default for StepRecord {
             latency: histogram::new_hist(),
             service: histogram::new_hist(),
             dispatch: histogram::new_hist(),
+            handshake: histogram::new_hist(),
             requests: 0,
             errors: [0; ErrorKind::ALL.len()],
             bytes_sent: 0,
@@ -161,6 +174,9 @@ impl StepRecord {
         histogram::add(&mut self.latency, &other.latency)?;
         histogram::add(&mut self.service, &other.service)?;
         histogram::add(&mut self.dispatch, &other.dispatch)?;
+        if !other.handshake.is_empty() {
+            histogram::add(&mut self.handshake, &other.handshake)?;
+        }
         self.requests += other.requests;
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
@@ -182,6 +198,9 @@ impl StepRecord {
         self.latency.reset();
         self.service.reset();
         self.dispatch.reset();
+        if !self.handshake.is_empty() {
+            self.handshake.reset();
+        }
         self.requests = 0;
         self.errors = [0; ErrorKind::ALL.len()];
         self.bytes_sent = 0;

@@ -267,6 +267,19 @@ pub struct TargetArgs {
     /// peer address (e.g. to measure how closely a fleet's agents started).
     #[arg(long, value_name = "FILE")]
     pub arrivals: Option<PathBuf>,
+    /// Serve HTTPS, with a certificate (for the --listen address and
+    /// `localhost`) from a CA generated at start; the CA and a client
+    /// certificate are written to --tls-dir.
+    #[arg(long)]
+    pub tls: bool,
+    /// Where --tls writes `ca.pem`, `client.pem` and `client-key.pem`
+    /// (default: `stampede-target-tls` in the temporary directory).
+    #[arg(long, value_name = "DIR", requires = "tls")]
+    pub tls_dir: Option<PathBuf>,
+    /// With --tls: refuse clients without a certificate of that CA
+    /// (`client.pem`, `client-key.pem`).
+    #[arg(long, requires = "tls")]
+    pub require_client_cert: bool,
 }
 
 pub async fn main(cli: Cli) -> i32 {
@@ -492,6 +505,8 @@ async fn target(args: TargetArgs) -> anyhow::Result<i32> {
         windows: args.windows,
         after_pause: args.after_pause,
         require_header: None,
+        tls: args.tls,
+        require_client_cert: args.require_client_cert,
     };
     let mut behaviour = local::behaviour(&spec);
     if let Some(n) = args.body_size {
@@ -501,8 +516,25 @@ async fn target(args: TargetArgs) -> anyhow::Result<i32> {
         Some(path) => Some(stampede_target::ArrivalLog::create(path).with_context(|| format!("opening the arrivals file {}", path.display()))?),
         None => None,
     };
-    eprintln!("built-in target listening on http://{}", args.listen);
-    stampede_target::serve_until_with(args.listen, behaviour, arrivals, async {
+    let tls = if args.tls {
+        let mut names = vec!["localhost".to_string(), args.listen.ip().to_string()];
+        if args.listen.ip().is_unspecified() {
+            names.push("127.0.0.1".into());
+        }
+        let material = stampede_target::TlsMaterial::generate(&names, args.require_client_cert).context("generating the target's certificates")?;
+        let dir = args.tls_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("stampede-target-tls"));
+        let files = material.write(&dir).with_context(|| format!("writing the target's certificates to {}", dir.display()))?;
+        eprintln!("trust {} (plan: tls: {{ ca: {} }})", files.ca.display(), files.ca.display());
+        if args.require_client_cert {
+            eprintln!("clients need a certificate: tls: {{ cert: {}, key: {} }}", files.client_cert.display(), files.client_key.display());
+        }
+        Some(material.server_config().context("the target's TLS configuration")?)
+    } else {
+        None
+    };
+    let scheme = if args.tls { "https" } else { "http" };
+    eprintln!("built-in target listening on {scheme}://{}", args.listen);
+    stampede_target::serve_until_tls(args.listen, behaviour, arrivals, tls, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await

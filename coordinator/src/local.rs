@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use stampede_agent::session::{self, AgentConfig};
-use stampede_common::plan::{BuiltinTarget, Plan};
+use stampede_common::plan::{BuiltinTarget, Plan, TargetTls};
 use stampede_common::tls::Token;
-use stampede_target::{AfterPause, Behaviour, RequireHeader, Stall, TargetHandle, Window, WindowAction};
+use stampede_target::{AfterPause, Behaviour, RequireHeader, Stall, TargetHandle, TlsMaterial, Window, WindowAction};
 use tokio_util::sync::CancellationToken;
 
 pub fn behaviour(b: &BuiltinTarget) -> Behaviour {
@@ -37,18 +37,56 @@ pub fn behaviour(b: &BuiltinTarget) -> Behaviour {
     }
 }
 
+/// The plan's built-in target, and for an HTTPS one the directory holding
+/// its generated CA and client certificate (removed with it).
+pub struct LocalTarget {
+    pub handle: TargetHandle,
+    files: Option<tempfile::TempDir>,
+}
+
+impl LocalTarget {
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+        drop(self.files);
+    }
+}
+
 /// Starts the plan's built-in target, if it has one, on the target URL's
-/// address, and points the plan at the port it actually got.
-pub async fn start_builtin_target(plan: &mut Plan) -> anyhow::Result<Option<TargetHandle>> {
+/// address, and points the plan at the port it actually got. With
+/// `builtin_target.tls`, the target serves HTTPS with a certificate from a
+/// CA generated now, and the plan trusts that CA (`tls.ca`, unless it
+/// sets `ca` or `insecure_skip_verify` itself); with `require_client_cert`,
+/// the plan's agents present a client certificate of that CA unless the
+/// plan names one (`tls.cert`, `tls.key`). The in-process agents read those
+/// files from this machine.
+pub async fn start_builtin_target(plan: &mut Plan) -> anyhow::Result<Option<LocalTarget>> {
     let Some(b) = plan.builtin_target.clone() else { return Ok(None) };
     let authority = stampede_agent::engine::authority(&plan.target)?;
-    let addr: SocketAddr = authority
-        .parse()
-        .map_err(|_| anyhow::anyhow!("builtin_target needs `target` to be an IP address and port, e.g. http://127.0.0.1:0; got {}", plan.target))?;
-    let handle = stampede_target::serve(addr, behaviour(&b)).await.map_err(|e| anyhow::anyhow!("cannot start the built-in target on {addr}: {e}"))?;
-    plan.target = format!("http://{}", handle.local_addr);
-    tracing::info!(message = "Built-in target listening.", addr = %handle.local_addr);
-    Ok(Some(handle))
+    let addr: SocketAddr = authority.parse().map_err(|_| {
+        anyhow::anyhow!("builtin_target needs `target` to be an IP address and port, e.g. http://127.0.0.1:0 or https://127.0.0.1:0; got {}", plan.target)
+    })?;
+    let (tls, files) = if b.tls {
+        let names = vec![addr.ip().to_string(), "localhost".to_string()];
+        let material = TlsMaterial::generate(&names, b.require_client_cert).map_err(|e| anyhow::anyhow!("generating the built-in target's certificates: {e}"))?;
+        let dir = tempfile::Builder::new().prefix("stampede-target-tls-").tempdir().map_err(|e| anyhow::anyhow!("a directory for the built-in target's certificates: {e}"))?;
+        let written = material.write(dir.path()).map_err(|e| anyhow::anyhow!("writing the built-in target's certificates: {e}"))?;
+        let t = plan.tls.get_or_insert_with(TargetTls::default);
+        if t.ca.is_none() && !t.insecure_skip_verify {
+            t.ca = Some(written.ca.display().to_string());
+        }
+        if b.require_client_cert && t.cert.is_none() {
+            t.cert = Some(written.client_cert.display().to_string());
+            t.key = Some(written.client_key.display().to_string());
+        }
+        (Some(material.server_config().map_err(|e| anyhow::anyhow!("the built-in target's TLS configuration: {e}"))?), Some(dir))
+    } else {
+        (None, None)
+    };
+    let handle = stampede_target::serve_tls(addr, behaviour(&b), None, tls).await.map_err(|e| anyhow::anyhow!("cannot start the built-in target on {addr}: {e}"))?;
+    let scheme = if b.tls { "https" } else { "http" };
+    plan.target = format!("{scheme}://{}", handle.local_addr);
+    tracing::info!(message = "Built-in target listening.", addr = %handle.local_addr, tls = b.tls);
+    Ok(Some(LocalTarget { handle, files }))
 }
 
 /// The in-process coordinator's guard: plain text on loopback, and a token

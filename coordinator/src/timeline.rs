@@ -62,11 +62,13 @@ impl Timeline {
             for r in s.steps.values_mut() {
                 r.service.reset();
                 r.dispatch.reset();
+                r.handshake.reset();
             }
             let (mut steps, phases) = encode_steps(s);
             for st in &mut steps {
                 st.service_hist.clear();
                 st.dispatch_hist.clear();
+                st.handshake_hist.clear();
             }
             *slot = Slot::Final { steps, phases };
         }

@@ -42,6 +42,9 @@ pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
             latency_hist: histogram::encode(&r.latency),
             service_hist: histogram::encode(&r.service),
             dispatch_hist: histogram::encode(&r.dispatch),
+            // Plain HTTP records no handshake: send nothing rather than an
+            // encoded empty histogram.
+            handshake_hist: if r.handshake.is_empty() { Vec::new() } else { histogram::encode(&r.handshake) },
             requests: r.requests,
             errors: ErrorKind::ALL
                 .iter()
@@ -117,6 +120,7 @@ pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<Run
             latency: histogram::decode(&s.latency_hist)?,
             service: histogram::decode(&s.service_hist)?,
             dispatch: histogram::decode(&s.dispatch_hist)?,
+            handshake: histogram::decode(&s.handshake_hist)?,
             requests: s.requests,
             errors,
             bytes_sent: s.bytes_sent,
@@ -152,6 +156,7 @@ mod tests {
         let mut r = StepRecord::default();
         histogram::record_us(&mut r.latency, 1234);
         histogram::record_us(&mut r.service, 999);
+        histogram::record_us(&mut r.handshake, 4321);
         r.requests = 3;
         r.errors[ErrorKind::Timeout as usize] = 2;
         r.count_status(504);
@@ -164,6 +169,7 @@ mod tests {
         let (k, r2) = back.steps.iter().next().unwrap();
         assert_eq!(*k, StepKey { phase: 1, step: 0, ok: false });
         assert_eq!(r2.latency, stats.steps[k].latency);
+        assert_eq!(r2.handshake, stats.steps[k].handshake);
         assert_eq!(r2.errors, stats.steps[k].errors);
         assert_eq!(back.schedule, stats.schedule);
         assert_eq!(r2.statuses, stats.steps[k].statuses);

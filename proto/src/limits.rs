@@ -262,7 +262,7 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
                 s.seq, st.phase, st.step, b.phases, b.steps, b.probes
             ));
         }
-        for (name, h) in [("latency", &st.latency_hist), ("service", &st.service_hist), ("dispatch", &st.dispatch_hist)] {
+        for (name, h) in [("latency", &st.latency_hist), ("service", &st.service_hist), ("dispatch", &st.dispatch_hist), ("handshake", &st.handshake_hist)] {
             if h.len() > MAX_HISTOGRAM {
                 return refuse(format!("a snapshot (seq {}) with a {} KiB {name} histogram, over the limit of {} KiB", s.seq, h.len() >> 10, MAX_HISTOGRAM >> 10));
             }

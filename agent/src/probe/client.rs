@@ -10,7 +10,8 @@ use std::time::Duration;
 use stampede_common::plan::Request;
 use stampede_common::stats::ErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::connect::{error_kind, Dialer};
 
 /// The most body a probe keeps; the rest is read and dropped.
 pub const MAX_BODY: usize = 1 << 20;
@@ -49,21 +50,27 @@ pub fn serialize(request: &Request, authority: &str) -> Vec<u8> {
 
 /// Sends `request` on a new connection and reads the whole response,
 /// within `timeout`; the error is the kind the load would record.
-pub async fn fetch(addr: SocketAddr, request: &[u8], head_only: bool, timeout: Duration) -> Result<ProbeResponse, ErrorKind> {
-    match tokio::time::timeout(timeout, exchange(addr, request, head_only)).await {
+pub async fn fetch(dialer: &Dialer, addr: SocketAddr, request: &[u8], head_only: bool, timeout: Duration) -> Result<ProbeResponse, ErrorKind> {
+    match tokio::time::timeout(timeout, exchange(dialer, addr, request, head_only)).await {
         Ok(result) => result,
         Err(_) => Err(ErrorKind::Timeout),
     }
 }
 
-async fn exchange(addr: SocketAddr, request: &[u8], head_only: bool) -> Result<ProbeResponse, ErrorKind> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|_| ErrorKind::Connect)?;
-    stream.write_all(request).await.map_err(|_| ErrorKind::Io)?;
+async fn exchange(dialer: &Dialer, addr: SocketAddr, request: &[u8], head_only: bool) -> Result<ProbeResponse, ErrorKind> {
+    let (mut stream, _) = dialer.dial(addr).await?;
+    stream.write_all(request).await.map_err(|e| error_kind(&e))?;
     let mut buf = Vec::with_capacity(4096);
     let mut received = 0u64;
     loop {
         let mut chunk = [0u8; 8192];
-        let n = stream.read(&mut chunk).await.map_err(|_| ErrorKind::Io)?;
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            // A server that closes without TLS's close_notify (common with
+            // `Connection: close`) has still sent the whole response.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => 0,
+            Err(e) => return Err(error_kind(&e)),
+        };
         if n == 0 {
             break;
         }

@@ -27,6 +27,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use self::checks::ProbeChecks;
+use crate::connect::{Addrs, Dialer};
 use crate::worker::Part;
 
 /// One probe of the plan, ready to send.
@@ -80,10 +81,11 @@ impl Attempt {
     }
 }
 
-/// Sends `probe` once and judges the response by its success rule.
-pub async fn attempt(probe: &CompiledProbe, addr: SocketAddr) -> Attempt {
+/// Sends `probe` once, on a new connection to `addr`, and judges the
+/// response by its success rule.
+pub async fn attempt(probe: &CompiledProbe, dialer: &Dialer, addr: SocketAddr) -> Attempt {
     let started = Instant::now();
-    let result = client::fetch(addr, &probe.request, probe.head, probe.timeout).await;
+    let result = client::fetch(dialer, addr, &probe.request, probe.head, probe.timeout).await;
     let done = Instant::now();
     let mut a = Attempt { error: None, status: 0, detail: String::new(), started, done, sent: probe.request.len() as u64, received: 0, checks: Vec::new() };
     match result {
@@ -92,6 +94,7 @@ pub async fn attempt(probe: &CompiledProbe, addr: SocketAddr) -> Attempt {
             a.detail = match kind {
                 ErrorKind::Timeout => format!("no response within {:?}", probe.timeout),
                 ErrorKind::Connect => format!("cannot connect to {addr}"),
+                ErrorKind::Tls => format!("the TLS handshake with {addr} failed"),
                 other => format!("no valid response ({})", other.as_str()),
             };
         }
@@ -149,7 +152,9 @@ fn record(stats: &mut RunStats, plan: &Plan, index: usize, due: Instant, a: &Att
 /// Where the probe runner delivers its parts, as one more worker.
 pub struct RunnerSetup {
     pub plan: Arc<Plan>,
-    pub addr: SocketAddr,
+    /// The target's addresses: each probe request takes the next one.
+    pub addrs: tokio::sync::watch::Receiver<Arc<[SocketAddr]>>,
+    pub dialer: Dialer,
     pub authority: String,
     pub probes: Vec<usize>,
     /// The common start in this process's monotonic clock.
@@ -186,7 +191,8 @@ pub fn spawn_runner(s: RunnerSetup) {
         };
         let end = s.run_start + s.plan.probe_end(&s.plan.probes[i]);
         let every = s.plan.probes[i].every.as_duration();
-        let (plan, stats, cancel, addr, run_start) = (s.plan.clone(), stats.clone(), s.cancel.clone(), s.addr, s.run_start);
+        let (plan, stats, cancel, run_start) = (s.plan.clone(), stats.clone(), s.cancel.clone(), s.run_start);
+        let (mut addrs, dialer) = (Addrs::new(s.addrs.clone(), i), s.dialer.clone());
         let interval = s.plan.interval.as_duration();
         tasks.spawn(async move {
             let mut due = Instant::now();
@@ -198,7 +204,7 @@ pub fn spawn_runner(s: RunnerSetup) {
                 let lock = || stats.lock().unwrap_or_else(|e| e.into_inner());
                 lock().in_flight += 1;
                 let a = tokio::select! {
-                    a = attempt(&probe, addr) => Some(a),
+                    a = attempt(&probe, &dialer, addrs.pick()) => Some(a),
                     _ = cancel.cancelled() => None,
                 };
                 let mut book = lock();

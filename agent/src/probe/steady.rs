@@ -11,12 +11,13 @@ use crate::engine;
 
 /// Tries each of `probes` (indices into the plan's) once, at the same time.
 pub async fn try_probes(plan: &Plan, probes: &[usize]) -> Result<Vec<(usize, Attempt)>, String> {
-    let authority = engine::authority(&plan.target).map_err(|e| e.to_string())?;
-    let addr = engine::resolve(authority).await.map_err(|e| e.to_string())?;
+    let target = engine::target(plan, &crate::connect::system_resolver()).await.map_err(|e| e.to_string())?;
+    let addr = target.addrs[0];
     let mut tries = tokio::task::JoinSet::new();
     for &i in probes {
-        let probe = CompiledProbe::new(plan, i, authority)?;
-        tries.spawn(async move { (i, attempt(&probe, addr).await) });
+        let probe = CompiledProbe::new(plan, i, &target.endpoint.authority)?;
+        let dialer = target.dialer.clone();
+        tries.spawn(async move { (i, attempt(&probe, &dialer, addr).await) });
     }
     let mut out = Vec::with_capacity(probes.len());
     while let Some(done) = tries.join_next().await {

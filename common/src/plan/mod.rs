@@ -15,6 +15,7 @@ mod params;
 mod probe;
 mod secret;
 mod slo_rules;
+mod tls;
 mod validate;
 
 pub use abort::AbortRule;
@@ -28,4 +29,5 @@ pub use params::{process_env, substitute, Params};
 pub use probe::*;
 pub use secret::{fill_agent_secrets, redact, resolve_secrets, Secret, SecretSource, SecretValues, Text, REDACTED};
 pub use slo_rules::{outside_fault_rules, probe_names};
+pub use tls::{TargetTls, INSECURE_SKIP_VERIFY_WARNING};
 pub use validate::validate;

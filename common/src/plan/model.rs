@@ -13,8 +13,13 @@ use crate::units::{Dur, Percent, Rate, StatusSet};
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     pub name: String,
-    /// Base URL every step's path is appended to: `http://host:port`.
+    /// Base URL every step's path is appended to: `http://host:port` or
+    /// `https://host:port`.
     pub target: String,
+    /// TLS towards an `https://` target: extra CA, client certificate,
+    /// or no verification (`tls.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::TargetTls>,
     /// Which agents run the plan: a label selector and how many (default:
     /// every connected agent, or the number the CLI asks for).
     #[serde(default, skip_serializing_if = "AgentSelector::is_empty")]
@@ -249,6 +254,14 @@ pub struct BuiltinTarget {
     /// for `for` (a service recovering from a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_pause: Option<AfterPauseSpec>,
+    /// Serve HTTPS with a certificate generated at start, from a CA
+    /// generated with it; `stampede run` makes the plan trust that CA.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// With `tls`: refuse clients without a certificate from that CA
+    /// (`stampede run` gives its agents one when the plan has none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_client_cert: bool,
     /// Answer 401 to every request (but `/health`) without this header
     /// value: how a test shows a secret reached the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -27,6 +27,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         return err("name".into(), "must not be empty");
     }
     check_target(&plan.target).map_err(|m| ("target".to_string(), m))?;
+    super::tls::validate_tls(plan)?;
     if plan.agents.count == Some(0) {
         return err("agents.count".into(), "must be at least 1");
     }
@@ -289,15 +290,10 @@ fn check_rates(load: &Load) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
-/// Only plain `http://host:port` is supported so far; say so rather than
-/// failing at the first request.
+/// A base URL, `http://host[:port]` or `https://host[:port]`.
 fn check_target(target: &str) -> Result<(), String> {
-    let rest = if let Some(r) = target.strip_prefix("http://") {
-        r
-    } else if target.starts_with("https://") {
-        return Err("https targets are not supported yet; use http://".into());
-    } else {
-        return Err(format!("`{target}` is not an http:// URL"));
+    let Some(rest) = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) else {
+        return Err(format!("`{target}` is not an http:// or https:// URL"));
     };
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() {

@@ -315,11 +315,39 @@ pub const CASES: &[Case] = &[
     },
     // ---- target and requests
     Case {
-        name: "https target",
-        edits: &[("http://127.0.0.1:8080", "https://127.0.0.1:8080")],
+        name: "ftp target",
+        edits: &[("http://127.0.0.1:8080", "ftp://127.0.0.1:8080")],
         path: "target",
         line: Some(2),
-        message: "https targets are not supported yet",
+        message: "is not an http:// or https:// URL",
+    },
+    Case {
+        name: "tls section on a plain target",
+        edits: &[("target: http://127.0.0.1:8080\n", "target: http://127.0.0.1:8080\ntls: { ca: ca.pem }\n")],
+        path: "tls",
+        line: Some(3),
+        message: "applies to https:// targets only",
+    },
+    Case {
+        name: "client certificate without its key",
+        edits: &[("target: http://127.0.0.1:8080\n", "target: https://127.0.0.1:8080\ntls:\n  cert: client.pem\n")],
+        path: "tls.key",
+        line: Some(3),
+        message: "needs its private key",
+    },
+    Case {
+        name: "insecure_skip_verify beside a ca",
+        edits: &[("target: http://127.0.0.1:8080\n", "target: https://127.0.0.1:8080\ntls:\n  ca: ca.pem\n  insecure_skip_verify: true\n")],
+        path: "tls.insecure_skip_verify",
+        line: Some(5),
+        message: "`ca` would be ignored",
+    },
+    Case {
+        name: "builtin tls target on http",
+        edits: &[("target: http://127.0.0.1:8080\n", "target: http://127.0.0.1:8080\nbuiltin_target: { tls: true }\n")],
+        path: "target",
+        line: Some(2),
+        message: "write `target: https://",
     },
     Case {
         name: "target with a path",

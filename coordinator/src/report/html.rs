@@ -36,6 +36,9 @@ pub fn html(r: &Report) -> String {
         }
         out.push_str("</ul>\n");
     }
+    for w in &r.warnings {
+        let _ = writeln!(out, "<p class=\"bad\"><strong>Warning</strong>: {}</p>", escape_markup(w));
+    }
     summary(r, &mut out);
     out.push_str("<h2>Over time</h2>\n");
     match chart(r) {

@@ -130,6 +130,9 @@ fn tables(r: &Report, out: &mut String) {
         t.throughput_rps,
         latency_cells(&r.latency_ms)
     );
+    if let Some(h) = &r.tls_handshake_ms {
+        let _ = writeln!(out, "\nTLS handshakes: {} (ms: p50 {}, p90 {}, p99 {}, max {}).", h.count, ms(h.percentiles.p50), ms(h.percentiles.p90), ms(h.percentiles.p99), ms(h.percentiles.max));
+    }
     if !r.probes.is_empty() {
         let _ = writeln!(out, "\n| probe | requests | errors | p50 | p90 | p95 | p99 | p99.9 | max (ms) | errors by kind |");
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
@@ -187,6 +190,9 @@ pub fn markdown(r: &Report) -> String {
     }
     if !r.verdict_reasons.is_empty() {
         out.push('\n');
+    }
+    for w in &r.warnings {
+        let _ = writeln!(out, "> **Warning**: {w}\n");
     }
     tables(r, &mut out);
     let _ = writeln!(out, "\nLatency is measured from each request's intended start (open model) and covers successful requests; errors count in the error rate.\n");
@@ -260,6 +266,9 @@ pub fn terminal_summary(r: &Report) -> String {
     let _ = writeln!(out, "\n{} — verdict: {}", r.plan.name, r.verdict.as_str().to_uppercase());
     for reason in &r.verdict_reasons {
         let _ = writeln!(out, "  {reason}");
+    }
+    for w in &r.warnings {
+        let _ = writeln!(out, "  warning: {w}");
     }
     tables(r, &mut out);
     out

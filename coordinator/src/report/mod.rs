@@ -63,6 +63,34 @@ pub struct Report {
     /// A dry run's listing and findings (`dry-run.json`), instead of numbers.
     #[serde(skip)]
     pub dry_run: Option<crate::dryrun::DryRun>,
+    /// TLS handshakes of the load's new connections (`https://` targets
+    /// only): TCP connected → handshake done, merged over every agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_handshake_ms: Option<HandshakeReport>,
+    /// What a reader must know besides the verdict: a plan that turned
+    /// certificate verification off (`tls.insecure_skip_verify`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The TLS handshakes of some records: how many, and their percentiles.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandshakeReport {
+    pub count: u64,
+    #[serde(flatten)]
+    pub percentiles: Percentiles,
+}
+
+/// The handshakes of the records `filter` selects (successful requests or
+/// not: a handshake is a handshake); `None` when there were none.
+fn handshakes(stats: &RunStats, filter: impl Fn(&StepKey) -> bool) -> Option<HandshakeReport> {
+    let mut h = stampede_common::histogram::new_hist();
+    for (_, r) in stats.steps.iter().filter(|(k, _)| filter(k)) {
+        if !r.handshake.is_empty() {
+            let _ = stampede_common::histogram::add(&mut h, &r.handshake);
+        }
+    }
+    (!h.is_empty()).then(|| HandshakeReport { count: h.len(), percentiles: hist_percentiles(&h) })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,6 +176,9 @@ pub struct StepReport {
     /// This step's checks by name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub checks: BTreeMap<String, CheckCount>,
+    /// The handshakes of the connections this step's requests opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_handshake_ms: Option<HandshakeReport>,
 }
 
 /// One probe over the whole run, every agent that ran it together.
@@ -326,7 +357,10 @@ fn timeline_points(plan: &Plan, agg: &Aggregate) -> Vec<TimelinePoint> {
 }
 
 fn percentiles(s: &Summary, service: bool) -> Percentiles {
-    let h = if service { &s.ok.service } else { &s.ok.latency };
+    hist_percentiles(if service { &s.ok.service } else { &s.ok.latency })
+}
+
+fn hist_percentiles(h: &stampede_common::histogram::Hist) -> Percentiles {
     let q = |q| stampede_common::stats::quantile_ms(h, q);
     Percentiles { p50: q(0.5), p90: q(0.9), p95: q(0.95), p99: q(0.99), p999: q(0.999), max: (!h.is_empty()).then(|| h.max() as f64 / 1e3) }
 }
@@ -475,6 +509,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
                 latency_ms: percentiles(&s, false),
                 statuses: statuses(stats, |k| k.step == i as u32),
                 checks: checks(&check_names, stats, |k| k.step == i as u32),
+                tls_handshake_ms: handshakes(stats, |k| k.step == i as u32 && k.phase < plan.probe_phase()),
             }
         })
         .collect();
@@ -509,7 +544,18 @@ pub fn build(f: RunFacts<'_>) -> Report {
         checks: checks(&check_names, stats, |k| (k.phase as usize) < plan.phases.len()),
         faults_simulated: f.faults.events.values().any(|e| e.fault_status() == stampede_proto::v1::FaultStatus::Simulated),
         dry_run: None,
+        tls_handshake_ms: handshakes(stats, load),
+        warnings: warnings(plan),
     }
+}
+
+/// The report's warnings for `plan`.
+fn warnings(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    if plan.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+        out.push(stampede_common::plan::INSECURE_SKIP_VERIFY_WARNING.to_string());
+    }
+    out
 }
 
 /// Writes every report file into `dir`, plus the plan as given. The plan
