@@ -135,7 +135,7 @@ pub fn observe(plan: &Plan, stats: &RunStats, metric: &Metric, scope: &Scope, in
     }
     // `verdict::observe` divides by the scope's planned length; undo it.
     let phase = scope.parts().ok()?.phase.and_then(|n| plan.phase_index(n));
-    let scope_secs = phase.map_or(plan.duration(), |i| plan.phases[i].duration.as_duration());
+    let scope_secs = phase.map_or(plan.duration(), |i| plan.phases[i].length());
     Some(value * scope_secs.as_secs_f64() / interval.as_secs_f64())
 }
 

@@ -93,7 +93,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     // In u64: two agents declaring `--capacity 3000000000` would wrap a u32.
     let total_capacity: u64 = capacities.iter().map(|&c| u64::from(c)).sum();
     let per_phase: Vec<Vec<u32>> =
-        plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Closed { p.load.concurrency.unwrap_or(0) } else { 0 }, &capacities)).collect();
+        plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Open { 0 } else { p.load.concurrency.unwrap_or(0) }, &capacities)).collect();
+    let iterations = crate::split::iterations(&plan, &per_phase);
     let rate_shares: Vec<f64> = capacities.iter().map(|&c| f64::from(c) / total_capacity as f64).collect();
     crate::load_bounds::check(&plan, &agents, &per_phase)?;
     let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
@@ -120,6 +121,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             agent_count: agents.len() as u32,
             faults: faults_per_agent[i].clone(),
             dry_run: req.dry_run,
+            iterations: iterations.iter().map(|p| p[i]).collect(),
         };
         let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
         a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;
