@@ -196,3 +196,50 @@ pub(super) fn check_phase_steps(plan: &Plan) -> Result<(), (String, String)> {
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::plan::{load_str, Format};
+
+    fn load(phases: &str) -> Result<crate::plan::Plan, String> {
+        let text = format!("name: t\ntarget: http://127.0.0.1:1\nphases:\n{phases}steps:\n  - {{ name: read, weight: 2 }}\n  - {{ name: write }}\n");
+        load_str(&text, Format::Yaml, Path::new("p.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn iterations_phases_load_and_count() {
+        let p = load("  - { name: a, load: { model: iterations, count: 100, concurrency: 4, max_duration: 60s } }\n  - { name: b, load: { model: iterations, per_worker: 3, concurrency: 20, max_duration: 5s }, steps: [write, { name: read, weight: 5 }] }\n").unwrap();
+        assert_eq!(p.phases[0].load.iterations(), Some(100));
+        assert_eq!(p.phases[1].load.iterations(), Some(60));
+        assert_eq!(p.duration(), std::time::Duration::from_secs(65));
+        assert_eq!(p.phase_steps(0), vec![(0, 2), (1, 1)]);
+        assert_eq!(p.phase_steps(1), vec![(1, 1), (0, 5)]);
+        // The coordinator sends the plan as JSON: it comes back the same.
+        let back: crate::plan::Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn bad_iterations_and_mixes_name_their_field() {
+        let cases = [
+            ("  - { name: a, duration: 5s, load: { model: iterations, count: 1, concurrency: 1, max_duration: 5s } }\n", "p.yaml:4: phases[0].duration: an iterations phase lasts"),
+            ("  - { name: a, load: { model: iterations, count: 1, concurrency: 1 } }\n", "phases[0].load.max_duration: an iterations phase needs `max_duration`"),
+            ("  - { name: a, load: { model: iterations, concurrency: 1, max_duration: 5s } }\n", "phases[0].load.count: an iterations phase needs `count`"),
+            ("  - { name: a, load: { model: iterations, count: 2, per_worker: 1, concurrency: 1, max_duration: 5s } }\n", "phases[0].load.per_worker: "),
+            ("  - { name: a, load: { model: iterations, count: 2, max_duration: 5s } }\n", "phases[0].load.concurrency: the iterations model needs `concurrency`"),
+            ("  - { name: a, load: { model: iterations, count: 2000000000, concurrency: 1, max_duration: 5s } }\n", "phases[0].load.count: asks for 2000000000 iterations"),
+            ("  - { name: a, duration: 5s, load: { model: closed, concurrency: 1, count: 3 } }\n", "phases[0].load.count: belongs to the iterations model"),
+            ("  - { name: a, load: { model: closed, concurrency: 1 } }\n", "phases[0].duration: is required but missing"),
+            ("  - { name: a, duration: 5s, load: { model: closed, concurrency: 1 }, steps: [read, nope] }\n", "p.yaml:4: phases[0].steps[1]: no step is named `nope`"),
+            ("  - { name: a, duration: 5s, load: { model: closed, concurrency: 1 }, steps: [read, read] }\n", "phases[0].steps[1]: step `read` is named twice"),
+            ("  - { name: a, duration: 5s, load: { model: closed, concurrency: 1 }, steps: [] }\n", "phases[0].steps: names no step"),
+            ("  - { name: a, duration: 5s, load: { model: closed, concurrency: 1 }, steps: [{ name: read, weight: 0 }] }\n", "phases[0].steps[0].weight: must be at least 1"),
+        ];
+        for (phases, want) in cases {
+            let e = load(phases).expect_err(want);
+            assert!(e.contains(want), "{want}\n got: {e}");
+        }
+    }
+}
