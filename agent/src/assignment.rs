@@ -65,6 +65,10 @@ async fn stream_run(
     if a.concurrency.len() != plan.phases.len() {
         return Err(format!("assignment has {} concurrency entries for {} phases", a.concurrency.len(), plan.phases.len()));
     }
+    let has_iterations = plan.phases.iter().any(|p| p.load.iterations().is_some());
+    if has_iterations && a.iterations.len() != plan.phases.len() {
+        return Err(format!("assignment has {} iterations entries for {} phases (a coordinator too old for iterations phases?)", a.iterations.len(), plan.phases.len()));
+    }
     // The coordinator gives the start in its clock; ours is offset from it.
     let start_nanos = a.start_unix_nanos + a.clock_offset_nanos;
     let start = UNIX_EPOCH + Duration::from_nanos(start_nanos.max(0) as u64);
@@ -105,6 +109,7 @@ async fn stream_run(
         plan: plan.clone(),
         rate_share: a.rate_share,
         concurrency: a.concurrency.clone(),
+        iterations: if has_iterations { a.iterations.clone() } else { vec![0; plan.phases.len()] },
         agent_index: a.agent_index,
         agent_count: a.agent_count,
         start,

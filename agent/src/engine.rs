@@ -4,6 +4,7 @@
 use crate::check::CompiledChecks;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,8 +23,10 @@ pub struct RunSpec {
     pub plan: Arc<Plan>,
     /// Fraction of every open-model rate this agent generates.
     pub rate_share: f64,
-    /// This agent's closed-model connections, per phase.
+    /// This agent's closed-model and iterations connections, per phase.
     pub concurrency: Vec<u32>,
+    /// This agent's iterations, per phase (0 for other models).
+    pub iterations: Vec<u64>,
     /// Where this agent stands among the run's agents, to stagger arrivals.
     pub agent_index: u32,
     pub agent_count: u32,
@@ -122,6 +125,10 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
         Err(behind) => Instant::now() - behind.duration(),
     };
 
+    // One counter per phase for the whole agent: its workers' connections
+    // take iterations from it, so a fast connection does more (k6's
+    // shared-iterations) and the agent's share is done exactly.
+    let iterations: Arc<Vec<AtomicU64>> = Arc::new(spec.iterations.iter().map(|&n| AtomicU64::new(n)).collect());
     let (parts_tx, parts_rx) = mpsc::unbounded_channel();
     for index in 0..workers {
         let connections = spec.concurrency.iter().map(|&c| split(c, workers, index)).collect();
@@ -136,6 +143,7 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
             rate_share: spec.rate_share,
             arrival_offset: spec.agent_index as f64 / spec.agent_count.max(1) as f64,
             connections,
+            iterations: iterations.clone(),
             max_connections,
             run_start,
             parts: parts_tx.clone(),

@@ -12,6 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,8 +54,11 @@ pub struct WorkerPlan {
     /// This agent's share of every open-model rate, and its stagger offset.
     pub rate_share: f64,
     pub arrival_offset: f64,
-    /// This worker's closed-model connections, per phase.
+    /// This worker's closed-model and iterations connections, per phase.
     pub connections: Vec<u32>,
+    /// The agent's iterations left to start, per phase, shared by its
+    /// workers (see `engine.rs`).
+    pub iterations: Arc<Vec<AtomicU64>>,
     /// How many connections this process may hold (its open-files limit
     /// less a reserve): the default in-flight bound never goes past it.
     pub max_connections: u32,
@@ -100,7 +104,8 @@ struct Worker {
     requests_in_flight: Cell<u64>,
     /// `run_start` + how late the first request started (see [`Worker::note_first_request`]).
     first_request: Cell<Option<Instant>>,
-    picker: StepPicker,
+    /// Per phase: its own step mix (`phases[i].steps`) or every step.
+    pickers: Vec<StepPicker>,
     timeout: Duration,
 }
 
@@ -128,7 +133,7 @@ async fn run(plan: WorkerPlan) {
         in_flight: Cell::new(0),
         requests_in_flight: Cell::new(0),
         first_request: Cell::new(None),
-        picker: StepPicker::new(plan.plan.steps.iter().map(|s| s.weight), plan.index as u64),
+        pickers: (0..phases).map(|i| StepPicker::new(plan.plan.phase_steps(i).into_iter(), plan.index as u64 ^ ((i as u64) << 32))).collect(),
         timeout: plan.plan.timeout.as_duration(),
         plan,
     });
@@ -139,7 +144,7 @@ async fn run(plan: WorkerPlan) {
     let offsets = w.plan.plan.phase_offsets();
     for (i, phase) in w.plan.plan.phases.iter().enumerate() {
         let start = w.plan.run_start + offsets[i];
-        let end = start + phase.duration.as_duration();
+        let end = start + phase.length();
         // Not for a start already reached (the first phase's, after
         // `wait_for_start`): tokio rounds a deadline up to its next 1 ms
         // tick, so even a past one could wait up to 1 ms more.
@@ -156,7 +161,7 @@ async fn run(plan: WorkerPlan) {
                 let load = &phase.load;
                 let r0 = load.rate.map_or(0.0, |r| r.as_per_second());
                 let r1 = load.to.map_or(r0, |r| r.as_per_second());
-                let schedule = ArrivalSchedule::new(r0, r1, phase.duration.as_duration(), w.plan.rate_share, w.plan.arrival_offset);
+                let schedule = ArrivalSchedule::new(r0, r1, phase.length(), w.plan.rate_share, w.plan.arrival_offset);
                 let peak = r0.max(r1) * w.plan.rate_share;
                 let per_agent = load.max_in_flight.unwrap_or_else(|| {
                     let wanted = default_max_in_flight(peak, w.timeout);
@@ -181,6 +186,34 @@ async fn run(plan: WorkerPlan) {
                 tokio::select! {
                     _ = sleep_until(end.into()) => {}
                     _ = w.plan.cancel.cancelled() => break,
+                }
+            }
+            Model::Iterations => {
+                let per_worker = phase.load.per_worker;
+                let loops: Vec<_> = (0..w.plan.connections[i])
+                    .map(|_| tokio::task::spawn_local(iterations_loop(w.clone(), i, start, end, per_worker)))
+                    .collect();
+                let all_done = async {
+                    for l in loops {
+                        let _ = l.await;
+                    }
+                };
+                tokio::select! {
+                    _ = all_done => {}
+                    _ = sleep_until(end.into()) => {}
+                    _ = w.plan.cancel.cancelled() => break,
+                }
+                // Done early: the next phase still starts at its planned
+                // offset (the loop above sleeps until then), so every agent
+                // agrees on the timeline. After the last phase the run ends
+                // now, unless faults are planned on that timeline: then it
+                // keeps its length, so no window is cut or left unapplied.
+                let last = i + 1 == w.plan.plan.phases.len();
+                if last && !w.plan.plan.faults.is_empty() && Instant::now() < end {
+                    tokio::select! {
+                        _ = sleep_until(end.into()) => {}
+                        _ = w.plan.cancel.cancelled() => break,
+                    }
                 }
             }
         }
@@ -255,7 +288,7 @@ async fn flush_intervals(w: Rc<Worker>, finished: Rc<tokio::sync::Notify>) {
 /// [`PACE_GRACE`] after the phase's end are counted as dropped at once: the
 /// pacer never runs on past its phase.
 async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSchedule, limit: u32) {
-    let phase_end = start + w.plan.plan.phases[phase].duration.as_duration();
+    let phase_end = start + w.plan.plan.phases[phase].length();
     let total = schedule.count();
     let stride = w.plan.workers as u64;
     let mut k = w.plan.index as u64;
@@ -281,7 +314,7 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
         // outlived its run at 100 % CPU (issue 8, item 10).
         if now >= phase_end + PACE_GRACE {
             let left = (total - k).div_ceil(stride);
-            w.recorder.borrow_mut().dropped(phase, w.picker.pick(), left);
+            w.recorder.borrow_mut().dropped(phase, w.pickers[phase].pick(), left);
             return;
         }
         let mut batch = 0;
@@ -296,7 +329,7 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
                 // request as well as a schedule miss.
                 let mut recorder = w.recorder.borrow_mut();
                 recorder.arrival(phase, None);
-                recorder.request(phase, w.picker.pick(), Outcome::Failed(ErrorKind::Dropped), intended, now, now, 0);
+                recorder.request(phase, w.pickers[phase].pick(), Outcome::Failed(ErrorKind::Dropped), intended, now, now, 0);
             } else {
                 w.in_flight.set(w.in_flight.get() + 1);
                 tokio::task::spawn_local(open_request(w.clone(), phase, intended));
@@ -313,7 +346,7 @@ async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant) {
     let started = Instant::now();
     w.note_first_request(intended, started);
     w.recorder.borrow_mut().arrival(phase, Some(started.saturating_duration_since(intended)));
-    let step = w.picker.pick();
+    let step = w.pickers[phase].pick();
     let conn = w.pool.borrow_mut().pop();
     let (outcome, conn, handshake) = run_or_abort(&w, conn, step).await;
     let done = Instant::now();
@@ -334,10 +367,31 @@ async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant) {
 /// One closed-model connection: the next request goes out when the previous
 /// one answered, until the phase ends.
 async fn closed_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant) {
+    connection_loop(w, phase, phase_start, end, || true).await;
+}
+
+/// One iterations connection: like a closed one, but each request first
+/// takes an iteration — one of its own `per_worker`, or one of the agent's
+/// shared count — and the loop ends when none is left (or at `end`, the
+/// phase's `max_duration`: what is left then does not run).
+async fn iterations_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant, per_worker: Option<u32>) {
+    let shared = w.plan.iterations.clone();
+    let mut own = per_worker.unwrap_or(0);
+    let take = move || match per_worker {
+        Some(_) => own.checked_sub(1).map(|left| own = left).is_some(),
+        // One atomic per request, against an HTTP round trip: nothing.
+        None => shared[phase].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok(),
+    };
+    connection_loop(w, phase, phase_start, end, take).await;
+}
+
+/// A connection sending one request after the other while `next()` allows
+/// and the phase lasts.
+async fn connection_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant, mut next: impl FnMut() -> bool) {
     w.in_flight.set(w.in_flight.get() + 1);
     let mut conn = w.pool.borrow_mut().pop();
-    while Instant::now() < end && !w.plan.cancel.is_cancelled() {
-        let step = w.picker.pick();
+    while Instant::now() < end && !w.plan.cancel.is_cancelled() && next() {
+        let step = w.pickers[phase].pick();
         let started = Instant::now();
         w.note_first_request(phase_start, started);
         let (outcome, back, handshake) = run_or_abort(&w, conn.take(), step).await;
@@ -426,32 +480,35 @@ async fn execute(w: &Worker, conn: Option<Conn<Stream>>, step: usize) -> (Outcom
     (outcome, conn, handshake.get())
 }
 
-/// Chooses steps by weight with a per-worker generator (no shared state).
+/// Chooses a phase's steps by weight with a per-worker generator (no
+/// shared state); gives the plan's index of the step.
 struct StepPicker {
+    steps: Vec<usize>,
     cumulative: Vec<u32>,
     rng: RefCell<fastrand::Rng>,
 }
 
 impl StepPicker {
-    fn new(weights: impl Iterator<Item = u32>, seed: u64) -> Self {
+    /// `choices`: (step index, weight), as `Plan::phase_steps` gives them.
+    fn new(choices: impl Iterator<Item = (usize, u32)>, seed: u64) -> Self {
         let mut total = 0;
-        let cumulative = weights
-            .map(|w| {
+        let (steps, cumulative) = choices
+            .map(|(step, w)| {
                 total += w;
-                total
+                (step, total)
             })
-            .collect();
-        StepPicker { cumulative, rng: RefCell::new(fastrand::Rng::with_seed(0x5eed ^ seed)) }
+            .unzip();
+        StepPicker { steps, cumulative, rng: RefCell::new(fastrand::Rng::with_seed(0x5eed ^ seed)) }
     }
 
     #[inline]
     fn pick(&self) -> usize {
         if self.cumulative.len() == 1 {
-            return 0;
+            return self.steps[0];
         }
-        let total = *self.cumulative.last().expect("a plan has steps");
+        let total = *self.cumulative.last().expect("a phase has steps");
         let x = self.rng.borrow_mut().u32(0..total);
-        self.cumulative.partition_point(|&c| c <= x)
+        self.steps[self.cumulative.partition_point(|&c| c <= x)]
     }
 }
 
@@ -461,12 +518,26 @@ mod tests {
 
     #[test]
     fn steps_are_picked_by_weight() {
-        let p = StepPicker::new([40, 60].into_iter(), 1);
+        let p = StepPicker::new([(0, 40), (1, 60)].into_iter(), 1);
         let mut counts = [0u32; 2];
         for _ in 0..100_000 {
             counts[p.pick()] += 1;
         }
         let share = counts[0] as f64 / 100_000.0;
         assert!((share - 0.4).abs() < 0.01, "{share}");
+    }
+
+    #[test]
+    fn a_phase_mix_picks_only_its_steps() {
+        // A phase naming steps 2 (weight 3) and 0 (weight 1) of a plan.
+        let p = StepPicker::new([(2, 3), (0, 1)].into_iter(), 7);
+        let mut counts = [0u32; 3];
+        for _ in 0..40_000 {
+            counts[p.pick()] += 1;
+        }
+        assert_eq!(counts[1], 0);
+        let share = counts[2] as f64 / 40_000.0;
+        assert!((share - 0.75).abs() < 0.015, "{share}");
+        assert_eq!(StepPicker::new([(4, 1)].into_iter(), 1).pick(), 4);
     }
 }

@@ -43,6 +43,7 @@ fn spec(phase: &str) -> RunSpec {
         plan: Arc::new(plan),
         rate_share: 1.0,
         concurrency: vec![0],
+        iterations: vec![0],
         agent_index: 0,
         agent_count: 1,
         start: SystemTime::now() + Duration::from_millis(100),

@@ -1,6 +1,7 @@
 //! Per-request handling: routing, injected delays and errors, counters.
 //!
-//! Routes: `/health` (immediately: 200 `{"ok": true, "queue": {"max": N}}`, or
+//! Routes: `/health` (immediately: 200 `{"ok": true, "queue": {"max": N},
+//! "in_flight": {"max": M}}`, or
 //! 503 `{"ok": false}` while a status or refuse window or the recovery after a
 //! pause is on), `/bytes/N` (N filler bytes),
 //! anything else (GET/HEAD: `body_size` bytes or "ok"; other methods: "ok";
@@ -128,12 +129,14 @@ pub(crate) async fn handle(
             with_status(503, RepeatBody::text(br#"{"ok": false}"#))
         } else {
             let max = shared.max_connections.load(Ordering::Relaxed);
-            Response::new(RepeatBody::owned(format!(r#"{{"ok": true, "queue": {{"max": {max}}}}}"#).into_bytes()))
+            let in_flight = counters.max_in_flight.load(Ordering::Relaxed);
+            Response::new(RepeatBody::owned(format!(r#"{{"ok": true, "queue": {{"max": {max}}}, "in_flight": {{"max": {in_flight}}}}}"#).into_bytes()))
         };
         response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
         return Ok(response);
     }
     Counters::bump(&counters.requests);
+    let _in_flight = counters.enter();
     if let Some(h) = &shared.behaviour.require_header {
         if req.headers().get(h.name.as_str()).map(|v| v.as_bytes()) != Some(h.value.as_slice()) {
             drain(req.into_body()).await;

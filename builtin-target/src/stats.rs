@@ -27,6 +27,10 @@ pub struct TargetStats {
     /// TLS handshakes that failed or timed out (HTTPS targets).
     #[serde(default)]
     pub tls_failures: u64,
+    /// The most load requests (every path but `/health`) the target was
+    /// handling at once: from the parsed head to the response handed back
+    /// (or the client gone). How a test checks a client's concurrency.
+    pub max_in_flight: u64,
 }
 
 /// Live counters shared by the accept loop and every connection.
@@ -42,11 +46,22 @@ pub(crate) struct Counters {
     pub(crate) health_checks: AtomicU64,
     pub(crate) connections: AtomicU64,
     pub(crate) tls_failures: AtomicU64,
+    /// Load requests being handled now, and the most at once.
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) max_in_flight: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one load request in flight until the guard drops (answered,
+    /// or its connection gone mid-wait).
+    pub(crate) fn enter(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Relaxed);
+        InFlight(self)
     }
 
     pub(crate) fn snapshot(&self) -> TargetStats {
@@ -58,6 +73,16 @@ impl Counters {
             health_checks: self.health_checks.load(Relaxed),
             connections: self.connections.load(Relaxed),
             tls_failures: self.tls_failures.load(Relaxed),
+            max_in_flight: self.max_in_flight.load(Relaxed),
         }
+    }
+}
+
+/// One load request being handled (see [`Counters::enter`]).
+pub(crate) struct InFlight<'a>(&'a Counters);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
     }
 }

@@ -50,7 +50,7 @@ fn load(text: &str, format: Format, sets: &[&str], target: Option<&str>) -> Resu
 fn variables_fill_values_of_every_kind() {
     let p = load(YAML, Format::Yaml, &[], None).unwrap();
     assert_eq!(p.target, "http://10.1.2.3:8080");
-    assert_eq!(p.phases[0].duration.as_duration().as_secs(), 45);
+    assert_eq!(p.phases[0].length().as_secs(), 45);
     assert_eq!(p.phases[0].load.rate.unwrap().as_per_second(), 300.0);
     assert_eq!(p.phases[1].load.concurrency, Some(8), "a number from a variable");
     assert_eq!(p.steps[0].request.path, "/items?q=${literal}", "`$${{` is a literal `${{`");
@@ -63,7 +63,7 @@ fn toml_and_json_take_variables_too() {
     assert_eq!((p.target.as_str(), p.phases[0].load.concurrency), ("http://10.1.2.3:1", Some(8)));
     let json = r#"{"name":"p","target":"http://${HOST}:1","phases":[{"name":"a","duration":"${HOLD}","load":{"model":"open","rate":"${RATE}"}}],"steps":[{"name":"s"}]}"#;
     let p = load(json, Format::Json, &[], None).unwrap();
-    assert_eq!(p.phases[0].duration.as_duration().as_secs(), 45);
+    assert_eq!(p.phases[0].length().as_secs(), 45);
 }
 
 #[test]
@@ -82,14 +82,14 @@ fn an_unset_variable_is_an_error_on_its_line() {
 #[test]
 fn set_overrides_fields_and_creates_missing_ones() {
     let p = load(YAML, Format::Yaml, &["phases[0].duration=30s", "slos[1].pass=< 0.5%", "agents.count=3", "phases[1].load.concurrency=2", "timeout=2s"], None).unwrap();
-    assert_eq!(p.phases[0].duration.as_duration().as_secs(), 30);
+    assert_eq!(p.phases[0].length().as_secs(), 30);
     assert_eq!(p.agents.count, Some(3));
     assert_eq!(p.phases[1].load.concurrency, Some(2));
     assert_eq!(p.timeout.as_duration().as_secs(), 2);
     assert_eq!(serde_json::to_value(&p.slos[1]).unwrap()["pass"], "< 0.5%");
     // A later --set wins; `null` removes a field (its default applies).
     let p = load(YAML, Format::Yaml, &["phases[0].duration=1s", "phases[0].duration=2s", "builtin_target=null"], None).unwrap();
-    assert_eq!(p.phases[0].duration.as_duration().as_secs(), 2);
+    assert_eq!(p.phases[0].length().as_secs(), 2);
     assert!(p.builtin_target.is_none());
     // An overridden field needs no variable.
     let text = YAML.replace("${HOLD:-10s}", "${NOT_SET}");

@@ -285,7 +285,11 @@ impl Aggregate {
         if let Some(h) = iv.hist.as_mut() {
             histogram::add(h, &ok_latency).map_err(|e| SnapshotError::Decode { seq, source: e.into() })?;
         }
-        let complete = iv.reported >= expected;
+        // An agent whose last snapshot came before this interval (its
+        // iterations were done early) will never send it.
+        let ended_before = self.agents.values().filter(|a| a.last_seq.is_some_and(|l| l < seq)).count();
+        let iv = self.landed.get_mut(&seq).expect("inserted above");
+        let complete = iv.reported + ended_before >= expected;
         if complete {
             iv.seal();
         }

@@ -41,7 +41,7 @@ pub fn check(plan: &Plan, agents: &[AgentEntry], concurrency: &[Vec<u32>]) -> Re
                 continue;
             }
             let (needs, what, advice) = match load.model {
-                Model::Closed => {
+                Model::Closed | Model::Iterations => {
                     let needs = u64::from(concurrency[pi][ai]);
                     let total = u64::from(load.concurrency.unwrap_or(0));
                     (needs, "closed-model concurrency", spread(total, holds, "concurrency"))

@@ -119,7 +119,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     // In u64: two agents declaring `--capacity 3000000000` would wrap a u32.
     let total_capacity: u64 = capacities.iter().map(|&c| u64::from(c)).sum();
     let per_phase: Vec<Vec<u32>> =
-        plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Closed { p.load.concurrency.unwrap_or(0) } else { 0 }, &capacities)).collect();
+        plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Open { 0 } else { p.load.concurrency.unwrap_or(0) }, &capacities)).collect();
+    let iterations = crate::split::iterations(&plan, &per_phase);
     // A fault-only agent (capacity 0) gets no share; with no load agent at
     // all (a dry run) nobody does.
     let rate_shares: Vec<f64> = capacities.iter().map(|&c| if total_capacity == 0 { 0.0 } else { f64::from(c) / total_capacity as f64 }).collect();
@@ -154,6 +155,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             agent_count: agents.len() as u32,
             faults: faults_per_agent[i].clone(),
             dry_run: req.dry_run,
+            iterations: iterations.iter().map(|p| p[i]).collect(),
             simulate_faults: req.simulate_faults,
             secrets: stampede_proto::secrets_to_wire(&plan.secrets_for_agent(i, &secrets)),
         };

@@ -1,5 +1,7 @@
 //! Splitting fleet-wide numbers between agents by declared capacity.
 
+use stampede_common::plan::Plan;
+
 /// Splits `total` into integer parts proportional to `capacities`, by the
 /// largest remainder, so the parts always add up to `total` exactly.
 pub fn split_by_capacity(total: u32, capacities: &[u32]) -> Vec<u32> {
@@ -24,9 +26,61 @@ pub fn split_by_capacity(total: u32, capacities: &[u32]) -> Vec<u32> {
     parts
 }
 
+/// Each agent's iterations per phase (`[phase][agent]`), from its share of
+/// the phase's connections (`concurrency[phase][agent]`): `per_worker` times
+/// that share, or `count` split in proportion to it by the largest
+/// remainder — exact in total, and 0 for an agent without connections (it
+/// could not send them). 0 for phases of other models.
+pub fn iterations(plan: &Plan, concurrency: &[Vec<u32>]) -> Vec<Vec<u64>> {
+    plan.phases
+        .iter()
+        .zip(concurrency)
+        .map(|(p, shares)| match (p.load.iterations(), p.load.per_worker) {
+            (None, _) => vec![0; shares.len()],
+            (Some(_), Some(per)) => shares.iter().map(|&c| u64::from(per) * u64::from(c)).collect(),
+            (Some(count), None) => split_u64(count, shares),
+        })
+        .collect()
+}
+
+/// [`split_by_capacity`] for a `u64` total (validation keeps it under 10⁹).
+fn split_u64(total: u64, weights: &[u32]) -> Vec<u64> {
+    let sum: u64 = weights.iter().map(|&c| u64::from(c)).sum();
+    if sum == 0 {
+        return vec![0; weights.len()];
+    }
+    // In u128: total × weight stays exact, no float rounding to argue about.
+    let exact = |c: u32| u128::from(total) * u128::from(c);
+    let mut parts: Vec<u64> = weights.iter().map(|&c| (exact(c) / u128::from(sum)) as u64).collect();
+    let mut order: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0).collect();
+    order.sort_by(|&a, &b| (exact(weights[b]) % u128::from(sum)).cmp(&(exact(weights[a]) % u128::from(sum))).then(a.cmp(&b)));
+    let mut left = total - parts.iter().sum::<u64>();
+    for i in order.into_iter().cycle() {
+        if left == 0 {
+            break;
+        }
+        parts[i] += 1;
+        left -= 1;
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iterations_follow_the_connections_exactly() {
+        assert_eq!(split_u64(100, &[2, 1, 1]), vec![50, 25, 25]);
+        assert_eq!(split_u64(100, &[2, 1, 0]), vec![67, 33, 0]);
+        assert_eq!(split_u64(1, &[0, 1, 1]), vec![0, 1, 0]);
+        assert_eq!(split_u64(7, &[0, 0]), vec![0, 0]);
+        for total in 0..300u64 {
+            let parts = split_u64(total, &[3, 0, 2, 7]);
+            assert_eq!(parts.iter().sum::<u64>(), total);
+            assert_eq!(parts[1], 0);
+        }
+    }
 
     #[test]
     fn parts_add_up_and_follow_capacity() {

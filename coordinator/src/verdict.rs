@@ -59,7 +59,7 @@ pub use crate::judge::SloResult;
 pub fn observe(plan: &Plan, stats: &RunStats, metric: &Metric, scope: &Scope) -> Option<f64> {
     let parts = scope.parts().ok()?;
     let seconds = match parts.phase.and_then(|n| plan.phase_index(n)) {
-        Some(i) => plan.phases[i].duration.as_duration().as_secs_f64(),
+        Some(i) => plan.phases[i].length().as_secs_f64(),
         None => plan.duration().as_secs_f64(),
     };
     crate::judge::observe(plan, metric, stats, &crate::judge::KeyFilter::new(plan, &parts), seconds)
@@ -87,6 +87,44 @@ pub fn saturated_phases(plan: &Plan, stats: &RunStats) -> Vec<String> {
         .enumerate()
         .filter(|(i, p)| p.load.model == Model::Open && stats.schedule.get(&(*i as u32)).is_some_and(|s| s.saturated()))
         .map(|(_, p)| p.name.clone())
+        .collect()
+}
+
+/// An iterations phase whose count was not all sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortIterations {
+    pub phase: String,
+    pub planned: u64,
+    pub done: u64,
+    pub max_duration: std::time::Duration,
+}
+
+impl fmt::Display for ShortIterations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "phase {}: {} of {} iterations did not run by its max_duration ({:?}); the rules are not evaluated on a partial count",
+            self.phase,
+            self.planned.saturating_sub(self.done),
+            self.planned,
+            self.max_duration
+        )
+    }
+}
+
+/// Iterations phases with fewer requests than their count, fleet-wide.
+/// Every iteration started is a request counted in its phase, whatever its
+/// outcome (an error, a timeout, `aborted`), so the difference is exactly
+/// the iterations that never started.
+pub fn short_iterations(plan: &Plan, stats: &RunStats) -> Vec<ShortIterations> {
+    plan.phases
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let planned = p.load.iterations()?;
+            let done = stats.steps.iter().filter(|(k, _)| k.phase == i as u32).map(|(_, r)| r.requests).sum::<u64>();
+            (done < planned).then(|| ShortIterations { phase: p.name.clone(), planned, done, max_duration: p.length() })
+        })
         .collect()
 }
 
@@ -143,8 +181,15 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
     let aborted = matches!(stop, Some(Stop::Aborted { .. }));
 
     let slos = evaluate_slos(plan, stats, agg, start_unix_nanos, &faults.windows());
+    // An iterations phase that did not do its count by its max_duration:
+    // the drill did not do what the plan says (k6 users expect the count
+    // of iterations that did not run), and what it did is partial.
+    let short = short_iterations(plan, stats);
+    for s in &short {
+        reasons.push(s.to_string());
+    }
     // Partial data vouches for nothing: a rule it satisfies is not a pass.
-    let slos: Vec<SloResult> = if incomplete { slos.into_iter().map(not_evaluated).collect() } else { slos };
+    let slos: Vec<SloResult> = if incomplete || !short.is_empty() { slos.into_iter().map(not_evaluated).collect() } else { slos };
 
     // A fault that did not happen, or did not go away, means the run did not
     // test what the plan describes: its numbers cannot vouch for the SLOs.
@@ -164,7 +209,11 @@ pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop
             sch.late,
         ));
     }
-    let verdict = if aborted { Verdict::Fail } else { decide(incomplete, !saturated.is_empty() || !broken.is_empty(), &slos) };
+    let verdict = match decide(incomplete, !saturated.is_empty() || !broken.is_empty(), &slos) {
+        _ if aborted => Verdict::Fail,
+        Verdict::Pass | Verdict::Warn if !short.is_empty() => Verdict::Fail,
+        v => v,
+    };
     Judgment { verdict, reasons, slos }
 }
 

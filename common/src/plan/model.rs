@@ -85,11 +85,28 @@ fn default_timeout() -> Dur {
 #[serde(deny_unknown_fields)]
 pub struct Phase {
     pub name: String,
-    pub duration: Dur,
+    /// Required for the open and closed models; an iterations phase lasts
+    /// `load.max_duration` instead (see [`Phase::length`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Dur>,
     pub load: Load,
+    /// The steps this phase sends, with their weights (default: every step
+    /// of the plan with its own weight). See `phase.rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<super::PhaseStep>>,
 }
 
-/// Written `open` or `closed`. Parsed from a string rather than as a serde
+impl Phase {
+    /// The phase's length on the run's timeline: its `duration`, or for an
+    /// iterations phase its `max_duration` (the next phase starts then on
+    /// every agent, however early this one's count was done). Validation
+    /// makes sure exactly one of them is set.
+    pub fn length(&self) -> std::time::Duration {
+        self.duration.or(self.load.max_duration).map_or(std::time::Duration::ZERO, |d| d.as_duration())
+    }
+}
+
+/// Written `open`, `closed` or `iterations`. Parsed from a string rather than as a serde
 /// enum so an unknown model gets our message, not the loader's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -99,6 +116,10 @@ pub enum Model {
     /// A fixed number of connections, each sending its next request when the
     /// previous answered (wrk, k6's constant-vus).
     Closed,
+    /// A fixed number of requests at a fixed concurrency, done as fast as
+    /// the target answers, within `max_duration` (k6's shared-iterations
+    /// and per-vu-iterations executors).
+    Iterations,
 }
 
 impl Model {
@@ -106,6 +127,7 @@ impl Model {
         match self {
             Model::Open => "open",
             Model::Closed => "closed",
+            Model::Iterations => "iterations",
         }
     }
 }
@@ -116,7 +138,8 @@ impl std::str::FromStr for Model {
         match s {
             "open" => Ok(Model::Open),
             "closed" => Ok(Model::Closed),
-            _ => Err(format!("unknown model `{s}`, expected `open` or `closed`")),
+            "iterations" => Ok(Model::Iterations),
+            _ => Err(format!("unknown model `{s}`, expected `open`, `closed` or `iterations`")),
         }
     }
 }
@@ -152,9 +175,21 @@ pub struct Load {
     /// Open model: ramp linearly from `rate` to this rate over the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<Rate>,
-    /// Closed model: connections kept busy, fleet-wide.
+    /// Closed and iterations models: connections kept busy, fleet-wide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Iterations model: requests in total over the fleet (k6's
+    /// shared-iterations `iterations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Iterations model: requests per connection, so `concurrency ×
+    /// per_worker` in total (k6's per-vu-iterations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_worker: Option<u32>,
+    /// Iterations model: the phase's length on the timeline; iterations not
+    /// started by then do not run (k6's `maxDuration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<Dur>,
     /// Open model: most requests in flight per agent; an arrival beyond it is
     /// dropped and counted (k6's maxVUs). Default: [`default_max_in_flight`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -352,7 +387,7 @@ impl Plan {
     }
     /// Total planned duration of all phases.
     pub fn duration(&self) -> std::time::Duration {
-        self.phases.iter().map(|p| p.duration.as_duration()).sum()
+        self.phases.iter().map(Phase::length).sum()
     }
     /// Offset of each phase's start from the run start.
     pub fn phase_offsets(&self) -> Vec<std::time::Duration> {
@@ -361,7 +396,7 @@ impl Plan {
             .iter()
             .map(|p| {
                 let start = at;
-                at += p.duration.as_duration();
+                at += p.length();
                 start
             })
             .collect()

@@ -1,14 +1,12 @@
 //! Checks a plan's meaning once its shape is known: names unique and
-//! referenced names existing, every load complete for its model, weights and
-//! rates sensible; the SLO rules in `slo_rules.rs`.
+//! referenced names existing, weights sensible; each phase's load for its
+//! model and its step mix in `phase.rs`; the SLO rules in `slo_rules.rs`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::limits::{
-    MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_FAULTS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PHASES, MAX_RATE, MAX_SLOS, MAX_STEPS,
-};
-use super::{Load, Model, Plan, Request, MAX_CHECKS, MAX_CHECKS_PER_STEP};
+use super::limits::{MAX_BODY_BYTES, MAX_FAULTS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PHASES, MAX_SLOS, MAX_STEPS};
+use super::{Model, Plan, Request, MAX_CHECKS, MAX_CHECKS_PER_STEP};
 
 /// Requests slower than this are not measured (the histograms' range), so no
 /// timeout may be longer.
@@ -80,49 +78,11 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         if !names.insert(phase.name.as_str()) {
             return err(at("name"), &format!("phase `{}` is defined twice", phase.name));
         }
-        if phase.duration.as_duration().is_zero() {
-            return err(at("duration"), "must be more than 0s");
-        }
-        total = total.saturating_add(phase.duration.as_duration());
+        super::phase::check_phase(i, phase)?;
+        total = total.saturating_add(phase.length());
         if total > MAX_RUN {
-            return err(at("duration"), "makes the phases add up to more than 365 days");
-        }
-        let load = &phase.load;
-        match load.model {
-            Model::Open => {
-                match load.rate {
-                    None => return err(at("load.rate"), "the open model needs a `rate`, e.g. `200/s`"),
-                    Some(r) if r.as_per_second() <= 0.0 && load.to.is_none_or(|t| t.as_per_second() <= 0.0) => {
-                        return err(at("load.rate"), "must be more than 0/s (or ramp `to` a rate above 0)")
-                    }
-                    Some(_) => {}
-                }
-                check_rates(load).map_err(|(field, m)| (at(field), m))?;
-                if load.concurrency.is_some() {
-                    return err(at("load.concurrency"), "belongs to the closed model; the open model takes `rate`");
-                }
-                if load.max_in_flight == Some(0) {
-                    return err(at("load.max_in_flight"), "must be at least 1");
-                }
-            }
-            Model::Closed => {
-                match load.concurrency {
-                    None => return err(at("load.concurrency"), "the closed model needs `concurrency`, e.g. 50"),
-                    Some(0) => return err(at("load.concurrency"), "must be at least 1"),
-                    Some(c) if c > MAX_CONCURRENCY => {
-                        return err(
-                            at("load.concurrency"),
-                            &format!("{c} connections is more than stampede keeps busy ({MAX_CONCURRENCY} across the fleet): lower it, and spread large loads over more agents (each connection takes an open file on one)"),
-                        )
-                    }
-                    Some(_) => {}
-                }
-                for (field, set) in [("rate", load.rate.is_some()), ("to", load.to.is_some()), ("max_in_flight", load.max_in_flight.is_some())] {
-                    if set {
-                        return err(at(&format!("load.{field}")), "belongs to the open model; the closed model takes `concurrency`");
-                    }
-                }
-            }
+            let field = if phase.load.model == Model::Iterations { "load.max_duration" } else { "duration" };
+            return err(at(field), "makes the phases add up to more than 365 days");
         }
     }
 
@@ -149,6 +109,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
         check_request(&step.request).map_err(|(field, m)| (at(&format!("request{field}")), m))?;
     }
 
+    super::phase::check_phase_steps(plan)?;
     check_checks(plan)?;
     super::fault::validate_faults(plan)?;
     super::probe::validate_probes(plan)?;
@@ -273,21 +234,6 @@ fn check_counts(plan: &Plan) -> Result<(), (String, String)> {
         Some((field, n, max)) => Err((field.to_string(), format!("has {n} entries; a plan may have at most {max}"))),
         None => Ok(()),
     }
-}
-
-/// An open phase's rates (`Rate` itself refuses NaN, infinities and
-/// negatives): at most [`MAX_RATE`] fleet-wide. `1e12/s` used to be
-/// attempted, sent nothing and left a worker spinning (issue 8, item 10).
-fn check_rates(load: &Load) -> Result<(), (&'static str, String)> {
-    for (field, rate) in [("load.rate", load.rate), ("load.to", load.to)] {
-        if let Some(r) = rate.map(|r| r.as_per_second()).filter(|&r| r > MAX_RATE) {
-            return Err((
-                field,
-                format!("{r}/s is more than stampede sends ({MAX_RATE}/s across the fleet): lower the rate, and spread large loads over more agents (one agent sends far less)"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// A base URL, `http://host[:port]` or `https://host[:port]`.

@@ -264,7 +264,7 @@ pub const CASES: &[Case] = &[
         edits: &[("model: closed", "model: half")],
         path: "phases[1].load.model",
         line: Some(12),
-        message: "unknown model `half`, expected `open` or `closed`",
+        message: "unknown model `half`, expected `open`, `closed` or `iterations`",
     },
     // ---- names
     Case {

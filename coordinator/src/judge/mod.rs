@@ -138,7 +138,7 @@ fn judge(plan: &Plan, total: &RunStats, source: &dyn IntervalSource, grid: &Grid
 /// duration, else the whole run's.
 fn totals_seconds(plan: &Plan, parts: &Parts<'_>) -> f64 {
     match parts.phase.and_then(|n| plan.phase_index(n)) {
-        Some(i) => plan.phases[i].duration.as_duration().as_secs_f64(),
+        Some(i) => plan.phases[i].length().as_secs_f64(),
         None => plan.duration().as_secs_f64(),
     }
 }

@@ -154,7 +154,7 @@ impl Grid {
     /// The intervals of a phase, for a series judged within it.
     pub fn phase(&self, plan: &Plan, index: usize) -> Covered {
         let offset = plan.phase_offsets()[index].as_nanos() as i64;
-        let length = plan.phases[index].duration.as_duration().as_nanos() as i64;
+        let length = plan.phases[index].length().as_nanos() as i64;
         self.covered(offset, offset + length)
     }
 }

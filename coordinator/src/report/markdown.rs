@@ -100,9 +100,11 @@ fn tables(r: &Report, out: &mut String) {
     let _ = writeln!(out, "| phase | model | requests | errors | req/s | p50 | p90 | p95 | p99 | p99.9 | max (ms) | schedule |");
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for p in &r.phases {
-        let schedule = match &p.schedule {
-            None => "closed model".to_string(),
-            Some(s) => format!(
+        let schedule = match (&p.schedule, &p.iterations) {
+            (None, Some(it)) if it.not_run > 0 => format!("{} of {} iterations done — {} NOT RUN (max_duration)", it.done, it.planned, it.not_run),
+            (None, Some(it)) => format!("{} of {} iterations done", it.done, it.planned),
+            (None, None) => "closed model".to_string(),
+            (Some(s), _) => format!(
                 "{} due, {} dropped, {} late{}",
                 s.scheduled,
                 s.dropped,

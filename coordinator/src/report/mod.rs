@@ -152,6 +152,19 @@ pub struct PhaseReport {
     /// Open model only: how well the client kept its schedule.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleReport>,
+    /// Iterations model only: the count, and how much of it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<IterationsReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IterationsReport {
+    /// The phase's count, fleet-wide (`count`, or `per_worker` × `concurrency`).
+    pub planned: u64,
+    /// Iterations started (each one a request of the phase, any outcome).
+    pub done: u64,
+    /// Iterations that never started: `max_duration` came first.
+    pub not_run: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -461,7 +474,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
         .enumerate()
         .map(|(i, p)| {
             let s = stats.summarize(|k| k.phase == i as u32);
-            let secs = p.duration.as_duration().as_secs_f64();
+            let secs = p.length().as_secs_f64();
             let schedule = (p.load.model == Model::Open).then(|| {
                 let sch: ScheduleStats = stats.schedule.get(&(i as u32)).copied().unwrap_or_default();
                 let mut lag = stampede_common::histogram::new_hist();
@@ -491,6 +504,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
                 bytes_received: stats.steps.iter().filter(|(k, _)| k.phase == i as u32).map(|(_, r)| r.bytes_received).sum(),
                 statuses: statuses(stats, |k| k.phase == i as u32),
                 schedule,
+                iterations: p.load.iterations().map(|planned| IterationsReport { planned, done: s.requests, not_run: planned.saturating_sub(s.requests) }),
             }
         })
         .collect();
