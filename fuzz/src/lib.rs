@@ -104,6 +104,10 @@ const PLAN_FIELDS: &[&str] = &[
     "weight", "request", "method", "path", "body", "headers", "expect", "status", "slos", "metric", "scope", "pass", "warn",
     "faults", "kind", "at", "netem", "delay", "jitter", "correlation", "distribution", "loss", "duplicate", "corrupt", "reorder",
     "dst", "port", "dev", "instance", "driver", "pid", "force", "start", "cpu", "workers", "memory", "size",
+    "per_worker", "max_duration", "probes", "every", "steady_state", "within", "abort_when", "threshold", "for",
+    "checks", "json", "header", "equals", "matches", "body_contains", "body_matches", "fault", "rules", "consecutive",
+    "windows", "after_pause", "require_header", "unless_unhealthy", "value", "tls", "ca", "cert", "key",
+    "insecure_skip_verify", "require_client_cert", "secret_env", "secret_file", "prefix", "suffix",
 ];
 
 /// An error's field path without indices, and with `?` for what is not a

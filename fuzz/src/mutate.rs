@@ -57,6 +57,13 @@ pub const DICTIONARY: &[&[u8]] = &[
     b"&a ", b"*a", b"<<: ", b"!!str ", b"!!binary ", b"---\n", b"...\n", b"|\n", b">\n", b"~", b"null", b"true",
     b"= ", b"[[phases]]\n", b"[[steps]]\n", b"[phases.load]\n", b"{}", b"[]", b"\\u0000", b"\\ud800", b"\t",
     b"\xc3\xa9", b"\xef\xbb\xbf", b"\x00", b"\xff",
+    // Drill and real-service keys (issues 9 and 10).
+    b"model: iterations", b"per_worker: ", b"max_duration: ", b"probes:", b"every: ", b"steady_state:",
+    b"within: ", b"abort_when:", b"threshold: ", b"for: ", b"checks:", b"json: ", b"$.ok == true", b"$.a[0]",
+    b"body_contains: ", b"body_matches: ", b"body_size: ", b"max_streak(", b"recovery_time", b"outside:faults",
+    b"before:", b"probe:", b" in ", b"status:5xx", b"check:", b"unless_unhealthy: ", b"windows:",
+    b"after_pause: ", b"tls: ", b"ca: ", b"insecure_skip_verify: true", b"secret_env: ", b"secret_file: ",
+    b"prefix: ", b"${", b"${X:-", b"$${", b"}",
     // protobuf: field keys (varint, length-delimited), long varints.
     b"\x08", b"\x10", b"\x18", b"\x22", b"\x32", b"\x3a", b"\x40", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
     b"\x80\x80\x80\x80\x10",
