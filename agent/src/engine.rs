@@ -129,6 +129,8 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
     // take iterations from it, so a fast connection does more (k6's
     // shared-iterations) and the agent's share is done exactly.
     let iterations: Arc<Vec<AtomicU64>> = Arc::new(spec.iterations.iter().map(|&n| AtomicU64::new(n)).collect());
+    // `{{seq}}`'s count for the whole agent (docs/plan.md, "Templates").
+    let seq = Arc::new(AtomicU64::new(0));
     let (parts_tx, parts_rx) = mpsc::unbounded_channel();
     for index in 0..workers {
         let connections = spec.concurrency.iter().map(|&c| split(c, workers, index)).collect();
@@ -144,6 +146,8 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
             arrival_offset: spec.agent_index as f64 / spec.agent_count.max(1) as f64,
             connections,
             iterations: iterations.clone(),
+            seq: seq.clone(),
+            fleet: worker::Fleet { index: spec.agent_index as u64, count: spec.agent_count.max(1) as u64 },
             max_connections,
             run_start,
             parts: parts_tx.clone(),

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::check::{keep_body, CheckBits, CompiledChecks, Received};
 use crate::connect::error_kind;
+use crate::template::{Ctx, Dynamic};
 
 /// A step's request, serialized once.
 #[derive(Debug, Clone)]
@@ -38,13 +39,18 @@ pub struct RequestTemplate {
     head: bool,
     /// The step's checks; `None` (most steps) keeps the lean path.
     checks: Option<Arc<CompiledChecks>>,
+    /// A step with `{{...}}` in its path, headers or body: rendered per
+    /// request (`template.rs`) instead of `bytes`. `None` (most steps)
+    /// keeps the lean path.
+    dynamic: Option<Arc<Dynamic>>,
 }
 
 impl RequestTemplate {
     pub fn new(step: &Step, authority: &str) -> Self {
         let r = &step.request;
         let body = r.body.as_ref().map_or("", Text::sent);
-        let mut s = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: stampede/{}\r\n", r.method, r.path, env!("CARGO_PKG_VERSION"));
+        let user_agent = concat!("User-Agent: stampede/", env!("CARGO_PKG_VERSION"), "\r\n");
+        let mut s = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\n{user_agent}", r.method, r.path);
         for (name, value) in &r.headers {
             s.push_str(&format!("{name}: {}\r\n", value.sent()));
         }
@@ -53,12 +59,26 @@ impl RequestTemplate {
         }
         s.push_str("\r\n");
         s.push_str(body);
-        RequestTemplate {
+        let mut t = RequestTemplate {
             bytes: Bytes::from(s),
             expect: step.expect.as_ref().map(|e| e.status.clone()).unwrap_or_default(),
             head: r.method == "HEAD",
             checks: None,
+            dynamic: None,
+        };
+        // Only a request with `{{` goes further; every other one is done.
+        match Dynamic::new(r, authority, user_agent) {
+            None => {}
+            // Only `\{{` escapes: unescaped once, then as lean as any.
+            Some(d) if d.is_static() => t.bytes = Bytes::from(d.render(Ctx::default())),
+            Some(d) => t.dynamic = Some(Arc::new(d)),
         }
+        t
+    }
+
+    /// The templated request, when the step has templates.
+    pub fn dynamic(&self) -> Option<&Dynamic> {
+        self.dynamic.as_deref()
     }
 
     /// The same request, its responses judged by `checks` (none: no change).
@@ -116,10 +136,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Sends `req` and reads the whole response. On `Ok`, the connection can
     /// be reused only if `keep_alive` came back true.
     pub async fn round_trip(&mut self, req: &RequestTemplate) -> Result<(Response, bool), RequestError> {
+        self.round_trip_with(req, &req.bytes).await
+    }
+
+    /// [`Conn::round_trip`], sending `wire` (a templated request rendered
+    /// for this one time) instead of `req`'s serialized bytes.
+    pub async fn round_trip_with(&mut self, req: &RequestTemplate, wire: &[u8]) -> Result<(Response, bool), RequestError> {
         let reused = self.served > 0;
         self.served += 1;
         let stale_or = |kind| if reused { RequestError::Stale } else { RequestError::Failed(kind) };
-        if let Err(e) = self.stream.write_all(&req.bytes).await {
+        if let Err(e) = self.stream.write_all(wire).await {
             return Err(stale_or(error_kind(&e)));
         }
         self.buf.clear();
@@ -369,5 +395,28 @@ mod tests {
         let text = std::str::from_utf8(&t.bytes).unwrap();
         assert!(text.starts_with("POST /items HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"));
         assert!(text.contains("content-type: application/json\r\nContent-Length: 2\r\n\r\n{}"));
+    }
+
+    /// The lean path stays as it was: a step without `{{` is serialized once,
+    /// byte for byte as before templates existed, and never rendered.
+    #[test]
+    fn a_step_without_templates_keeps_its_bytes_serialized_once() {
+        let step: Step = serde_json::from_str(r#"{"name":"w","request":{"method":"PUT","path":"/a?b=c","body":"{\"a\":{\"b\":1}}","headers":{"x-a":"1"}}}"#).unwrap();
+        let t = RequestTemplate::new(&step, "h:1");
+        assert!(t.dynamic().is_none());
+        let want = format!("PUT /a?b=c HTTP/1.1\r\nHost: h:1\r\nUser-Agent: stampede/{}\r\nx-a: 1\r\nContent-Length: 13\r\n\r\n{{\"a\":{{\"b\":1}}}}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(std::str::from_utf8(&t.bytes).unwrap(), want);
+    }
+
+    #[test]
+    fn a_templated_step_renders_per_request_and_an_escaped_one_does_not() {
+        let step: Step = serde_json::from_str(r#"{"name":"w","request":{"path":"/i/{{seq}}"}}"#).unwrap();
+        let t = RequestTemplate::new(&step, "h:1");
+        let wire = t.dynamic().expect("templated").render(Ctx { seq: 9, worker: 0, iteration: 0 });
+        assert!(wire.starts_with(b"GET /i/9 HTTP/1.1\r\n"));
+        let step: Step = serde_json::from_str(r#"{"name":"w","request":{"path":"/i/\\{{seq}}"}}"#).unwrap();
+        let t = RequestTemplate::new(&step, "h:1");
+        assert!(t.dynamic().is_none());
+        assert!(t.bytes.starts_with(b"GET /i/{{seq}} HTTP/1.1\r\n"));
     }
 }

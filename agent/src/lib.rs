@@ -14,6 +14,8 @@
 //!   closed-model connection loops, the connection pool.
 //! - `schedule`: when each open-model arrival is due (pure arithmetic).
 //! - `http`: the allocation-free HTTP/1.1 client, generic over its stream.
+//! - `template`: a step's or probe's `{{seq}}`/`{{uuid}}`/... rendered per
+//!   request (only for requests that have them).
 //! - [`connect`]: the target's URL and addresses (all of them, resolved
 //!   again on a period) and the dialer: TCP, and TLS for `https://`.
 //! - `recorder`: a worker's per-interval histograms and counters.
@@ -32,4 +34,5 @@ pub mod probe;
 mod recorder;
 mod schedule;
 pub mod session;
+mod template;
 mod worker;

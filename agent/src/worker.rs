@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connect::{Addrs, Dialer, Stream};
 use crate::http::{Conn, RequestError, RequestTemplate, Response};
+use crate::template::Ctx;
 use crate::recorder::{Outcome, Recorder};
 use crate::schedule::ArrivalSchedule;
 
@@ -59,12 +60,40 @@ pub struct WorkerPlan {
     /// The agent's iterations left to start, per phase, shared by its
     /// workers (see `engine.rs`).
     pub iterations: Arc<Vec<AtomicU64>>,
+    /// The agent's templated requests so far, shared by its workers: `n` of
+    /// `{{seq}}` (see [`Fleet`]).
+    pub seq: Arc<AtomicU64>,
+    pub fleet: Fleet,
     /// How many connections this process may hold (its open-files limit
     /// less a reserve): the default in-flight bound never goes past it.
     pub max_connections: u32,
     pub run_start: Instant,
     pub parts: UnboundedSender<Part>,
     pub cancel: CancellationToken,
+}
+
+/// This agent's place in the run, which makes `{{seq}}` and `{{worker}}`
+/// unique across the fleet: agent `index` of `count` takes the numbers
+/// `index + count × n` (docs/plan.md, "Templates").
+#[derive(Debug, Clone, Copy)]
+pub struct Fleet {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Fleet {
+    fn unique(self, n: u64) -> u64 {
+        self.index + self.count.max(1) * n
+    }
+}
+
+/// Who sends a request, for `{{worker}}` and `{{iteration}}`: the agent's
+/// virtual user (a closed or iterations connection loop, or in an open
+/// phase the worker thread) and its request count in the phase.
+#[derive(Debug, Clone, Copy)]
+struct User {
+    local: u64,
+    iteration: u64,
 }
 
 /// A worker's measurements for interval `seq`.
@@ -121,6 +150,13 @@ impl Worker {
         if self.first_request.get().is_none() {
             self.first_request.set(Some(self.plan.run_start + started.saturating_duration_since(intended)));
         }
+    }
+
+    /// The agent-wide number of this worker's connection loop `j`: loops
+    /// are dealt to workers in turn (`engine::split`), so `j × workers +
+    /// index` numbers the agent's loops 0, 1, ... without a gap.
+    fn user_of_loop(&self, j: u32) -> u64 {
+        j as u64 * self.plan.workers as u64 + self.plan.index as u64
     }
 }
 
@@ -180,8 +216,8 @@ async fn run(plan: WorkerPlan) {
                 }
             }
             Model::Closed => {
-                for _ in 0..w.plan.connections[i] {
-                    tokio::task::spawn_local(closed_loop(w.clone(), i, start, end));
+                for j in 0..w.plan.connections[i] {
+                    tokio::task::spawn_local(closed_loop(w.clone(), i, start, end, w.user_of_loop(j)));
                 }
                 tokio::select! {
                     _ = sleep_until(end.into()) => {}
@@ -191,7 +227,7 @@ async fn run(plan: WorkerPlan) {
             Model::Iterations => {
                 let per_worker = phase.load.per_worker;
                 let loops: Vec<_> = (0..w.plan.connections[i])
-                    .map(|_| tokio::task::spawn_local(iterations_loop(w.clone(), i, start, end, per_worker)))
+                    .map(|j| tokio::task::spawn_local(iterations_loop(w.clone(), i, start, end, per_worker, w.user_of_loop(j))))
                     .collect();
                 let all_done = async {
                     for l in loops {
@@ -332,7 +368,8 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
                 recorder.request(phase, w.pickers[phase].pick(), Outcome::Failed(ErrorKind::Dropped), intended, now, now, 0);
             } else {
                 w.in_flight.set(w.in_flight.get() + 1);
-                tokio::task::spawn_local(open_request(w.clone(), phase, intended));
+                let user = User { local: w.plan.index as u64, iteration: k };
+                tokio::task::spawn_local(open_request(w.clone(), phase, intended, user));
             }
             k += stride;
         }
@@ -342,15 +379,14 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
     }
 }
 
-async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant) {
+async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant, user: User) {
     let started = Instant::now();
     w.note_first_request(intended, started);
     w.recorder.borrow_mut().arrival(phase, Some(started.saturating_duration_since(intended)));
     let step = w.pickers[phase].pick();
     let conn = w.pool.borrow_mut().pop();
-    let (outcome, conn, handshake) = run_or_abort(&w, conn, step).await;
+    let (outcome, conn, handshake, sent) = run_or_abort(&w, conn, step, user).await;
     let done = Instant::now();
-    let sent = w.plan.templates[step].wire_len() as u64;
     {
         let mut recorder = w.recorder.borrow_mut();
         recorder.request(phase, step, outcome, intended, started, done, sent);
@@ -366,15 +402,15 @@ async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant) {
 
 /// One closed-model connection: the next request goes out when the previous
 /// one answered, until the phase ends.
-async fn closed_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant) {
-    connection_loop(w, phase, phase_start, end, || true).await;
+async fn closed_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant, user: u64) {
+    connection_loop(w, phase, phase_start, end, user, || true).await;
 }
 
 /// One iterations connection: like a closed one, but each request first
 /// takes an iteration — one of its own `per_worker`, or one of the agent's
 /// shared count — and the loop ends when none is left (or at `end`, the
 /// phase's `max_duration`: what is left then does not run).
-async fn iterations_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant, per_worker: Option<u32>) {
+async fn iterations_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant, per_worker: Option<u32>, user: u64) {
     let shared = w.plan.iterations.clone();
     let mut own = per_worker.unwrap_or(0);
     let take = move || match per_worker {
@@ -382,21 +418,22 @@ async fn iterations_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end:
         // One atomic per request, against an HTTP round trip: nothing.
         None => shared[phase].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok(),
     };
-    connection_loop(w, phase, phase_start, end, take).await;
+    connection_loop(w, phase, phase_start, end, user, take).await;
 }
 
 /// A connection sending one request after the other while `next()` allows
-/// and the phase lasts.
-async fn connection_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant, mut next: impl FnMut() -> bool) {
+/// and the phase lasts; `user` is the loop's agent-wide number.
+async fn connection_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end: Instant, user: u64, mut next: impl FnMut() -> bool) {
     w.in_flight.set(w.in_flight.get() + 1);
     let mut conn = w.pool.borrow_mut().pop();
+    let mut iteration = 0u64;
     while Instant::now() < end && !w.plan.cancel.is_cancelled() && next() {
         let step = w.pickers[phase].pick();
         let started = Instant::now();
         w.note_first_request(phase_start, started);
-        let (outcome, back, handshake) = run_or_abort(&w, conn.take(), step).await;
+        let (outcome, back, handshake, sent) = run_or_abort(&w, conn.take(), step, User { local: user, iteration }).await;
+        iteration += 1;
         let done = Instant::now();
-        let sent = w.plan.templates[step].wire_len() as u64;
         {
             let mut recorder = w.recorder.borrow_mut();
             recorder.request(phase, step, outcome, started, started, done, sent);
@@ -422,11 +459,22 @@ async fn connection_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end:
 /// when the run is stopped early fails as `aborted` (the connection, mid
 /// request, is not reused). Without this an interrupted run's report
 /// silently lost every request it had sent and not yet seen answered.
-async fn run_or_abort(w: &Worker, conn: Option<Conn<Stream>>, step: usize) -> (Outcome, Option<Conn<Stream>>, Option<Duration>) {
+/// The last value is the request's bytes on the wire.
+async fn run_or_abort(w: &Worker, conn: Option<Conn<Stream>>, step: usize, user: User) -> (Outcome, Option<Conn<Stream>>, Option<Duration>, u64) {
     w.requests_in_flight.set(w.requests_in_flight.get() + 1);
+    let template = &w.plan.templates[step];
+    // A templated step is rendered here, once per request (a retry on a
+    // fresh connection resends the same bytes); every other step sends
+    // the bytes serialized once, as before templates existed.
+    let rendered = template.dynamic().map(|d| {
+        let fleet = w.plan.fleet;
+        let n = w.plan.seq.fetch_add(1, Ordering::Relaxed);
+        d.render(Ctx { seq: fleet.unique(n), worker: fleet.unique(user.local), iteration: user.iteration })
+    });
+    let sent = rendered.as_ref().map_or(template.wire_len(), Vec::len) as u64;
     let done = tokio::select! {
-        done = execute(w, conn, step) => done,
-        _ = w.plan.cancel.cancelled() => (Outcome::Failed(ErrorKind::Aborted), None, None),
+        (outcome, conn, handshake) = execute(w, conn, template, rendered.as_deref()) => (outcome, conn, handshake, sent),
+        _ = w.plan.cancel.cancelled() => (Outcome::Failed(ErrorKind::Aborted), None, None, sent),
     };
     w.requests_in_flight.set(w.requests_in_flight.get() - 1);
     done
@@ -442,8 +490,7 @@ async fn dial(w: &Worker) -> Result<(Conn<Stream>, Option<Duration>), ErrorKind>
 /// Runs one request on `conn` (or a new connection) within the timeout.
 /// Returns the connection when it can be reused, and the TLS handshake of
 /// the connection this request opened, if it opened one that completed it.
-async fn execute(w: &Worker, conn: Option<Conn<Stream>>, step: usize) -> (Outcome, Option<Conn<Stream>>, Option<Duration>) {
-    let template = &w.plan.templates[step];
+async fn execute(w: &Worker, conn: Option<Conn<Stream>>, template: &RequestTemplate, rendered: Option<&[u8]>) -> (Outcome, Option<Conn<Stream>>, Option<Duration>) {
     // Outside the timed future: a handshake that completed counts even
     // when the request then times out.
     let handshake = Cell::new(None);
@@ -456,13 +503,13 @@ async fn execute(w: &Worker, conn: Option<Conn<Stream>>, step: usize) -> (Outcom
                 c
             }
         };
-        let result = match conn.round_trip(template).await {
+        let result = match send(&mut conn, template, rendered).await {
             Err(RequestError::Stale) => {
                 // The server closed the idle connection; one retry on a fresh one.
                 let (c, h) = dial(w).await?;
                 handshake.set(h);
                 conn = c;
-                conn.round_trip(template).await
+                send(&mut conn, template, rendered).await
             }
             other => other,
         };
@@ -478,6 +525,15 @@ async fn execute(w: &Worker, conn: Option<Conn<Stream>>, step: usize) -> (Outcom
         Ok(Ok((Response { status, received, success, checks }, conn))) => (Outcome::Response { status, success, received, checks }, conn),
     };
     (outcome, conn, handshake.get())
+}
+
+/// Sends `template`'s serialized bytes (the lean path, as before templates
+/// existed), or the bytes rendered for this request of a templated step.
+async fn send(conn: &mut Conn<Stream>, template: &RequestTemplate, rendered: Option<&[u8]>) -> Result<(Response, bool), RequestError> {
+    match rendered {
+        None => conn.round_trip(template).await,
+        Some(wire) => conn.round_trip_with(template, wire).await,
+    }
 }
 
 /// Chooses a phase's steps by weight with a per-worker generator (no

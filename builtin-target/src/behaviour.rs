@@ -28,6 +28,10 @@ pub struct Behaviour {
     pub after_pause: Option<AfterPause>,
     /// Answer 401 to every request but `/health` that lacks this header value.
     pub require_header: Option<RequireHeader>,
+    /// Keep every load request's path and query (not `/health`'s), for
+    /// tests that check what was sent: [`crate::TargetHandle::paths`]. Off
+    /// by default: it takes a lock per request.
+    pub record_paths: bool,
 }
 
 /// A header every request must carry with exactly this value (a test's

@@ -49,6 +49,12 @@ impl TargetHandle {
         self.shared.counters.snapshot()
     }
 
+    /// Every load request's path and query so far, in arrival order (empty
+    /// unless [`crate::Behaviour::record_paths`]).
+    pub fn paths(&self) -> Vec<String> {
+        self.shared.paths.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The instant the server started: origin of the [`crate::Stall`] windows.
     pub fn started_at(&self) -> Instant {
         self.shared.started_at

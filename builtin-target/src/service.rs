@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// `--arrivals FILE`: the first request per peer IP.
     pub(crate) arrivals: Option<ArrivalLog>,
+    /// With `behaviour.record_paths`: every load request's path and query.
+    pub(crate) paths: std::sync::Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             started_at,
             counters: Counters::default(),
             arrivals,
+            paths: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -136,6 +139,10 @@ pub(crate) async fn handle(
         return Ok(response);
     }
     Counters::bump(&counters.requests);
+    if shared.behaviour.record_paths {
+        let path = req.uri().path_and_query().map_or("", |p| p.as_str()).to_string();
+        shared.paths.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+    }
     let _in_flight = counters.enter();
     if let Some(h) = &shared.behaviour.require_header {
         if req.headers().get(h.name.as_str()).map(|v| v.as_bytes()) != Some(h.value.as_slice()) {

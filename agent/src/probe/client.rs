@@ -32,11 +32,15 @@ pub struct ProbeResponse {
     pub truncated: bool,
 }
 
-/// `request`, serialized once per probe; `Connection: close` so the
+/// The header lines every probe request has after `Host`.
+pub const PROBE_HEADERS: &str = concat!("User-Agent: stampede-probe/", env!("CARGO_PKG_VERSION"), "\r\nConnection: close\r\n");
+
+/// `request`, serialized once per probe (a templated one is rendered per
+/// attempt from `template.rs`, with the same head); `Connection: close` so the
 /// server ends the response by closing.
 pub fn serialize(request: &Request, authority: &str) -> Vec<u8> {
     let body = request.body.as_ref().map_or("", stampede_common::plan::Text::sent);
-    let mut s = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: stampede-probe/{}\r\nConnection: close\r\n", request.method, request.path, env!("CARGO_PKG_VERSION"));
+    let mut s = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\n{PROBE_HEADERS}", request.method, request.path);
     for (name, value) in &request.headers {
         s.push_str(&format!("{name}: {}\r\n", value.sent()));
     }

@@ -16,6 +16,7 @@ pub mod steady;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::checks::ProbeChecks;
 use crate::connect::{Addrs, Dialer};
+use crate::template::{Ctx, Dynamic};
 use crate::worker::Part;
 
 /// One probe of the plan, ready to send.
@@ -36,6 +38,10 @@ pub struct CompiledProbe {
     pub index: usize,
     pub name: String,
     request: Vec<u8>,
+    /// A probe with `{{...}}`: rendered per attempt instead of `request`,
+    /// `{{seq}}` and `{{iteration}}` from `attempts` (docs/plan.md, "Templates").
+    dynamic: Option<Arc<Dynamic>>,
+    attempts: Arc<AtomicU64>,
     head: bool,
     expect: StatusSet,
     timeout: Duration,
@@ -46,10 +52,22 @@ impl CompiledProbe {
     /// Probe `index` of a validated `plan` (its checks compile).
     pub fn new(plan: &Plan, index: usize, authority: &str) -> Result<CompiledProbe, String> {
         let p: &Probe = &plan.probes[index];
+        let mut request = client::serialize(&p.request, authority);
+        let dynamic = match Dynamic::new(&p.request, authority, client::PROBE_HEADERS) {
+            None => None,
+            // Only `\{{` escapes: the same bytes every time.
+            Some(d) if d.is_static() => {
+                request = d.render(Ctx::default());
+                None
+            }
+            Some(d) => Some(Arc::new(d)),
+        };
         Ok(CompiledProbe {
             index,
             name: p.name.clone(),
-            request: client::serialize(&p.request, authority),
+            request,
+            dynamic,
+            attempts: Arc::new(AtomicU64::new(0)),
             head: p.request.method == "HEAD",
             expect: p.expect.as_ref().map(|e| e.status.clone()).unwrap_or_default(),
             timeout: p.timeout.unwrap_or(plan.timeout).as_duration(),
@@ -84,10 +102,15 @@ impl Attempt {
 /// Sends `probe` once, on a new connection to `addr`, and judges the
 /// response by its success rule.
 pub async fn attempt(probe: &CompiledProbe, dialer: &Dialer, addr: SocketAddr) -> Attempt {
+    let rendered = probe.dynamic.as_ref().map(|d| {
+        let n = probe.attempts.fetch_add(1, Ordering::Relaxed);
+        d.render(Ctx { seq: n, worker: 0, iteration: n })
+    });
+    let request = rendered.as_deref().unwrap_or(&probe.request);
     let started = Instant::now();
-    let result = client::fetch(dialer, addr, &probe.request, probe.head, probe.timeout).await;
+    let result = client::fetch(dialer, addr, request, probe.head, probe.timeout).await;
     let done = Instant::now();
-    let mut a = Attempt { error: None, status: 0, detail: String::new(), started, done, sent: probe.request.len() as u64, received: 0, checks: Vec::new() };
+    let mut a = Attempt { error: None, status: 0, detail: String::new(), started, done, sent: request.len() as u64, received: 0, checks: Vec::new() };
     match result {
         Err(kind) => {
             a.error = Some(kind);

@@ -16,6 +16,7 @@ mod phase;
 mod probe;
 mod secret;
 mod slo_rules;
+pub mod template;
 mod tls;
 mod validate;
 

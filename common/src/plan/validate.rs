@@ -127,8 +127,14 @@ pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return fail(".method", "must be an upper-case HTTP method such as GET or POST");
     }
-    if !r.path.starts_with('/') || r.path.bytes().any(|b| b.is_ascii_whitespace()) {
+    // Templates (`template.rs`) parse here; the checks below see each as `0`.
+    let path = super::template::parse(&r.path).map_err(|m| (".path".to_string(), m))?;
+    let path = super::template::sample(&path);
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace()) {
         return fail(".path", "must start with `/` and contain no spaces");
+    }
+    if let Some(super::Text::Plain(body)) = &r.body {
+        super::template::parse(body).map_err(|m| (".body".to_string(), m))?;
     }
     if r.headers.len() > MAX_HEADERS {
         return fail(".headers", &format!("has {} headers; a request may have at most {MAX_HEADERS}", r.headers.len()));
@@ -140,7 +146,11 @@ pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
     }
     for (name, value) in &r.headers {
         // A secret not resolved yet reads as empty here; its value is checked when it is filled.
-        let value = value.sent();
+        // A secret is never templated; a plain value is, and is checked as rendered with `0`s.
+        let value = match value {
+            super::Text::Plain(v) => super::template::parse(v).map(|p| super::template::sample(&p)).map_err(|m| (format!(".headers.{name}"), m))?,
+            secret => secret.sent().to_string(),
+        };
         if name.len() + value.len() > MAX_HEADER_BYTES {
             return fail(".headers", &format!("a header is {} bytes; a header's name and value may be at most {MAX_HEADER_BYTES} bytes", name.len() + value.len()));
         }
