@@ -27,10 +27,15 @@ const RUN: &[&str] = &["quickstart.yaml", "chat-soak.yaml", "mesh-mix.yaml", "st
 const SAME_AS_ANOTHER: &[&str] = &["quickstart.toml", "quickstart.json"];
 
 fn run_example(file: &str) -> Value {
+    run_example_with(file, &[])
+}
+
+/// Runs an example with extra `stampede run` arguments (`--set ...`).
+fn run_example_with(file: &str, extra: &[String]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut cmd = std::process::Command::new(support::stampede());
-    cmd.arg("run").arg(examples_dir().join(file)).args(["--local-agents", "2", "--out"]).arg(&out);
+    cmd.arg("run").arg(examples_dir().join(file)).args(["--local-agents", "2", "--out"]).arg(&out).args(extra);
     let (code, stdout, stderr) = Background::start(cmd, dir.path(), "run").finish(Duration::from_secs(28));
     assert!(code == 0 || code == 1, "{file}: exit {code}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
@@ -73,20 +78,26 @@ fn game_day_judges_the_outage_and_the_recovery() {
         return;
     }
     let _table = support::nft::TableGuard("stampede_broker_outage".into());
-    let r = run_example("game-day.yaml");
-    assert_eq!(r["verdict"], "pass", "{:#}", r["slos"]);
+    // The plan's fixed port might be taken here: the same plan on a free
+    // one, changing only the target and the partition's port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let r = run_example_with("game-day.yaml", &["--set".into(), format!("target=http://127.0.0.1:{port}"), "--set".into(), format!("faults[0].scope.port={port}")]);
+    let context = format!("slos {:#}\nfaults {:#}\nprobes {:#}", r["slos"], r["faults"], r["probes"]);
+    assert_eq!(r["verdict"], "pass", "{context}");
     let fault = &r["faults"][0];
     assert_eq!((fault["name"].as_str(), fault["status"].as_str()), (Some("broker-outage"), Some("reverted")), "{fault}");
     let slo = |rule: &str| r["slos"].as_array().unwrap().iter().find(|s| s["rule"].as_str().is_some_and(|x| x.starts_with(rule))).unwrap_or_else(|| panic!("no {rule}: {:#}", r["slos"])).clone();
     // The partition fails every health beat (5 s); the target's 503 window
     // follows it. Recovery counts from the revert to three healthy beats.
+    // On a loaded machine a beat can be late enough to leave an interval
+    // without one, which ends a streak: hence 3 s at least, not 5.
     let recovery = slo("recovery_time")["observed"].as_f64().unwrap();
-    assert!((1_000.0..=8_000.0).contains(&recovery), "recovery {recovery} ms");
+    assert!((1_000.0..=8_000.0).contains(&recovery), "recovery {recovery} ms\n{context}");
     let outage = slo("max_streak(error_rate > 0)")["observed"].as_f64().unwrap();
-    assert!((4_000.0..=10_000.0).contains(&outage), "longest failing streak of health {outage} ms");
-    assert!(slo("max_streak(status:5xx > 0)")["observed"].as_f64().unwrap() >= 1_000.0, "the 503 window shows as a 5xx streak");
+    assert!((3_000.0..=10_000.0).contains(&outage), "longest failing streak of health {outage} ms\n{context}");
+    assert!(slo("max_streak(status:5xx > 0)")["observed"].as_f64().unwrap() >= 1_000.0, "the 503 window shows as a 5xx streak\n{context}");
     let health = &r["probes"][0];
-    assert!(health["errors_by_kind"]["timeout"].as_u64().unwrap() >= 4, "{health}");
+    assert!(health["errors_by_kind"]["timeout"].as_u64().unwrap() >= 3, "{context}");
 }
 
 #[test]
