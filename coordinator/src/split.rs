@@ -3,27 +3,11 @@
 use stampede_common::plan::Plan;
 
 /// Splits `total` into integer parts proportional to `capacities`, by the
-/// largest remainder, so the parts always add up to `total` exactly.
+/// largest remainder, so the parts always add up to `total` exactly; an
+/// agent of capacity 0 (fault-only) gets nothing, whatever the rounding.
 pub fn split_by_capacity(total: u32, capacities: &[u32]) -> Vec<u32> {
-    let sum: u64 = capacities.iter().map(|&c| c as u64).sum();
-    if capacities.is_empty() || sum == 0 {
-        return vec![0; capacities.len()];
-    }
-    let exact: Vec<f64> = capacities.iter().map(|&c| total as f64 * c as f64 / sum as f64).collect();
-    let mut parts: Vec<u32> = exact.iter().map(|e| e.floor() as u32).collect();
-    let mut left = total - parts.iter().sum::<u32>();
-    // Only agents with capacity take the remainder: a fault-only agent
-    // (capacity 0) gets nothing, whatever the rounding.
-    let mut order: Vec<usize> = (0..parts.len()).filter(|&i| capacities[i] > 0).collect();
-    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
-    for i in order.into_iter().cycle() {
-        if left == 0 {
-            break;
-        }
-        parts[i] += 1;
-        left -= 1;
-    }
-    parts
+    // Each part is at most `total`, so it fits back into a u32.
+    split_u64(u64::from(total), capacities).into_iter().map(|p| p as u32).collect()
 }
 
 /// Each agent's iterations per phase (`[phase][agent]`), from its share of
@@ -43,7 +27,8 @@ pub fn iterations(plan: &Plan, concurrency: &[Vec<u32>]) -> Vec<Vec<u64>> {
         .collect()
 }
 
-/// [`split_by_capacity`] for a `u64` total (validation keeps it under 10⁹).
+/// Largest-remainder split of a `u64` total by `weights`, in integers
+/// (validation keeps iteration counts under 10⁹); weight 0 gets 0.
 fn split_u64(total: u64, weights: &[u32]) -> Vec<u64> {
     let sum: u64 = weights.iter().map(|&c| u64::from(c)).sum();
     if sum == 0 {
