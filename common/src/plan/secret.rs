@@ -311,11 +311,14 @@ impl Plan {
         out
     }
 
-    /// The secrets the agent at `index` needs: every step's, and those of
-    /// the probes it runs (the first `probe.agents` agents run a probe).
-    /// Never the built-in target's: it runs beside the coordinator.
-    pub fn secrets_for_agent(&self, index: usize, all: &SecretValues) -> SecretValues {
-        let steps = self.steps.iter().map(|s| &s.request);
+    /// The secrets the agent at `index` needs: every step's if it sends
+    /// load (`load`: a fault-only agent, `--capacity 0`, sends none — it
+    /// sits on a service node and must not hold the load's tokens), and
+    /// those of the probes it runs (the first `probe.agents` agents run a
+    /// probe) or that gate its faults. Never the built-in target's: it runs
+    /// beside the coordinator.
+    pub fn secrets_for_agent(&self, index: usize, load: bool, all: &SecretValues) -> SecretValues {
+        let steps = self.steps.iter().filter(|_| load).map(|s| &s.request);
         let probes = self.probes.iter().enumerate().filter(|&(i, _)| self.agent_sends_probe(index, i)).map(|(_, p)| &p.request);
         pick(steps.chain(probes), all)
     }
@@ -450,17 +453,24 @@ probes:\n  - { name: h, every: 1s, agents: 1, request: { body: { secret_env: PRO
         let all = p.secret_values();
         assert_eq!(all.len(), 3);
         let keys = |v: SecretValues| v.into_keys().collect::<Vec<_>>();
-        assert_eq!(keys(p.secrets_for_agent(0, &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
-        assert_eq!(keys(p.secrets_for_agent(1, &all)), ["env:TOKEN"], "agent 1 runs no probe");
+        assert_eq!(keys(p.secrets_for_agent(0, true, &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, true, &all)), ["env:TOKEN"], "agent 1 runs no probe");
+        // A fault-only agent sends no load: it gets no step's secret.
+        assert_eq!(keys(p.secrets_for_agent(1, false, &all)), Vec::<String>::new());
+        assert_eq!(keys(p.secrets_for_agent(0, false, &all)), ["env:PROBE_ONLY"], "but it gets its probes'");
         assert_eq!(keys(p.secrets_for_probes(&[0], &all)), ["env:PROBE_ONLY"]);
         // Agent 1 fills what it sends; the rest stays unresolved, without error.
         let mut on_agent: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
-        fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, &all), true, |i| p.agent_sends_probe(1, i)).unwrap();
+        fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, true, &all), true, |i| p.agent_sends_probe(1, i)).unwrap();
         assert_eq!(on_agent.steps[0].request.headers["x"].sent(), "value-of-TOKEN");
         assert_eq!(on_agent.probes[0].request.body.as_ref().unwrap().sent(), "");
         // Agent 0 must have the probe's: without it, it refuses.
-        let err = fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, &all), true, |i| p.agent_sends_probe(0, i)).unwrap_err();
+        let err = fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, true, &all), true, |i| p.agent_sends_probe(0, i)).unwrap_err();
         assert_eq!(err.0, "probes[0].request.body");
+        // A fault-only agent fills no step secret, and needs none.
+        let mut fault_only: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        fill_agent_secrets(&mut fault_only, &p.secrets_for_agent(1, false, &all), false, |i| p.agent_sends_probe(1, i)).unwrap();
+        assert_eq!(fault_only.steps[0].request.headers["x"].sent(), "");
     }
 
     #[test]
