@@ -12,11 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use super::Plan;
 
 /// What is printed instead of a secret's value.
@@ -140,6 +142,13 @@ impl Secret {
     /// header value must fit on its line. Errors never quote the value.
     fn fill(&mut self, raw: &str, header: bool) -> Result<(), String> {
         let sent = format!("{}{raw}{}", self.prefix, self.suffix);
+        // The limits a plain value meets in validate.rs (which sees a
+        // secret before it is filled, as empty): the same request must not
+        // pass only because its big value is secret.
+        let (limit, what) = if header { (MAX_HEADER_BYTES, "a header value") } else { (MAX_BODY_BYTES, "a body") };
+        if sent.len() > limit {
+            return Err(format!("the secret from {} is {} bytes with its prefix and suffix; {what} may be at most {limit} bytes", self.describe(), sent.len()));
+        }
         if header && sent.contains(['\r', '\n', '\0']) {
             return Err(format!("the secret from {} has a line break or NUL, which a header value cannot have (value {REDACTED})", self.describe()));
         }
@@ -220,7 +229,16 @@ impl SecretSource<'_> {
                 },
                 (None, Some(path)) => {
                     let full = dir.join(path);
-                    let text = std::fs::read_to_string(&full).map_err(|e| format!("cannot read the secret file {}: {e}", full.display()))?;
+                    // Read only up to the largest value a request may carry
+                    // (a body): `secret_file: /dev/zero` or a log file by
+                    // mistake must not fill memory nor travel to every agent.
+                    let mut bytes = Vec::new();
+                    let read = std::fs::File::open(&full).and_then(|f| f.take(MAX_BODY_BYTES as u64 + 1).read_to_end(&mut bytes));
+                    read.map_err(|e| format!("cannot read the secret file {}: {e}", full.display()))?;
+                    if bytes.len() > MAX_BODY_BYTES {
+                        return Err(format!("the secret file {} is larger than {MAX_BODY_BYTES} bytes (256 KiB), the most a request's body may be", full.display()));
+                    }
+                    let text = String::from_utf8(bytes).map_err(|_| format!("the secret file {} is not UTF-8 text", full.display()))?;
                     // As `$(cat FILE)` in a shell: files written by `echo` or
                     // an editor end with a line break that is not part of a token.
                     let text = text.trim_end_matches(['\n', '\r']);
@@ -438,6 +456,30 @@ mod tests {
         resolve_secrets(&mut p, &SecretSource::Local { env: &env, dir: dir.path() }).unwrap();
         assert_eq!(p.steps[0].request.headers["authorization"].sent(), "abc-123");
         assert_eq!(p.secret_values()["file:tok"], "abc-123");
+    }
+
+    #[test]
+    fn a_secret_is_held_to_the_limits_of_a_plain_value_and_a_huge_file_is_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = SecretSource::Local { env: &env, dir: dir.path() };
+        // A header value over 8 KiB, as a plain one would be refused.
+        std::fs::write(dir.path().join("long"), "x".repeat(MAX_HEADER_BYTES + 1)).unwrap();
+        let (path, msg) = resolve_secrets(&mut plan("{ secret_file: long }"), &local).unwrap_err();
+        assert_eq!(path, "steps[0].request.headers.authorization");
+        assert!(msg.contains("a header value may be at most 8192 bytes"), "{msg}");
+        assert!(!msg.contains("xxxx"), "{msg}");
+        // A file far past any request's size: refused, read only up to the limit.
+        let big = dir.path().join("big");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(1 << 40).unwrap(); // 1 TiB, sparse: reading it whole would never end
+        let (_, msg) = resolve_secrets(&mut plan("{ secret_file: big }"), &local).unwrap_err();
+        assert!(msg.contains("is larger than 262144 bytes"), "{msg}");
+        // A body secret may be as large as a plain body.
+        let text = "name: s\ntarget: http://127.0.0.1:1\nphases:\n  - { name: p, duration: 1s, load: { model: open, rate: 1/s } }\nsteps:\n  - { name: a, request: { method: POST, body: { secret_file: body } } }\n";
+        std::fs::write(dir.path().join("body"), "y".repeat(MAX_BODY_BYTES)).unwrap();
+        let mut p = crate::plan::load_str(text, crate::plan::Format::Yaml, Path::new("p.yaml")).unwrap();
+        resolve_secrets(&mut p, &local).unwrap();
+        assert_eq!(p.steps[0].request.body.as_ref().unwrap().sent().len(), MAX_BODY_BYTES);
     }
 
     #[test]
