@@ -101,6 +101,11 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     fleet.set_run_agents(agents.iter().map(|a| a.id.clone()));
     let names: Vec<String> = agents.iter().map(|a| if a.capacity == 0 { format!("{} (fault-only)", a.id) } else { a.id.clone() }).collect();
     progress(format!("run {run_id}: {} agent(s): {}", agents.len(), names.join(", ")));
+    // Said when the load starts, not only in the final summary: a long soak
+    // against an endpoint nobody authenticated is known from its first line.
+    if plan.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+        progress(format!("warning: {}", stampede_common::plan::INSECURE_SKIP_VERIFY_WARNING));
+    }
 
     let fault_only: Vec<String> = agents.iter().filter(|a| a.capacity == 0).map(|a| a.id.clone()).collect();
     if fault_only.len() == agents.len() && !req.dry_run {
