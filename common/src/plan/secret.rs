@@ -373,11 +373,19 @@ fn pick<'a>(requests: impl Iterator<Item = &'a super::Request>, all: &SecretValu
 /// defence for what is written or logged (a target that echoes a header
 /// into a check's detail). Values shorter than 4 bytes are left alone:
 /// replacing every `1` would corrupt a report more than it protects.
+///
+/// Reports are JSON, HTML and XML: a value with a `"`, `\\`, `<` or `&`
+/// is written escaped there, so each value is also looked for as JSON and
+/// as markup escape it (`report::escape_markup`).
 pub fn redact(text: &str, values: &SecretValues) -> String {
     let mut out = text.to_string();
     for v in values.values().filter(|v| v.len() >= 4) {
-        if out.contains(v.as_str()) {
-            out = out.replace(v.as_str(), REDACTED);
+        let json = serde_json::to_string(v).map(|q| q[1..q.len() - 1].to_string()).unwrap_or_default();
+        let markup = v.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;");
+        for form in [v.as_str(), json.as_str(), markup.as_str()] {
+            if !form.is_empty() && out.contains(form) {
+                out = out.replace(form, REDACTED);
+            }
         }
     }
     out
@@ -519,5 +527,16 @@ probes:\n  - { name: h, every: 1s, agents: 1, request: { body: { secret_env: PRO
     fn redaction_replaces_values_but_not_tiny_ones() {
         let values: SecretValues = [("env:A".to_string(), "s3cr3t".to_string()), ("env:B".to_string(), "1".to_string())].into_iter().collect();
         assert_eq!(redact("x s3cr3t y 1", &values), "x *** y 1");
+    }
+
+    #[test]
+    fn redaction_finds_a_value_as_json_and_markup_write_it() {
+        let v = r#"a"b\c<d>&'e"#;
+        let values: SecretValues = [("env:A".to_string(), v.to_string())].into_iter().collect();
+        let json = serde_json::to_string(&serde_json::json!({ "error": format!("echoed {v}") })).unwrap();
+        assert!(!json.contains(v), "the JSON writes it escaped: {json}");
+        assert_eq!(redact(&json, &values), r#"{"error":"echoed ***"}"#);
+        let html = "<td>echoed a&quot;b\\c&lt;d&gt;&amp;&#39;e</td>";
+        assert_eq!(redact(html, &values), "<td>echoed ***</td>");
     }
 }
