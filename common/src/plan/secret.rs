@@ -374,7 +374,7 @@ fn pick<'a>(requests: impl Iterator<Item = &'a super::Request>, all: &SecretValu
 /// into a check's detail). Values shorter than 4 bytes are left alone:
 /// replacing every `1` would corrupt a report more than it protects.
 ///
-/// Reports are JSON, HTML and XML: a value with a `"`, `\\`, `<` or `&`
+/// Reports are JSON, HTML and XML: a value with a `"`, `\`, `<` or `&`
 /// is written escaped there, so each value is also looked for as JSON and
 /// as markup escape it (`report::escape_markup`).
 pub fn redact(text: &str, values: &SecretValues) -> String {
