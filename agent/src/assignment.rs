@@ -63,7 +63,7 @@ async fn stream_run(
     // gets no step's, as it sends no load).
     if !a.dry_run {
         let secrets = stampede_proto::secrets_from_wire(&a.secrets);
-        let runs: Vec<bool> = (0..plan.probes.len()).map(|p| plan.agent_sends_probe(a.agent_index as usize, p)).collect();
+        let runs: Vec<bool> = (0..plan.probes.len()).map(|p| plan.agent_sends_probe(a.agent_index as usize, p, &a.faults)).collect();
         fill_agent_secrets(&mut plan, &secrets, !fault_only, |p| runs.get(p).copied().unwrap_or(false))
             .map_err(|(path, msg)| format!("the assigned plan's secrets: {path}: {msg}"))?;
     }

@@ -162,7 +162,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             dry_run: req.dry_run,
             iterations: iterations.iter().map(|p| p[i]).collect(),
             simulate_faults: req.simulate_faults,
-            secrets: stampede_proto::secrets_to_wire(&plan.secrets_for_agent(i, a.capacity > 0, &secrets)),
+            secrets: stampede_proto::secrets_to_wire(&plan.secrets_for_agent(i, a.capacity > 0, &faults_per_agent[i], &secrets)),
         };
         let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
         a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;

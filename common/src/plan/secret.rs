@@ -333,21 +333,23 @@ impl Plan {
     /// load (`load`: a fault-only agent, `--capacity 0`, sends none — it
     /// sits on a service node and must not hold the load's tokens), and
     /// those of the probes it runs (the first `probe.agents` agents run a
-    /// probe) or that gate its faults. Never the built-in target's: it runs
-    /// beside the coordinator.
-    pub fn secrets_for_agent(&self, index: usize, load: bool, all: &SecretValues) -> SecretValues {
+    /// probe) or that gate the faults it applies (`faults`, indices into the
+    /// plan's). Never the built-in target's: it runs beside the coordinator.
+    pub fn secrets_for_agent(&self, index: usize, load: bool, faults: &[u32], all: &SecretValues) -> SecretValues {
         let steps = self.steps.iter().filter(|_| load).map(|s| &s.request);
-        let probes = self.probes.iter().enumerate().filter(|&(i, _)| self.agent_sends_probe(index, i)).map(|(_, p)| &p.request);
+        let probes = self.probes.iter().enumerate().filter(|&(i, _)| self.agent_sends_probe(index, i, faults)).map(|(_, p)| &p.request);
         pick(steps.chain(probes), all)
     }
 
-    /// Whether the agent at `index` may send probe `probe`'s request: it runs
-    /// the probe (the first `agents` agents do), or the probe is part of the
-    /// steady state that gates a fault (`unless_unhealthy`), which the agent
-    /// applying the fault checks itself.
-    pub fn agent_sends_probe(&self, index: usize, probe: usize) -> bool {
+    /// Whether the agent at `index`, applying `faults` (indices into the
+    /// plan's), may send probe `probe`'s request: it runs the probe (the
+    /// first `agents` agents do), or the probe is part of the steady state
+    /// that gates one of its faults (`unless_unhealthy`), which the agent
+    /// applying the fault checks itself. An agent with no such fault never
+    /// sends the steady state's probes, and gets none of their secrets.
+    pub fn agent_sends_probe(&self, index: usize, probe: usize, faults: &[u32]) -> bool {
         let Some(p) = self.probes.get(probe) else { return false };
-        let gates = self.faults.iter().any(|f| f.unless_unhealthy.is_some());
+        let gates = faults.iter().any(|&f| self.faults.get(f as usize).is_some_and(|f| f.unless_unhealthy.is_some()));
         index < p.agents as usize || (gates && self.steady_state.as_ref().is_some_and(|s| s.probes.contains(&p.name)))
     }
 
@@ -503,24 +505,48 @@ probes:\n  - { name: h, every: 1s, agents: 1, request: { body: { secret_env: PRO
         let all = p.secret_values();
         assert_eq!(all.len(), 3);
         let keys = |v: SecretValues| v.into_keys().collect::<Vec<_>>();
-        assert_eq!(keys(p.secrets_for_agent(0, true, &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
-        assert_eq!(keys(p.secrets_for_agent(1, true, &all)), ["env:TOKEN"], "agent 1 runs no probe");
+        assert_eq!(keys(p.secrets_for_agent(0, true, &[], &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, true, &[], &all)), ["env:TOKEN"], "agent 1 runs no probe");
         // A fault-only agent sends no load: it gets no step's secret.
-        assert_eq!(keys(p.secrets_for_agent(1, false, &all)), Vec::<String>::new());
-        assert_eq!(keys(p.secrets_for_agent(0, false, &all)), ["env:PROBE_ONLY"], "but it gets its probes'");
+        assert_eq!(keys(p.secrets_for_agent(1, false, &[], &all)), Vec::<String>::new());
+        assert_eq!(keys(p.secrets_for_agent(0, false, &[], &all)), ["env:PROBE_ONLY"], "but it gets its probes'");
         assert_eq!(keys(p.secrets_for_probes(&[0], &all)), ["env:PROBE_ONLY"]);
         // Agent 1 fills what it sends; the rest stays unresolved, without error.
         let mut on_agent: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
-        fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, true, &all), true, |i| p.agent_sends_probe(1, i)).unwrap();
+        fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, true, &[], &all), true, |i| p.agent_sends_probe(1, i, &[])).unwrap();
         assert_eq!(on_agent.steps[0].request.headers["x"].sent(), "value-of-TOKEN");
         assert_eq!(on_agent.probes[0].request.body.as_ref().unwrap().sent(), "");
         // Agent 0 must have the probe's: without it, it refuses.
-        let err = fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, true, &all), true, |i| p.agent_sends_probe(0, i)).unwrap_err();
+        let err = fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, true, &[], &all), true, |i| p.agent_sends_probe(0, i, &[])).unwrap_err();
         assert_eq!(err.0, "probes[0].request.body");
         // A fault-only agent fills no step secret, and needs none.
         let mut fault_only: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
-        fill_agent_secrets(&mut fault_only, &p.secrets_for_agent(1, false, &all), false, |i| p.agent_sends_probe(1, i)).unwrap();
+        fill_agent_secrets(&mut fault_only, &p.secrets_for_agent(1, false, &[], &all), false, |i| p.agent_sends_probe(1, i, &[])).unwrap();
         assert_eq!(fault_only.steps[0].request.headers["x"].sent(), "");
+    }
+
+    #[test]
+    fn only_an_agent_whose_fault_is_gated_gets_the_steady_states_probe_secrets() {
+        let text = "name: s\ntarget: http://127.0.0.1:1
+phases:\n  - { name: p, duration: 5s, load: { model: open, rate: 1/s } }
+steps:\n  - { name: a, request: { headers: { x: { secret_env: TOKEN } } } }
+probes:\n  - { name: h, every: 1s, agents: 1, request: { headers: { x: { secret_env: PROBE_ONLY } } } }
+steady_state: { probes: [h], within: 5s }
+faults:
+  - { name: gated, kind: pause, at: 1s, duration: 1s, instance: { driver: process, pid: 4000000 }, unless_unhealthy: skip }
+  - { name: plain, kind: pause, at: 1s, duration: 1s, instance: { driver: process, pid: 4000001 } }\n";
+        let mut p = crate::plan::load_str(text, crate::plan::Format::Yaml, Path::new("p.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let env = |n: &str| Some(format!("value-of-{n}"));
+        resolve_secrets(&mut p, &SecretSource::Local { env: &env, dir: Path::new(".") }).unwrap();
+        let all = p.secret_values();
+        let keys = |v: SecretValues| v.into_keys().collect::<Vec<_>>();
+        // Agent 1 runs no probe: the probe's secret only with the gated fault.
+        assert_eq!(keys(p.secrets_for_agent(1, true, &[0], &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, true, &[1], &all)), ["env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, true, &[], &all)), ["env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, false, &[0, 1], &all)), ["env:PROBE_ONLY"], "a fault-only agent checking its gate");
+        // Agent 0 runs the probe, faults or not.
+        assert_eq!(keys(p.secrets_for_agent(0, true, &[], &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
     }
 
     #[test]
