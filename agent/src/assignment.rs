@@ -54,12 +54,17 @@ async fn stream_run(
 ) -> Result<(), String> {
     let mut plan: Plan = serde_json::from_str(&a.plan_json).map_err(|e| format!("the assigned plan does not parse: {e}"))?;
     validate(&plan).map_err(|(path, msg)| format!("the assigned plan is invalid: {path}: {msg}"))?;
+    // A fault-only agent (capacity 0: no rate share, no connections) runs
+    // no load but still sends its (empty) intervals to the run's end, so
+    // the run's numbers stay complete and its faults keep their windows.
+    let fault_only = a.rate_share == 0.0 && a.concurrency.iter().all(|&c| c == 0);
     // The plan names its secrets; their values came beside it, on this
-    // session (a dry run sends nothing and gets none).
+    // session (a dry run sends nothing and gets none; a fault-only agent
+    // gets no step's, as it sends no load).
     if !a.dry_run {
         let secrets = stampede_proto::secrets_from_wire(&a.secrets);
-        let runs: Vec<bool> = (0..plan.probes.len()).map(|p| plan.agent_sends_probe(a.agent_index as usize, p)).collect();
-        fill_agent_secrets(&mut plan, &secrets, true, |p| runs.get(p).copied().unwrap_or(false))
+        let runs: Vec<bool> = (0..plan.probes.len()).map(|p| plan.agent_sends_probe(a.agent_index as usize, p, &a.faults)).collect();
+        fill_agent_secrets(&mut plan, &secrets, !fault_only, |p| runs.get(p).copied().unwrap_or(false))
             .map_err(|(path, msg)| format!("the assigned plan's secrets: {path}: {msg}"))?;
     }
     if a.concurrency.len() != plan.phases.len() {
@@ -101,10 +106,6 @@ async fn stream_run(
         check_faults(cfg, injector.as_ref(), &faults, start).await?;
         start_faults(a, cfg, injector, faults, start, &fault_stop, outbox)
     };
-    // A fault-only agent (capacity 0: no rate share, no connections) runs
-    // no load but still sends its (empty) intervals to the run's end, so
-    // the run's numbers stay complete and its faults keep their windows.
-    let fault_only = a.rate_share == 0.0 && a.concurrency.iter().all(|&c| c == 0);
     let spec = RunSpec {
         plan: plan.clone(),
         rate_share: a.rate_share,

@@ -142,6 +142,13 @@ pub fn watch_addresses(resolver: Resolver, endpoint: &Endpoint, first: Vec<Socke
     rx
 }
 
+/// Addresses and a dialer for an agent that never connects (fault-only,
+/// no probe): one placeholder address, and a dialer that read no file.
+pub fn never_dialed() -> (watch::Receiver<Arc<[SocketAddr]>>, Dialer) {
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    (watch::channel(Arc::<[SocketAddr]>::from(vec![unspecified])).1, Dialer { tls: None })
+}
+
 /// One worker's view of the target's addresses: new connections go to each
 /// in turn, so connections spread evenly over all of them. Checked for a
 /// new list at each connect (not per request).

@@ -103,11 +103,24 @@ pub async fn start(spec: RunSpec, cancel: CancellationToken) -> Result<mpsc::Unb
 /// [`start`], resolving the target's name with `resolver` (tests make a
 /// name resolve to several loopback addresses with it).
 pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resolver: Resolver) -> Result<mpsc::UnboundedReceiver<Interval>, EngineError> {
-    let Target { endpoint, addrs, dialer } = target(&spec.plan, &resolver).await?;
+    // This agent's probes deliver as one more worker (see `probe.rs`).
+    let probes = crate::probe::assigned(&spec.plan, spec.agent_index);
+    // A fault-only agent (`--capacity 0`) that runs no probe never
+    // connects: it needs neither the target's addresses nor its TLS files
+    // (a service node has no reason to hold the load's CA or client key,
+    // nor to resolve a name only the load agents can), only its intervals.
+    let connects = spec.rate_share > 0.0 || spec.concurrency.iter().any(|&c| c > 0) || !probes.is_empty();
+    let (endpoint, addrs) = if connects {
+        let Target { endpoint, addrs, dialer } = target(&spec.plan, &resolver).await?;
+        // Every address the name resolves to, and again every RESOLVE_EVERY:
+        // the workers spread their new connections over the current list.
+        let addrs = connect::watch_addresses(resolver, &endpoint, addrs, cancel.clone());
+        (endpoint, Some((addrs, dialer)))
+    } else {
+        (Endpoint::parse(&spec.plan.target).map_err(|_| EngineError::BadTarget(spec.plan.target.clone()))?, None)
+    };
+    let (addrs, dialer) = addrs.unwrap_or_else(connect::never_dialed);
     let authority = endpoint.authority.as_str();
-    // Every address the name resolves to, and again every RESOLVE_EVERY:
-    // the workers spread their new connections over the current list.
-    let addrs = connect::watch_addresses(resolver, &endpoint, addrs, cancel.clone());
     // Checks compiled once per run; their plan-wide index runs on across steps.
     let mut base = 0u32;
     let mut templates = Vec::with_capacity(spec.plan.steps.len());
@@ -155,8 +168,6 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
         })
         .map_err(EngineError::Spawn)?;
     }
-    // This agent's probes deliver as one more worker (see `probe.rs`).
-    let probes = crate::probe::assigned(&spec.plan, spec.agent_index);
     let producers = if probes.is_empty() {
         workers
     } else {

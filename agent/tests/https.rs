@@ -204,3 +204,45 @@ fn a_name_resolving_to_two_addresses_gets_load_on_both() {
         b.shutdown().await;
     });
 }
+
+/// A fault-only agent (`--capacity 0`: no rate share, no connection, no
+/// probe) sends nothing, so it must not need what only sending needs: a
+/// target name it can resolve, or the plan's TLS files on its node (a
+/// service node has no reason to hold the load's CA or client key). It
+/// still delivers its (empty) intervals to the run's end.
+#[test]
+fn a_fault_only_agent_needs_neither_the_targets_address_nor_its_tls_files() {
+    let rt = runtime();
+    let text = "name: t\ntarget: https://load-only.invalid:8443\ntls: { ca: /nonexistent/ca.pem, cert: /nonexistent/client.pem, key: /nonexistent/client-key.pem }\n\
+                phases:\n  - { name: p, duration: 1s, load: { model: open, rate: 10/s } }\n  - { name: c, duration: 1s, load: { model: closed, concurrency: 2 } }\nsteps: [{ name: s }]\n";
+    let plan = load_str(text, Format::Yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let spec = RunSpec {
+        plan: Arc::new(plan),
+        rate_share: 0.0,
+        concurrency: vec![0, 0],
+        iterations: vec![0, 0],
+        agent_index: 1,
+        agent_count: 2,
+        start: SystemTime::now() + Duration::from_millis(100),
+        workers: 1,
+    };
+    let unresolvable: Resolver = Arc::new(|name: &str| Err(std::io::Error::other(format!("{name}: resolved by a fault-only agent"))));
+    let cancel = CancellationToken::new();
+    let mut rx = rt.block_on(engine::start_with_resolver(spec, cancel.clone(), unresolvable)).unwrap_or_else(|e| panic!("a fault-only agent starts: {e}"));
+    let (mut intervals, mut requests) = (0, 0);
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(i) = rx.recv().await {
+                intervals += 1;
+                requests += i.stats.summarize(|_| true).requests;
+                if i.last {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the run ends within 15 s");
+    });
+    assert!(intervals >= 2, "its intervals to the run's end: {intervals}");
+    assert_eq!(requests, 0);
+}

@@ -344,6 +344,13 @@ pub fn progress_printer() -> impl Fn(String) + Send + Sync {
     }
 }
 
+/// `print` with every secret value in the line replaced by `***`: the
+/// same last defence a standing coordinator applies to the progress it
+/// sends (control.rs), for a run with in-process agents.
+pub fn redacting(print: impl Fn(String) + Send + Sync, secrets: stampede_common::plan::SecretValues) -> impl Fn(String) + Send + Sync {
+    move |line: String| print(redact(&line, &secrets))
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     // First: from here on a stop signal goes through the graceful path.
     let signals = StopSignals::install().context("installing the stop-signal handlers")?;
@@ -367,7 +374,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let report = match run_local(plan, &args, signals).await? {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
-            eprintln!("error: {e}");
+            // As a standing coordinator does before it sends an error.
+            eprintln!("error: {}", redact(&e.to_string(), &secrets));
             return Ok(EXIT_ERROR);
         }
         None => {
@@ -422,7 +430,7 @@ async fn run_local(mut plan: Plan, args: &RunArgs, mut signals: StopSignals) -> 
     let agents = local::spawn_agents(n, addr, token.as_ref(), args.workers, &state_dir, !plan.faults.is_empty(), &agents_stop);
 
     let abort = Interrupt::default();
-    let progress = progress_printer();
+    let progress = redacting(progress_printer(), plan.secret_values());
     let request = RunRequest { plan, expect_agents: n, wait: args.wait.as_duration(), dry_run: args.dry_run, simulate_faults: args.simulate_faults };
     let execute = orchestrate::execute(&fleet, request, &abort, &progress);
     tokio::pin!(execute);
@@ -540,4 +548,22 @@ async fn target(args: TargetArgs) -> anyhow::Result<i32> {
     .await
     .with_context(|| format!("serving on {}", args.listen))?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn local_progress_lines_are_redacted_like_a_standing_coordinators() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = {
+            let seen = seen.clone();
+            move |line: String| seen.lock().unwrap().push(line)
+        };
+        let secrets = [("env:TOKEN".to_string(), "tok-3141592".to_string())].into_iter().collect();
+        let progress = super::redacting(sink, secrets);
+        progress("steady state did not hold after the run: health: body echoed tok-3141592".to_string());
+        assert_eq!(*seen.lock().unwrap(), ["steady state did not hold after the run: health: body echoed ***"]);
+    }
 }

@@ -101,6 +101,11 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     fleet.set_run_agents(agents.iter().map(|a| a.id.clone()));
     let names: Vec<String> = agents.iter().map(|a| if a.capacity == 0 { format!("{} (fault-only)", a.id) } else { a.id.clone() }).collect();
     progress(format!("run {run_id}: {} agent(s): {}", agents.len(), names.join(", ")));
+    // Said when the load starts, not only in the final summary: a long soak
+    // against an endpoint nobody authenticated is known from its first line.
+    if plan.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+        progress(format!("warning: {}", stampede_common::plan::INSECURE_SKIP_VERIFY_WARNING));
+    }
 
     let fault_only: Vec<String> = agents.iter().filter(|a| a.capacity == 0).map(|a| a.id.clone()).collect();
     if fault_only.len() == agents.len() && !req.dry_run {
@@ -157,7 +162,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             dry_run: req.dry_run,
             iterations: iterations.iter().map(|p| p[i]).collect(),
             simulate_faults: req.simulate_faults,
-            secrets: stampede_proto::secrets_to_wire(&plan.secrets_for_agent(i, &secrets)),
+            secrets: stampede_proto::secrets_to_wire(&plan.secrets_for_agent(i, a.capacity > 0, &faults_per_agent[i], &secrets)),
         };
         let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
         a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;

@@ -5,15 +5,15 @@
 //!   the run passes, and report.json times the handshakes
 //!   (`tls_handshake_ms`);
 //! - `tls: { insecure_skip_verify: true }` passes too, and is flagged: a
-//!   warning in report.json (`warnings`), report.md and the summary.
+//!   warning in report.json (`warnings`), report.md, the summary and progress.
 
 use std::process::Command;
 
 use serde_json::Value;
 
 /// Runs `plan` (YAML text) with one local agent; exit code, report.json,
-/// report.md and stdout.
-fn run(plan: &str) -> (i32, Value, String, String) {
+/// report.md, stdout and stderr (progress).
+fn run(plan: &str) -> (i32, Value, String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plan.yaml");
     std::fs::write(&file, plan).unwrap();
@@ -22,7 +22,7 @@ fn run(plan: &str) -> (i32, Value, String, String) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let text = std::fs::read_to_string(out.join("report.json")).unwrap_or_else(|_| panic!("no report; stderr:\n{stderr}"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    (output.status.code().unwrap_or(-1), serde_json::from_str(&text).unwrap(), md, String::from_utf8_lossy(&output.stdout).into_owned())
+    (output.status.code().unwrap_or(-1), serde_json::from_str(&text).unwrap(), md, String::from_utf8_lossy(&output.stdout).into_owned(), stderr.into_owned())
 }
 
 fn plan(builtin: &str, tls: &str) -> String {
@@ -44,7 +44,7 @@ slos:
 
 #[test]
 fn the_builtin_https_target_is_trusted_and_handshakes_are_timed() {
-    let (code, r, md, _) = run(&plan("tls: true, require_client_cert: true", ""));
+    let (code, r, md, _, _) = run(&plan("tls: true, require_client_cert: true", ""));
     assert_eq!(code, 0, "{r:#}");
     assert!(r["totals"]["requests"].as_u64().unwrap() > 50, "{:#}", r["totals"]);
     assert_eq!(r["totals"]["errors"], 0, "{:#}", r["totals"]);
@@ -61,13 +61,15 @@ fn the_builtin_https_target_is_trusted_and_handshakes_are_timed() {
 
 #[test]
 fn insecure_skip_verify_passes_and_is_flagged() {
-    let (code, r, md, stdout) = run(&plan("tls: true", "tls: { insecure_skip_verify: true }"));
+    let (code, r, md, stdout, stderr) = run(&plan("tls: true", "tls: { insecure_skip_verify: true }"));
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["totals"]["errors"], 0, "{:#}", r["totals"]);
     let warnings = r["warnings"].as_array().expect("a warnings list");
     assert!(warnings.iter().any(|w| w.as_str().unwrap_or("").contains("insecure_skip_verify")), "{warnings:?}");
     assert!(md.contains("**Warning**: tls.insecure_skip_verify"), "{md}");
     assert!(stdout.contains("warning: tls.insecure_skip_verify"), "{stdout}");
+    // And in the progress, from the run's start.
+    assert!(stderr.lines().any(|l| l.starts_with("warning: tls.insecure_skip_verify")), "{stderr}");
     // The CA the run generated is not put beside an explicit opt-out.
     assert!(r["plan"]["tls"].get("ca").is_none(), "{:#}", r["plan"]["tls"]);
 }

@@ -12,11 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::limits::{MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use super::Plan;
 
 /// What is printed instead of a secret's value.
@@ -140,6 +142,13 @@ impl Secret {
     /// header value must fit on its line. Errors never quote the value.
     fn fill(&mut self, raw: &str, header: bool) -> Result<(), String> {
         let sent = format!("{}{raw}{}", self.prefix, self.suffix);
+        // The limits a plain value meets in validate.rs (which sees a
+        // secret before it is filled, as empty): the same request must not
+        // pass only because its big value is secret.
+        let (limit, what) = if header { (MAX_HEADER_BYTES, "a header value") } else { (MAX_BODY_BYTES, "a body") };
+        if sent.len() > limit {
+            return Err(format!("the secret from {} is {} bytes with its prefix and suffix; {what} may be at most {limit} bytes", self.describe(), sent.len()));
+        }
         if header && sent.contains(['\r', '\n', '\0']) {
             return Err(format!("the secret from {} has a line break or NUL, which a header value cannot have (value {REDACTED})", self.describe()));
         }
@@ -220,7 +229,16 @@ impl SecretSource<'_> {
                 },
                 (None, Some(path)) => {
                     let full = dir.join(path);
-                    let text = std::fs::read_to_string(&full).map_err(|e| format!("cannot read the secret file {}: {e}", full.display()))?;
+                    // Read only up to the largest value a request may carry
+                    // (a body): `secret_file: /dev/zero` or a log file by
+                    // mistake must not fill memory nor travel to every agent.
+                    let mut bytes = Vec::new();
+                    let read = std::fs::File::open(&full).and_then(|f| f.take(MAX_BODY_BYTES as u64 + 1).read_to_end(&mut bytes));
+                    read.map_err(|e| format!("cannot read the secret file {}: {e}", full.display()))?;
+                    if bytes.len() > MAX_BODY_BYTES {
+                        return Err(format!("the secret file {} is larger than {MAX_BODY_BYTES} bytes (256 KiB), the most a request's body may be", full.display()));
+                    }
+                    let text = String::from_utf8(bytes).map_err(|_| format!("the secret file {} is not UTF-8 text", full.display()))?;
                     // As `$(cat FILE)` in a shell: files written by `echo` or
                     // an editor end with a line break that is not part of a token.
                     let text = text.trim_end_matches(['\n', '\r']);
@@ -311,22 +329,27 @@ impl Plan {
         out
     }
 
-    /// The secrets the agent at `index` needs: every step's, and those of
-    /// the probes it runs (the first `probe.agents` agents run a probe).
-    /// Never the built-in target's: it runs beside the coordinator.
-    pub fn secrets_for_agent(&self, index: usize, all: &SecretValues) -> SecretValues {
-        let steps = self.steps.iter().map(|s| &s.request);
-        let probes = self.probes.iter().enumerate().filter(|&(i, _)| self.agent_sends_probe(index, i)).map(|(_, p)| &p.request);
+    /// The secrets the agent at `index` needs: every step's if it sends
+    /// load (`load`: a fault-only agent, `--capacity 0`, sends none — it
+    /// sits on a service node and must not hold the load's tokens), and
+    /// those of the probes it runs (the first `probe.agents` agents run a
+    /// probe) or that gate the faults it applies (`faults`, indices into the
+    /// plan's). Never the built-in target's: it runs beside the coordinator.
+    pub fn secrets_for_agent(&self, index: usize, load: bool, faults: &[u32], all: &SecretValues) -> SecretValues {
+        let steps = self.steps.iter().filter(|_| load).map(|s| &s.request);
+        let probes = self.probes.iter().enumerate().filter(|&(i, _)| self.agent_sends_probe(index, i, faults)).map(|(_, p)| &p.request);
         pick(steps.chain(probes), all)
     }
 
-    /// Whether the agent at `index` may send probe `probe`'s request: it runs
-    /// the probe (the first `agents` agents do), or the probe is part of the
-    /// steady state that gates a fault (`unless_unhealthy`), which the agent
-    /// applying the fault checks itself.
-    pub fn agent_sends_probe(&self, index: usize, probe: usize) -> bool {
+    /// Whether the agent at `index`, applying `faults` (indices into the
+    /// plan's), may send probe `probe`'s request: it runs the probe (the
+    /// first `agents` agents do), or the probe is part of the steady state
+    /// that gates one of its faults (`unless_unhealthy`), which the agent
+    /// applying the fault checks itself. An agent with no such fault never
+    /// sends the steady state's probes, and gets none of their secrets.
+    pub fn agent_sends_probe(&self, index: usize, probe: usize, faults: &[u32]) -> bool {
         let Some(p) = self.probes.get(probe) else { return false };
-        let gates = self.faults.iter().any(|f| f.unless_unhealthy.is_some());
+        let gates = faults.iter().any(|&f| self.faults.get(f as usize).is_some_and(|f| f.unless_unhealthy.is_some()));
         index < p.agents as usize || (gates && self.steady_state.as_ref().is_some_and(|s| s.probes.contains(&p.name)))
     }
 
@@ -352,11 +375,19 @@ fn pick<'a>(requests: impl Iterator<Item = &'a super::Request>, all: &SecretValu
 /// defence for what is written or logged (a target that echoes a header
 /// into a check's detail). Values shorter than 4 bytes are left alone:
 /// replacing every `1` would corrupt a report more than it protects.
+///
+/// Reports are JSON, HTML and XML: a value with a `"`, `\`, `<` or `&`
+/// is written escaped there, so each value is also looked for as JSON and
+/// as markup escape it (`report::escape_markup`).
 pub fn redact(text: &str, values: &SecretValues) -> String {
     let mut out = text.to_string();
     for v in values.values().filter(|v| v.len() >= 4) {
-        if out.contains(v.as_str()) {
-            out = out.replace(v.as_str(), REDACTED);
+        let json = serde_json::to_string(v).map(|q| q[1..q.len() - 1].to_string()).unwrap_or_default();
+        let markup = v.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;");
+        for form in [v.as_str(), json.as_str(), markup.as_str()] {
+            if !form.is_empty() && out.contains(form) {
+                out = out.replace(form, REDACTED);
+            }
         }
     }
     out
@@ -438,6 +469,30 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_is_held_to_the_limits_of_a_plain_value_and_a_huge_file_is_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = SecretSource::Local { env: &env, dir: dir.path() };
+        // A header value over 8 KiB, as a plain one would be refused.
+        std::fs::write(dir.path().join("long"), "x".repeat(MAX_HEADER_BYTES + 1)).unwrap();
+        let (path, msg) = resolve_secrets(&mut plan("{ secret_file: long }"), &local).unwrap_err();
+        assert_eq!(path, "steps[0].request.headers.authorization");
+        assert!(msg.contains("a header value may be at most 8192 bytes"), "{msg}");
+        assert!(!msg.contains("xxxx"), "{msg}");
+        // A file far past any request's size: refused, read only up to the limit.
+        let big = dir.path().join("big");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(1 << 40).unwrap(); // 1 TiB, sparse: reading it whole would never end
+        let (_, msg) = resolve_secrets(&mut plan("{ secret_file: big }"), &local).unwrap_err();
+        assert!(msg.contains("is larger than 262144 bytes"), "{msg}");
+        // A body secret may be as large as a plain body.
+        let text = "name: s\ntarget: http://127.0.0.1:1\nphases:\n  - { name: p, duration: 1s, load: { model: open, rate: 1/s } }\nsteps:\n  - { name: a, request: { method: POST, body: { secret_file: body } } }\n";
+        std::fs::write(dir.path().join("body"), "y".repeat(MAX_BODY_BYTES)).unwrap();
+        let mut p = crate::plan::load_str(text, crate::plan::Format::Yaml, Path::new("p.yaml")).unwrap();
+        resolve_secrets(&mut p, &local).unwrap();
+        assert_eq!(p.steps[0].request.body.as_ref().unwrap().sent().len(), MAX_BODY_BYTES);
+    }
+
+    #[test]
     fn each_agent_gets_only_the_secrets_of_what_it_sends() {
         let text = "name: s\ntarget: http://127.0.0.1:0
 builtin_target: { require_header: { name: x, value: { secret_env: TARGET_ONLY } } }
@@ -450,22 +505,64 @@ probes:\n  - { name: h, every: 1s, agents: 1, request: { body: { secret_env: PRO
         let all = p.secret_values();
         assert_eq!(all.len(), 3);
         let keys = |v: SecretValues| v.into_keys().collect::<Vec<_>>();
-        assert_eq!(keys(p.secrets_for_agent(0, &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
-        assert_eq!(keys(p.secrets_for_agent(1, &all)), ["env:TOKEN"], "agent 1 runs no probe");
+        assert_eq!(keys(p.secrets_for_agent(0, true, &[], &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, true, &[], &all)), ["env:TOKEN"], "agent 1 runs no probe");
+        // A fault-only agent sends no load: it gets no step's secret.
+        assert_eq!(keys(p.secrets_for_agent(1, false, &[], &all)), Vec::<String>::new());
+        assert_eq!(keys(p.secrets_for_agent(0, false, &[], &all)), ["env:PROBE_ONLY"], "but it gets its probes'");
         assert_eq!(keys(p.secrets_for_probes(&[0], &all)), ["env:PROBE_ONLY"]);
         // Agent 1 fills what it sends; the rest stays unresolved, without error.
         let mut on_agent: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
-        fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, &all), true, |i| p.agent_sends_probe(1, i)).unwrap();
+        fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, true, &[], &all), true, |i| p.agent_sends_probe(1, i, &[])).unwrap();
         assert_eq!(on_agent.steps[0].request.headers["x"].sent(), "value-of-TOKEN");
         assert_eq!(on_agent.probes[0].request.body.as_ref().unwrap().sent(), "");
         // Agent 0 must have the probe's: without it, it refuses.
-        let err = fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, &all), true, |i| p.agent_sends_probe(0, i)).unwrap_err();
+        let err = fill_agent_secrets(&mut on_agent, &p.secrets_for_agent(1, true, &[], &all), true, |i| p.agent_sends_probe(0, i, &[])).unwrap_err();
         assert_eq!(err.0, "probes[0].request.body");
+        // A fault-only agent fills no step secret, and needs none.
+        let mut fault_only: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        fill_agent_secrets(&mut fault_only, &p.secrets_for_agent(1, false, &[], &all), false, |i| p.agent_sends_probe(1, i, &[])).unwrap();
+        assert_eq!(fault_only.steps[0].request.headers["x"].sent(), "");
+    }
+
+    #[test]
+    fn only_an_agent_whose_fault_is_gated_gets_the_steady_states_probe_secrets() {
+        let text = "name: s\ntarget: http://127.0.0.1:1
+phases:\n  - { name: p, duration: 5s, load: { model: open, rate: 1/s } }
+steps:\n  - { name: a, request: { headers: { x: { secret_env: TOKEN } } } }
+probes:\n  - { name: h, every: 1s, agents: 1, request: { headers: { x: { secret_env: PROBE_ONLY } } } }
+steady_state: { probes: [h], within: 5s }
+faults:
+  - { name: gated, kind: pause, at: 1s, duration: 1s, instance: { driver: process, pid: 4000000 }, unless_unhealthy: skip }
+  - { name: plain, kind: pause, at: 1s, duration: 1s, instance: { driver: process, pid: 4000001 } }\n";
+        let mut p = crate::plan::load_str(text, crate::plan::Format::Yaml, Path::new("p.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let env = |n: &str| Some(format!("value-of-{n}"));
+        resolve_secrets(&mut p, &SecretSource::Local { env: &env, dir: Path::new(".") }).unwrap();
+        let all = p.secret_values();
+        let keys = |v: SecretValues| v.into_keys().collect::<Vec<_>>();
+        // Agent 1 runs no probe: the probe's secret only with the gated fault.
+        assert_eq!(keys(p.secrets_for_agent(1, true, &[0], &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, true, &[1], &all)), ["env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, true, &[], &all)), ["env:TOKEN"]);
+        assert_eq!(keys(p.secrets_for_agent(1, false, &[0, 1], &all)), ["env:PROBE_ONLY"], "a fault-only agent checking its gate");
+        // Agent 0 runs the probe, faults or not.
+        assert_eq!(keys(p.secrets_for_agent(0, true, &[], &all)), ["env:PROBE_ONLY", "env:TOKEN"]);
     }
 
     #[test]
     fn redaction_replaces_values_but_not_tiny_ones() {
         let values: SecretValues = [("env:A".to_string(), "s3cr3t".to_string()), ("env:B".to_string(), "1".to_string())].into_iter().collect();
         assert_eq!(redact("x s3cr3t y 1", &values), "x *** y 1");
+    }
+
+    #[test]
+    fn redaction_finds_a_value_as_json_and_markup_write_it() {
+        let v = r#"a"b\c<d>&'e"#;
+        let values: SecretValues = [("env:A".to_string(), v.to_string())].into_iter().collect();
+        let json = serde_json::to_string(&serde_json::json!({ "error": format!("echoed {v}") })).unwrap();
+        assert!(!json.contains(v), "the JSON writes it escaped: {json}");
+        assert_eq!(redact(&json, &values), r#"{"error":"echoed ***"}"#);
+        let html = "<td>echoed a&quot;b\\c&lt;d&gt;&amp;&#39;e</td>";
+        assert_eq!(redact(html, &values), "<td>echoed ***</td>");
     }
 }
