@@ -9,6 +9,8 @@
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 
+pub mod sparse;
+
 pub type Hist = Histogram<u64>;
 
 pub const SIGNIFICANT_DIGITS: u8 = 3;
@@ -53,30 +55,39 @@ pub const MAX_INFLATED: usize = 16 << 20;
 /// bounded by [`MAX_INFLATED`], and the claim is checked against the bytes
 /// actually present before hdrhistogram sees them.
 pub fn decode(bytes: &[u8]) -> Result<Hist, CodecError> {
-    use std::io::Read;
-
     if bytes.is_empty() {
         return Ok(new_hist());
     }
-    let be_u32 = |b: &[u8], at: usize| b.get(at..at + 4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-    let inflated;
+    let mut scratch = Vec::new();
+    decode_plain(plain_v2(bytes, &mut scratch)?)
+}
+
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+}
+
+/// The plain V2 bytes of V2 (+DEFLATE) `bytes`: as they are, or inflated
+/// into `scratch` (bounded by [`MAX_INFLATED`]). A V2 header's payload
+/// length is checked against the bytes present.
+fn plain_v2<'a>(bytes: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<&'a [u8], CodecError> {
+    use std::io::Read;
+
     let plain = if be_u32(bytes, 0) == Some(V2_DEFLATE_COOKIE) {
         let compressed_len = be_u32(bytes, 4).ok_or_else(|| CodecError::Decode("truncated V2+DEFLATE header".into()))? as usize;
         let body = &bytes[8..];
         let body = &body[..compressed_len.min(body.len())];
-        let mut out = Vec::new();
+        scratch.clear();
         flate2::read::ZlibDecoder::new(body)
             .take(MAX_INFLATED as u64 + 1)
-            .read_to_end(&mut out)
+            .read_to_end(scratch)
             .map_err(|e| CodecError::Decode(format!("DEFLATE: {e}")))?;
-        if out.len() > MAX_INFLATED {
+        if scratch.len() > MAX_INFLATED {
             return Err(CodecError::Decode(format!("inflates to more than {MAX_INFLATED} bytes")));
         }
-        if be_u32(&out, 0) != Some(V2_COOKIE) {
+        if be_u32(scratch, 0) != Some(V2_COOKIE) {
             return Err(CodecError::Decode("the DEFLATE layer does not hold a V2 histogram".into()));
         }
-        inflated = out;
-        &inflated[..]
+        &scratch[..]
     } else {
         bytes
     };
@@ -86,6 +97,14 @@ pub fn decode(bytes: &[u8]) -> Result<Hist, CodecError> {
         if claimed > present {
             return Err(CodecError::Decode(format!("the header claims {claimed} payload bytes, {present} follow")));
         }
+    }
+    Ok(plain)
+}
+
+/// hdrhistogram's decoder on plain V2 bytes whose claimed length was checked.
+fn decode_plain(plain: &[u8]) -> Result<Hist, CodecError> {
+    if be_u32(plain, 0) == Some(V2_COOKIE) {
+        let claimed = be_u32(plain, 4).unwrap_or(0) as usize;
         if plain.get(V2_HEADER..V2_HEADER + claimed).is_some_and(has_unnegatable_zero_run) {
             return Err(CodecError::Decode("a count is out of range".into()));
         }

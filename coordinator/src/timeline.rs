@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use stampede_common::stats::sparse::SparseStats;
 use stampede_common::stats::{MergeError, RunStats};
 use stampede_proto::convert::{decode_steps, encode_steps, DecodeError};
 use stampede_proto::v1::{PhaseSchedule, StepStats};
@@ -41,14 +42,14 @@ pub enum TimelineError {
 impl Timeline {
     /// Adds requests due in interval `due`. A late addition to an interval
     /// already compacted (an agent's clock, or a bug) reopens it.
-    pub fn add(&mut self, due: u64, stats: &RunStats) -> Result<(), TimelineError> {
+    pub fn add(&mut self, due: u64, stats: &SparseStats) -> Result<(), TimelineError> {
         let slot = self.slots.entry(due).or_insert_with(|| Slot::Open(Box::default()));
         if let Slot::Final { steps, phases } = slot {
             let reopened = decode_steps(steps, phases)?;
             *slot = Slot::Open(Box::new(reopened));
         }
         let Slot::Open(open) = slot else { unreachable!("reopened above") };
-        open.checked_add(stats)?;
+        open.checked_add_sparse(stats)?;
         if self.compacted.is_some_and(|c| due <= c) {
             Self::compact(slot);
         }
@@ -112,13 +113,14 @@ mod tests {
 
     use super::*;
 
-    fn stats(requests: u64, latency_us: u64) -> RunStats {
+    fn stats(requests: u64, latency_us: u64) -> SparseStats {
         let mut r = StepRecord { requests, ..Default::default() };
         record_us(&mut r.latency, latency_us);
         record_us(&mut r.service, latency_us);
         let mut s = RunStats::default();
         s.steps.insert(StepKey { phase: 0, step: 0, ok: true }, r);
-        s
+        let (steps, phases) = encode_steps(&s);
+        stampede_proto::convert::decode_steps_sparse(&steps, &phases, &mut Vec::new()).unwrap()
     }
 
     #[test]
