@@ -3,8 +3,9 @@
 //! Every histogram is microseconds, 1 µs to 1 h, 3 significant digits, so any
 //! two can be added exactly: a fleet percentile computed from merged agent
 //! histograms equals the percentile of one histogram that saw every sample.
-//! On the wire: HdrHistogram V2 + DEFLATE, the format other HdrHistogram
-//! tools read too.
+//! On the wire: HdrHistogram V2, deflated when large ([`encode_wire`]),
+//! the formats other HdrHistogram tools read too. The coordinator decodes
+//! snapshots to their non-zero counts only ([`sparse`]).
 
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
@@ -29,6 +30,30 @@ pub enum CodecError {
     Bounds(String),
 }
 
+/// A snapshot histogram whose plain V2 encoding is at most this long goes
+/// on the wire as it is; a longer one is deflated. Measured (benchmarks/
+/// README.md, "Coordinator merge"): inflating costs the coordinator more
+/// than the rest of the sparse decode and add, while the bytes it saves on
+/// a small histogram (a few hundred to 2 000) cost microseconds of a LAN
+/// or nothing on loopback; on a large, dense histogram deflate halves what
+/// a fleet sends, for 1.2–1.7× the CPU.
+pub const PLAIN_UP_TO: usize = 4096;
+
+/// A snapshot histogram for the wire: plain V2 up to [`PLAIN_UP_TO`]
+/// bytes, V2+DEFLATE above. Both carry their cookie, so any stampede
+/// coordinator (and other HdrHistogram tools) decodes either: no field of
+/// the protocol says which.
+pub fn encode_wire(h: &Hist) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(256);
+    hdrhistogram::serialization::V2Serializer::new().serialize(h, &mut plain).expect("writing to a Vec cannot fail");
+    if plain.len() <= PLAIN_UP_TO {
+        plain
+    } else {
+        encode(h)
+    }
+}
+
+/// V2+DEFLATE: the smallest form (what the coordinator keeps of a final interval).
 pub fn encode(h: &Hist) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     V2DeflateSerializer::new().serialize(h, &mut out).expect("writing to a Vec cannot fail");

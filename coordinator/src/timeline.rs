@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use stampede_common::stats::sparse::SparseStats;
 use stampede_common::stats::{MergeError, RunStats};
-use stampede_proto::convert::{decode_steps, encode_steps, DecodeError};
+use stampede_proto::convert::{decode_steps, encode_steps_with, DecodeError};
 use stampede_proto::v1::{PhaseSchedule, StepStats};
 
 enum Slot {
@@ -65,7 +65,8 @@ impl Timeline {
                 r.dispatch.reset();
                 r.handshake.reset();
             }
-            let (mut steps, phases) = encode_steps(s);
+            // Deflated: memory, not merge speed, matters for what is kept all run.
+            let (mut steps, phases) = encode_steps_with(s, stampede_common::histogram::encode);
             for st in &mut steps {
                 st.service_hist.clear();
                 st.dispatch_hist.clear();
@@ -110,6 +111,7 @@ impl Timeline {
 mod tests {
     use stampede_common::histogram::record_us;
     use stampede_common::stats::{StepKey, StepRecord};
+    use stampede_proto::convert::encode_steps;
 
     use super::*;
 

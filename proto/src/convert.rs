@@ -1,5 +1,5 @@
 //! Between the wire messages and the measurement types both sides compute
-//! with: histograms travel as V2+DEFLATE bytes and come back bit-exact.
+//! with: histograms travel as V2 bytes (deflated when large) and come back bit-exact.
 
 use stampede_common::histogram::{self, sparse, CodecError};
 use stampede_common::stats::sparse::{SparseRecord, SparseStats};
@@ -32,7 +32,14 @@ pub fn unix_nanos(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// A run's (or an interval's) stats as a snapshot carries them, each
+/// histogram as [`histogram::encode_wire`] puts it on the wire.
 pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
+    encode_steps_with(stats, histogram::encode_wire)
+}
+
+/// [`encode_steps`] with each histogram encoded by `encode`.
+pub fn encode_steps_with(stats: &RunStats, encode: fn(&histogram::Hist) -> Vec<u8>) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
     let steps = stats
         .steps
         .iter()
@@ -40,12 +47,12 @@ pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
             phase: k.phase,
             step: k.step,
             outcome: if k.ok { Outcome::Ok } else { Outcome::Error } as i32,
-            latency_hist: histogram::encode(&r.latency),
-            service_hist: histogram::encode(&r.service),
-            dispatch_hist: histogram::encode(&r.dispatch),
+            latency_hist: encode(&r.latency),
+            service_hist: encode(&r.service),
+            dispatch_hist: encode(&r.dispatch),
             // Plain HTTP records no handshake: send nothing rather than an
             // encoded empty histogram.
-            handshake_hist: if r.handshake.is_empty() { Vec::new() } else { histogram::encode(&r.handshake) },
+            handshake_hist: if r.handshake.is_empty() { Vec::new() } else { encode(&r.handshake) },
             requests: r.requests,
             errors: ErrorKind::ALL
                 .iter()

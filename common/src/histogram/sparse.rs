@@ -147,7 +147,8 @@ fn too_long() -> CodecError {
 /// hdrhistogram's decoder errors: a varint cut short, a count past the
 /// array, an index past 2^64, a zero run of i64::MIN.
 fn walk(payload: &[u8]) -> Result<Sparse, CodecError> {
-    let mut counts = Vec::new();
+    // Every count takes a byte at least: never grown while walking.
+    let mut counts = Vec::with_capacity(payload.len().min(SLOTS));
     let mut index: u64 = 0;
     let mut at = 0;
     while let Some(&first) = payload.get(at) {
