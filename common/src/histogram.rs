@@ -3,11 +3,14 @@
 //! Every histogram is microseconds, 1 µs to 1 h, 3 significant digits, so any
 //! two can be added exactly: a fleet percentile computed from merged agent
 //! histograms equals the percentile of one histogram that saw every sample.
-//! On the wire: HdrHistogram V2 + DEFLATE, the format other HdrHistogram
-//! tools read too.
+//! On the wire: HdrHistogram V2, deflated when large ([`encode_wire`]),
+//! the formats other HdrHistogram tools read too. The coordinator decodes
+//! snapshots to their non-zero counts only ([`sparse`]).
 
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
+
+pub mod sparse;
 
 pub type Hist = Histogram<u64>;
 
@@ -27,6 +30,30 @@ pub enum CodecError {
     Bounds(String),
 }
 
+/// A snapshot histogram whose plain V2 encoding is at most this long goes
+/// on the wire as it is; a longer one is deflated. Measured (benchmarks/
+/// README.md, "Coordinator merge"): inflating costs the coordinator more
+/// than the rest of the sparse decode and add, while the bytes it saves on
+/// a small histogram (a few hundred to 2 000) cost microseconds of a LAN
+/// or nothing on loopback; on a large, dense histogram deflate halves what
+/// a fleet sends, for 1.2–1.7× the CPU.
+pub const PLAIN_UP_TO: usize = 4096;
+
+/// A snapshot histogram for the wire: plain V2 up to [`PLAIN_UP_TO`]
+/// bytes, V2+DEFLATE above. Both carry their cookie, so any stampede
+/// coordinator (and other HdrHistogram tools) decodes either: no field of
+/// the protocol says which.
+pub fn encode_wire(h: &Hist) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(256);
+    hdrhistogram::serialization::V2Serializer::new().serialize(h, &mut plain).expect("writing to a Vec cannot fail");
+    if plain.len() <= PLAIN_UP_TO {
+        plain
+    } else {
+        encode(h)
+    }
+}
+
+/// V2+DEFLATE: the smallest form (what the coordinator keeps of a final interval).
 pub fn encode(h: &Hist) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     V2DeflateSerializer::new().serialize(h, &mut out).expect("writing to a Vec cannot fail");
@@ -53,30 +80,39 @@ pub const MAX_INFLATED: usize = 16 << 20;
 /// bounded by [`MAX_INFLATED`], and the claim is checked against the bytes
 /// actually present before hdrhistogram sees them.
 pub fn decode(bytes: &[u8]) -> Result<Hist, CodecError> {
-    use std::io::Read;
-
     if bytes.is_empty() {
         return Ok(new_hist());
     }
-    let be_u32 = |b: &[u8], at: usize| b.get(at..at + 4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-    let inflated;
+    let mut scratch = Vec::new();
+    decode_plain(plain_v2(bytes, &mut scratch)?)
+}
+
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+}
+
+/// The plain V2 bytes of V2 (+DEFLATE) `bytes`: as they are, or inflated
+/// into `scratch` (bounded by [`MAX_INFLATED`]). A V2 header's payload
+/// length is checked against the bytes present.
+fn plain_v2<'a>(bytes: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<&'a [u8], CodecError> {
+    use std::io::Read;
+
     let plain = if be_u32(bytes, 0) == Some(V2_DEFLATE_COOKIE) {
         let compressed_len = be_u32(bytes, 4).ok_or_else(|| CodecError::Decode("truncated V2+DEFLATE header".into()))? as usize;
         let body = &bytes[8..];
         let body = &body[..compressed_len.min(body.len())];
-        let mut out = Vec::new();
+        scratch.clear();
         flate2::read::ZlibDecoder::new(body)
             .take(MAX_INFLATED as u64 + 1)
-            .read_to_end(&mut out)
+            .read_to_end(scratch)
             .map_err(|e| CodecError::Decode(format!("DEFLATE: {e}")))?;
-        if out.len() > MAX_INFLATED {
+        if scratch.len() > MAX_INFLATED {
             return Err(CodecError::Decode(format!("inflates to more than {MAX_INFLATED} bytes")));
         }
-        if be_u32(&out, 0) != Some(V2_COOKIE) {
+        if be_u32(scratch, 0) != Some(V2_COOKIE) {
             return Err(CodecError::Decode("the DEFLATE layer does not hold a V2 histogram".into()));
         }
-        inflated = out;
-        &inflated[..]
+        &scratch[..]
     } else {
         bytes
     };
@@ -86,6 +122,14 @@ pub fn decode(bytes: &[u8]) -> Result<Hist, CodecError> {
         if claimed > present {
             return Err(CodecError::Decode(format!("the header claims {claimed} payload bytes, {present} follow")));
         }
+    }
+    Ok(plain)
+}
+
+/// hdrhistogram's decoder on plain V2 bytes whose claimed length was checked.
+fn decode_plain(plain: &[u8]) -> Result<Hist, CodecError> {
+    if be_u32(plain, 0) == Some(V2_COOKIE) {
+        let claimed = be_u32(plain, 4).unwrap_or(0) as usize;
         if plain.get(V2_HEADER..V2_HEADER + claimed).is_some_and(has_unnegatable_zero_run) {
             return Err(CodecError::Decode("a count is out of range".into()));
         }

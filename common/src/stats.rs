@@ -9,6 +9,8 @@ use serde::Serialize;
 
 use crate::histogram::{self, Hist};
 
+pub mod sparse;
+
 /// Why a request failed, as a small closed set (never raw error strings), so
 /// counts from many agents add up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -3,7 +3,8 @@
 //! one histogram that recorded every sample.
 
 use proptest::prelude::*;
-use stampede_common::histogram::{self, Hist};
+use stampede_common::histogram::{self, sparse, Hist, HIGHEST_US};
+use stampede_common::stats::sparse::{SparseRecord, SparseStats};
 use stampede_common::stats::{ErrorKind, RunStats, StepKey, StepRecord};
 
 const QUANTILES: [f64; 5] = [0.50, 0.90, 0.95, 0.99, 0.999];
@@ -35,6 +36,21 @@ fn receive(w: &Wire) -> RunStats {
         ..StepRecord::default()
     };
     let mut stats = RunStats::default();
+    stats.steps.insert(KEY, record);
+    stats
+}
+
+/// The same wire bytes as the coordinator decodes them: sparse counts.
+fn receive_sparse(w: &Wire) -> SparseStats {
+    let mut scratch = Vec::new();
+    let record = SparseRecord {
+        latency: sparse::decode(&w.latency, &mut scratch).unwrap(),
+        service: sparse::decode(&w.service, &mut scratch).unwrap(),
+        dispatch: sparse::decode(&w.dispatch, &mut scratch).unwrap(),
+        requests: w.requests,
+        ..SparseRecord::default()
+    };
+    let mut stats = SparseStats::default();
     stats.steps.insert(KEY, record);
     stats
 }
@@ -81,6 +97,17 @@ proptest! {
             fleet.add(&receive(&send(r))).unwrap();
         }
         let merged = fleet.steps.get(&KEY).cloned().unwrap_or_default();
+
+        // The coordinator's own path: sparse counts added by index.
+        let mut sparse_fleet = RunStats::default();
+        for r in &records {
+            sparse_fleet.checked_add_sparse(&receive_sparse(&send(r))).unwrap();
+        }
+        let fast = sparse_fleet.steps.get(&KEY).cloned().unwrap_or_default();
+        prop_assert_eq!(fast.requests, merged.requests);
+        assert_same(&fast.latency, &merged.latency);
+        assert_same(&fast.service, &merged.service);
+        assert_same(&fast.dispatch, &merged.dispatch);
 
         prop_assert_eq!(merged.requests, samples.len() as u64);
         prop_assert_eq!(merged.latency.len(), samples.len() as u64);
@@ -165,4 +192,63 @@ fn summaries_measure_latency_over_successes_and_count_errors() {
     let none = stats.summarize(|_| false);
     assert_eq!((none.requests, none.errors, none.error_rate()), (0, 0, 0.0));
     assert_eq!(none.latency_ms(0.5), None);
+}
+
+/// One histogram's recorded values: anywhere, at both bounds and beyond
+/// them (clamped, as agents record), few or huge counts. Counts stay below
+/// 2^59 per entry so that no slot of a sent histogram passes i64::MAX (V2
+/// cannot encode that; no agent records 2^63 requests in an interval).
+fn a_histogram() -> impl Strategy<Value = Hist> {
+    let value = prop_oneof![Just(0u64), Just(1u64), Just(HIGHEST_US), Just(u64::MAX), 1u64..=2_048, 100u64..=50_000, 1u64..=HIGHEST_US];
+    let count = prop_oneof![4 => 1u64..=3, 1 => 1u64 << 40..1u64 << 59];
+    prop::collection::vec((value, count), 0..40).prop_map(|entries| {
+        let mut h = histogram::new_hist();
+        for (v, n) in entries {
+            h.saturating_record_n(v.clamp(1, HIGHEST_US), n);
+        }
+        h
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The coordinator's sparse path (decode the non-zero counts, add them
+    /// by index) gives exactly the histogram the stock path gives (decode
+    /// a full histogram, `Histogram::add`), in either wire encoding, into an
+    /// accumulator that may already hold anything — huge counts included,
+    /// so that saturation is compared too.
+    #[test]
+    fn the_sparse_path_merges_exactly_like_the_stock_path(
+        sent in prop::collection::vec((a_histogram(), any::<bool>()), 0..6),
+        already in a_histogram(),
+        near_full in prop::option::of(1u64..=HIGHEST_US),
+    ) {
+        let mut stock = already.clone();
+        if let Some(v) = near_full {
+            stock.saturating_record_n(v, u64::MAX - 3);
+        }
+        let mut fast = stock.clone();
+        let mut scratch = Vec::new();
+        for (h, deflate) in &sent {
+            let bytes = if *deflate {
+                histogram::encode(h)
+            } else {
+                let mut plain = Vec::new();
+                hdrhistogram::serialization::Serializer::serialize(&mut hdrhistogram::serialization::V2Serializer::new(), h, &mut plain).unwrap();
+                plain
+            };
+            histogram::add(&mut stock, &histogram::decode(&bytes).unwrap()).unwrap();
+            let counts = sparse::decode(&bytes, &mut scratch).unwrap();
+            prop_assert_eq!(counts.is_empty(), h.is_empty());
+            counts.add_to(&mut fast);
+        }
+        prop_assert!(fast == stock, "the histograms differ");
+        prop_assert_eq!((fast.len(), fast.min(), fast.min_nz(), fast.max()), (stock.len(), stock.min(), stock.min_nz(), stock.max()));
+        // hdrhistogram's quantiles sum counts unchecked: with saturated
+        // totals they overflow, in either path.
+        if stock.len() < u64::MAX / 2 {
+            assert_same(&fast, &stock);
+        }
+    }
 }

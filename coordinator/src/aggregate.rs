@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use stampede_common::histogram::{self, Hist};
+use stampede_common::stats::sparse::SparseStats;
 use stampede_common::stats::{quantile_ms, ErrorKind, MergeError, RunStats};
-use stampede_proto::convert::{decode_steps, DecodeError};
+use stampede_proto::convert::{decode_steps_sparse, DecodeError};
 use stampede_proto::v1::{RunFinished, Snapshot, StepStats};
 
 use crate::timeline::{Timeline, TimelineError};
@@ -138,6 +139,8 @@ pub struct Aggregate {
     /// Records of this phase index and beyond are probes (contract P): in
     /// the totals and the agents' counts, not in the load's timeline.
     pub probe_phase: u32,
+    /// Inflated histogram bytes, reused from snapshot to snapshot.
+    scratch: Vec<u8>,
 }
 
 impl Aggregate {
@@ -154,6 +157,7 @@ impl Aggregate {
             final_lag,
             sealed_through: None,
             probe_phase: u32::MAX,
+            scratch: Vec::new(),
         }
     }
 
@@ -206,18 +210,19 @@ impl Aggregate {
             return Ok(None);
         }
         let seq = s.seq;
-        let parts = by_due_interval(s).map_err(|source| SnapshotError::Decode { seq, source })?;
+        // Histograms stay sparse (their non-zero counts) from the wire to
+        // the accumulators: no full histogram array per snapshot.
+        let parts = by_due_interval(s, &mut self.scratch).map_err(|source| SnapshotError::Decode { seq, source })?;
         let overflow = |what: &'static str| SnapshotError::Overflow { seq, what };
         let mut sums = Sums::default();
         let mut load = Sums::default();
         let mut timeouts = 0u64;
-        let mut ok_latency = histogram::new_hist();
         // The common case is one part (nothing late): no copy of it.
         let merged;
-        let stats: &RunStats = match parts.as_slice() {
+        let stats: &SparseStats = match parts.as_slice() {
             [(_, only)] => only,
             _ => {
-                let mut all = RunStats::default();
+                let mut all = SparseStats::default();
                 for (_, part) in &parts {
                     all.checked_add(part).map_err(|source| SnapshotError::Merge { seq, source })?;
                 }
@@ -234,10 +239,6 @@ impl Aggregate {
             }
             load = load.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
             timeouts += r.errors[ErrorKind::Timeout as usize];
-            if k.ok {
-                // decode_steps built every histogram in our shape: adding fits.
-                histogram::add(&mut ok_latency, &r.latency).map_err(|e| SnapshotError::Decode { seq, source: e.into() })?;
-            }
         }
         // Every sum is checked before anything is changed.
         let mine = Sums { requests: agent.requests, errors: agent.errors, ..Sums::default() };
@@ -247,7 +248,7 @@ impl Aggregate {
             None => load,
         };
         let in_flight_after = self.landed.get(&seq).map_or(Some(s.in_flight), |iv| iv.in_flight.checked_add(s.in_flight)).ok_or_else(|| overflow("in-flight"))?;
-        self.total.checked_add(stats).map_err(|source| SnapshotError::Merge { seq, source })?;
+        self.total.checked_add_sparse(stats).map_err(|source| SnapshotError::Merge { seq, source })?;
         // Each due interval's sum is part of the run's total, which fit.
         for (due, part) in &parts {
             self.timeline.add(*due, part).map_err(|source| SnapshotError::Timeline { seq, due: *due, source })?;
@@ -283,7 +284,10 @@ impl Aggregate {
         iv.bytes_received = interval_after.received;
         iv.reported += 1;
         if let Some(h) = iv.hist.as_mut() {
-            histogram::add(h, &ok_latency).map_err(|e| SnapshotError::Decode { seq, source: e.into() })?;
+            // The decoder checked every index against our shape: adding cannot fail.
+            for (_, r) in stats.steps.iter().filter(|(k, _)| k.ok && k.phase < self.probe_phase) {
+                r.latency.add_to(h);
+            }
         }
         // An agent whose last snapshot came before this interval (its
         // iterations were done early) will never send it.
@@ -353,16 +357,16 @@ impl Aggregate {
 
 /// A snapshot's entries decoded per interval they were due in (absent
 /// `due_seq`: the snapshot's own, which also carries the schedule).
-fn by_due_interval(s: &Snapshot) -> Result<Vec<(u64, RunStats)>, DecodeError> {
+fn by_due_interval(s: &Snapshot, scratch: &mut Vec<u8>) -> Result<Vec<(u64, SparseStats)>, DecodeError> {
     if s.steps.iter().all(|st| st.due_seq.is_none_or(|d| d == s.seq)) {
-        return Ok(vec![(s.seq, decode_steps(&s.steps, &s.phases)?)]);
+        return Ok(vec![(s.seq, decode_steps_sparse(&s.steps, &s.phases, scratch)?)]);
     }
     let mut groups: BTreeMap<u64, Vec<StepStats>> = BTreeMap::new();
     groups.insert(s.seq, Vec::new());
     for st in &s.steps {
         groups.entry(st.due_seq.unwrap_or(s.seq)).or_default().push(st.clone());
     }
-    groups.into_iter().map(|(due, steps)| Ok((due, decode_steps(&steps, if due == s.seq { &s.phases } else { &[] })?))).collect()
+    groups.into_iter().map(|(due, steps)| Ok((due, decode_steps_sparse(&steps, if due == s.seq { &s.phases } else { &[] }, scratch)?))).collect()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use stampede_common::plan::{AbortRule, Plan};
 use stampede_common::slo::{Metric, Scope, Unit};
 use stampede_common::stats::RunStats;
-use stampede_proto::convert::decode_steps;
+use stampede_proto::convert::decode_steps_sparse;
 use stampede_proto::v1::Snapshot;
 
 use crate::aggregate::Aggregate;
@@ -66,13 +66,15 @@ pub struct Guardrails {
     pending: BTreeMap<u64, RunStats>,
     /// The last interval judged.
     judged: Option<u64>,
+    /// Inflated histogram bytes, reused from snapshot to snapshot.
+    scratch: Vec<u8>,
 }
 
 impl Guardrails {
     pub fn new(plan: &Plan) -> Guardrails {
         let interval = plan.interval.as_duration();
         let rules = plan.abort_when.iter().map(|r| Armed { needed: r.intervals(interval), rule: r.clone(), streak: 0 }).collect();
-        Guardrails { rules, interval, pending: BTreeMap::new(), judged: None }
+        Guardrails { rules, interval, pending: BTreeMap::new(), judged: None, scratch: Vec::new() }
     }
 
     /// Takes a snapshot the run accepted (`agg` already counts it) and
@@ -82,9 +84,9 @@ impl Guardrails {
             return None;
         }
         // Already checked and merged once by `Aggregate`: it decodes.
-        let stats = decode_steps(&s.steps, &s.phases).ok()?;
+        let stats = decode_steps_sparse(&s.steps, &s.phases, &mut self.scratch).ok()?;
         let slot = self.pending.entry(s.seq).or_default();
-        if slot.checked_add(&stats).is_err() {
+        if slot.checked_add_sparse(&stats).is_err() {
             return None;
         }
         self.judge_complete(plan, agg)

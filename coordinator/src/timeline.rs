@@ -13,8 +13,9 @@
 
 use std::collections::BTreeMap;
 
+use stampede_common::stats::sparse::SparseStats;
 use stampede_common::stats::{MergeError, RunStats};
-use stampede_proto::convert::{decode_steps, encode_steps, DecodeError};
+use stampede_proto::convert::{decode_steps, encode_steps_with, DecodeError};
 use stampede_proto::v1::{PhaseSchedule, StepStats};
 
 enum Slot {
@@ -41,14 +42,14 @@ pub enum TimelineError {
 impl Timeline {
     /// Adds requests due in interval `due`. A late addition to an interval
     /// already compacted (an agent's clock, or a bug) reopens it.
-    pub fn add(&mut self, due: u64, stats: &RunStats) -> Result<(), TimelineError> {
+    pub fn add(&mut self, due: u64, stats: &SparseStats) -> Result<(), TimelineError> {
         let slot = self.slots.entry(due).or_insert_with(|| Slot::Open(Box::default()));
         if let Slot::Final { steps, phases } = slot {
             let reopened = decode_steps(steps, phases)?;
             *slot = Slot::Open(Box::new(reopened));
         }
         let Slot::Open(open) = slot else { unreachable!("reopened above") };
-        open.checked_add(stats)?;
+        open.checked_add_sparse(stats)?;
         if self.compacted.is_some_and(|c| due <= c) {
             Self::compact(slot);
         }
@@ -64,7 +65,8 @@ impl Timeline {
                 r.dispatch.reset();
                 r.handshake.reset();
             }
-            let (mut steps, phases) = encode_steps(s);
+            // Deflated: memory, not merge speed, matters for what is kept all run.
+            let (mut steps, phases) = encode_steps_with(s, stampede_common::histogram::encode);
             for st in &mut steps {
                 st.service_hist.clear();
                 st.dispatch_hist.clear();
@@ -109,16 +111,18 @@ impl Timeline {
 mod tests {
     use stampede_common::histogram::record_us;
     use stampede_common::stats::{StepKey, StepRecord};
+    use stampede_proto::convert::encode_steps;
 
     use super::*;
 
-    fn stats(requests: u64, latency_us: u64) -> RunStats {
+    fn stats(requests: u64, latency_us: u64) -> SparseStats {
         let mut r = StepRecord { requests, ..Default::default() };
         record_us(&mut r.latency, latency_us);
         record_us(&mut r.service, latency_us);
         let mut s = RunStats::default();
         s.steps.insert(StepKey { phase: 0, step: 0, ok: true }, r);
-        s
+        let (steps, phases) = encode_steps(&s);
+        stampede_proto::convert::decode_steps_sparse(&steps, &phases, &mut Vec::new()).unwrap()
     }
 
     #[test]

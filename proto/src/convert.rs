@@ -1,7 +1,8 @@
 //! Between the wire messages and the measurement types both sides compute
-//! with: histograms travel as V2+DEFLATE bytes and come back bit-exact.
+//! with: histograms travel as V2 bytes (deflated when large) and come back bit-exact.
 
-use stampede_common::histogram::{self, CodecError};
+use stampede_common::histogram::{self, sparse, CodecError};
+use stampede_common::stats::sparse::{SparseRecord, SparseStats};
 use stampede_common::stats::{CheckCount, ErrorKind, RunStats, ScheduleStats, StepKey, StepRecord};
 
 use crate::v1::{CheckTally, ErrorCount, FaultStatus, Outcome, PhaseSchedule, StatusCount, StepStats};
@@ -31,7 +32,14 @@ pub fn unix_nanos(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// A run's (or an interval's) stats as a snapshot carries them, each
+/// histogram as [`histogram::encode_wire`] puts it on the wire.
 pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
+    encode_steps_with(stats, histogram::encode_wire)
+}
+
+/// [`encode_steps`] with each histogram encoded by `encode`.
+pub fn encode_steps_with(stats: &RunStats, encode: fn(&histogram::Hist) -> Vec<u8>) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
     let steps = stats
         .steps
         .iter()
@@ -39,12 +47,12 @@ pub fn encode_steps(stats: &RunStats) -> (Vec<StepStats>, Vec<PhaseSchedule>) {
             phase: k.phase,
             step: k.step,
             outcome: if k.ok { Outcome::Ok } else { Outcome::Error } as i32,
-            latency_hist: histogram::encode(&r.latency),
-            service_hist: histogram::encode(&r.service),
-            dispatch_hist: histogram::encode(&r.dispatch),
+            latency_hist: encode(&r.latency),
+            service_hist: encode(&r.service),
+            dispatch_hist: encode(&r.dispatch),
             // Plain HTTP records no handshake: send nothing rather than an
             // encoded empty histogram.
-            handshake_hist: if r.handshake.is_empty() { Vec::new() } else { histogram::encode(&r.handshake) },
+            handshake_hist: if r.handshake.is_empty() { Vec::new() } else { encode(&r.handshake) },
             requests: r.requests,
             errors: ErrorKind::ALL
                 .iter()
@@ -90,32 +98,57 @@ pub enum DecodeError {
     ScheduleOverflow(u32),
 }
 
+/// A step entry's key and counters, checked (histograms aside).
+struct Counts {
+    key: StepKey,
+    errors: [u64; ErrorKind::ALL.len()],
+    statuses: std::collections::BTreeMap<u16, u64>,
+    checks: std::collections::BTreeMap<u32, CheckCount>,
+}
+
+fn decode_counts(s: &StepStats) -> Result<Counts, DecodeError> {
+    let ok = match Outcome::try_from(s.outcome) {
+        Ok(Outcome::Ok) => true,
+        Ok(Outcome::Error) => false,
+        _ => return Err(DecodeError::Outcome(s.outcome)),
+    };
+    let mut errors = [0u64; ErrorKind::ALL.len()];
+    for e in &s.errors {
+        let kind = ErrorKind::parse(&e.kind).ok_or_else(|| DecodeError::ErrorKind(e.kind.clone()))?;
+        errors[kind as usize] = errors[kind as usize].checked_add(e.count).ok_or(DecodeError::Overflow { phase: s.phase, step: s.step })?;
+    }
+    let overflow = || DecodeError::Overflow { phase: s.phase, step: s.step };
+    let mut statuses = std::collections::BTreeMap::new();
+    for c in &s.statuses {
+        let status = u16::try_from(c.status).ok().filter(|s| (100..=999).contains(s)).ok_or(DecodeError::Status(c.status))?;
+        let n: &mut u64 = statuses.entry(status).or_default();
+        *n = n.checked_add(c.count).ok_or_else(overflow)?;
+    }
+    let mut checks = std::collections::BTreeMap::new();
+    for c in &s.checks {
+        let n: &mut CheckCount = checks.entry(c.check).or_default();
+        n.passed = n.passed.checked_add(c.passed).ok_or_else(overflow)?;
+        n.failed = n.failed.checked_add(c.failed).ok_or_else(overflow)?;
+    }
+    Ok(Counts { key: StepKey { phase: s.phase, step: s.step, ok }, errors, statuses, checks })
+}
+
+fn decode_schedules(phases: &[PhaseSchedule], schedule: &mut std::collections::BTreeMap<u32, ScheduleStats>) -> Result<(), DecodeError> {
+    for p in phases {
+        let s = ScheduleStats { scheduled: p.scheduled, dropped: p.dropped, late: p.late, max_lag_us: p.max_lag_us };
+        let slot = schedule.entry(p.phase).or_default();
+        if !slot.fits(&s) {
+            return Err(DecodeError::ScheduleOverflow(p.phase));
+        }
+        slot.add(&s);
+    }
+    Ok(())
+}
+
 pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<RunStats, DecodeError> {
     let mut out = RunStats::default();
     for s in steps {
-        let ok = match Outcome::try_from(s.outcome) {
-            Ok(Outcome::Ok) => true,
-            Ok(Outcome::Error) => false,
-            _ => return Err(DecodeError::Outcome(s.outcome)),
-        };
-        let mut errors = [0u64; ErrorKind::ALL.len()];
-        for e in &s.errors {
-            let kind = ErrorKind::parse(&e.kind).ok_or_else(|| DecodeError::ErrorKind(e.kind.clone()))?;
-            errors[kind as usize] = errors[kind as usize].checked_add(e.count).ok_or(DecodeError::Overflow { phase: s.phase, step: s.step })?;
-        }
-        let overflow = || DecodeError::Overflow { phase: s.phase, step: s.step };
-        let mut statuses = std::collections::BTreeMap::new();
-        for c in &s.statuses {
-            let status = u16::try_from(c.status).ok().filter(|s| (100..=999).contains(s)).ok_or(DecodeError::Status(c.status))?;
-            let n: &mut u64 = statuses.entry(status).or_default();
-            *n = n.checked_add(c.count).ok_or_else(overflow)?;
-        }
-        let mut checks = std::collections::BTreeMap::new();
-        for c in &s.checks {
-            let n: &mut CheckCount = checks.entry(c.check).or_default();
-            n.passed = n.passed.checked_add(c.passed).ok_or_else(overflow)?;
-            n.failed = n.failed.checked_add(c.failed).ok_or_else(overflow)?;
-        }
+        let Counts { key, errors, statuses, checks } = decode_counts(s)?;
         let record = StepRecord {
             latency: histogram::decode(&s.latency_hist)?,
             service: histogram::decode(&s.service_hist)?,
@@ -129,20 +162,49 @@ pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<Run
             checks,
         };
         // Checked: the same key twice in one snapshot adds its counts.
-        let slot = out.steps.entry(StepKey { phase: s.phase, step: s.step, ok }).or_default();
+        let slot = out.steps.entry(key).or_default();
         if !slot.fits(&record) {
             return Err(DecodeError::Overflow { phase: s.phase, step: s.step });
         }
         slot.add(&record)?;
     }
-    for p in phases {
-        let s = ScheduleStats { scheduled: p.scheduled, dropped: p.dropped, late: p.late, max_lag_us: p.max_lag_us };
-        let slot = out.schedule.entry(p.phase).or_default();
-        if !slot.fits(&s) {
-            return Err(DecodeError::ScheduleOverflow(p.phase));
+    decode_schedules(phases, &mut out.schedule)?;
+    Ok(out)
+}
+
+/// What [`decode_steps`] decodes, with each histogram's non-zero counts
+/// only (`histogram::sparse`): what the coordinator merges, without a full
+/// histogram array per entry. Accepts and refuses what `decode_steps`
+/// does; `scratch` is reused for inflated histograms.
+pub fn decode_steps_sparse(steps: &[StepStats], phases: &[PhaseSchedule], scratch: &mut Vec<u8>) -> Result<SparseStats, DecodeError> {
+    let mut out = SparseStats::default();
+    for s in steps {
+        let Counts { key, errors, statuses, checks } = decode_counts(s)?;
+        let record = SparseRecord {
+            latency: sparse::decode(&s.latency_hist, scratch)?,
+            service: sparse::decode(&s.service_hist, scratch)?,
+            dispatch: sparse::decode(&s.dispatch_hist, scratch)?,
+            handshake: sparse::decode(&s.handshake_hist, scratch)?,
+            requests: s.requests,
+            errors,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            statuses,
+            checks,
+        };
+        match out.steps.entry(key) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(record);
+            }
+            // Checked: the same key twice in one snapshot adds its counts.
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if !o.get_mut().checked_add(&record) {
+                    return Err(DecodeError::Overflow { phase: s.phase, step: s.step });
+                }
+            }
         }
-        slot.add(&s);
     }
+    decode_schedules(phases, &mut out.schedule)?;
     Ok(out)
 }
 

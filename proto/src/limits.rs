@@ -21,8 +21,9 @@ pub const MAX_TEXT: usize = 4096;
 pub const MAX_COMMAND: usize = 64 << 10;
 /// Labels and capabilities per agent; commands per fault event.
 pub const MAX_LIST: usize = 64;
-/// One encoded (V2 + DEFLATE) histogram. stampede's histogram shape
-/// inflates to at most ~210 KiB, so its compressed form is smaller still.
+/// One encoded histogram (plain V2 up to 4 KiB, V2 + DEFLATE above).
+/// stampede's histogram shape inflates to at most ~210 KiB, so its
+/// compressed form is smaller still.
 pub const MAX_HISTOGRAM: usize = 1 << 20;
 /// The longest lease an agent may state: the coordinator waits this long
 /// for a lost agent, and a larger value would overflow its deadlines.
