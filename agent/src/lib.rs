@@ -13,6 +13,7 @@
 //! - `worker`: one thread, one current_thread runtime: the open-model pacer,
 //!   closed-model connection loops, the connection pool.
 //! - `schedule`: when each open-model arrival is due (pure arithmetic).
+//! - `pacer`: the precise one-shot timer (a timerfd) the pacer sleeps on.
 //! - `http`: the allocation-free HTTP/1.1 client, generic over its stream.
 //! - `template`: a step's or probe's `{{seq}}`/`{{uuid}}`/... rendered per
 //!   request (only for requests that have them).
@@ -30,6 +31,7 @@ pub mod engine;
 pub mod fault;
 mod http;
 pub mod outbox;
+mod pacer;
 pub mod probe;
 mod recorder;
 mod schedule;

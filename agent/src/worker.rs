@@ -3,7 +3,8 @@
 //! Everything a request touches lives on this thread — connection pool,
 //! recorder, step picker — behind `Rc`/`RefCell`, so the hot path has no
 //! locks, no atomics, no channel hop and no timer shared with other threads.
-//! The open model's pacer wakes on tokio's 1 ms timer, starts every arrival
+//! The open model's pacer wakes at each arrival's instant on a timerfd
+//! (`pacer.rs`; tokio's own timer rounds up to 1 ms), starts every arrival
 //! that came due (each on an idle pooled connection, or a new one), and
 //! sleeps again; latency counts from each arrival's *intended* instant, so a
 //! late start shows in the numbers instead of hiding (coordinated omission).
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connect::{Addrs, Dialer, Stream};
 use crate::http::{Conn, RequestError, RequestTemplate, Response};
 use crate::template::Ctx;
+use crate::pacer::PreciseTimer;
 use crate::recorder::{Outcome, Recorder};
 use crate::schedule::ArrivalSchedule;
 
@@ -136,6 +138,9 @@ struct Worker {
     /// Per phase: its own step mix (`phases[i].steps`) or every step.
     pickers: Vec<StepPicker>,
     timeout: Duration,
+    /// The pacer's and the phase starts' clock. One wait at a time: only
+    /// `run` and the `pace` it awaits use it.
+    timer: PreciseTimer,
 }
 
 impl Worker {
@@ -171,6 +176,7 @@ async fn run(plan: WorkerPlan) {
         first_request: Cell::new(None),
         pickers: (0..phases).map(|i| StepPicker::new(plan.plan.phase_steps(i).into_iter(), plan.index as u64 ^ ((i as u64) << 32))).collect(),
         timeout: plan.plan.timeout.as_duration(),
+        timer: PreciseTimer::new(),
         plan,
     });
     let finished = Rc::new(tokio::sync::Notify::new());
@@ -181,12 +187,11 @@ async fn run(plan: WorkerPlan) {
     for (i, phase) in w.plan.plan.phases.iter().enumerate() {
         let start = w.plan.run_start + offsets[i];
         let end = start + phase.length();
-        // Not for a start already reached (the first phase's, after
-        // `wait_for_start`): tokio rounds a deadline up to its next 1 ms
-        // tick, so even a past one could wait up to 1 ms more.
+        // On the precise timer: a closed phase's connections start at its
+        // instant, not up to a tokio tick (1 ms) after it.
         if start > Instant::now() {
             tokio::select! {
-                _ = sleep_until(start.into()) => {}
+                _ = w.timer.sleep_until(start) => {}
                 _ = w.plan.cancel.cancelled() => break,
             }
         } else if w.plan.cancel.is_cancelled() {
@@ -340,7 +345,7 @@ async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSch
         let due = start + schedule.time_of(k);
         let now = Instant::now();
         if due > now {
-            sleep_until(due.into()).await;
+            w.timer.sleep_until(due).await;
             continue;
         }
         // Start what came due while we slept, in batches: an await between
