@@ -344,6 +344,15 @@ pub fn progress_printer() -> impl Fn(String) + Send + Sync {
     }
 }
 
+/// Whether the in-process agents probe this node's fault capabilities at
+/// start: only for a plan with faults that may apply them (or, in a dry
+/// run, show what would refuse them). The probe runs `ip netns add`, `tc`
+/// and `nft` in a throwaway namespace; a simulated run touches nothing, and
+/// needs only the `simulate_faults` capability every agent declares.
+fn probes_capabilities(plan: &Plan, simulate_faults: bool) -> bool {
+    !plan.faults.is_empty() && !simulate_faults
+}
+
 /// `print` with every secret value in the line replaced by `***`: the
 /// same last defence a standing coordinator applies to the progress it
 /// sends (control.rs), for a run with in-process agents.
@@ -427,7 +436,7 @@ async fn run_local(mut plan: Plan, args: &RunArgs, mut signals: StopSignals) -> 
     let (addr, server) = server::spawn(listener, fleet.clone(), None, security, shutdown.clone());
     let agents_stop = CancellationToken::new();
     let state_dir = args.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("stampede-state"));
-    let agents = local::spawn_agents(n, addr, token.as_ref(), args.workers, &state_dir, !plan.faults.is_empty(), &agents_stop);
+    let agents = local::spawn_agents(n, addr, token.as_ref(), args.workers, &state_dir, probes_capabilities(&plan, args.simulate_faults), &agents_stop);
 
     let abort = Interrupt::default();
     let progress = redacting(progress_printer(), plan.secret_values());
@@ -553,6 +562,20 @@ async fn target(args: TargetArgs) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    use stampede_common::plan::Format;
+
+    #[test]
+    fn a_simulated_local_run_does_not_probe_the_nodes_fault_tools() {
+        let with_fault = "name: s\ntarget: http://127.0.0.1:1\nphases:\n  - { name: p, duration: 5s, load: { model: open, rate: 1/s } }\nsteps: [{ name: a }]\n\
+                          faults:\n  - { name: f, kind: pause, at: 1s, duration: 1s, instance: { driver: process, pid: 4000000 } }\n";
+        let plan = stampede_common::plan::load_str(with_fault, Format::Yaml, std::path::Path::new("p.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(super::probes_capabilities(&plan, false), "a real run or a dry run needs the findings");
+        assert!(!super::probes_capabilities(&plan, true), "a simulated run runs no command on the node");
+        let mut none = plan.clone();
+        none.faults.clear();
+        assert!(!super::probes_capabilities(&none, false));
+    }
 
     #[test]
     fn local_progress_lines_are_redacted_like_a_standing_coordinators() {
