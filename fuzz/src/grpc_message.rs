@@ -2,7 +2,8 @@
 //! its session (`AgentMessage`), through what the coordinator does with it:
 //! the bounds of `stampede_proto::limits` against a fixed run, then, for a
 //! snapshot that passes, `decode_steps` and the checked merge into the
-//! run's totals (`RunStats::checked_add`, as `aggregate.rs` adds them).
+//! run's totals (`RunStats::checked_add`), and the same through the sparse
+//! path `aggregate.rs` takes (`decode_steps_sparse`, `checked_add_sparse`).
 //!
 //! Besides "no panic", it checks the promise of the bounds: a snapshot that
 //! passes them can cost no more than the run allows (its seq within the
@@ -11,7 +12,7 @@
 
 use prost::Message;
 use stampede_common::stats::{RunStats, StepKey, StepRecord};
-use stampede_proto::convert::decode_steps;
+use stampede_proto::convert::{decode_steps, decode_steps_sparse};
 use stampede_proto::limits::{self, RunBounds, RunTiming};
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::{AgentMessage, Snapshot};
@@ -75,6 +76,13 @@ fn accepted_snapshot(s: &Snapshot, b: &RunBounds) -> String {
     }
     let mut total = RunStats::default();
     total.checked_add(&stats).expect("a checked snapshot adds to empty totals");
+    // The coordinator's own path (`aggregate.rs`): sparse, to the same totals.
+    let sparse = decode_steps_sparse(&s.steps, &s.phases, &mut Vec::new()).expect("decodes as the stock path did");
+    let mut fast = RunStats::default();
+    fast.checked_add_sparse(&sparse).expect("a checked snapshot adds to empty totals");
+    for (k, r) in &total.steps {
+        assert!(fast.steps.get(k).is_some_and(|f| f.latency == r.latency && f.requests == r.requests), "{k:?}: the sparse merge differs");
+    }
     // The same snapshot again, as a second agent's: still checked.
     let twice = total.checked_add(&stats).is_ok();
     // Totals already near 2^64: a non-zero count must be refused, never wrapped.
@@ -83,8 +91,10 @@ fn accepted_snapshot(s: &Snapshot, b: &RunBounds) -> String {
         near_max.steps.insert(*k, StepRecord { requests: u64::MAX - 1, ..StepRecord::default() });
     }
     let any_requests = stats.steps.values().any(|r| r.requests > 1);
+    let mut near_sparse = near_max.clone();
     let near = near_max.checked_add(&stats);
     assert!(!(any_requests && near.is_ok()), "a count past 2^64 was added");
+    assert_eq!(near_sparse.checked_add_sparse(&sparse).is_ok(), near.is_ok(), "the sparse merge checks counts like the stock one");
     let key = StepKey { phase: 0, step: 0, ok: true };
     format!("ok steps={} twice={twice} near_max={} has_first={}", stats.steps.len().min(3), near.is_ok(), stats.steps.contains_key(&key))
 }

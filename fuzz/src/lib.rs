@@ -9,7 +9,10 @@
 //! - [`snapshot_decoder`]: bytes → a protobuf `Snapshot` → the measurement
 //!   types (`stampede_proto::convert::decode_steps`), and bytes → one
 //!   histogram (`stampede_common::histogram::decode`): what a coordinator
-//!   does with every message an agent sends.
+//!   does with every message an agent sends. Each also through the
+//!   coordinator's sparse path (`decode_steps_sparse`, `histogram::sparse`),
+//!   which must accept and refuse the same inputs and merge to the same
+//!   histograms as the stock one.
 //! - [`grpc_message`]: bytes → the `AgentMessage` of a session → the
 //!   coordinator's bounds (`stampede_proto::limits`) → decode and checked
 //!   merge (see the module).
@@ -22,7 +25,9 @@ use std::path::Path;
 use prost::Message;
 use stampede_common::histogram;
 use stampede_common::plan::{load_str, Format, Plan};
-use stampede_proto::convert::decode_steps;
+use stampede_common::histogram::sparse;
+use stampede_common::stats::RunStats;
+use stampede_proto::convert::{decode_steps, decode_steps_sparse};
 use stampede_proto::v1::Snapshot;
 
 /// A fuzz target: returns for every input; a panic is a finding.
@@ -143,7 +148,7 @@ pub fn snapshot_decoder(data: &[u8]) {
 pub fn snapshot_decoder_outcome(data: &[u8]) -> String {
     let snapshot = match Snapshot::decode(data) {
         Err(_) => "snapshot: not protobuf".to_string(),
-        Ok(snapshot) => match decode_steps(&snapshot.steps, &snapshot.phases) {
+        Ok(snapshot) => match same_as_sparse(&snapshot) {
             Err(e) => format!("snapshot: {}", message_shape(&e.to_string())),
             Ok(stats) => {
                 let mut seen = 0;
@@ -160,11 +165,17 @@ pub fn snapshot_decoder_outcome(data: &[u8]) -> String {
             }
         },
     };
+    // The coordinator's sparse decode and add: the same verdict, the same sum.
+    let mut total = histogram::new_hist();
+    let stock = histogram::decode(data).and_then(|h| histogram::add(&mut total, &h));
+    let mut fast = histogram::new_hist();
+    let quick = sparse::decode(data, &mut Vec::new()).map(|s| s.add_to(&mut fast));
+    assert_eq!(stock.is_ok(), quick.is_ok(), "stock {stock:?}, sparse {quick:?}");
+    assert!(fast == total, "the sparse path merged another histogram");
     let hist = match histogram::decode(data) {
         Err(e) => format!("hist: {}", message_shape(&e.to_string())),
         Ok(h) => {
-            let mut total = histogram::new_hist();
-            let fits = histogram::add(&mut total, &h).is_ok();
+            let fits = stock.is_ok();
             if !h.is_empty() {
                 let _ = (h.value_at_quantile(0.5), h.max(), h.min());
             }
@@ -172,6 +183,32 @@ pub fn snapshot_decoder_outcome(data: &[u8]) -> String {
         }
     };
     format!("{snapshot}; {hist}")
+}
+
+/// `decode_steps` of a snapshot, after checking that the coordinator's
+/// sparse path accepts it exactly when the stock one does, and merges it
+/// into run totals to the same records.
+fn same_as_sparse(s: &Snapshot) -> Result<RunStats, stampede_proto::convert::DecodeError> {
+    let stock = decode_steps(&s.steps, &s.phases);
+    let quick = decode_steps_sparse(&s.steps, &s.phases, &mut Vec::new());
+    match (&stock, &quick) {
+        (Ok(stats), Ok(sparse)) => {
+            let (mut a, mut b) = (RunStats::default(), RunStats::default());
+            let (ra, rb) = (a.checked_add(stats), b.checked_add_sparse(sparse));
+            assert_eq!(ra.is_ok(), rb.is_ok(), "stock {ra:?}, sparse {rb:?}");
+            assert_eq!(a.steps.len(), b.steps.len());
+            for ((ka, x), (kb, y)) in a.steps.iter().zip(&b.steps) {
+                assert_eq!(ka, kb);
+                assert!(x.latency == y.latency && x.service == y.service && x.dispatch == y.dispatch && x.handshake == y.handshake, "{ka:?}: histograms differ");
+                assert_eq!((x.requests, x.errors, x.bytes_sent, x.bytes_received), (y.requests, y.errors, y.bytes_sent, y.bytes_received));
+                assert_eq!((&x.statuses, &x.checks), (&y.statuses, &y.checks));
+            }
+            assert_eq!(a.schedule, b.schedule);
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!("stock {:?}, sparse {:?}", stock.as_ref().err(), quick.as_ref().err()),
+    }
+    stock
 }
 
 /// The reproducer behind the target binaries on stable: runs `target` on

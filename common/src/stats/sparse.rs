@@ -81,10 +81,6 @@ fn add_counts(
 }
 
 impl SparseRecord {
-    pub fn error_count(&self) -> u64 {
-        self.errors.iter().sum()
-    }
-
     /// Adds `other` (the same key twice in one snapshot, or parts of one
     /// snapshot due in different intervals); false, and nothing added, when
     /// a count would pass 2^64.
