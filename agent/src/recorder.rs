@@ -99,6 +99,8 @@ impl Recorder {
             Outcome::Response { status, received, checks, .. } => (false, received, Some(ErrorKind::for_status(status)), Some((status, checks))),
             Outcome::Failed(kind) => (false, 0, Some(kind), None),
         };
+        let s = &mut self.schedule[phase];
+        s.last_done_us = s.last_done_us.max(micros(done.saturating_duration_since(self.start)));
         let due = self.due_seq(intended);
         let r: &mut StepRecord = if due == self.current {
             self.records[(phase * self.steps + step) * 2 + ok as usize].get_or_insert_with(Default::default)
@@ -190,7 +192,7 @@ impl Recorder {
             }
         }
         for (p, s) in self.schedule.iter_mut().enumerate() {
-            if s.scheduled > 0 {
+            if s.scheduled > 0 || s.last_done_us > 0 {
                 out.schedule.insert(p as u32, std::mem::take(s));
             }
         }
@@ -226,7 +228,9 @@ mod tests {
         assert!((2000..2010).contains(&rec.service.max()));
         assert_eq!(s.steps[&StepKey { phase: 1, step: 2, ok: false }].errors[ErrorKind::Http5xx as usize], 1);
         assert_eq!(s.steps[&StepKey { phase: 0, step: 0, ok: false }].errors[ErrorKind::Connect as usize], 1);
-        assert_eq!(s.schedule[&1], ScheduleStats { scheduled: 2, dropped: 1, late: 1, max_lag_us: 20_000 });
+        assert_eq!(s.schedule[&1], ScheduleStats { scheduled: 2, dropped: 1, late: 1, max_lag_us: 20_000, last_done_us: 7_000 });
+        // Phase 0's only request completed at t0: nothing after the start.
+        assert!(!s.schedule.contains_key(&0));
         assert_eq!(rec.statuses[&200], 1);
         assert_eq!(s.steps[&StepKey { phase: 1, step: 2, ok: false }].statuses[&503], 1);
         assert!(r.take(1, false).stats.steps.is_empty());

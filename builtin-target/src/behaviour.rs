@@ -32,6 +32,8 @@ pub struct Behaviour {
     /// tests that check what was sent: [`crate::TargetHandle::paths`]. Off
     /// by default: it takes a lock per request.
     pub record_paths: bool,
+    /// The job API's knobs (`POST /jobs`, `GET /jobs/N`): see [`crate::Jobs`].
+    pub jobs: crate::api::Jobs,
 }
 
 /// A header every request must carry with exactly this value (a test's
@@ -188,6 +190,9 @@ impl Behaviour {
             if stall.every.is_zero() {
                 return invalid("stall.every must be non-zero".to_owned());
             }
+        }
+        if !(0.0..=1.0).contains(&self.jobs.never_finish) {
+            return invalid(format!("jobs.never_finish must be within 0.0..=1.0, got {}", self.jobs.never_finish));
         }
         let bad_status = |s: u16| !(100..=599).contains(&s);
         for w in &self.windows {

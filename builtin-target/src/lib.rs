@@ -6,6 +6,8 @@
 //! - `behaviour` — [`Behaviour`] and [`Stall`]: the pure timing/error rules.
 //! - `service` — per-request handling: routes (`/health`, `/bytes/N`, anything
 //!   else), delays, error injection, counters.
+//! - `api` — [`Jobs`]: the login/token/cookie and job API (`/login`, `/me`,
+//!   `/session`, `/jobs`, `/jobs/N`) that flows are tested against.
 //! - `body` — the allocation-free response body (slices of a static buffer).
 //! - `stats` — [`TargetStats`] and the atomic counters behind it.
 //! - `server` — [`serve`], [`serve_until`], [`TargetHandle`]: listener, accept
@@ -30,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+mod api;
 mod arrivals;
 mod behaviour;
 mod body;
@@ -38,6 +41,7 @@ mod service;
 mod stats;
 mod tls;
 
+pub use api::{Jobs, JOB_CAPACITY};
 pub use arrivals::ArrivalLog;
 pub use behaviour::{AfterPause, Behaviour, RequireHeader, Stall, Window, WindowAction};
 pub use server::{serve, serve_tls, serve_until, serve_until_tls, serve_until_with, serve_with, TargetHandle};

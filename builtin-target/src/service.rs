@@ -1,6 +1,8 @@
 //! Per-request handling: routing, injected delays and errors, counters.
 //!
-//! Routes: `/health` (immediately: 200 `{"ok": true, "queue": {"max": N},
+//! Routes: the API of `crate::api` (`/login`, `/me`, `/session`, `/jobs`,
+//! `/jobs/N`: load requests like any other, so latency, stalls, windows,
+//! errors and `require_header` apply to them too), `/health` (immediately: 200 `{"ok": true, "queue": {"max": N},
 //! "in_flight": {"max": M}}`, or
 //! 503 `{"ok": false}` while a status or refuse window or the recovery after a
 //! pause is on), `/bytes/N` (N filler bytes),
@@ -44,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) arrivals: Option<ArrivalLog>,
     /// With `behaviour.record_paths`: every load request's path and query.
     pub(crate) paths: std::sync::Mutex<Vec<String>>,
+    /// The login/job API's state.
+    api: crate::api::Api,
 }
 
 impl Shared {
@@ -61,6 +65,7 @@ impl Shared {
             counters: Counters::default(),
             arrivals,
             paths: std::sync::Mutex::new(Vec::new()),
+            api: crate::api::Api::default(),
         }
     }
 
@@ -162,27 +167,30 @@ pub(crate) async fn handle(
         deadline = Some(deadline.unwrap_or_else(Instant::now) + wait);
     }
     let ok_body = shared.ok_body(req.method(), req.uri().path());
+    let api = crate::api::route(req.method(), req.uri().path());
+    let (head, body) = req.into_parts();
     // Draining overlaps with the wait: an upload's transfer time counts toward it.
-    drain(req.into_body()).await;
+    drain(body).await;
     if let Some(deadline) = deadline {
         // Skips timer registration when the body transfer already used up the wait.
         if deadline > Instant::now() {
             tokio::time::sleep_until(deadline.into()).await;
         }
     }
-    let (status, body) = match ok_body {
-        None => {
+    let (status, body) = match (ok_body, api) {
+        (None, _) => {
             Counters::bump(&counters.client_errors_4xx);
             (StatusCode::BAD_REQUEST, RepeatBody::text(b"bad /bytes/N"))
         }
-        Some(_) if shared.behaviour.sample_error() => {
+        (Some(_), _) if shared.behaviour.sample_error() => {
             Counters::bump(&counters.errors_500);
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 RepeatBody::text(b"error"),
             )
         }
-        Some(body) => {
+        (Some(_), Some(route)) => return Ok(shared.api.answer(route, &head.headers, &shared.behaviour.jobs, counters)),
+        (Some(body), None) => {
             Counters::bump(&counters.ok_2xx);
             (StatusCode::OK, body)
         }

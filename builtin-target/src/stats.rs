@@ -31,6 +31,18 @@ pub struct TargetStats {
     /// handling at once: from the parsed head to the response handed back
     /// (or the client gone). How a test checks a client's concurrency.
     pub max_in_flight: u64,
+    /// `POST /login` answered (each issued a token and a session cookie).
+    #[serde(default)]
+    pub logins: u64,
+    /// `POST /jobs` answered.
+    #[serde(default)]
+    pub jobs_submitted: u64,
+    /// Of those, the jobs that stay `pending` forever (`jobs.never_finish`).
+    #[serde(default)]
+    pub jobs_never_finishing: u64,
+    /// `GET /jobs/N` answered (200 or 404).
+    #[serde(default)]
+    pub job_polls: u64,
 }
 
 /// Live counters shared by the accept loop and every connection.
@@ -49,6 +61,10 @@ pub(crate) struct Counters {
     /// Load requests being handled now, and the most at once.
     pub(crate) in_flight: AtomicU64,
     pub(crate) max_in_flight: AtomicU64,
+    pub(crate) logins: AtomicU64,
+    pub(crate) jobs_submitted: AtomicU64,
+    pub(crate) jobs_never_finishing: AtomicU64,
+    pub(crate) job_polls: AtomicU64,
 }
 
 impl Counters {
@@ -74,6 +90,10 @@ impl Counters {
             connections: self.connections.load(Relaxed),
             tls_failures: self.tls_failures.load(Relaxed),
             max_in_flight: self.max_in_flight.load(Relaxed),
+            logins: self.logins.load(Relaxed),
+            jobs_submitted: self.jobs_submitted.load(Relaxed),
+            jobs_never_finishing: self.jobs_never_finishing.load(Relaxed),
+            job_polls: self.job_polls.load(Relaxed),
         }
     }
 }

@@ -239,6 +239,10 @@ pub struct ScheduleStats {
     /// Arrivals started later than [`LATE_BOUND`] after their intended time.
     pub late: u64,
     pub max_lag_us: u64,
+    /// The latest completion of any request of the phase, µs after the
+    /// run's start (0: none, or an agent too old to say): how the report
+    /// knows when an iterations phase whose count was done early ended.
+    pub last_done_us: u64,
 }
 
 /// An arrival that starts this much after its intended time counts as late.
@@ -265,6 +269,7 @@ impl ScheduleStats {
         self.dropped += o.dropped;
         self.late += o.late;
         self.max_lag_us = self.max_lag_us.max(o.max_lag_us);
+        self.last_done_us = self.last_done_us.max(o.last_done_us);
     }
 
     /// Share of arrivals that did not start on time.

@@ -112,3 +112,15 @@ fn drill_rules_survive_the_json_trip_to_the_agents() {
     assert_eq!(plan.slos[5].metric, Metric::RecoveryTime);
     assert_eq!(plan.slos[1].scope, Scope::In(Box::new(Scope::Step("read".into())), Box::new(Scope::During("api-1".into()))));
 }
+
+/// `builtin_target.jobs`: both knobs parse, and survive the trip to the agents.
+#[test]
+fn builtin_target_jobs_parse_and_round_trip() {
+    let text = "name: j\ntarget: http://127.0.0.1:0\nbuiltin_target: { jobs: { done_after: 2s, never_finish: 25% } }\nphases:\n  - { name: p, duration: 1s, load: { model: closed, concurrency: 1 } }\nsteps:\n  - { name: s, request: { path: / } }\n";
+    let plan = load_str(text, Format::Yaml, Path::new("jobs.yaml")).unwrap();
+    let jobs = plan.builtin_target.as_ref().unwrap().jobs.unwrap();
+    assert_eq!(jobs.done_after.unwrap().as_duration(), std::time::Duration::from_secs(2));
+    assert_eq!(jobs.never_finish.unwrap().ratio(), 0.25);
+    let json = serde_json::to_string(&plan).unwrap();
+    assert_eq!(load_str(&json, Format::Json, Path::new("wire.json")).unwrap(), plan);
+}

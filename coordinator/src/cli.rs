@@ -280,6 +280,12 @@ pub struct TargetArgs {
     /// (`client.pem`, `client-key.pem`).
     #[arg(long, requires = "tls")]
     pub require_client_cert: bool,
+    /// A submitted job (`POST /jobs`) is `done` this long after (default 1s).
+    #[arg(long, value_name = "DUR")]
+    pub jobs_done_after: Option<Dur>,
+    /// Share of jobs that stay `pending` forever, every k-th (`25%`: jobs 4, 8, …).
+    #[arg(long, value_name = "PCT")]
+    pub jobs_never_finish: Option<Percent>,
 }
 
 pub async fn main(cli: Cli) -> i32 {
@@ -524,6 +530,8 @@ async fn target(args: TargetArgs) -> anyhow::Result<i32> {
         require_header: None,
         tls: args.tls,
         require_client_cert: args.require_client_cert,
+        jobs: (args.jobs_done_after.is_some() || args.jobs_never_finish.is_some())
+            .then_some(stampede_common::plan::TargetJobs { done_after: args.jobs_done_after, never_finish: args.jobs_never_finish }),
     };
     let mut behaviour = local::behaviour(&spec);
     if let Some(n) = args.body_size {

@@ -26,6 +26,7 @@
 //! - [`caller`]: who calls a service, and whether their certificate's role may.
 #![forbid(unsafe_code)]
 
+pub mod active;
 pub mod aggregate;
 pub mod caller;
 pub mod certs;

@@ -33,6 +33,13 @@ pub fn behaviour(b: &BuiltinTarget) -> Behaviour {
         after_pause: b.after_pause.map(|p| AfterPause { length: p.length.as_duration(), status: p.status }),
         // The plan's secrets are resolved by now: the target wants the value as sent.
         require_header: b.require_header.as_ref().map(|h| RequireHeader { name: h.name.clone(), value: h.value.sent().as_bytes().to_vec() }),
+        jobs: {
+            let (spec, default) = (b.jobs.unwrap_or_default(), stampede_target::Jobs::default());
+            stampede_target::Jobs {
+                done_after: spec.done_after.map_or(default.done_after, |d| d.as_duration()),
+                never_finish: spec.never_finish.map_or(default.never_finish, |p| p.ratio()),
+            }
+        },
         ..Behaviour::default()
     }
 }

@@ -23,7 +23,7 @@ fn examples_dir() -> PathBuf {
 }
 
 /// The examples that run here, and the twins that are covered by another.
-const RUN: &[&str] = &["quickstart.yaml", "chat-soak.yaml", "mesh-mix.yaml", "staging-load.yaml", "game-day.yaml"];
+const RUN: &[&str] = &["quickstart.yaml", "chat-soak.yaml", "mesh-mix.yaml", "staging-load.yaml", "game-day.yaml", "https.yaml", "https-mtls.yaml"];
 const SAME_AS_ANOTHER: &[&str] = &["quickstart.toml", "quickstart.json"];
 
 fn run_example(file: &str) -> Value {
@@ -63,6 +63,25 @@ fn chat_soak_runs() {
 #[test]
 fn mesh_mix_runs() {
     run_example("mesh-mix.yaml");
+}
+
+/// Over TLS: every request succeeds, and each connection's handshake is
+/// measured.
+#[test]
+fn https_runs() {
+    let r = run_example("https.yaml");
+    assert_eq!(r["verdict"], "pass", "{:#}", r["verdict_reasons"]);
+    assert_eq!(r["totals"]["errors"], 0);
+    assert!(r["steps"][0]["tls_handshake_ms"].is_object(), "{:#}", r["steps"][0]);
+}
+
+/// Mutual TLS: the agents present the client certificate `stampede run`
+/// gave them, so the target that requires one answers everything.
+#[test]
+fn https_mtls_runs() {
+    let r = run_example("https-mtls.yaml");
+    assert_eq!(r["verdict"], "pass", "{:#}", r["verdict_reasons"]);
+    assert_eq!(r["totals"]["errors"], 0);
 }
 
 #[test]

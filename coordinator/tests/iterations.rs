@@ -91,6 +91,18 @@ fn count_100_at_concurrency_4_sends_exactly_100_never_more_than_4_at_once() {
     assert_eq!(per_agent, vec![50, 25, 25]);
     // 25 rounds of 20 ms: the run ended with its count, far before 30 s.
     assert!(took < Duration::from_secs(20), "the run took {took:?}");
+    // Its throughput is over the time it took (start to last completion),
+    // not over max_duration: 100 / active_s, and active_s is at least the
+    // 25 rounds and at most the whole run's wall time.
+    let phase = &r["phases"][0];
+    let active = phase["active_s"].as_f64().unwrap_or_else(|| panic!("no active_s: {phase:#}"));
+    assert!(active >= 0.5 && active <= took.as_secs_f64(), "active {active}s, run {took:?}");
+    let rps = phase["throughput_rps"].as_f64().unwrap();
+    assert!((rps - 100.0 / active).abs() < 1e-6 * rps, "{rps} vs 100 / {active}");
+    assert!(rps > 100.0 / 20.0, "{rps}: not over max_duration (30 s)");
+    assert_eq!(phase["duration_s"], 30.0, "the timeline length is unchanged");
+    // The run's is over the same time (the phase is the run).
+    assert!((r["totals"]["throughput_rps"].as_f64().unwrap() - rps).abs() < 1e-6 * rps, "{:#}", r["totals"]);
 }
 
 /// k6's per-vu-iterations: 20 connections × 3 rounds = 60, over 2 agents.
@@ -122,6 +134,7 @@ fn a_count_cut_short_by_max_duration_fails_and_says_how_many_did_not_run() {
     let (code, stderr, r) = run(&plan, 1);
     assert_eq!(code, 1, "stderr:\n{stderr}\n{r:#}");
     assert_eq!(r["verdict"], "fail");
+    assert!(r["phases"][0].get("active_s").is_none(), "cut short: it lasted max_duration");
     let it = &r["phases"][0]["iterations"];
     let (done, not_run) = (it["done"].as_u64().unwrap(), it["not_run"].as_u64().unwrap());
     assert!(done > 0 && done < 100 && done + not_run == 1000, "{it}");

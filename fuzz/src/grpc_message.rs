@@ -119,7 +119,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut failed = StepRecord { requests: 2, ..StepRecord::default() };
     failed.errors[ErrorKind::Timeout as usize] = 2;
     stats.steps.insert(StepKey { phase: 1, step: 1, ok: false }, failed);
-    stats.schedule.insert(1, ScheduleStats { scheduled: 42, dropped: 0, late: 1, max_lag_us: 900 });
+    stats.schedule.insert(1, ScheduleStats { scheduled: 42, dropped: 0, late: 1, max_lag_us: 900, last_done_us: 0 });
     let (steps, phases) = encode_steps(&stats);
     let at = |seq: i64| START + OFFSET + seq * 1_000_000_000;
     let snapshot = Snapshot {

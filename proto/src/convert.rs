@@ -77,7 +77,7 @@ pub fn encode_steps_with(stats: &RunStats, encode: fn(&histogram::Hist) -> Vec<u
     let phases = stats
         .schedule
         .iter()
-        .map(|(p, s)| PhaseSchedule { phase: *p, scheduled: s.scheduled, dropped: s.dropped, late: s.late, max_lag_us: s.max_lag_us })
+        .map(|(p, s)| PhaseSchedule { phase: *p, scheduled: s.scheduled, dropped: s.dropped, late: s.late, max_lag_us: s.max_lag_us, last_done_us: s.last_done_us })
         .collect();
     (steps, phases)
 }
@@ -135,7 +135,7 @@ fn decode_counts(s: &StepStats) -> Result<Counts, DecodeError> {
 
 fn decode_schedules(phases: &[PhaseSchedule], schedule: &mut std::collections::BTreeMap<u32, ScheduleStats>) -> Result<(), DecodeError> {
     for p in phases {
-        let s = ScheduleStats { scheduled: p.scheduled, dropped: p.dropped, late: p.late, max_lag_us: p.max_lag_us };
+        let s = ScheduleStats { scheduled: p.scheduled, dropped: p.dropped, late: p.late, max_lag_us: p.max_lag_us, last_done_us: p.last_done_us };
         let slot = schedule.entry(p.phase).or_default();
         if !slot.fits(&s) {
             return Err(DecodeError::ScheduleOverflow(p.phase));
@@ -225,7 +225,7 @@ mod tests {
         r.count_status(504);
         r.count_check(3, false);
         stats.steps.insert(StepKey { phase: 1, step: 0, ok: false }, r);
-        stats.schedule.insert(1, ScheduleStats { scheduled: 5, dropped: 1, late: 2, max_lag_us: 77 });
+        stats.schedule.insert(1, ScheduleStats { scheduled: 5, dropped: 1, late: 2, max_lag_us: 77, last_done_us: 1_234_567 });
         let (steps, phases) = encode_steps(&stats);
         let back = decode_steps(&steps, &phases).unwrap();
         let (k, r2) = back.steps.iter().next().unwrap();

@@ -301,6 +301,22 @@ pub struct BuiltinTarget {
     /// value: how a test shows a secret reached the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_header: Option<RequiredHeader>,
+    /// The job API (`POST /jobs`, `GET /jobs/N`): when a job is done, and
+    /// which share of jobs never finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<TargetJobs>,
+}
+
+/// `jobs: { done_after: 1s, never_finish: 25% }` (both optional).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetJobs {
+    /// A job is `done` this long after it was submitted (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_after: Option<Dur>,
+    /// Share of jobs that stay `pending` forever, every k-th (default 0%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub never_finish: Option<Percent>,
 }
 
 /// `require_header: { name: authorization, value: { secret_env: TOKEN, prefix: "Bearer " } }`.

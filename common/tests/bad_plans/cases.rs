@@ -441,6 +441,20 @@ pub const CASES: &[Case] = &[
         line: Some(3),
         message: "`0.5` is not a percentage",
     },
+    Case {
+        name: "builtin jobs never_finish without %",
+        edits: &[("name: base\n", "name: base\nbuiltin_target:\n  jobs: { never_finish: 0.25 }\n")],
+        path: "builtin_target.jobs.never_finish",
+        line: Some(3),
+        message: "`0.25` is not a percentage",
+    },
+    Case {
+        name: "builtin jobs unknown knob",
+        edits: &[("name: base\n", "name: base\nbuiltin_target:\n  jobs: { done: 1s }\n")],
+        path: "builtin_target.jobs.done",
+        line: Some(3),
+        message: "unknown field `done`",
+    },
     // ---- YAML itself
     Case {
         name: "yaml syntax error",

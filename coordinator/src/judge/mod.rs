@@ -112,7 +112,7 @@ fn judge(plan: &Plan, total: &RunStats, source: &dyn IntervalSource, grid: &Grid
             }
         }
         metric => match parts.window {
-            None => Judged { observed: observe(plan, metric, total, &KeyFilter::new(plan, &parts), totals_seconds(plan, &parts)), ..Judged::default() },
+            None => Judged { observed: observe(plan, metric, total, &KeyFilter::new(plan, &parts), totals_seconds(plan, total, &parts)), ..Judged::default() },
             Some(w) => windowed(plan, source, grid, slo, &parts, w),
         },
     };
@@ -136,10 +136,11 @@ fn judge(plan: &Plan, total: &RunStats, source: &dyn IntervalSource, grid: &Grid
 
 /// How long a totals scope lasted, for throughput: its phase's planned
 /// duration, else the whole run's.
-fn totals_seconds(plan: &Plan, parts: &Parts<'_>) -> f64 {
+fn totals_seconds(plan: &Plan, total: &RunStats, parts: &Parts<'_>) -> f64 {
+    // An iterations phase done early: over the time it took (crate::active).
     match parts.phase.and_then(|n| plan.phase_index(n)) {
-        Some(i) => plan.phases[i].length().as_secs_f64(),
-        None => plan.duration().as_secs_f64(),
+        Some(i) => crate::active::phase_seconds(plan, total, i),
+        None => crate::active::run_seconds(plan, total),
     }
 }
 

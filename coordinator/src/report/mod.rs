@@ -140,6 +140,11 @@ pub struct PhaseReport {
     /// `open` (scheduled arrivals) or `closed` (fixed concurrency, like wrk).
     pub model: Model,
     pub duration_s: f64,
+    /// Iterations phase whose count was done before `max_duration`: how
+    /// long it actually took (its start to its last completion), which its
+    /// `throughput_rps` is over. Absent otherwise (`duration_s` then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_s: Option<f64>,
     pub requests: u64,
     pub errors: u64,
     pub error_rate: f64,
@@ -475,6 +480,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
         .map(|(i, p)| {
             let s = stats.summarize(|k| k.phase == i as u32);
             let secs = p.length().as_secs_f64();
+            let active_s = crate::active::early_end(plan, stats, i).map(|d| d.as_secs_f64());
             let schedule = (p.load.model == Model::Open).then(|| {
                 let sch: ScheduleStats = stats.schedule.get(&(i as u32)).copied().unwrap_or_default();
                 let mut lag = stampede_common::histogram::new_hist();
@@ -497,7 +503,8 @@ pub fn build(f: RunFacts<'_>) -> Report {
                 requests: s.requests,
                 errors: s.errors,
                 error_rate: s.error_rate(),
-                throughput_rps: s.sent() as f64 / secs,
+                throughput_rps: s.sent() as f64 / active_s.unwrap_or(secs),
+                active_s,
                 latency_ms: percentiles(&s, false),
                 service_ms: percentiles(&s, true),
                 bytes_sent: stats.steps.iter().filter(|(k, _)| k.phase == i as u32).map(|(_, r)| r.bytes_sent).sum(),
@@ -528,7 +535,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
         })
         .collect();
     let timeline = timeline_points(plan, f.aggregate);
-    let planned_s = plan.duration().as_secs_f64();
+    let planned_s = crate::active::run_seconds(plan, stats);
     Report {
         verdict: judgment.verdict,
         verdict_reasons: judgment.reasons,

@@ -124,8 +124,8 @@ fn snapshot_seeds(dir: &Path) {
     failed.errors[ErrorKind::Timeout as usize] = 2;
     failed.errors[ErrorKind::Http5xx as usize] = 1;
     stats.steps.insert(StepKey { phase: 1, step: 2, ok: false }, failed);
-    stats.schedule.insert(0, ScheduleStats { scheduled: 200, dropped: 1, late: 3, max_lag_us: 12_000 });
-    stats.schedule.insert(1, ScheduleStats { scheduled: 1_000, dropped: 0, late: 0, max_lag_us: 900 });
+    stats.schedule.insert(0, ScheduleStats { scheduled: 200, dropped: 1, late: 3, max_lag_us: 12_000, last_done_us: 0 });
+    stats.schedule.insert(1, ScheduleStats { scheduled: 1_000, dropped: 0, late: 0, max_lag_us: 900, last_done_us: 0 });
     let (steps, phases) = encode_steps(&stats);
     let full = Snapshot {
         run_id: "run-0f3c".into(),
