@@ -28,6 +28,7 @@ pub mod check;
 pub mod connect;
 pub mod engine;
 pub mod fault;
+mod flow;
 mod http;
 pub mod outbox;
 pub mod probe;

@@ -247,9 +247,16 @@ enum Owner {
 /// value, and whose it is: steps', probes', the built-in target's.
 fn secrets_mut(plan: &mut Plan) -> Vec<(String, &mut Secret, bool, Owner)> {
     let mut out = Vec::new();
-    let requests = plan.steps.iter_mut().enumerate().map(|(i, s)| (format!("steps[{i}].request"), &mut s.request, Owner::Step));
+    // Each step's request, then its flow's (`flow.rs`).
+    let mut requests = Vec::new();
+    for (i, s) in plan.steps.iter_mut().enumerate() {
+        requests.push((format!("steps[{i}].request"), &mut s.request, Owner::Step));
+        for (j, r) in s.flow.iter_mut().flatten().enumerate() {
+            requests.push((format!("steps[{i}].flow[{j}].request"), &mut r.request, Owner::Step));
+        }
+    }
     let probes = plan.probes.iter_mut().enumerate().map(|(i, p)| (format!("probes[{i}].request"), &mut p.request, Owner::Probe(i)));
-    for (at, request, owner) in requests.chain(probes) {
+    for (at, request, owner) in requests.into_iter().chain(probes) {
         for (name, value) in request.headers.iter_mut() {
             if let Text::Secret(s) = value {
                 out.push((format!("{at}.headers.{name}"), s, true, owner));
