@@ -44,6 +44,14 @@ impl KeyFilter {
         }
         k.phase < self.phases && self.phase.is_none_or(|p| k.phase == p) && self.step.is_none_or(|s| k.step == s)
     }
+
+    /// For a check's tally: a check belongs to one step, probe or flow
+    /// request, so a scope without `step:` also covers the flow requests'
+    /// records (contract F) — a check is never counted twice.
+    fn covers_check(&self, k: &StepKey) -> bool {
+        let flow_phase = || k.phase > self.phases && self.phase.is_none_or(|p| k.phase == p + self.phases + 1);
+        self.covers(k) || (self.probe.is_none() && self.step.is_none() && flow_phase())
+    }
 }
 
 fn rate(n: u64, of: u64) -> Option<f64> {
@@ -73,7 +81,8 @@ pub fn observe(plan: &Plan, metric: &Metric, stats: &RunStats, filter: &KeyFilte
         }
         Metric::Check(name) => {
             let index = check_index(plan, name)?;
-            let (passed, failed) = records().map(|r| check_tally(r, index)).fold((0u64, 0u64), |(p, f), (a, b)| (p.saturating_add(a), f.saturating_add(b)));
+            let tallied = stats.steps.iter().filter(|(k, _)| filter.covers_check(k)).map(|(_, r)| r);
+            let (passed, failed) = tallied.map(|r| check_tally(r, index)).fold((0u64, 0u64), |(p, f), (a, b)| (p.saturating_add(a), f.saturating_add(b)));
             rate(passed, passed.saturating_add(failed))
         }
         Metric::RecoveryTime | Metric::MaxStreak(_) => None,
