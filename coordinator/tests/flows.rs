@@ -272,3 +272,41 @@ steps:
     assert_eq!(step(&report, "f/submit")["requests"], 3);
     assert_eq!(step(&report, "f/poll")["requests"], 0);
 }
+
+/// The open and closed models count flows too: an open arrival is one
+/// flow (10/s for 1 s: exactly 10), a closed connection's turn is one. The
+/// flow's latency runs from the arrival's intended time to its last
+/// response, so it is at least the sum of its requests' service times.
+#[test]
+fn open_arrivals_and_closed_turns_are_flows() {
+    let server = Server::start();
+    let plan = format!(
+        r#"
+name: models
+target: http://{}
+phases:
+  - {{ name: open, duration: 1s, load: {{ model: open, rate: 10/s }} }}
+  - {{ name: closed, duration: 1s, load: {{ model: closed, concurrency: 2 }} }}
+steps:
+  - name: user
+    flow:
+      - {{ name: login, request: {{ method: POST, path: /login }}, capture: {{ token: {{ json: "$.token" }} }} }}
+      - {{ name: me, request: {{ path: /me, headers: {{ authorization: "Bearer {{{{token}}}}" }} }}, expect: {{ status: 200 }} }}
+"#,
+        server.addr
+    );
+    let (code, stderr, report) = run(&plan, "1");
+    assert_eq!(code, 0, "{stderr}");
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases[0]["requests"], 10, "{}", phases[0]);
+    let closed = phases[1]["requests"].as_u64().unwrap();
+    assert!(closed >= 2, "{}", phases[1]);
+    let user = step(&report, "user");
+    assert_eq!(user["requests"].as_u64().unwrap(), 10 + closed);
+    assert_eq!(user["errors"], 0, "{user}");
+    for r in ["user/login", "user/me"] {
+        assert_eq!(step(&report, r)["requests"].as_u64().unwrap(), 10 + closed, "{r}");
+    }
+    let p50 = |name: &str| step(&report, name)["latency_ms"]["p50"].as_f64().unwrap();
+    assert!(p50("user") >= p50("user/me"), "a flow lasts at least its last request");
+}
