@@ -56,7 +56,7 @@ impl Service {
                 match self.jobs.lock().unwrap().get(id) {
                     None => (404, vec![], String::new()),
                     Some(at) => {
-                        let done = id % 4 != 0 && at.elapsed() >= DONE_AFTER;
+                        let done = !id.is_multiple_of(4) && at.elapsed() >= DONE_AFTER;
                         (200, vec![], format!(r#"{{"id":"{id}","status":"{}"}}"#, if done { "done" } else { "pending" }))
                     }
                 }
