@@ -109,11 +109,33 @@ pub struct RepeatUntil {
 }
 
 /// A check or a list of checks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     Many(Vec<Check>),
     One(Box<Check>),
+}
+
+/// By hand rather than `untagged`: serde's untagged buffering loses the
+/// loader's coercions (`status: 200` as a number) and the field path of an
+/// error inside; a map or a list is read straight from the loader.
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a check or a list of checks")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<OneOrMany, A::Error> {
+                Vec::<Check>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<OneOrMany, A::Error> {
+                Check::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|c| OneOrMany::One(Box::new(c)))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 impl OneOrMany {
@@ -317,6 +339,20 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_plan_survives_the_trip_to_the_agents() {
+        // The coordinator sends the plan as JSON; one check or a list of them
+        // comes back as written.
+        let plan = load(LOGIN).unwrap();
+        let json = serde_json::to_string(&plan).unwrap();
+        let back: crate::plan::Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, plan);
+        let many = load(&LOGIN.replace("checks: { name: done, json: '$.status == \"done\"' }", "checks: [{ name: done, json: '$.status == \"done\"' }, { name: ok, status: 200 }]")).unwrap();
+        let until = many.steps[0].flow.as_ref().unwrap()[2].repeat_until.as_ref().unwrap();
+        assert_eq!(until.checks.as_slice().len(), 2);
+        assert_eq!(serde_json::from_str::<crate::plan::Plan>(&serde_json::to_string(&many).unwrap()).unwrap(), many);
+    }
+
+    #[test]
     fn bad_flows_name_the_field() {
         let cases = [
             (LOGIN.replace("{{token}}\" }", "{{tokn}}\" }"), "f.yaml:11: steps[0].flow[1].request.headers.authorization: `{{tokn}}` is not a known template"),
@@ -328,6 +364,7 @@ mod tests {
             (LOGIN.replace("json: '$.status == \"done\"'", "json: 'status'"), "steps[0].flow[2].repeat_until.checks.json"),
             (LOGIN.replace("    flow:\n", "    request: { path: /x }\n    flow:\n"), "steps[0].request: a step has either `request` or `flow`, not both"),
             ("  - name: f\n    flow: []\n".to_string(), "steps[0].flow: a flow needs at least one request"),
+            (LOGIN.replace("checks: { name: done,", "checks: { name: done, nope: 1,"), "f.yaml:15: steps[0].flow[2].repeat_until.checks.nope: unknown field"),
         ];
         for (steps, want) in cases {
             let e = load(&steps).unwrap_err();
