@@ -184,7 +184,7 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
 
     let (tx, rx) = mpsc::unbounded_channel();
     let interval = spec.plan.interval.as_duration();
-    let max_late = stampede_proto::limits::late_intervals(interval, spec.plan.timeout.as_duration());
+    let max_late = stampede_proto::limits::late_intervals(interval, spec.plan.longest_request());
     tokio::spawn(collect(parts_rx, tx, producers, spec.start, interval, max_late));
     Ok(rx)
 }

@@ -139,6 +139,8 @@ struct Worker {
     /// Per phase: its own step mix (`phases[i].steps`) or every step.
     pickers: Vec<StepPicker>,
     timeout: Duration,
+    /// `Plan::longest_request`: a flow may outlast one timeout.
+    longest: Duration,
 }
 
 impl Worker {
@@ -178,6 +180,7 @@ async fn run(plan: WorkerPlan) {
         first_request: Cell::new(None),
         pickers: (0..phases).map(|i| StepPicker::new(plan.plan.phase_steps(i).into_iter(), plan.index as u64 ^ ((i as u64) << 32))).collect(),
         timeout: plan.plan.timeout.as_duration(),
+        longest: plan.plan.longest_request(),
         plan,
     });
     let finished = Rc::new(tokio::sync::Notify::new());
@@ -207,7 +210,7 @@ async fn run(plan: WorkerPlan) {
                 let schedule = ArrivalSchedule::new(r0, r1, phase.length(), w.plan.rate_share, w.plan.arrival_offset);
                 let peak = r0.max(r1) * w.plan.rate_share;
                 let per_agent = load.max_in_flight.unwrap_or_else(|| {
-                    let wanted = default_max_in_flight(peak, w.timeout);
+                    let wanted = default_max_in_flight(peak, w.longest);
                     if wanted > w.plan.max_connections && w.plan.index == 0 {
                         tracing::warn!(
                             message = "The open-files limit is below the default in-flight bound: a stalled target will show as dropped arrivals. Raise `ulimit -n` (LimitNOFILE) or set max_in_flight.",
@@ -293,12 +296,13 @@ async fn wait_for_start(plan: &WorkerPlan) {
     }
 }
 
-/// Waits for requests in flight to finish, at most one request timeout.
+/// Waits for requests in flight to finish, at most the longest a request
+/// may last (one timeout; a flow's: `Plan::longest_request`).
 /// After an abort that is at once: every request still in flight ends as
 /// `aborted` as soon as its task sees the cancellation ([`run_or_abort`]),
 /// and must be recorded before the last part leaves.
 async fn drain(w: &Worker) {
-    let deadline = Instant::now() + w.timeout + Duration::from_millis(100);
+    let deadline = Instant::now() + w.longest + Duration::from_millis(100);
     while w.in_flight.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -168,7 +168,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
         plan.phases.len(),
         plan.steps.len(),
         plan.faults.iter().map(|f| f.name.clone()).collect(),
-        RunTiming { duration: plan.measured_duration(), interval: plan.interval.as_duration(), timeout: plan.timeout.as_duration() },
+        RunTiming { duration: plan.measured_duration(), interval: plan.interval.as_duration(), timeout: plan.longest_request() },
         start_nanos,
     )
     .with_probes(plan.probes.len())

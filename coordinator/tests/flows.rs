@@ -200,7 +200,7 @@ slos:
 }
 
 /// 20 jobs at concurrency 4: each flow submits one and polls it every
-/// 100 ms for at most 1 s. Jobs 0, 4, 8, 12, 16 never finish: exactly 5
+/// 200 ms for at most 2 s. Jobs 0, 4, 8, 12, 16 never finish: exactly 5
 /// flows are `stuck`, and `errors:stuck` says so (an SLO of 0 stuck fails);
 /// the other 15 end `done`. The polls themselves are successful requests.
 #[test]
@@ -210,6 +210,10 @@ fn submit_then_poll_counts_the_stuck_jobs_exactly() {
         r#"
 name: jobs
 target: http://{}
+# A stuck flow (2 s of polls) outlasts many timeouts and intervals: its
+# record, due at its start, is still accepted and final.
+interval: 200ms
+timeout: 500ms
 phases:
   - {{ name: submit, load: {{ model: iterations, count: 20, concurrency: 4, max_duration: 60s }} }}
 steps:
@@ -221,7 +225,7 @@ steps:
         capture: {{ id: {{ json: "$.id" }} }}
       - name: poll
         request: {{ path: "/jobs/{{{{id}}}}" }}
-        repeat_until: {{ checks: {{ name: done, json: '$.status == "done"' }}, every: 100ms, for: 1s }}
+        repeat_until: {{ checks: {{ name: done, json: '$.status == "done"' }}, every: 200ms, for: 2s }}
 slos:
   - {{ metric: "errors:stuck", scope: step:job, pass: "< 1" }}
   - {{ metric: "errors:stuck", scope: step:job/poll, pass: "< 1" }}
@@ -241,9 +245,10 @@ slos:
     assert_eq!(slos[1]["observed"], 0.0, "{}", slos[1]);
     let poll = step(&report, "job/poll");
     assert_eq!(poll["errors"], 0);
-    // 15 jobs polled until done (≥ 2 polls: done after 200 ms), 5 for 1 s (~10 polls each).
+    // 15 jobs polled until done (≥ 2 polls: done after 200 ms), 5 for 2 s (~11 polls each).
     let polls = poll["requests"].as_u64().unwrap();
     assert!((15 * 2 + 5 * 9..=15 * 5 + 5 * 12).contains(&polls), "{polls} polls");
+    assert_eq!(report["verdict"], "fail", "failed by the SLO, every number in (not incomplete): {}", report["verdict_reasons"]);
     assert_eq!(step(&report, "job/submit")["requests"], 20);
     assert_eq!(server.service.jobs.lock().unwrap().len(), 20);
 }

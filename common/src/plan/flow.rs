@@ -193,6 +193,18 @@ impl Plan {
         self.flow_slot_names().iter().position(|n| n == name).map(|k| self.flow_slot_base() + k)
     }
 
+    /// The longest one recorded request may last: the plan's `timeout`,
+    /// or a flow's requests one after the other (each at most a timeout; a
+    /// `repeat_until`'s last attempt starts within its `for`). Everything
+    /// sized by "a request lasts at most a timeout" — late completions, when
+    /// an interval is final, the drain at the end, the run's deadline, the
+    /// default in-flight bound — uses this; without flows it is `timeout`.
+    pub fn longest_request(&self) -> std::time::Duration {
+        let t = self.timeout.as_duration();
+        let flow = |f: &Vec<FlowRequest>| f.iter().map(|r| r.repeat_until.as_ref().map_or(t, |u| u.within.as_duration() + t)).sum();
+        self.steps.iter().filter_map(|s| s.flow.as_ref()).map(flow).fold(t, std::time::Duration::max)
+    }
+
     /// How many (phase, step) indices a worker records: just the plan's,
     /// or with flows the flow requests' too (contract F).
     pub fn recorded_shape(&self) -> (usize, usize) {
@@ -329,6 +341,8 @@ mod tests {
         assert_eq!(plan.stat_step_index("login_flow/poll"), Some(2 + 2));
         assert_eq!(plan.stat_step_index("plain"), Some(0));
         assert_eq!(plan.recorded_shape(), (3, 2 + 3));
+        // login, me (a timeout each), poll (30 s of attempts and its last one's timeout).
+        assert_eq!(plan.longest_request(), std::time::Duration::from_secs(10 + 10 + 30 + 10));
         assert_eq!(plan.check_names(), ["me-ok"]);
         assert_eq!(plan.flow_check_base(1), 0);
         assert_eq!(plan.first_flow_slot(1), 0);
