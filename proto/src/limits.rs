@@ -474,6 +474,20 @@ mod tests {
         assert!(check_snapshot(&s, &b, 0, now).is_err());
         s.steps[0] = StepStats { phase: b.phases, step: 0, ..Default::default() };
         assert!(check_snapshot(&s, &b, 0, now).is_err());
+        // Flow request records (contract F): phase `phases + 1 + p`, step
+        // from `steps + probes` on, as many as the plan has flow requests.
+        let flow = |phase, step| StepStats { phase, step, ..Default::default() };
+        s.steps[0] = flow(b.phases + 1, b.steps + 1);
+        assert!(check_snapshot(&s, &b, 0, now).is_err(), "no flows in the plan");
+        let b = b.clone().with_flows(2);
+        for (phase, step) in [(b.phases + 1, b.steps + 1), (2 * b.phases, b.steps + 2)] {
+            s.steps[0] = flow(phase, step);
+            check_snapshot(&s, &b, 0, now).unwrap();
+        }
+        for (phase, step) in [(2 * b.phases + 1, b.steps + 1), (b.phases + 1, b.steps + 3), (b.phases + 1, b.steps)] {
+            s.steps[0] = flow(phase, step);
+            assert!(check_snapshot(&s, &b, 0, now).is_err(), "phase {phase} step {step}");
+        }
         let mut s = snapshot(0);
         s.interval_start_unix_nanos = i64::MIN;
         assert!(check_snapshot(&s, &b, 0, now).is_err());
