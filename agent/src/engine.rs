@@ -130,6 +130,12 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
         templates.push(RequestTemplate::new(s, authority).with_checks(checks));
     }
     let templates = Arc::new(templates);
+    // Flow steps' requests, compiled once per run (`flow.rs`).
+    let user_agent = concat!("User-Agent: stampede/", env!("CARGO_PKG_VERSION"), "\r\n");
+    let flows = (0..spec.plan.steps.len())
+        .map(|i| crate::flow::CompiledFlow::new(&spec.plan, i, authority, user_agent).map_err(|e| EngineError::Check(spec.plan.steps[i].name.clone(), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flows = Arc::new(flows);
     let workers = spec.workers.max(1);
     let max_connections = raise_open_files_limit();
     // Map the wall-clock start onto this process's monotonic clock once.
@@ -155,6 +161,7 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
             addr_offset: index + spec.agent_index as usize,
             dialer: dialer.clone(),
             templates: templates.clone(),
+            flows: flows.clone(),
             rate_share: spec.rate_share,
             arrival_offset: spec.agent_index as f64 / spec.agent_count.max(1) as f64,
             connections,
@@ -188,7 +195,7 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
 
     let (tx, rx) = mpsc::unbounded_channel();
     let interval = spec.plan.interval.as_duration();
-    let max_late = stampede_proto::limits::late_intervals(interval, spec.plan.timeout.as_duration());
+    let max_late = stampede_proto::limits::late_intervals(interval, spec.plan.longest_request());
     tokio::spawn(collect(parts_rx, tx, producers, spec.start, interval, max_late));
     Ok(rx)
 }

@@ -21,7 +21,7 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use stampede_common::plan::{Step, Text};
+use stampede_common::plan::{Expect, Request, Step, Text};
 use stampede_common::stats::ErrorKind;
 use stampede_common::units::StatusSet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -43,11 +43,18 @@ pub struct RequestTemplate {
     /// request (`template.rs`) instead of `bytes`. `None` (most steps)
     /// keeps the lean path.
     dynamic: Option<Arc<Dynamic>>,
+    /// A flow request (`flow.rs`): the connection keeps its response's head
+    /// and body for captures and `repeat_until`. False for every step.
+    keep_response: bool,
 }
 
 impl RequestTemplate {
     pub fn new(step: &Step, authority: &str) -> Self {
-        let r = &step.request;
+        Self::for_request(&step.request, step.expect.as_ref(), authority)
+    }
+
+    /// A request with its `expect`: a step's, or a flow request's.
+    pub fn for_request(r: &Request, expect: Option<&Expect>, authority: &str) -> Self {
         let body = r.body.as_ref().map_or("", Text::sent);
         let user_agent = concat!("User-Agent: stampede/", env!("CARGO_PKG_VERSION"), "\r\n");
         let mut s = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\n{user_agent}", r.method, r.path);
@@ -61,10 +68,11 @@ impl RequestTemplate {
         s.push_str(body);
         let mut t = RequestTemplate {
             bytes: Bytes::from(s),
-            expect: step.expect.as_ref().map(|e| e.status.clone()).unwrap_or_default(),
+            expect: expect.map(|e| e.status.clone()).unwrap_or_default(),
             head: r.method == "HEAD",
             checks: None,
             dynamic: None,
+            keep_response: false,
         };
         // Only a request with `{{` goes further; every other one is done.
         match Dynamic::new(r, authority, user_agent) {
@@ -90,6 +98,13 @@ impl RequestTemplate {
     /// Bytes this request puts on the wire.
     pub fn wire_len(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// The same request, its whole response (head, and body up to 1 MiB)
+    /// kept by the connection after each round trip: a flow request's.
+    pub fn keeping_response(mut self) -> Self {
+        self.keep_response = true;
+        self
     }
 }
 
@@ -172,8 +187,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let mut received = self.buf.len() as u64;
         // Whether to keep the body's bytes for checks (only when one reads them).
-        let keep = req.checks.as_ref().is_some_and(|c| c.reads_body());
-        if req.checks.is_some() {
+        let keep = req.keep_response || req.checks.as_ref().is_some_and(|c| c.reads_body());
+        if req.checks.is_some() || req.keep_response {
             self.head.clear();
             self.head.extend_from_slice(&self.buf[..head_len]);
             self.body.clear();
@@ -239,6 +254,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(c) => c.evaluate(&Received { status, head: &self.head, body: &self.body, body_len }),
         };
         Ok((Response { status, received, success: req.expect.contains(status), checks }, keep_alive))
+    }
+
+    /// Swaps the last response's head and kept body (a request that keeps
+    /// them: checks, or a flow request's [`RequestTemplate::keeping_response`])
+    /// with `head` and `body`: no copy, and the connection's buffers are
+    /// cleared by its next round trip anyway.
+    pub fn swap_response(&mut self, head: &mut Vec<u8>, body: &mut Vec<u8>) {
+        std::mem::swap(&mut self.head, head);
+        std::mem::swap(&mut self.body, body);
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {

@@ -17,6 +17,8 @@
 //! - `http`: the allocation-free HTTP/1.1 client, generic over its stream.
 //! - `template`: a step's or probe's `{{seq}}`/`{{uuid}}`/... rendered per
 //!   request (only for requests that have them).
+//! - `flow`: a flow step's requests in one session (cookies, captures,
+//!   `repeat_until`), compiled once per run.
 //! - [`connect`]: the target's URL and addresses (all of them, resolved
 //!   again on a period) and the dialer: TCP, and TLS for `https://`.
 //! - `recorder`: a worker's per-interval histograms and counters.
@@ -29,6 +31,7 @@ pub mod check;
 pub mod connect;
 pub mod engine;
 pub mod fault;
+mod flow;
 mod http;
 pub mod outbox;
 mod pacer;

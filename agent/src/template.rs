@@ -41,7 +41,13 @@ impl Dynamic {
         if !request.path.contains("{{") && !request.headers.values().any(plain) && !request.body.as_ref().is_some_and(plain) {
             return None;
         }
-        let parse = |s: &str| template::parse(s).unwrap_or_else(|_| vec![Piece::Lit(s.to_string())]);
+        Some(Dynamic::with_captures(request, authority, extra, &[]))
+    }
+
+    /// A flow request (`flow.rs`), always rendered per request: `{{NAME}}`
+    /// of `captures` (the flow's capture names) is a captured value.
+    pub fn with_captures(request: &Request, authority: &str, extra: &str, captures: &[String]) -> Dynamic {
+        let parse = |s: &str| template::parse_with(s, captures).unwrap_or_else(|_| vec![Piece::Lit(s.to_string())]);
         let text = |t: &Text| match t {
             Text::Plain(s) => parse(s),
             secret => vec![Piece::Lit(secret.sent().to_string())],
@@ -55,7 +61,7 @@ impl Dynamic {
             head.push(Piece::Lit("\r\n".into()));
         }
         let body = request.body.as_ref().map(text).unwrap_or_default();
-        Some(Dynamic { head, body, always_length: matches!(request.method.as_str(), "POST" | "PUT" | "PATCH") })
+        Dynamic { head, body, always_length: matches!(request.method.as_str(), "POST" | "PUT" | "PATCH") }
     }
 
     /// No variable, only escaped `\{{`: the same bytes every time, to be
@@ -66,7 +72,12 @@ impl Dynamic {
 
     /// The request's bytes for `ctx`.
     pub fn render(&self, ctx: Ctx) -> Vec<u8> {
-        let mut vars = Vars { ctx, uuid: None, now_ms: None };
+        self.render_with(ctx, &[])
+    }
+
+    /// The request's bytes for `ctx` and a flow's `captures` values so far.
+    pub fn render_with(&self, ctx: Ctx, captures: &[String]) -> Vec<u8> {
+        let mut vars = Vars { ctx, captures, uuid: None, now_ms: None };
         let mut body = Vec::new();
         for p in &self.body {
             vars.put(&mut body, p);
@@ -92,13 +103,14 @@ impl std::fmt::Debug for Dynamic {
 
 /// One request's values: `uuid` and `now_ms` are taken once per request,
 /// so every occurrence in it agrees; `random_int` is drawn per occurrence.
-struct Vars {
+struct Vars<'a> {
     ctx: Ctx,
+    captures: &'a [String],
     uuid: Option<uuid::Uuid>,
     now_ms: Option<u128>,
 }
 
-impl Vars {
+impl Vars<'_> {
     fn put(&mut self, out: &mut Vec<u8>, piece: &Piece) {
         // Writing to a Vec cannot fail.
         let _ = match piece {
@@ -110,6 +122,8 @@ impl Vars {
             // workers and agents, which a per-thread seeded generator risks.
             Piece::Var(Var::Uuid) => write!(out, "{}", self.uuid.get_or_insert_with(uuid::Uuid::new_v4).hyphenated()),
             Piece::Var(Var::RandomInt(lo, hi)) => write!(out, "{}", fastrand::i64(*lo..=*hi)),
+            // Validation made sure it was captured before; a secret value, never logged.
+            Piece::Var(Var::Capture(i)) => out.write_all(self.captures.get(*i).map_or(&b""[..], |v| v.as_bytes())),
             Piece::Var(Var::NowMs) => {
                 let now = *self.now_ms.get_or_insert_with(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()));
                 write!(out, "{now}")

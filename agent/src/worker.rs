@@ -24,6 +24,7 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::{Addrs, Dialer, Stream};
+use crate::flow::{CompiledFlow, Kept};
 use crate::http::{Conn, RequestError, RequestTemplate, Response};
 use crate::template::Ctx;
 use crate::pacer::PreciseTimer;
@@ -54,6 +55,8 @@ pub struct WorkerPlan {
     /// TCP, or TCP and TLS for an `https://` target.
     pub dialer: Dialer,
     pub templates: Arc<Vec<RequestTemplate>>,
+    /// Per step: its flow, compiled once (`flow.rs`), or `None` (most steps).
+    pub flows: Arc<Vec<Option<CompiledFlow>>>,
     /// This agent's share of every open-model rate, and its stagger offset.
     pub rate_share: f64,
     pub arrival_offset: f64,
@@ -141,6 +144,8 @@ struct Worker {
     /// The pacer's and the phase starts' clock. One wait at a time: only
     /// `run` and the `pace` it awaits use it.
     timer: PreciseTimer,
+    /// `Plan::longest_request`: a flow may outlast one timeout.
+    longest: Duration,
 }
 
 impl Worker {
@@ -168,7 +173,11 @@ impl Worker {
 async fn run(plan: WorkerPlan) {
     let phases = plan.plan.phases.len();
     let w = Rc::new(Worker {
-        recorder: RefCell::new(Recorder::new(phases, plan.plan.steps.len(), plan.run_start, plan.plan.interval.as_duration())),
+        recorder: RefCell::new({
+            // A plan with flows also records its flow requests (contract F).
+            let (phases, steps) = plan.plan.recorded_shape();
+            Recorder::new(phases, steps, plan.run_start, plan.plan.interval.as_duration())
+        }),
         pool: RefCell::new(Vec::new()),
         addrs: RefCell::new(Addrs::new(plan.addrs.clone(), plan.addr_offset)),
         in_flight: Cell::new(0),
@@ -177,6 +186,7 @@ async fn run(plan: WorkerPlan) {
         pickers: (0..phases).map(|i| StepPicker::new(plan.plan.phase_steps(i).into_iter(), plan.index as u64 ^ ((i as u64) << 32))).collect(),
         timeout: plan.plan.timeout.as_duration(),
         timer: PreciseTimer::new(),
+        longest: plan.plan.longest_request(),
         plan,
     });
     let finished = Rc::new(tokio::sync::Notify::new());
@@ -205,7 +215,7 @@ async fn run(plan: WorkerPlan) {
                 let schedule = ArrivalSchedule::new(r0, r1, phase.length(), w.plan.rate_share, w.plan.arrival_offset);
                 let peak = r0.max(r1) * w.plan.rate_share;
                 let per_agent = load.max_in_flight.unwrap_or_else(|| {
-                    let wanted = default_max_in_flight(peak, w.timeout);
+                    let wanted = default_max_in_flight(peak, w.longest);
                     if wanted > w.plan.max_connections && w.plan.index == 0 {
                         tracing::warn!(
                             message = "The open-files limit is below the default in-flight bound: a stalled target will show as dropped arrivals. Raise `ulimit -n` (LimitNOFILE) or set max_in_flight.",
@@ -291,12 +301,13 @@ async fn wait_for_start(plan: &WorkerPlan) {
     }
 }
 
-/// Waits for requests in flight to finish, at most one request timeout.
+/// Waits for requests in flight to finish, at most the longest a request
+/// may last (one timeout; a flow's: `Plan::longest_request`).
 /// After an abort that is at once: every request still in flight ends as
 /// `aborted` as soon as its task sees the cancellation ([`run_or_abort`]),
 /// and must be recorded before the last part leaves.
 async fn drain(w: &Worker) {
-    let deadline = Instant::now() + w.timeout + Duration::from_millis(100);
+    let deadline = Instant::now() + w.longest + Duration::from_millis(100);
     while w.in_flight.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -390,7 +401,7 @@ async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant, user: User
     w.recorder.borrow_mut().arrival(phase, Some(started.saturating_duration_since(intended)));
     let step = w.pickers[phase].pick();
     let conn = w.pool.borrow_mut().pop();
-    let (outcome, conn, handshake, sent) = run_or_abort(&w, conn, step, user).await;
+    let (outcome, conn, handshake, sent) = run_step(&w, conn, phase, step, user, intended).await;
     let done = Instant::now();
     {
         let mut recorder = w.recorder.borrow_mut();
@@ -436,7 +447,7 @@ async fn connection_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end:
         let step = w.pickers[phase].pick();
         let started = Instant::now();
         w.note_first_request(phase_start, started);
-        let (outcome, back, handshake, sent) = run_or_abort(&w, conn.take(), step, User { local: user, iteration }).await;
+        let (outcome, back, handshake, sent) = run_step(&w, conn.take(), phase, step, User { local: user, iteration }, started).await;
         iteration += 1;
         let done = Instant::now();
         {
@@ -460,6 +471,61 @@ async fn connection_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end:
     w.in_flight.set(w.in_flight.get() - 1);
 }
 
+/// One request of `step`, or for a flow step one execution of its flow
+/// (boxed: the plain step's future stays the size it was).
+async fn run_step(w: &Worker, conn: Option<Conn<Stream>>, phase: usize, step: usize, user: User, intended: Instant) -> (Outcome, Option<Conn<Stream>>, Option<Duration>, u64) {
+    match &w.plan.flows[step] {
+        None => run_or_abort(w, conn, step, user).await,
+        Some(flow) => {
+            let (outcome, conn, sent) = Box::pin(run_flow(w, flow, conn, phase, user, intended)).await;
+            // Handshakes are recorded with the flow's requests.
+            (outcome, conn, None, sent)
+        }
+    }
+}
+
+/// One execution of a flow: its requests recorded under their flow slots
+/// in the flow phase of `phase` (contract F), sent like any request.
+async fn run_flow(w: &Worker, flow: &CompiledFlow, conn: Option<Conn<Stream>>, phase: usize, user: User, intended: Instant) -> (Outcome, Option<Conn<Stream>>, u64) {
+    let io = FlowIo { w, phase: w.plan.plan.flow_phase(phase) as usize };
+    let fleet = w.plan.fleet;
+    let ctx = || Ctx { seq: fleet.unique(w.plan.seq.fetch_add(1, Ordering::Relaxed)), worker: fleet.unique(user.local), iteration: user.iteration };
+    crate::flow::run(&io, flow, conn, ctx, intended).await
+}
+
+struct FlowIo<'a> {
+    w: &'a Worker,
+    phase: usize,
+}
+
+impl crate::flow::Send1 for FlowIo<'_> {
+    async fn send(&self, conn: Option<Conn<Stream>>, template: &RequestTemplate, wire: &[u8], kept: &mut Kept) -> Option<(Outcome, Option<Conn<Stream>>, Option<Duration>)> {
+        let w = self.w;
+        w.requests_in_flight.set(w.requests_in_flight.get() + 1);
+        let done = tokio::select! {
+            done = execute(w, conn, template, Some(wire), Some(kept)) => Some(done),
+            _ = w.plan.cancel.cancelled() => None,
+        };
+        w.requests_in_flight.set(w.requests_in_flight.get() - 1);
+        done
+    }
+
+    fn record(&self, slot: usize, outcome: Outcome, intended: Instant, started: Instant, done: Instant, sent: u64, handshake: Option<Duration>) {
+        let mut recorder = self.w.recorder.borrow_mut();
+        recorder.request(self.phase, slot, outcome, intended, started, done, sent);
+        if let Some(h) = handshake {
+            recorder.handshake(self.phase, slot, outcome, intended, h);
+        }
+    }
+
+    async fn wait(&self, at: Instant) -> bool {
+        tokio::select! {
+            _ = sleep_until(at.into()) => true,
+            _ = self.w.plan.cancel.cancelled() => false,
+        }
+    }
+}
+
 /// [`execute`], cut short by the run's cancellation: a request in flight
 /// when the run is stopped early fails as `aborted` (the connection, mid
 /// request, is not reused). Without this an interrupted run's report
@@ -478,7 +544,7 @@ async fn run_or_abort(w: &Worker, conn: Option<Conn<Stream>>, step: usize, user:
     });
     let sent = rendered.as_ref().map_or(template.wire_len(), Vec::len) as u64;
     let done = tokio::select! {
-        (outcome, conn, handshake) = execute(w, conn, template, rendered.as_deref()) => (outcome, conn, handshake, sent),
+        (outcome, conn, handshake) = execute(w, conn, template, rendered.as_deref(), None) => (outcome, conn, handshake, sent),
         _ = w.plan.cancel.cancelled() => (Outcome::Failed(ErrorKind::Aborted), None, None, sent),
     };
     w.requests_in_flight.set(w.requests_in_flight.get() - 1);
@@ -495,7 +561,9 @@ async fn dial(w: &Worker) -> Result<(Conn<Stream>, Option<Duration>), ErrorKind>
 /// Runs one request on `conn` (or a new connection) within the timeout.
 /// Returns the connection when it can be reused, and the TLS handshake of
 /// the connection this request opened, if it opened one that completed it.
-async fn execute(w: &Worker, conn: Option<Conn<Stream>>, template: &RequestTemplate, rendered: Option<&[u8]>) -> (Outcome, Option<Conn<Stream>>, Option<Duration>) {
+/// A flow request passes `kept`: the response's head and kept body are
+/// swapped into it before the connection may be dropped.
+async fn execute(w: &Worker, conn: Option<Conn<Stream>>, template: &RequestTemplate, rendered: Option<&[u8]>, kept: Option<&mut Kept>) -> (Outcome, Option<Conn<Stream>>, Option<Duration>) {
     // Outside the timed future: a handshake that completed counts even
     // when the request then times out.
     let handshake = Cell::new(None);
@@ -518,6 +586,9 @@ async fn execute(w: &Worker, conn: Option<Conn<Stream>>, template: &RequestTempl
             }
             other => other,
         };
+        if let (Ok(_), Some(kept)) = (&result, kept) {
+            conn.swap_response(&mut kept.head, &mut kept.body);
+        }
         match result {
             Ok((response, keep_alive)) => Ok((response, keep_alive.then_some(conn))),
             Err(RequestError::Stale) => Err(ErrorKind::Io),

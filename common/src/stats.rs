@@ -43,13 +43,19 @@ pub enum ErrorKind {
     Check,
     /// An `https://` target's TLS failed: the handshake (certificate not
     /// trusted, wrong name, expired; no client certificate where the server
-    /// wants one) or a TLS alert later on the connection. Last in the list:
-    /// kinds are indexed by position (arrays, `ALL`).
+    /// wants one) or a TLS alert later on the connection.
     Tls,
+    /// A flow's `capture` found nothing in its response (no such JSON
+    /// field, header, or regex match): the flow cannot go on.
+    Capture,
+    /// A flow request's `repeat_until` never held within its `for`: the
+    /// job it polls is stuck. Last in the list: kinds are indexed by
+    /// position (arrays, `ALL`).
+    Stuck,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Io,
@@ -61,6 +67,8 @@ impl ErrorKind {
         ErrorKind::Aborted,
         ErrorKind::Check,
         ErrorKind::Tls,
+        ErrorKind::Capture,
+        ErrorKind::Stuck,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +84,8 @@ impl ErrorKind {
             ErrorKind::Aborted => "aborted",
             ErrorKind::Check => "check",
             ErrorKind::Tls => "tls",
+            ErrorKind::Capture => "capture",
+            ErrorKind::Stuck => "stuck",
         }
     }
 

@@ -173,10 +173,11 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
         plan.phases.len(),
         plan.steps.len(),
         plan.faults.iter().map(|f| f.name.clone()).collect(),
-        RunTiming { duration: plan.measured_duration(), interval: plan.interval.as_duration(), timeout: plan.timeout.as_duration() },
+        RunTiming { duration: plan.measured_duration(), interval: plan.interval.as_duration(), timeout: plan.longest_request() },
         start_nanos,
     )
     .with_probes(plan.probes.len())
+    .with_flows(plan.flow_requests().count())
     .with_checks(plan.check_names().len());
     let dry_agents = req.dry_run.then(|| agents.clone());
     let mut run = Run::new(RunSetup { fleet, progress, run_id, plan, agents, bounds, start, start_instant, dry_run: req.dry_run });

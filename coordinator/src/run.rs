@@ -84,10 +84,10 @@ pub struct RunSetup<'a> {
 
 impl<'a> Run<'a> {
     pub fn new(s: RunSetup<'a>) -> Self {
-        let mut agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())), s.plan.interval.as_duration(), s.plan.timeout.as_duration());
+        let mut agg = Aggregate::new(s.agents.iter().map(|a| (a.id.clone(), a.labels.clone())), s.plan.interval.as_duration(), s.plan.longest_request());
         let guardrails = Guardrails::new(&s.plan);
         agg.probe_phase = s.plan.probe_phase();
-        let planned_end = s.start_instant + s.plan.measured_duration() + s.plan.timeout.as_duration() + END_GRACE;
+        let planned_end = s.start_instant + s.plan.measured_duration() + s.plan.longest_request() + END_GRACE;
         Run {
             fleet: s.fleet,
             progress: s.progress,

@@ -69,6 +69,10 @@ pub struct RunBounds {
     pub steps: u32,
     /// The plan's probes: probe i reports as phase `phases`, step `steps + i`.
     pub probes: u32,
+    /// The plan's flow requests: flow slot k of a request sent in phase p
+    /// reports as phase `phases + 1 + p`, step `steps + probes + k`
+    /// (contract F, `common/src/plan/flow.rs`).
+    pub flows: u32,
     /// Checks in the plan (`Plan::check_names`): a check tally's index is below it.
     pub checks: u32,
     /// Names of the plan's faults.
@@ -102,6 +106,7 @@ impl RunBounds {
             phases: u32::try_from(phases).unwrap_or(u32::MAX),
             steps: u32::try_from(steps).unwrap_or(u32::MAX),
             probes: 0,
+            flows: 0,
             checks: 0,
             faults,
             max_seq: u64::try_from(intervals).unwrap_or(u64::MAX).saturating_add(SEQ_SLACK),
@@ -120,10 +125,18 @@ impl RunBounds {
         self
     }
 
+    /// The same bounds for a plan with `flows` flow requests (contract F).
+    pub fn with_flows(mut self, flows: usize) -> Self {
+        self.flows = u32::try_from(flows).unwrap_or(u32::MAX);
+        self
+    }
+
     /// Whether a record's (phase, step) is the plan's: a load step in a
-    /// phase, or a probe.
+    /// phase, a probe, or a flow request in a phase.
     fn knows_step(&self, phase: u32, step: u32) -> bool {
-        (phase < self.phases && step < self.steps) || (phase == self.phases && step >= self.steps && step - self.steps < self.probes)
+        let flow_base = u64::from(self.steps) + u64::from(self.probes);
+        let flow = phase > self.phases && u64::from(phase) <= 2 * u64::from(self.phases) && u64::from(step) >= flow_base && u64::from(step) - flow_base < u64::from(self.flows);
+        (phase < self.phases && step < self.steps) || (phase == self.phases && step >= self.steps && step - self.steps < self.probes) || flow
     }
 
     /// The same bounds for a plan with `checks` checks (none unless said).
@@ -246,7 +259,7 @@ pub fn check_snapshot(s: &Snapshot, b: &RunBounds, offset: i64, now: i64) -> Res
     // One entry per (phase, step, outcome) at most (and per probe, contract
     // P), for its own interval and each earlier one it may add late
     // completions to.
-    let max_steps = (u64::from(b.phases) * u64::from(b.steps) + u64::from(b.probes)) * 2 * (1 + b.max_late);
+    let max_steps = (u64::from(b.phases) * (u64::from(b.steps) + u64::from(b.flows)) + u64::from(b.probes)) * 2 * (1 + b.max_late);
     if s.steps.len() as u64 > max_steps {
         return refuse(format!("a snapshot (seq {}) with {} step entries; the plan has room for {max_steps}", s.seq, s.steps.len()));
     }
@@ -337,7 +350,7 @@ pub fn check_steady_reply(r: &SteadyStateReply, probes: usize) -> Result<(), Ref
 /// An agent's closing message: its totals fit the run, its times its window.
 pub fn check_finished(f: &RunFinished, b: &RunBounds, offset: i64, now: i64) -> Result<(), Refusal> {
     let intervals = b.max_seq.saturating_add(1);
-    let most = b.max_count.saturating_mul(intervals).saturating_mul((u64::from(b.phases.max(1)) * u64::from(b.steps.max(1)) + u64::from(b.probes)) * 2);
+    let most = b.max_count.saturating_mul(intervals).saturating_mul((u64::from(b.phases.max(1)) * (u64::from(b.steps.max(1)) + u64::from(b.flows)) + u64::from(b.probes)) * 2);
     if f.snapshots_sent > intervals {
         return refuse(format!("RunFinished.snapshots_sent {} is more than the run's {intervals} intervals", f.snapshots_sent));
     }
@@ -462,6 +475,20 @@ mod tests {
         assert!(check_snapshot(&s, &b, 0, now).is_err());
         s.steps[0] = StepStats { phase: b.phases, step: 0, ..Default::default() };
         assert!(check_snapshot(&s, &b, 0, now).is_err());
+        // Flow request records (contract F): phase `phases + 1 + p`, step
+        // from `steps + probes` on, as many as the plan has flow requests.
+        let flow = |phase, step| StepStats { phase, step, ..Default::default() };
+        s.steps[0] = flow(b.phases + 1, b.steps + 1);
+        assert!(check_snapshot(&s, &b, 0, now).is_err(), "no flows in the plan");
+        let b = b.clone().with_flows(2);
+        for (phase, step) in [(b.phases + 1, b.steps + 1), (2 * b.phases, b.steps + 2)] {
+            s.steps[0] = flow(phase, step);
+            check_snapshot(&s, &b, 0, now).unwrap();
+        }
+        for (phase, step) in [(2 * b.phases + 1, b.steps + 1), (b.phases + 1, b.steps + 3), (b.phases + 1, b.steps)] {
+            s.steps[0] = flow(phase, step);
+            assert!(check_snapshot(&s, &b, 0, now).is_err(), "phase {phase} step {step}");
+        }
         let mut s = snapshot(0);
         s.interval_start_unix_nanos = i64::MIN;
         assert!(check_snapshot(&s, &b, 0, now).is_err());

@@ -224,6 +224,10 @@ pub struct Step {
     /// Checks on every response (see `check.rs` and docs/plan.md, "Checks").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<super::Check>,
+    /// Instead of `request`: named requests sent in order in one user's
+    /// session (`flow.rs`, docs/plan.md "Flows").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Vec<super::FlowRequest>>,
 }
 
 fn default_weight() -> u32 {
@@ -395,11 +399,13 @@ impl Plan {
         self.steps.iter().position(|s| s.name == name)
     }
     /// Every check's name in the plan-wide check index order: every step's
-    /// checks in step order (then every probe's, in probe order). Snapshots
-    /// and reports key check counts by this index.
+    /// checks in step order, then every probe's in probe order, then every
+    /// flow request's in flow slot order (`flow.rs`). Snapshots and reports
+    /// key check counts by this index.
     pub fn check_names(&self) -> Vec<&str> {
         let steps = self.steps.iter().flat_map(|s| s.checks.iter());
-        steps.chain(self.probes.iter().flat_map(|p| p.checks.iter())).map(|c| c.name.as_str()).collect()
+        let flows = self.flow_requests().flat_map(|(_, r)| r.checks.iter());
+        steps.chain(self.probes.iter().flat_map(|p| p.checks.iter())).chain(flows).map(|c| c.name.as_str()).collect()
     }
     /// Total planned duration of all phases.
     pub fn duration(&self) -> std::time::Duration {

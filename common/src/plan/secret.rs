@@ -265,9 +265,16 @@ enum Owner {
 /// value, and whose it is: steps', probes', the built-in target's.
 fn secrets_mut(plan: &mut Plan) -> Vec<(String, &mut Secret, bool, Owner)> {
     let mut out = Vec::new();
-    let requests = plan.steps.iter_mut().enumerate().map(|(i, s)| (format!("steps[{i}].request"), &mut s.request, Owner::Step));
+    // Each step's request, then its flow's (`flow.rs`).
+    let mut requests = Vec::new();
+    for (i, s) in plan.steps.iter_mut().enumerate() {
+        requests.push((format!("steps[{i}].request"), &mut s.request, Owner::Step));
+        for (j, r) in s.flow.iter_mut().flatten().enumerate() {
+            requests.push((format!("steps[{i}].flow[{j}].request"), &mut r.request, Owner::Step));
+        }
+    }
     let probes = plan.probes.iter_mut().enumerate().map(|(i, p)| (format!("probes[{i}].request"), &mut p.request, Owner::Probe(i)));
-    for (at, request, owner) in requests.chain(probes) {
+    for (at, request, owner) in requests.into_iter().chain(probes) {
         for (name, value) in request.headers.iter_mut() {
             if let Text::Secret(s) = value {
                 out.push((format!("{at}.headers.{name}"), s, true, owner));
@@ -317,7 +324,8 @@ impl Plan {
     /// Every resolved secret's raw value by key: what `stampede run` sends
     /// (to a standing coordinator, or to agents), and what reports redact.
     pub fn secret_values(&self) -> SecretValues {
-        let requests = self.steps.iter().map(|s| &s.request).chain(self.probes.iter().map(|p| &p.request));
+        let flows = self.flow_requests().map(|(_, r)| &r.request);
+        let requests = self.steps.iter().map(|s| &s.request).chain(flows).chain(self.probes.iter().map(|p| &p.request));
         let texts = requests.flat_map(|r| r.headers.values().chain(r.body.iter()));
         let target = self.builtin_target.as_ref().and_then(|b| b.require_header.as_ref()).map(|r| &r.value);
         let mut out = SecretValues::new();
@@ -336,7 +344,8 @@ impl Plan {
     /// probe) or that gate the faults it applies (`faults`, indices into the
     /// plan's). Never the built-in target's: it runs beside the coordinator.
     pub fn secrets_for_agent(&self, index: usize, load: bool, faults: &[u32], all: &SecretValues) -> SecretValues {
-        let steps = self.steps.iter().filter(|_| load).map(|s| &s.request);
+        let flows = self.flow_requests().map(|(_, r)| &r.request);
+        let steps = self.steps.iter().map(|s| &s.request).chain(flows).filter(|_| load);
         let probes = self.probes.iter().enumerate().filter(|&(i, _)| self.agent_sends_probe(index, i, faults)).map(|(_, p)| &p.request);
         pick(steps.chain(probes), all)
     }
@@ -431,6 +440,21 @@ mod tests {
         resolve_secrets(&mut again, &SecretSource::Given(&values)).unwrap();
         assert_eq!(again.steps[0].request.headers["authorization"].sent(), "Bearer s3cr3t-value");
         assert_eq!(again.steps[0].request.headers["accept"], "text/plain");
+    }
+
+    #[test]
+    fn a_flow_requests_secret_is_resolved_and_never_serialized() {
+        let text = "name: s\ntarget: http://127.0.0.1:1\nphases:\n  - { name: p, duration: 1s, load: { model: open, rate: 1/s } }\nsteps:\n  - name: f\n    flow:\n      - { name: a, request: { body: { secret_env: TOKEN } } }\n";
+        let mut p = crate::plan::load_str(text, crate::plan::Format::Yaml, Path::new("p.yaml")).unwrap();
+        resolve_secrets(&mut p, &SecretSource::Local { env: &env, dir: Path::new(".") }).unwrap();
+        let body = |p: &Plan| p.steps[0].flow.as_ref().unwrap()[0].request.body.as_ref().unwrap().sent().to_string();
+        assert_eq!(body(&p), "s3cr3t-value");
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("s3cr3t"), "{json}");
+        let mut again: Plan = serde_json::from_str(&json).unwrap();
+        resolve_secrets(&mut again, &SecretSource::Given(&p.secret_values())).unwrap();
+        assert_eq!(body(&again), "s3cr3t-value");
+        assert_eq!(p.secrets_for_agent(0, true, &[], &p.secret_values()).len(), 1, "every agent gets a flow's secret");
     }
 
     #[test]

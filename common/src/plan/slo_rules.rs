@@ -63,7 +63,7 @@ pub(super) fn check_scope_names<'a>(plan: &Plan, scope: &'a Scope) -> Result<Par
     if let Some(name) = parts.phase.filter(|n| plan.phase_index(n).is_none()) {
         return missing("phase", name);
     }
-    if let Some(name) = parts.step.filter(|n| plan.step_index(n).is_none()) {
+    if let Some(name) = parts.step.filter(|n| plan.stat_step_index(n).is_none()) {
         return missing("step", name);
     }
     if let Some(name) = parts.probe.filter(|n| !probe_names(plan).contains(n)) {

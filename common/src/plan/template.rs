@@ -33,6 +33,9 @@ pub enum Var {
     RandomInt(i64, i64),
     /// Unix time in milliseconds when the request is rendered.
     NowMs,
+    /// A value an earlier request of the same flow captured: the index of
+    /// its name in the flow's capture names (`flow.rs`).
+    Capture(usize),
 }
 
 const KNOWN: &str = "seq, uuid, worker, iteration, random_int(LO,HI), now_ms";
@@ -40,6 +43,12 @@ const KNOWN: &str = "seq, uuid, worker, iteration, random_int(LO,HI), now_ms";
 /// The pieces of `s`, literal text merged; `Err(message)` for an unknown
 /// name, bad arguments or an unclosed `{{`.
 pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
+    parse_with(s, &[])
+}
+
+/// [`parse`], also knowing `captures`: a flow's names captured so far,
+/// each `{{name}}` of them a [`Var::Capture`] of its index.
+pub fn parse_with(s: &str, captures: &[String]) -> Result<Vec<Piece>, String> {
     let mut out = Vec::new();
     let mut lit = String::new();
     let mut rest = s;
@@ -55,7 +64,11 @@ pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
         let Some(end) = after.find("}}") else {
             return Err("has a `{{` without its `}}` (write `\\{{` for a literal `{{`)".into());
         };
-        let var = parse_var(after[..end].trim())?;
+        let name = after[..end].trim();
+        let var = match captures.iter().position(|c| c == name) {
+            Some(i) => Var::Capture(i),
+            None => parse_var(name)?,
+        };
         if !lit.is_empty() {
             out.push(Piece::Lit(std::mem::take(&mut lit)));
         }
@@ -68,6 +81,9 @@ pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
     }
     Ok(out)
 }
+
+/// The names a flow's captures may not take: the built-in templates'.
+pub const RESERVED: [&str; 7] = ["seq", "uuid", "worker", "iteration", "random_int", "now_ms", "data"];
 
 /// Whether `pieces` need rendering per request.
 pub fn is_templated(pieces: &[Piece]) -> bool {

@@ -110,6 +110,7 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
     }
 
     super::phase::check_phase_steps(plan)?;
+    super::flow::validate_flows(plan)?;
     check_checks(plan)?;
     super::fault::validate_faults(plan)?;
     super::probe::validate_probes(plan)?;
@@ -122,19 +123,26 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
 /// A request's method, path, headers and body (a step's or a probe's):
 /// `Err((field under `request`, message))`, the field starting with `.`.
 pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
+    check_request_with(r, &[])
+}
+
+/// [`check_request`] for a flow request: `captures` are the names its
+/// templates may use besides the built-in ones.
+pub(super) fn check_request_with(r: &Request, captures: &[String]) -> Result<(), (String, String)> {
+    let parse = |s: &str| super::template::parse_with(s, captures);
     let fail = |field: &str, msg: &str| Err((field.to_string(), msg.to_string()));
     let method = &r.method;
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return fail(".method", "must be an upper-case HTTP method such as GET or POST");
     }
     // Templates (`template.rs`) parse here; the checks below see each as `0`.
-    let path = super::template::parse(&r.path).map_err(|m| (".path".to_string(), m))?;
+    let path = parse(&r.path).map_err(|m| (".path".to_string(), m))?;
     let path = super::template::sample(&path);
     if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace()) {
         return fail(".path", "must start with `/` and contain no spaces");
     }
     if let Some(super::Text::Plain(body)) = &r.body {
-        super::template::parse(body).map_err(|m| (".body".to_string(), m))?;
+        parse(body).map_err(|m| (".body".to_string(), m))?;
     }
     if r.headers.len() > MAX_HEADERS {
         return fail(".headers", &format!("has {} headers; a request may have at most {MAX_HEADERS}", r.headers.len()));
@@ -148,7 +156,7 @@ pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
         // A secret not resolved yet reads as empty here; its value is checked when it is filled.
         // A secret is never templated; a plain value is, and is checked as rendered with `0`s.
         let value = match value {
-            super::Text::Plain(v) => super::template::parse(v).map(|p| super::template::sample(&p)).map_err(|m| (format!(".headers.{name}"), m))?,
+            super::Text::Plain(v) => parse(v).map(|p| super::template::sample(&p)).map_err(|m| (format!(".headers.{name}"), m))?,
             secret => secret.sent().to_string(),
         };
         if name.len() + value.len() > MAX_HEADER_BYTES {
@@ -178,10 +186,11 @@ pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
 fn check_checks(plan: &Plan) -> Result<(), (String, String)> {
     let mut names = HashSet::new();
     let mut count = 0usize;
-    // Steps' then probes' checks: the order of `Plan::check_names`.
+    // Steps', probes', then flow requests' checks: the order of `Plan::check_names`.
     let steps = plan.steps.iter().enumerate().map(|(i, s)| (format!("steps[{i}]"), &s.checks));
     let probes = plan.probes.iter().enumerate().map(|(i, p)| (format!("probes[{i}]"), &p.checks));
-    for (owner, checks) in steps.chain(probes) {
+    let flows = plan.steps.iter().enumerate().flat_map(|(i, s)| s.flow.iter().flatten().enumerate().map(move |(j, r)| (format!("steps[{i}].flow[{j}]"), &r.checks)));
+    for (owner, checks) in steps.chain(probes).chain(flows) {
         for (j, check) in checks.iter().enumerate() {
             let at = |field: &str| format!("{owner}.checks[{j}].{field}");
             count += 1;

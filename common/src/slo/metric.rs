@@ -32,6 +32,8 @@ pub enum Metric {
     StatusCount(StatusMatch),
     /// Passes of the named check / its evaluations.
     Check(String),
+    /// How many requests failed with this error kind (`errors:stuck`).
+    Errors(crate::stats::ErrorKind),
     /// Seconds from a fault's revert until the rules hold again (`fault:` names it).
     RecoveryTime,
     /// The longest run of consecutive intervals in which the condition held.
@@ -117,7 +119,7 @@ impl Metric {
         match self {
             Metric::ErrorRate | Metric::TimeoutRate | Metric::DropRate | Metric::Status(_) | Metric::Check(_) => Unit::Percent,
             Metric::Throughput => Unit::Rate,
-            Metric::StatusCount(_) => Unit::Count,
+            Metric::StatusCount(_) | Metric::Errors(_) => Unit::Count,
             _ => Unit::Millis,
         }
     }
@@ -147,10 +149,14 @@ impl FromStr for Metric {
             Some(("status", set)) => set.parse().map(Metric::Status),
             Some(("status_count", set)) => set.parse().map(Metric::StatusCount),
             Some(("check", name)) if !name.is_empty() => Ok(Metric::Check(name.to_string())),
+            Some(("errors", kind)) => crate::stats::ErrorKind::parse(kind).map(Metric::Errors).ok_or_else(|| {
+                let kinds: Vec<_> = crate::stats::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("`errors:{kind}`: unknown error kind; known: {}", kinds.join(", "))
+            }),
             _ => {
                 let names: Vec<_> = PLAIN.iter().map(|(n, _)| *n).collect();
                 Err(format!(
-                    "unknown metric `{s}`, expected one of {}, status:CODE, status_count:CODE, check:NAME, recovery_time, max_streak(CONDITION)",
+                    "unknown metric `{s}`, expected one of {}, status:CODE, status_count:CODE, check:NAME, errors:KIND, recovery_time, max_streak(CONDITION)",
                     names.join(", ")
                 ))
             }
@@ -191,6 +197,7 @@ impl fmt::Display for Metric {
             Metric::Status(m) => write!(f, "status:{}", m.text),
             Metric::StatusCount(m) => write!(f, "status_count:{}", m.text),
             Metric::Check(name) => write!(f, "check:{name}"),
+            Metric::Errors(kind) => write!(f, "errors:{}", kind.as_str()),
             Metric::RecoveryTime => f.write_str("recovery_time"),
             Metric::MaxStreak(c) => write!(f, "max_streak({c})"),
             _ => unreachable!("plain metrics are printed above"),
@@ -204,7 +211,7 @@ mod tests {
 
     #[test]
     fn metrics_print_back_as_written() {
-        for text in ["p99", "drop_rate", "status:5xx", "status_count:429", "status:500-503", "check:says-ok", "recovery_time", "max_streak(status:5xx > 0)", "max_streak(p99 >= 500ms)"] {
+        for text in ["p99", "drop_rate", "status:5xx", "status_count:429", "status:500-503", "check:says-ok", "errors:stuck", "recovery_time", "max_streak(status:5xx > 0)", "max_streak(p99 >= 500ms)"] {
             let m: Metric = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(m.to_string(), text);
         }

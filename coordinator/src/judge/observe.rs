@@ -13,18 +13,25 @@ pub struct KeyFilter {
     phase: Option<u32>,
     step: Option<u32>,
     probe: Option<u32>,
+    /// `step:` names a flow request (`STEP/REQUEST`): its records carry
+    /// the flow phases, after the probes' (contract F).
+    flow: bool,
 }
 
 impl KeyFilter {
     /// The names were checked when the plan loaded.
     pub fn new(plan: &Plan, parts: &Parts<'_>) -> Self {
         let index = |i: Option<usize>| i.map(|i| i as u32);
+        let step = parts.step.and_then(|n| plan.stat_step_index(n));
+        let flow = step.is_some_and(|s| s >= plan.flow_slot_base());
+        let phase = parts.phase.and_then(|n| plan.phase_index(n));
         KeyFilter {
             phases: plan.phases.len() as u32,
-            phase: index(parts.phase.and_then(|n| plan.phase_index(n))),
-            step: index(parts.step.and_then(|n| plan.step_index(n))),
+            phase: if flow { phase.map(|p| plan.flow_phase(p)) } else { index(phase) },
+            step: index(step),
             // Contract P: probe i is recorded as step steps.len() + i.
             probe: index(parts.probe.and_then(|n| probe_names(plan).iter().position(|p| *p == n)).map(|i| plan.steps.len() + i)),
+            flow,
         }
     }
 
@@ -32,7 +39,18 @@ impl KeyFilter {
         if let Some(step) = self.probe {
             return k.phase == self.phases && k.step == step;
         }
+        if self.flow {
+            return k.phase > self.phases && self.phase.is_none_or(|p| k.phase == p) && self.step == Some(k.step);
+        }
         k.phase < self.phases && self.phase.is_none_or(|p| k.phase == p) && self.step.is_none_or(|s| k.step == s)
+    }
+
+    /// For a check's tally: a check belongs to one step, probe or flow
+    /// request, so a scope without `step:` also covers the flow requests'
+    /// records (contract F) — a check is never counted twice.
+    fn covers_check(&self, k: &StepKey) -> bool {
+        let flow_phase = || k.phase > self.phases && self.phase.is_none_or(|p| k.phase == p + self.phases + 1);
+        self.covers(k) || (self.probe.is_none() && self.step.is_none() && flow_phase())
     }
 }
 
@@ -49,6 +67,7 @@ pub fn observe(plan: &Plan, metric: &Metric, stats: &RunStats, filter: &KeyFilte
     let records = || stats.steps.iter().filter(|(k, _)| filter.covers(k)).map(|(_, r)| r);
     match metric {
         Metric::ErrorRate => rate(s.errors, s.requests),
+        Metric::Errors(kind) => (s.requests > 0).then_some(s.errors_by_kind[*kind as usize] as f64),
         Metric::TimeoutRate => rate(s.errors_by_kind[ErrorKind::Timeout as usize], s.requests),
         Metric::DropRate => rate(s.errors_by_kind[ErrorKind::Dropped as usize], s.requests),
         Metric::Throughput => Some(s.sent() as f64 / seconds),
@@ -62,7 +81,8 @@ pub fn observe(plan: &Plan, metric: &Metric, stats: &RunStats, filter: &KeyFilte
         }
         Metric::Check(name) => {
             let index = check_index(plan, name)?;
-            let (passed, failed) = records().map(|r| check_tally(r, index)).fold((0u64, 0u64), |(p, f), (a, b)| (p.saturating_add(a), f.saturating_add(b)));
+            let tallied = stats.steps.iter().filter(|(k, _)| filter.covers_check(k)).map(|(_, r)| r);
+            let (passed, failed) = tallied.map(|r| check_tally(r, index)).fold((0u64, 0u64), |(p, f), (a, b)| (p.saturating_add(a), f.saturating_add(b)));
             rate(passed, passed.saturating_add(failed))
         }
         Metric::RecoveryTime | Metric::MaxStreak(_) => None,

@@ -516,21 +516,26 @@ pub fn build(f: RunFacts<'_>) -> Report {
         })
         .collect();
     let check_names = plan.check_names();
+    // The plan's steps (a flow as one request), then each flow request as
+    // `STEP/REQUEST` under its own index (contract F).
+    let flow_slots = plan.flow_slot_names().into_iter().enumerate().map(|(k, n)| (plan.flow_slot_base() + k, n));
     let steps = plan
         .steps
         .iter()
         .enumerate()
-        .map(|(i, st)| {
+        .map(|(i, st)| (i, st.name.clone()))
+        .chain(flow_slots)
+        .map(|(i, name)| {
             let s = stats.summarize(|k| k.step == i as u32);
             StepReport {
-                name: st.name.clone(),
+                name,
                 requests: s.requests,
                 errors: s.errors,
                 error_rate: s.error_rate(),
                 latency_ms: percentiles(&s, false),
                 statuses: statuses(stats, |k| k.step == i as u32),
                 checks: checks(&check_names, stats, |k| k.step == i as u32),
-                tls_handshake_ms: handshakes(stats, |k| k.step == i as u32 && k.phase < plan.probe_phase()),
+                tls_handshake_ms: handshakes(stats, |k| k.step == i as u32 && k.phase != plan.probe_phase()),
             }
         })
         .collect();
@@ -562,7 +567,8 @@ pub fn build(f: RunFacts<'_>) -> Report {
         probes: probe_reports(plan, stats),
         faults,
         timeline,
-        checks: checks(&check_names, stats, |k| (k.phase as usize) < plan.phases.len()),
+        // The load's checks: its steps' and its flow requests' (not the probes').
+        checks: checks(&check_names, stats, |k| k.phase != plan.probe_phase()),
         faults_simulated: f.faults.events.values().any(|e| e.fault_status() == stampede_proto::v1::FaultStatus::Simulated),
         dry_run: None,
         tls_handshake_ms: handshakes(stats, load),
