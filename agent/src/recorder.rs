@@ -32,6 +32,8 @@ pub struct Recorder {
     /// `(phase · steps + step) · 2 + ok`; allocated on first use, since most
     /// (phase, step, outcome) combinations never occur.
     records: Vec<Option<Box<StepRecord>>>,
+    /// Per load phase (the plan's phases, not the flow requests' record
+    /// phases of contract F, which the coordinator refuses a schedule for).
     schedule: Vec<ScheduleStats>,
     /// The interval `records` holds; the one being recorded.
     current: u64,
@@ -52,11 +54,13 @@ pub struct Taken {
 }
 
 impl Recorder {
-    pub fn new(phases: usize, steps: usize, start: Instant, interval: Duration) -> Self {
+    /// `phases` record phases (the plan's, or with flows more: contract F),
+    /// of which the first `load_phases` are the plan's own.
+    pub fn new(phases: usize, load_phases: usize, steps: usize, start: Instant, interval: Duration) -> Self {
         Recorder {
             steps,
             records: (0..phases * steps * 2).map(|_| None).collect(),
-            schedule: vec![ScheduleStats::default(); phases],
+            schedule: vec![ScheduleStats::default(); load_phases.min(phases)],
             current: 0,
             other: BTreeMap::new(),
             start,
@@ -99,8 +103,11 @@ impl Recorder {
             Outcome::Response { status, received, checks, .. } => (false, received, Some(ErrorKind::for_status(status)), Some((status, checks))),
             Outcome::Failed(kind) => (false, 0, Some(kind), None),
         };
-        let s = &mut self.schedule[phase];
-        s.last_done_us = s.last_done_us.max(micros(done.saturating_duration_since(self.start)));
+        // A flow request's record phase has no schedule: its flow's own
+        // completion, recorded in the load phase, is the one that counts.
+        if let Some(s) = self.schedule.get_mut(phase) {
+            s.last_done_us = s.last_done_us.max(micros(done.saturating_duration_since(self.start)));
+        }
         let due = self.due_seq(intended);
         let r: &mut StepRecord = if due == self.current {
             self.records[(phase * self.steps + step) * 2 + ok as usize].get_or_insert_with(Default::default)
@@ -211,7 +218,7 @@ mod tests {
     #[test]
     fn records_land_under_their_key_and_reset() {
         let t0 = Instant::now();
-        let mut r = Recorder::new(2, 3, t0, Duration::from_secs(1));
+        let mut r = Recorder::new(2, 2, 3, t0, Duration::from_secs(1));
         let ok = Outcome::Response { status: 200, success: true, received: 10, checks: CheckBits::default() };
         let bad = Outcome::Response { status: 503, success: false, received: 5, checks: CheckBits::default() };
         r.request(1, 2, ok, t0, t0 + Duration::from_millis(5), t0 + Duration::from_millis(7), 40);
@@ -244,7 +251,7 @@ mod tests {
     fn late_completions_land_in_their_due_interval_and_totals_are_unchanged() {
         let t0 = Instant::now();
         let iv = Duration::from_millis(100);
-        let mut r = Recorder::new(1, 2, t0, iv);
+        let mut r = Recorder::new(1, 1, 2, t0, iv);
         let mut rng = fastrand::Rng::with_seed(9);
         // (due seq, finish seq) of every request, and what each interval should get.
         let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
@@ -281,7 +288,7 @@ mod tests {
     #[test]
     fn a_handshake_lands_beside_its_request() {
         let t0 = Instant::now();
-        let mut r = Recorder::new(1, 1, t0, Duration::from_secs(1));
+        let mut r = Recorder::new(1, 1, 1, t0, Duration::from_secs(1));
         let ok = Outcome::Response { status: 200, success: true, received: 10, checks: CheckBits::default() };
         r.request(0, 0, ok, t0, t0, t0 + Duration::from_millis(3), 40);
         r.handshake(0, 0, ok, t0, Duration::from_micros(1500));
@@ -296,7 +303,7 @@ mod tests {
     #[test]
     fn an_accepted_response_failing_a_check_is_a_check_failure_counted_per_check() {
         let t0 = Instant::now();
-        let mut r = Recorder::new(1, 1, t0, Duration::from_secs(1));
+        let mut r = Recorder::new(1, 1, 1, t0, Duration::from_secs(1));
         let checks = CheckBits { base: 4, count: 2, failed: 0b10 };
         r.request(0, 0, Outcome::Response { status: 200, success: true, received: 10, checks }, t0, t0, t0, 40);
         let passing = CheckBits { failed: 0, ..checks };

@@ -175,8 +175,8 @@ async fn run(plan: WorkerPlan) {
     let w = Rc::new(Worker {
         recorder: RefCell::new({
             // A plan with flows also records its flow requests (contract F).
-            let (phases, steps) = plan.plan.recorded_shape();
-            Recorder::new(phases, steps, plan.run_start, plan.plan.interval.as_duration())
+            let (recorded, steps) = plan.plan.recorded_shape();
+            Recorder::new(recorded, phases, steps, plan.run_start, plan.plan.interval.as_duration())
         }),
         pool: RefCell::new(Vec::new()),
         addrs: RefCell::new(Addrs::new(plan.addrs.clone(), plan.addr_offset)),

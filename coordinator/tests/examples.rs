@@ -84,9 +84,17 @@ fn https_mtls_runs() {
     assert_eq!(r["totals"]["errors"], 0);
 }
 
+/// Runbook 004's first load test: 20 clients x 3 rounds = exactly 60 job
+/// flows (submit, then poll until done), every one done: 0 stuck.
 #[test]
 fn staging_load_runs() {
-    run_example("staging-load.yaml");
+    let r = run_example("staging-load.yaml");
+    assert_eq!(r["verdict"], "pass", "{:#}", r["verdict_reasons"]);
+    let job = r["steps"].as_array().unwrap().iter().find(|s| s["name"] == "job").expect("the job flow's step");
+    assert_eq!(job["requests"], 60, "{job:#}");
+    assert_eq!(job["errors"], 0, "{job:#}");
+    let stuck = r["slos"].as_array().unwrap().iter().find(|s| s["metric"] == "errors:stuck").expect("the stuck rule");
+    assert_eq!(stuck["observed"], 0.0, "{stuck:#}");
 }
 
 #[test]
