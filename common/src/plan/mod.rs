@@ -5,6 +5,7 @@
 
 mod abort;
 mod check;
+pub mod data;
 mod error;
 mod fault;
 mod flow;
