@@ -6,7 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     }
     println!("cargo:rerun-if-changed=stampede/v1/agent.proto");
-    // `Secret` gets a hand-written Debug (src/lib.rs) that never prints its value.
-    tonic_prost_build::configure().skip_debug(["stampede.v1.Secret"]).compile_protos(&["stampede/v1/agent.proto"], &["."])?;
+    // `Secret` and `DataRow` get hand-written Debugs (src/lib.rs) that never print a value.
+    tonic_prost_build::configure().skip_debug(["stampede.v1.Secret", "stampede.v1.DataRow"]).compile_protos(&["stampede/v1/agent.proto"], &["."])?;
     Ok(())
 }

@@ -53,6 +53,9 @@ async fn stream_run(
     finished: &mut RunFinished,
 ) -> Result<(), String> {
     let mut plan: Plan = serde_json::from_str(&a.plan_json).map_err(|e| format!("the assigned plan does not parse: {e}"))?;
+    // The data files' rows came beside the plan; with them `validate`
+    // checks each `{{data.COL}}` against its file's columns.
+    crate::data::fill(&mut plan, &a.data).map_err(|e| format!("the assigned plan's data: {e}"))?;
     validate(&plan).map_err(|(path, msg)| format!("the assigned plan is invalid: {path}: {msg}"))?;
     // A fault-only agent (capacity 0: no rate share, no connections) runs
     // no load but still sends its (empty) intervals to the run's end, so

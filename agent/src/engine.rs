@@ -136,6 +136,8 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
         .map(|i| crate::flow::CompiledFlow::new(&spec.plan, i, authority, user_agent).map_err(|e| EngineError::Check(spec.plan.steps[i].name.clone(), e)))
         .collect::<Result<Vec<_>, _>>()?;
     let flows = Arc::new(flows);
+    // Per step with `data:`: its rows on this agent, drawn by every worker.
+    let data = Arc::new(crate::data::StepRows::for_plan(&spec.plan, spec.agent_index, spec.agent_count));
     let workers = spec.workers.max(1);
     let max_connections = raise_open_files_limit();
     // Map the wall-clock start onto this process's monotonic clock once.
@@ -162,6 +164,7 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
             dialer: dialer.clone(),
             templates: templates.clone(),
             flows: flows.clone(),
+            data: data.clone(),
             rate_share: spec.rate_share,
             arrival_offset: spec.agent_index as f64 / spec.agent_count.max(1) as f64,
             connections,

@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use regex::bytes::Regex;
+use stampede_common::plan::template::Names;
 use stampede_common::plan::{capture_names, CaptureKind, Plan, Segment};
 use stampede_common::stats::ErrorKind;
 
@@ -83,7 +84,7 @@ impl CompiledFlow {
                 // Conditions, not checks: not counted in any check tally.
                 Some(u) => Some(Until { checks: CompiledChecks::new(u.checks.as_slice(), 0)?, every: u.every.as_duration(), within: u.within.as_duration() }),
             };
-            let dynamic = Dynamic::with_captures(&r.request, authority, extra, &names);
+            let dynamic = Dynamic::with_names(&r.request, authority, extra, &Names { captures: &names, data: plan.steps[step].data_columns() });
             requests.push(FlowRequest { slot: plan.flow_slot_base() + slot, template, dynamic, captures, until });
         }
         Ok(Some(CompiledFlow { requests, captures: names.len() }))
@@ -114,8 +115,9 @@ pub struct Kept {
 /// the last status when every request succeeded, else the first failure's
 /// kind, `capture` or `stuck`), the connection, and the bytes sent.
 /// `intended` is the first request's intended start (open model: the
-/// arrival's); each later request's is its own start.
-pub async fn run(io: &impl Send1, flow: &CompiledFlow, mut conn: Option<Conn<Stream>>, mut ctx: impl FnMut() -> Ctx, intended: Instant) -> (Outcome, Option<Conn<Stream>>, u64) {
+/// arrival's); each later request's is its own start. `row` is the
+/// execution's data row (the step's `data:`), the same for every request.
+pub async fn run(io: &impl Send1, flow: &CompiledFlow, mut conn: Option<Conn<Stream>>, mut ctx: impl FnMut() -> Ctx, row: &[String], intended: Instant) -> (Outcome, Option<Conn<Stream>>, u64) {
     let mut values = vec![String::new(); flow.captures];
     let mut jar = Jar::default();
     let mut kept = Kept::default();
@@ -127,7 +129,7 @@ pub async fn run(io: &impl Send1, flow: &CompiledFlow, mut conn: Option<Conn<Str
             let started = Instant::now();
             let due = if first { intended } else { started };
             first = false;
-            let mut wire = r.dynamic.render_with(ctx(), &values);
+            let mut wire = r.dynamic.render_with(ctx(), &values, row);
             jar.add_header(&mut wire);
             sent += wire.len() as u64;
             let Some((outcome, back, handshake)) = io.send(conn.take(), &r.template, &wire, &mut kept).await else {

@@ -21,6 +21,7 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use stampede_common::plan::template::Columns;
 use stampede_common::plan::{Expect, Request, Step, Text};
 use stampede_common::stats::ErrorKind;
 use stampede_common::units::StatusSet;
@@ -50,11 +51,16 @@ pub struct RequestTemplate {
 
 impl RequestTemplate {
     pub fn new(step: &Step, authority: &str) -> Self {
-        Self::for_request(&step.request, step.expect.as_ref(), authority)
+        Self::for_request_in(&step.request, step.expect.as_ref(), authority, step.data_columns())
     }
 
     /// A request with its `expect`: a step's, or a flow request's.
     pub fn for_request(r: &Request, expect: Option<&Expect>, authority: &str) -> Self {
+        Self::for_request_in(r, expect, authority, Columns::None)
+    }
+
+    /// [`RequestTemplate::for_request`] of a step with a data file of `data`'s columns.
+    fn for_request_in(r: &Request, expect: Option<&Expect>, authority: &str, data: Columns<'_>) -> Self {
         let body = r.body.as_ref().map_or("", Text::sent);
         let user_agent = concat!("User-Agent: stampede/", env!("CARGO_PKG_VERSION"), "\r\n");
         let mut s = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\n{user_agent}", r.method, r.path);
@@ -75,7 +81,7 @@ impl RequestTemplate {
             keep_response: false,
         };
         // Only a request with `{{` goes further; every other one is done.
-        match Dynamic::new(r, authority, user_agent) {
+        match Dynamic::new(r, authority, user_agent, data) {
             None => {}
             // Only `\{{` escapes: unescaped once, then as lean as any.
             Some(d) if d.is_static() => t.bytes = Bytes::from(d.render(Ctx::default())),

@@ -17,6 +17,7 @@
 //! - `http`: the allocation-free HTTP/1.1 client, generic over its stream.
 //! - `template`: a step's or probe's `{{seq}}`/`{{uuid}}`/... rendered per
 //!   request (only for requests that have them).
+//! - `data`: a step's data file rows on this agent, one drawn per execution.
 //! - `flow`: a flow step's requests in one session (cookies, captures,
 //!   `repeat_until`), compiled once per run.
 //! - [`connect`]: the target's URL and addresses (all of them, resolved
@@ -29,6 +30,7 @@
 mod assignment;
 pub mod check;
 pub mod connect;
+mod data;
 pub mod engine;
 pub mod fault;
 mod flow;

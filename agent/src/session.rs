@@ -240,6 +240,11 @@ fn open_injector(cfg: &AgentConfig) -> (Option<Arc<Injector>>, Vec<RecoveredFaul
     }
 }
 
+/// The largest message the agent takes from its coordinator: an
+/// assignment with its data files' rows (their text plus a few bytes of
+/// framing per value).
+const MAX_COORDINATOR_MESSAGE: usize = 64 * 1024 * 1024;
+
 async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &CancellationToken) -> anyhow::Result<SessionEnd> {
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
     let active_run_id = state.run.as_ref().filter(|r| !r.is_over()).map(|r| r.id.clone()).unwrap_or_default();
@@ -265,7 +270,9 @@ async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &Cancellat
     }
     let open = async {
         let channel = tls::endpoint(&cfg.coordinator, cfg.tls.as_ref())?.connect().await?;
-        let inbound = AgentServiceClient::new(channel).session(request).await?.into_inner();
+        // An assignment carries the plan's data files (up to 32 MiB of
+        // text, `plan::data::MAX_DATA_BYTES`): past tonic's 4 MiB default.
+        let inbound = AgentServiceClient::new(channel).max_decoding_message_size(MAX_COORDINATOR_MESSAGE).session(request).await?.into_inner();
         anyhow::Ok(inbound)
     };
     // With a run going on, an attempt must not outlast the lease.

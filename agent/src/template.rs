@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use stampede_common::plan::template::{self, Piece, Var};
+use stampede_common::plan::template::{self, Columns, Names, Piece, Var};
 use stampede_common::plan::{Request, Text};
 
 /// What the variables of one request stand for (their fleet-wide meaning is
@@ -33,21 +33,22 @@ pub struct Dynamic {
 
 impl Dynamic {
     /// `request` as sent, `extra` header lines (each ending in CRLF) after
-    /// `Host`; `None` when no `{{` is in it (see [`Dynamic::is_static`] for
-    /// a request with only `\{{`). The plan was validated, so every value
-    /// parses; a secret's value is never parsed.
-    pub fn new(request: &Request, authority: &str, extra: &str) -> Option<Dynamic> {
+    /// `Host`, `data` its step's data file's columns; `None` when no `{{` is
+    /// in it (see [`Dynamic::is_static`] for a request with only `\{{`).
+    /// The plan was validated, so every value parses; a secret's value is
+    /// never parsed.
+    pub fn new(request: &Request, authority: &str, extra: &str, data: Columns<'_>) -> Option<Dynamic> {
         let plain = |t: &Text| matches!(t, Text::Plain(s) if s.contains("{{"));
         if !request.path.contains("{{") && !request.headers.values().any(plain) && !request.body.as_ref().is_some_and(plain) {
             return None;
         }
-        Some(Dynamic::with_captures(request, authority, extra, &[]))
+        Some(Dynamic::with_names(request, authority, extra, &Names { captures: &[], data }))
     }
 
     /// A flow request (`flow.rs`), always rendered per request: `{{NAME}}`
-    /// of `captures` (the flow's capture names) is a captured value.
-    pub fn with_captures(request: &Request, authority: &str, extra: &str, captures: &[String]) -> Dynamic {
-        let parse = |s: &str| template::parse_with(s, captures).unwrap_or_else(|_| vec![Piece::Lit(s.to_string())]);
+    /// of `names.captures` (the flow's capture names) is a captured value.
+    pub fn with_names(request: &Request, authority: &str, extra: &str, names: &Names<'_>) -> Dynamic {
+        let parse = |s: &str| template::parse_with(s, names).unwrap_or_else(|_| vec![Piece::Lit(s.to_string())]);
         let text = |t: &Text| match t {
             Text::Plain(s) => parse(s),
             secret => vec![Piece::Lit(secret.sent().to_string())],
@@ -72,12 +73,13 @@ impl Dynamic {
 
     /// The request's bytes for `ctx`.
     pub fn render(&self, ctx: Ctx) -> Vec<u8> {
-        self.render_with(ctx, &[])
+        self.render_with(ctx, &[], &[])
     }
 
-    /// The request's bytes for `ctx` and a flow's `captures` values so far.
-    pub fn render_with(&self, ctx: Ctx, captures: &[String]) -> Vec<u8> {
-        let mut vars = Vars { ctx, captures, uuid: None, now_ms: None };
+    /// The request's bytes for `ctx`, a flow's `captures` values so far and
+    /// the execution's data `row` (empty for a step without data).
+    pub fn render_with(&self, ctx: Ctx, captures: &[String], row: &[String]) -> Vec<u8> {
+        let mut vars = Vars { ctx, captures, row, uuid: None, now_ms: None };
         let mut body = Vec::new();
         for p in &self.body {
             vars.put(&mut body, p);
@@ -106,6 +108,7 @@ impl std::fmt::Debug for Dynamic {
 struct Vars<'a> {
     ctx: Ctx,
     captures: &'a [String],
+    row: &'a [String],
     uuid: Option<uuid::Uuid>,
     now_ms: Option<u128>,
 }
@@ -124,6 +127,8 @@ impl Vars<'_> {
             Piece::Var(Var::RandomInt(lo, hi)) => write!(out, "{}", fastrand::i64(*lo..=*hi)),
             // Validation made sure it was captured before; a secret value, never logged.
             Piece::Var(Var::Capture(i)) => out.write_all(self.captures.get(*i).map_or(&b""[..], |v| v.as_bytes())),
+            // A data file's value (maybe a password): sent, never logged.
+            Piece::Var(Var::Data(i)) => out.write_all(self.row.get(*i).map_or(&b""[..], |v| v.as_bytes())),
             Piece::Var(Var::NowMs) => {
                 let now = *self.now_ms.get_or_insert_with(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()));
                 write!(out, "{now}")
@@ -153,8 +158,8 @@ mod tests {
 
     #[test]
     fn a_request_without_templates_is_not_dynamic() {
-        assert!(Dynamic::new(&request("/a", &[("x-a", "1")], Some(r#"{"a":{"b":1}}"#)), "h:1", "").is_none());
-        let escaped = Dynamic::new(&request(r"/a/\{{seq}}", &[], None), "h:1", "").unwrap();
+        assert!(Dynamic::new(&request("/a", &[("x-a", "1")], Some(r#"{"a":{"b":1}}"#)), "h:1", "", Columns::None).is_none());
+        let escaped = Dynamic::new(&request(r"/a/\{{seq}}", &[], None), "h:1", "", Columns::None).unwrap();
         assert!(escaped.is_static());
         assert!(text(&escaped, CTX).starts_with("GET /a/{{seq}} HTTP/1.1\r\n"));
     }
@@ -162,7 +167,7 @@ mod tests {
     #[test]
     fn renders_path_headers_and_body_with_the_right_length() {
         let r = request("/items/{{seq}}?w={{worker}}&i={{iteration}}", &[("x-id", "id-{{seq}}")], Some(r#"{"id":{{seq}},"r":{{random_int(5,5)}}}"#));
-        let d = Dynamic::new(&r, "h:1", "User-Agent: t\r\n").unwrap();
+        let d = Dynamic::new(&r, "h:1", "User-Agent: t\r\n", Columns::None).unwrap();
         let body = r#"{"id":42,"r":5}"#;
         let want = format!("POST /items/42?w=3&i=7 HTTP/1.1\r\nHost: h:1\r\nUser-Agent: t\r\nx-id: id-42\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         assert_eq!(text(&d, CTX), want);
@@ -170,7 +175,7 @@ mod tests {
 
     #[test]
     fn uuid_is_one_per_request_and_new_for_the_next() {
-        let d = Dynamic::new(&request("/{{uuid}}", &[("x-u", "{{uuid}}")], None), "h", "").unwrap();
+        let d = Dynamic::new(&request("/{{uuid}}", &[("x-u", "{{uuid}}")], None), "h", "", Columns::None).unwrap();
         let ids = |s: String| -> (String, String) {
             let path = s.split(' ').nth(1).unwrap()[1..].to_string();
             let header = s.lines().find_map(|l| l.strip_prefix("x-u: ")).unwrap().to_string();
@@ -185,7 +190,7 @@ mod tests {
 
     #[test]
     fn random_int_stays_in_its_bounds_and_now_ms_is_now() {
-        let d = Dynamic::new(&request("/{{random_int(-2,2)}}/{{now_ms}}", &[], None), "h", "").unwrap();
+        let d = Dynamic::new(&request("/{{random_int(-2,2)}}/{{now_ms}}", &[], None), "h", "", Columns::None).unwrap();
         let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
         for _ in 0..200 {
             let s = text(&d, CTX);
@@ -196,6 +201,17 @@ mod tests {
             assert!((-2..=2).contains(&n));
             assert!(t >= before && t <= before + 60_000);
         }
+    }
+
+    #[test]
+    fn a_data_row_fills_its_columns() {
+        let columns = ["user".to_string(), "password".to_string()];
+        let r = request("/login/{{data.user}}", &[("x-p", "{{data.password}}")], None);
+        let d = Dynamic::new(&r, "h", "", Columns::Known(&columns)).unwrap();
+        let row = ["alice".to_string(), "s3cret".to_string()];
+        let s = String::from_utf8(d.render_with(CTX, &[], &row)).unwrap();
+        assert!(s.starts_with("GET /login/alice HTTP/1.1\r\n"), "{s}");
+        assert!(s.contains("x-p: s3cret\r\n"), "{s}");
     }
 
     #[test]
@@ -211,7 +227,7 @@ steps:
         let mut plan = stampede_common::plan::load_str(yaml, stampede_common::plan::Format::Yaml, std::path::Path::new("t.yaml")).unwrap();
         let values = [("env:T".to_string(), "tok{{seq}}en".to_string())].into_iter().collect();
         stampede_common::plan::fill_agent_secrets(&mut plan, &values, true, |_| false).unwrap();
-        let d = Dynamic::new(&plan.steps[0].request, "h", "").unwrap();
+        let d = Dynamic::new(&plan.steps[0].request, "h", "", Columns::None).unwrap();
         let s = text(&d, CTX);
         assert!(s.starts_with("GET /42 "), "{s}");
         assert!(s.contains("authorization: tok{{seq}}en\r\n"), "a secret is never templated: {s}");

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connect::{Addrs, Dialer, Stream};
 use crate::flow::{CompiledFlow, Kept};
 use crate::http::{Conn, RequestError, RequestTemplate, Response};
+use crate::data::StepRows;
 use crate::template::Ctx;
 use crate::pacer::PreciseTimer;
 use crate::recorder::{Outcome, Recorder};
@@ -57,6 +58,8 @@ pub struct WorkerPlan {
     pub templates: Arc<Vec<RequestTemplate>>,
     /// Per step: its flow, compiled once (`flow.rs`), or `None` (most steps).
     pub flows: Arc<Vec<Option<CompiledFlow>>>,
+    /// Per step: its data rows on this agent (`data.rs`), or `None`.
+    pub data: Arc<Vec<Option<StepRows>>>,
     /// This agent's share of every open-model rate, and its stagger offset.
     pub rate_share: f64,
     pub arrival_offset: f64,
@@ -458,6 +461,12 @@ async fn connection_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end:
             }
         }
         conn = back;
+        if matches!(outcome, Outcome::Failed(ErrorKind::Data)) {
+            // Its step's `unique` rows are used up on this agent: this
+            // user is done for the phase (Gatling's empty queue feeder),
+            // rather than spinning through failures.
+            break;
+        }
         if matches!(outcome, Outcome::Failed(ErrorKind::Connect | ErrorKind::Tls)) {
             // A refused connection (or certificate) fails in microseconds;
             // without a pause a down server turns the loop into a busy spin
@@ -474,10 +483,17 @@ async fn connection_loop(w: Rc<Worker>, phase: usize, phase_start: Instant, end:
 /// One request of `step`, or for a flow step one execution of its flow
 /// (boxed: the plain step's future stays the size it was).
 async fn run_step(w: &Worker, conn: Option<Conn<Stream>>, phase: usize, step: usize, user: User, intended: Instant) -> (Outcome, Option<Conn<Stream>>, Option<Duration>, u64) {
+    // A step with a data file: one row for the whole execution, or, its
+    // `unique` rows used up, nothing sent (kind `data`).
+    let row = match w.plan.data[step].as_ref().map(StepRows::take) {
+        None => &[][..],
+        Some(Some(row)) => row,
+        Some(None) => return (Outcome::Failed(ErrorKind::Data), conn, None, 0),
+    };
     match &w.plan.flows[step] {
-        None => run_or_abort(w, conn, step, user).await,
+        None => run_or_abort(w, conn, step, user, row).await,
         Some(flow) => {
-            let (outcome, conn, sent) = Box::pin(run_flow(w, flow, conn, phase, user, intended)).await;
+            let (outcome, conn, sent) = Box::pin(run_flow(w, flow, conn, phase, user, row, intended)).await;
             // Handshakes are recorded with the flow's requests.
             (outcome, conn, None, sent)
         }
@@ -486,11 +502,11 @@ async fn run_step(w: &Worker, conn: Option<Conn<Stream>>, phase: usize, step: us
 
 /// One execution of a flow: its requests recorded under their flow slots
 /// in the flow phase of `phase` (contract F), sent like any request.
-async fn run_flow(w: &Worker, flow: &CompiledFlow, conn: Option<Conn<Stream>>, phase: usize, user: User, intended: Instant) -> (Outcome, Option<Conn<Stream>>, u64) {
+async fn run_flow(w: &Worker, flow: &CompiledFlow, conn: Option<Conn<Stream>>, phase: usize, user: User, row: &[String], intended: Instant) -> (Outcome, Option<Conn<Stream>>, u64) {
     let io = FlowIo { w, phase: w.plan.plan.flow_phase(phase) as usize };
     let fleet = w.plan.fleet;
     let ctx = || Ctx { seq: fleet.unique(w.plan.seq.fetch_add(1, Ordering::Relaxed)), worker: fleet.unique(user.local), iteration: user.iteration };
-    crate::flow::run(&io, flow, conn, ctx, intended).await
+    crate::flow::run(&io, flow, conn, ctx, row, intended).await
 }
 
 struct FlowIo<'a> {
@@ -531,7 +547,7 @@ impl crate::flow::Send1 for FlowIo<'_> {
 /// request, is not reused). Without this an interrupted run's report
 /// silently lost every request it had sent and not yet seen answered.
 /// The last value is the request's bytes on the wire.
-async fn run_or_abort(w: &Worker, conn: Option<Conn<Stream>>, step: usize, user: User) -> (Outcome, Option<Conn<Stream>>, Option<Duration>, u64) {
+async fn run_or_abort(w: &Worker, conn: Option<Conn<Stream>>, step: usize, user: User, row: &[String]) -> (Outcome, Option<Conn<Stream>>, Option<Duration>, u64) {
     w.requests_in_flight.set(w.requests_in_flight.get() + 1);
     let template = &w.plan.templates[step];
     // A templated step is rendered here, once per request (a retry on a
@@ -540,7 +556,7 @@ async fn run_or_abort(w: &Worker, conn: Option<Conn<Stream>>, step: usize, user:
     let rendered = template.dynamic().map(|d| {
         let fleet = w.plan.fleet;
         let n = w.plan.seq.fetch_add(1, Ordering::Relaxed);
-        d.render(Ctx { seq: fleet.unique(n), worker: fleet.unique(user.local), iteration: user.iteration })
+        d.render_with(Ctx { seq: fleet.unique(n), worker: fleet.unique(user.local), iteration: user.iteration }, &[], row)
     });
     let sent = rendered.as_ref().map_or(template.wire_len(), Vec::len) as u64;
     let done = tokio::select! {

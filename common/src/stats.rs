@@ -49,13 +49,16 @@ pub enum ErrorKind {
     /// field, header, or regex match): the flow cannot go on.
     Capture,
     /// A flow request's `repeat_until` never held within its `for`: the
-    /// job it polls is stuck. Last in the list: kinds are indexed by
-    /// position (arrays, `ALL`).
+    /// job it polls is stuck.
     Stuck,
+    /// A step's `unique` data rows were used up on its agent: the
+    /// execution was not sent (a closed or iterations user then stops for
+    /// the phase). Last in the list: kinds are indexed by position (arrays, `ALL`).
+    Data,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Io,
@@ -69,6 +72,7 @@ impl ErrorKind {
         ErrorKind::Tls,
         ErrorKind::Capture,
         ErrorKind::Stuck,
+        ErrorKind::Data,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +90,7 @@ impl ErrorKind {
             ErrorKind::Tls => "tls",
             ErrorKind::Capture => "capture",
             ErrorKind::Stuck => "stuck",
+            ErrorKind::Data => "data",
         }
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
+use stampede_common::plan::data::DataFiles;
 use stampede_common::plan::{load_file_with, redact, Format, Params, Plan, SecretSource};
 use stampede_common::tls::{ClientTls, Mode, ServerTls, TlsArgs, Token, INSECURE_WARNING};
 use stampede_common::units::{Dur, Percent};
@@ -87,12 +88,14 @@ pub struct PlanParams {
 /// Loads the plan at `path` as `stampede run` and `validate` see it:
 /// `${NAME}` from this process's environment, the flags' overrides, and
 /// secrets read here (environment variables, files relative to the plan's
-/// folder) unless `resolve_secrets` is false (a dry run needs none).
+/// folder) unless `resolve_secrets` is false (a dry run needs none), and
+/// the steps' data files read (relative to the plan's folder too).
 pub fn load_plan(path: &Path, params: &PlanParams, resolve_secrets: bool) -> Result<Plan, stampede_common::plan::PlanError> {
     let env = stampede_common::plan::process_env;
     let dir = path.parent().unwrap_or(Path::new(""));
     let secrets = if resolve_secrets { SecretSource::Local { env: &env, dir } } else { SecretSource::Unresolved };
-    load_file_with(path, &Params { vars: Some(&env), sets: &params.sets, target: params.target.as_deref(), secrets })
+    let data = DataFiles::Local { dir };
+    load_file_with(path, &Params { vars: Some(&env), sets: &params.sets, target: params.target.as_deref(), secrets, data })
 }
 
 #[derive(Debug, clap::Args)]

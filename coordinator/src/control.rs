@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stampede_common::plan::data::{DataFiles, DataSets};
 use stampede_common::plan::{load_str_with, redact, Format, Params, SecretSource};
 use stampede_common::tls::Role;
 use stampede_proto::v1::control_service_server::ControlService;
@@ -85,7 +86,10 @@ impl Control {
         let loaded = {
             let secrets = stampede_proto::secrets_from_wire(&req.secrets);
             let source = if dry_run { SecretSource::Unresolved } else { SecretSource::Given(&secrets) };
-            load_str_with(&req.plan_text, format, Path::new(&req.plan_name), &Params { secrets: source, ..Params::default() })
+            match data_from_wire(&req.data_files) {
+                Ok(sets) => load_str_with(&req.plan_text, format, Path::new(&req.plan_name), &Params { secrets: source, data: DataFiles::Given(&sets), ..Params::default() }),
+                Err(message) => Err(stampede_common::plan::PlanError { file: req.plan_name.clone().into(), line: None, path: String::new(), message }),
+            }
         };
         let mut plan = match loaded {
             Ok(p) => p,
@@ -274,4 +278,9 @@ async fn store_run(store: &RunStore, r: &Report, res: &RunResult, plan_name: &st
             format!("run {}: ERROR: could not store the run in {}: {e}; the reports sent to this client are the only copy", r.run_id, runs.display())
         }
     }
+}
+
+/// The data files a client sent, by the name the plan gives them.
+fn data_from_wire(files: &[stampede_proto::v1::DataFile]) -> Result<DataSets, String> {
+    files.iter().map(|f| Ok((f.file.clone(), std::sync::Arc::new(stampede_proto::data_from_wire(f)?)))).collect()
 }

@@ -133,6 +133,11 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     // References only (`{ secret_env: TOKEN }`): the values go beside it, per agent.
     let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
     let secrets = plan.secret_values();
+    // Data files' rows, like secrets, beside the plan (a dry run sends none).
+    let mut data_files = crate::split::data_files(&plan, &capacities);
+    for line in crate::split::data_summary(&plan, &data_files) {
+        progress(line);
+    }
     // Chaos Toolkit's hypothesis first: no load and no fault on a target
     // that is already unwell. Asked of the probe agent (the first).
     if plan.steady_state.is_some() && !req.dry_run {
@@ -163,6 +168,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             iterations: iterations.iter().map(|p| p[i]).collect(),
             simulate_faults: req.simulate_faults,
             secrets: stampede_proto::secrets_to_wire(&plan.secrets_for_agent(i, a.capacity > 0, &faults_per_agent[i], &secrets)),
+            data: if req.dry_run { Vec::new() } else { std::mem::take(&mut data_files[i]) },
         };
         let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
         a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;

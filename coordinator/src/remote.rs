@@ -43,6 +43,8 @@ pub struct Submission<'a> {
     sent_format: Format,
     /// The secrets' values, read here; sent beside the plan, never in it.
     secrets: stampede_common::plan::SecretValues,
+    /// The data files' rows, read here (relative to the plan), sent beside it.
+    data_files: Vec<stampede_proto::v1::DataFile>,
 }
 
 impl<'a> Submission<'a> {
@@ -54,7 +56,8 @@ impl<'a> Submission<'a> {
             let stem = std::path::Path::new(file_name).file_stem().map_or("plan".into(), |s| s.to_string_lossy().into_owned());
             (format!("{stem}.resolved.json"), serde_json::to_string_pretty(plan).expect("plans serialize") + "\n", Format::Json)
         };
-        Submission { file_name, text, sent_name, sent_text, sent_format, secrets: plan.secret_values() }
+        let data_files = plan.data_sets().iter().map(|(file, set)| stampede_proto::data_to_wire(file, 0, set, 0..set.rows.len())).collect();
+        Submission { file_name, text, sent_name, sent_text, sent_format, secrets: plan.secret_values(), data_files }
     }
 }
 
@@ -71,6 +74,7 @@ pub async fn submit(url: &str, tls: Option<&ClientTls>, plan: &Submission<'_>, a
         expect_agents: args.expect_agents as u32,
         wait_ms: args.wait.as_duration().as_millis() as u64,
         secrets: stampede_proto::secrets_to_wire(&plan.secrets),
+        data_files: plan.data_files.clone(),
     };
     let events = if args.dry_run {
         client.submit_dry_run(request).await

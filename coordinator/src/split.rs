@@ -1,6 +1,8 @@
 //! Splitting fleet-wide numbers between agents by declared capacity.
 
+use stampede_common::plan::data::DataOrder;
 use stampede_common::plan::Plan;
+use stampede_proto::v1::DataFile;
 
 /// Splits `total` into integer parts proportional to `capacities`, by the
 /// largest remainder, so the parts always add up to `total` exactly; an
@@ -23,6 +25,44 @@ pub fn iterations(plan: &Plan, concurrency: &[Vec<u32>]) -> Vec<Vec<u64>> {
             (None, _) => vec![0; shares.len()],
             (Some(_), Some(per)) => shares.iter().map(|&c| u64::from(per) * u64::from(c)).collect(),
             (Some(count), None) => split_u64(count, shares),
+        })
+        .collect()
+}
+
+/// Each agent's data files (`[agent]`, one entry per step with `data:`):
+/// every row of a `sequential` or `random` file for an agent that sends
+/// load, and for `unique` its own contiguous range, the file cut in
+/// proportion to `capacities` — so no row is used twice in the fleet. An
+/// agent of capacity 0 (fault-only) gets the columns only. Every step's
+/// set was read when the plan loaded (`data::resolve_data`).
+pub fn data_files(plan: &Plan, capacities: &[u32]) -> Vec<Vec<DataFile>> {
+    let mut out = vec![Vec::new(); capacities.len()];
+    for (step, data) in plan.steps.iter().enumerate().filter_map(|(i, s)| Some((i, s.data.as_ref()?))) {
+        let Some(set) = &data.set else { continue };
+        let shares = split_u64(set.rows.len() as u64, capacities);
+        let mut first = 0usize;
+        for (agent, files) in out.iter_mut().enumerate() {
+            let rows = match data.order {
+                _ if capacities[agent] == 0 => 0..0,
+                DataOrder::Unique => first..first + shares[agent] as usize,
+                DataOrder::Sequential | DataOrder::Random => 0..set.rows.len(),
+            };
+            first += shares[agent] as usize;
+            files.push(stampede_proto::data_to_wire(&data.file, step as u32, set, rows));
+        }
+    }
+    out
+}
+
+/// A progress line per step with data: its file, rows and order, and how
+/// many rows each agent got (`files` from [`data_files`]). No value.
+pub fn data_summary(plan: &Plan, files: &[Vec<DataFile>]) -> Vec<String> {
+    let steps = plan.steps.iter().filter_map(|s| Some((s, s.data.as_ref()?.set.as_ref()?))).enumerate();
+    steps
+        .map(|(k, (step, set))| {
+            let data = step.data.as_ref().expect("filtered on data");
+            let shares: Vec<String> = files.iter().map(|f| f[k].rows.len().to_string()).collect();
+            format!("data: step `{}` uses {}: {} rows, {} (rows per agent: {})", step.name, data.file, set.rows.len(), String::from(data.order), shares.join("/"))
         })
         .collect()
 }
@@ -53,6 +93,31 @@ fn split_u64(total: u64, weights: &[u32]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_rows_are_cut_into_disjoint_ranges_and_the_others_go_whole() {
+        let yaml = r#"
+name: t
+target: http://127.0.0.1:1
+phases: [{ name: p, duration: 1s, load: { model: closed, concurrency: 3 } }]
+steps:
+  - { name: u, request: { path: "/{{data.id}}" }, data: { file: u.csv, order: unique } }
+  - { name: s, request: { path: "/{{data.id}}" }, data: { file: u.csv } }
+"#;
+        let mut plan = stampede_common::plan::load_str(yaml, stampede_common::plan::Format::Yaml, std::path::Path::new("t.yaml")).unwrap();
+        let rows: Vec<Vec<String>> = (0..10).map(|i| vec![i.to_string()]).collect();
+        let set = std::sync::Arc::new(stampede_common::plan::data::DataSet { columns: vec!["id".into()], rows });
+        for s in &mut plan.steps {
+            s.data.as_mut().unwrap().set = Some(set.clone());
+        }
+        let files = data_files(&plan, &[1, 0, 2, 1]);
+        let ids = |f: &DataFile| f.rows.iter().map(|r| r.values[0].clone()).collect::<Vec<_>>();
+        let unique: Vec<Vec<String>> = files.iter().map(|per_agent| ids(&per_agent[0])).collect();
+        assert_eq!(unique, [vec!["0", "1", "2"], vec![], vec!["3", "4", "5", "6", "7"], vec!["8", "9"]]);
+        assert!(files.iter().all(|f| f[0].columns == ["id"] && f[0].step == 0 && f[1].step == 1));
+        let whole: Vec<usize> = files.iter().map(|f| f[1].rows.len()).collect();
+        assert_eq!(whole, [10, 0, 10, 10], "a fault-only agent gets no rows");
+    }
 
     #[test]
     fn iterations_follow_the_connections_exactly() {

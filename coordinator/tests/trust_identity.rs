@@ -174,7 +174,7 @@ fn an_agent_certificate_cannot_submit_runs_or_list_agents() {
     let (submit, list) = runtime().block_on(async {
         let channel = Endpoint::from_shared(url.clone()).unwrap().tls_config(pki.client_tls("agent1")).unwrap().connect().await.expect("TLS with a certificate of the CA connects");
         let mut client = ControlServiceClient::new(channel);
-        let request = SubmitRunRequest { plan_name: "hostile.yaml".into(), plan_text: plan_text.into(), plan_format: "yaml".into(), expect_agents: 0, wait_ms: 100, secrets: Vec::new() };
+        let request = SubmitRunRequest { plan_name: "hostile.yaml".into(), plan_text: plan_text.into(), plan_format: "yaml".into(), expect_agents: 0, wait_ms: 100, secrets: Vec::new(), data_files: Vec::new() };
         let submit = client.submit_run(request).await.map(|_| ());
         let list = client.list_agents(ListAgentsRequest {}).await.map(|_| ());
         (submit, list)

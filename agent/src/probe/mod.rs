@@ -53,7 +53,7 @@ impl CompiledProbe {
     pub fn new(plan: &Plan, index: usize, authority: &str) -> Result<CompiledProbe, String> {
         let p: &Probe = &plan.probes[index];
         let mut request = client::serialize(&p.request, authority);
-        let dynamic = match Dynamic::new(&p.request, authority, client::PROBE_HEADERS) {
+        let dynamic = match Dynamic::new(&p.request, authority, client::PROBE_HEADERS, Default::default()) {
             None => None,
             // Only `\{{` escapes: the same bytes every time.
             Some(d) if d.is_static() => {

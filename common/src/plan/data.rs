@@ -8,17 +8,25 @@
 //! and line; a value never appears in an error, since a data file may hold
 //! credentials (a login flow's users and passwords).
 //!
-//! Not wired into the plan yet: the step field, the `{{data.COL}}` variable,
-//! the split across agents and the agent's rendering are the rest of the
-//! work (see docs/plan.md once they land).
+//! The rows are read where the plan is loaded (`stampede run`, `validate`)
+//! and travel beside the plan, never in it: a standing coordinator gets them
+//! in `SubmitRunRequest.data_files`, each agent its share in
+//! `Assignment.data` (the coordinator's `split.rs` cuts `unique` files into
+//! disjoint ranges). The plan itself — in report.json, the run store, a dry
+//! run — names the file and its order only.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// The most a data file may hold: it travels to every agent in its
-/// assignment, and a large one would be a mistake (a log, `/dev/zero`).
-pub const MAX_DATA_BYTES: u64 = 64 << 20;
+use super::Plan;
+
+/// The most a plan's data files may hold together: they travel to every
+/// agent in its assignment (gRPC messages the agents accept up to 64 MiB),
+/// and a large one would be a mistake (a log, `/dev/zero`).
+pub const MAX_DATA_BYTES: u64 = 32 << 20;
 
 /// `data:` on a step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +36,68 @@ pub struct DataSource {
     pub file: String,
     #[serde(default)]
     pub order: DataOrder,
+    /// The rows, once read ([`resolve_data`]) or received (an agent's
+    /// share). Never serialized: the plan names the file, the rows travel
+    /// beside it.
+    #[serde(skip)]
+    pub set: Option<Arc<DataSet>>,
+}
+
+/// Data sets by the file name a plan gives (`data.file`), as sent to a
+/// standing coordinator.
+pub type DataSets = BTreeMap<String, Arc<DataSet>>;
+
+/// Where a plan's data files come from when it is loaded.
+#[derive(Clone, Copy, Default)]
+pub enum DataFiles<'a> {
+    /// Not read: `{{data.COL}}` is checked for its shape only (a plan taken
+    /// literally, the fuzzer). Nothing runs such a plan.
+    #[default]
+    Unread,
+    /// Read from files relative to `dir`, the plan's folder.
+    Local { dir: &'a Path },
+    /// Taken from what was sent (a standing coordinator).
+    Given(&'a DataSets),
+}
+
+/// Fills every step's `data.set` from `source`; `Err((field path,
+/// message))` for a file that cannot be read or was not sent, or when the
+/// files together exceed [`MAX_DATA_BYTES`]. A file two steps name is read once.
+pub fn resolve_data(plan: &mut Plan, source: &DataFiles<'_>) -> Result<(), (String, String)> {
+    let mut read: DataSets = BTreeMap::new();
+    let mut total = 0u64;
+    for (i, step) in plan.steps.iter_mut().enumerate() {
+        let Some(data) = step.data.as_mut() else { continue };
+        let at = format!("steps[{i}].data.file");
+        let set = match (source, read.get(&data.file)) {
+            (DataFiles::Unread, _) => continue,
+            (_, Some(set)) => set.clone(),
+            (DataFiles::Local { dir }, None) => {
+                let set = Arc::new(load(&dir.join(&data.file)).map_err(|m| (at.clone(), m))?);
+                total += set.bytes();
+                set
+            }
+            (DataFiles::Given(sets), None) => {
+                let set = sets.get(&data.file).cloned().ok_or_else(|| (at.clone(), format!("the rows of the data file {} were not sent", data.file)))?;
+                total += set.bytes();
+                set
+            }
+        };
+        if total > MAX_DATA_BYTES {
+            return Err((at, format!("the plan's data files hold more than {MAX_DATA_BYTES} bytes (32 MiB) together: they travel to every agent")));
+        }
+        read.insert(data.file.clone(), set.clone());
+        data.set = Some(set);
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// Every data file's rows by the name the plan gives: what `stampede
+    /// run` sends a standing coordinator.
+    pub fn data_sets(&self) -> DataSets {
+        self.steps.iter().filter_map(|s| s.data.as_ref()).filter_map(|d| Some((d.file.clone(), d.set.clone()?))).collect()
+    }
 }
 
 /// How a step's executions take rows. Parsed from a string so an unknown
@@ -86,6 +156,17 @@ impl DataSet {
     pub fn column(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c == name)
     }
+
+    /// Its size as text: what the plan's [`MAX_DATA_BYTES`] counts.
+    pub fn bytes(&self) -> u64 {
+        let cells = |r: &[String]| r.iter().map(|c| c.len() as u64 + 1).sum::<u64>();
+        cells(&self.columns) + self.rows.iter().map(|r| cells(r)).sum::<u64>()
+    }
+
+    /// Rows `range` of this set, columns kept: one agent's `unique` share.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> DataSet {
+        DataSet { columns: self.columns.clone(), rows: self.rows[range].to_vec() }
+    }
 }
 
 /// Reads `path`: JSON lines for `.jsonl` / `.ndjson`, CSV otherwise.
@@ -96,7 +177,14 @@ pub fn load(path: &Path) -> Result<DataSet, String> {
     if size > MAX_DATA_BYTES {
         return Err(format!("{shown}: {size} bytes, more than a data file may hold ({MAX_DATA_BYTES})"));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    // Read bounded too: a device or a file still growing lies about its size.
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?, MAX_DATA_BYTES + 1), &mut bytes)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if bytes.len() as u64 > MAX_DATA_BYTES {
+        return Err(format!("{shown}: more than a data file may hold ({MAX_DATA_BYTES} bytes)"));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{shown}: not UTF-8 text"))?;
     let jsonl = matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl" | "ndjson"));
     let set = if jsonl { parse_jsonl(&text) } else { parse_csv(&text) }.map_err(|m| format!("{shown}:{m}"))?;
     if set.rows.is_empty() {

@@ -258,7 +258,7 @@ fn validate_flow_step(step: &Step) -> Result<(), (String, String)> {
         if !names.insert(r.name.as_str()) {
             return fail(&at("name"), format!("request `{}` is defined twice in this flow", super::printable(&r.name)));
         }
-        super::validate::check_request_with(&r.request, &known).map_err(|(field, m)| {
+        super::validate::check_request_with(&r.request, &super::template::Names { captures: &known, data: step.data_columns() }).map_err(|(field, m)| {
             // A name captured by this or a later request: say so, not "unknown".
             let later = all.iter().find(|(k, n)| *k >= j && m.contains(&format!("`{{{{{n}}}}}`")));
             let m = match later {

@@ -173,6 +173,8 @@ pub fn load_str_with(text: &str, format: Format, file: &Path, params: &Params<'_
     })?;
 
     let mut plan = plan;
+    // Before `validate`: `{{data.COL}}` is checked against the file's columns.
+    super::data::resolve_data(&mut plan, &params.data).map_err(|(path, message)| error_at(path, message))?;
     validate(&plan).map_err(|(path, message)| error_at(path, message))?;
     secret::resolve_secrets(&mut plan, &params.secrets).map_err(|(path, message)| error_at(path, message))?;
     Ok(plan)

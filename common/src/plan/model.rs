@@ -228,6 +228,21 @@ pub struct Step {
     /// session (`flow.rs`, docs/plan.md "Flows").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<Vec<super::FlowRequest>>,
+    /// A data file whose rows its requests use as `{{data.COLUMN}}`, one
+    /// row per execution (`data.rs`, docs/plan.md "Data files").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<super::data::DataSource>,
+}
+
+impl Step {
+    /// What `{{data.COL}}` may name in this step's requests.
+    pub fn data_columns(&self) -> super::template::Columns<'_> {
+        use super::template::Columns;
+        match &self.data {
+            None => Columns::None,
+            Some(d) => d.set.as_ref().map_or(Columns::Unknown, |s| Columns::Known(&s.columns)),
+        }
+    }
 }
 
 fn default_weight() -> u32 {

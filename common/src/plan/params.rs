@@ -10,6 +10,7 @@
 
 use config::{Map, Value, ValueKind};
 
+use super::data::DataFiles;
 use super::secret::SecretSource;
 
 /// Looks up a variable: the process environment, or a test's map.
@@ -25,11 +26,13 @@ pub struct Params<'a> {
     /// `--target URL`: sets `target` and drops `builtin_target`.
     pub target: Option<&'a str>,
     pub secrets: SecretSource<'a>,
+    /// Where the steps' data files are read (`data.rs`).
+    pub data: DataFiles<'a>,
 }
 
 impl Default for Params<'_> {
     fn default() -> Self {
-        Params { vars: None, sets: &[], target: None, secrets: SecretSource::Unresolved }
+        Params { vars: None, sets: &[], target: None, secrets: SecretSource::Unresolved, data: DataFiles::Unread }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Templated request values: `{{seq}}`, `{{uuid}}`, `{{worker}}`,
-//! `{{iteration}}`, `{{random_int(LO,HI)}}` and `{{now_ms}}` in a request's
-//! path, header values and body (docs/plan.md, "Templates").
+//! `{{iteration}}`, `{{random_int(LO,HI)}}`, `{{now_ms}}` and a data file's
+//! `{{data.COLUMN}}` in a request's path, header values and body
+//! (docs/plan.md, "Templates" and "Data files").
 //!
 //! Parsed here when the plan loads, so an unknown name is a FILE:LINE error
 //! before anything runs; the agents parse the same text once per run into
@@ -36,6 +37,30 @@ pub enum Var {
     /// A value an earlier request of the same flow captured: the index of
     /// its name in the flow's capture names (`flow.rs`).
     Capture(usize),
+    /// A column of the step's data row (`data.rs`): its index in the file's
+    /// columns ([`Columns::Known`]); `usize::MAX` where they were not read
+    /// ([`Columns::Unknown`]: a plan nothing runs).
+    Data(usize),
+}
+
+/// What `{{data.COL}}` may name: a step's data file's columns.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Columns<'a> {
+    /// The request has no data file (a step without `data:`, a probe).
+    #[default]
+    None,
+    /// The step has one, not read: any column name is taken.
+    Unknown,
+    Known(&'a [String]),
+}
+
+/// The names a value may use besides the built-in ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Names<'a> {
+    /// A flow's names captured so far: each `{{name}}` of them a
+    /// [`Var::Capture`] of its index.
+    pub captures: &'a [String],
+    pub data: Columns<'a>,
 }
 
 const KNOWN: &str = "seq, uuid, worker, iteration, random_int(LO,HI), now_ms";
@@ -43,12 +68,11 @@ const KNOWN: &str = "seq, uuid, worker, iteration, random_int(LO,HI), now_ms";
 /// The pieces of `s`, literal text merged; `Err(message)` for an unknown
 /// name, bad arguments or an unclosed `{{`.
 pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
-    parse_with(s, &[])
+    parse_with(s, &Names::default())
 }
 
-/// [`parse`], also knowing `captures`: a flow's names captured so far,
-/// each `{{name}}` of them a [`Var::Capture`] of its index.
-pub fn parse_with(s: &str, captures: &[String]) -> Result<Vec<Piece>, String> {
+/// [`parse`], also knowing `names` (a flow's captures, a data file's columns).
+pub fn parse_with(s: &str, names: &Names<'_>) -> Result<Vec<Piece>, String> {
     let mut out = Vec::new();
     let mut lit = String::new();
     let mut rest = s;
@@ -65,9 +89,10 @@ pub fn parse_with(s: &str, captures: &[String]) -> Result<Vec<Piece>, String> {
             return Err("has a `{{` without its `}}` (write `\\{{` for a literal `{{`)".into());
         };
         let name = after[..end].trim();
-        let var = match captures.iter().position(|c| c == name) {
-            Some(i) => Var::Capture(i),
-            None => parse_var(name)?,
+        let var = match (names.captures.iter().position(|c| c == name), name.strip_prefix("data.")) {
+            (Some(i), _) => Var::Capture(i),
+            (None, Some(column)) => data_var(column, names.data)?,
+            (None, None) => parse_var(name)?,
         };
         if !lit.is_empty() {
             out.push(Piece::Lit(std::mem::take(&mut lit)));
@@ -88,6 +113,18 @@ pub const RESERVED: [&str; 7] = ["seq", "uuid", "worker", "iteration", "random_i
 /// Whether `pieces` need rendering per request.
 pub fn is_templated(pieces: &[Piece]) -> bool {
     pieces.iter().any(|p| matches!(p, Piece::Var(_)))
+}
+
+fn data_var(column: &str, columns: Columns<'_>) -> Result<Var, String> {
+    match columns {
+        Columns::None => Err(format!("`{{{{data.{column}}}}}`: only a step with `data:` (a data file) has data values")),
+        Columns::Unknown => Ok(Var::Data(usize::MAX)),
+        Columns::Known(all) => all
+            .iter()
+            .position(|c| c == column)
+            .map(Var::Data)
+            .ok_or_else(|| format!("`{{{{data.{column}}}}}`: the data file has no column `{column}`; its columns: {}", all.join(", "))),
+    }
 }
 
 fn parse_var(name: &str) -> Result<Var, String> {
@@ -162,5 +199,17 @@ mod tests {
         assert!(parse("{{random_int(1)}}").is_err());
         assert!(parse("{{random_int(a,b)}}").is_err());
         assert_eq!(parse("{{random_int(-3,-3)}}").unwrap(), [Piece::Var(Var::RandomInt(-3, -3))]);
+    }
+
+    #[test]
+    fn data_columns_are_found_by_name_and_only_where_there_is_a_file() {
+        let columns = ["user".to_string(), "password".to_string()];
+        let known = Names { data: Columns::Known(&columns), ..Names::default() };
+        assert_eq!(parse_with("u={{data.password}}", &known).unwrap(), [Piece::Lit("u=".into()), Piece::Var(Var::Data(1))]);
+        let e = parse_with("{{data.pass}}", &known).unwrap_err();
+        assert_eq!(e, "`{{data.pass}}`: the data file has no column `pass`; its columns: user, password");
+        assert!(parse("{{data.user}}").unwrap_err().contains("only a step with `data:`"));
+        let unknown = Names { data: Columns::Unknown, ..Names::default() };
+        assert_eq!(parse_with("{{data.anything}}", &unknown).unwrap(), [Piece::Var(Var::Data(usize::MAX))]);
     }
 }

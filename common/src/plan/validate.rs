@@ -106,7 +106,11 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
             Some(w) => w,
             None => return err(at("weight"), "makes the weights add up to more than 4294967295"),
         };
-        check_request(&step.request).map_err(|(field, m)| (at(&format!("request{field}")), m))?;
+        if step.data.as_ref().is_some_and(|d| d.file.trim().is_empty()) {
+            return err(at("data.file"), "must name a CSV or JSON lines file");
+        }
+        let names = super::template::Names { captures: &[], data: step.data_columns() };
+        check_request_with(&step.request, &names).map_err(|(field, m)| (at(&format!("request{field}")), m))?;
     }
 
     super::phase::check_phase_steps(plan)?;
@@ -123,13 +127,13 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
 /// A request's method, path, headers and body (a step's or a probe's):
 /// `Err((field under `request`, message))`, the field starting with `.`.
 pub(super) fn check_request(r: &Request) -> Result<(), (String, String)> {
-    check_request_with(r, &[])
+    check_request_with(r, &super::template::Names::default())
 }
 
-/// [`check_request`] for a flow request: `captures` are the names its
-/// templates may use besides the built-in ones.
-pub(super) fn check_request_with(r: &Request, captures: &[String]) -> Result<(), (String, String)> {
-    let parse = |s: &str| super::template::parse_with(s, captures);
+/// [`check_request`] for a step's or flow's request: `names` are what its
+/// templates may use besides the built-in ones (captures, data columns).
+pub(super) fn check_request_with(r: &Request, names: &super::template::Names<'_>) -> Result<(), (String, String)> {
+    let parse = |s: &str| super::template::parse_with(s, names);
     let fail = |field: &str, msg: &str| Err((field.to_string(), msg.to_string()));
     let method = &r.method;
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
