@@ -176,8 +176,19 @@ fn a_standing_coordinator_keeps_no_secret_in_its_store_or_logs() {
     }
     procs.wait_for_agents(&url, &["a1", "a2"], Duration::from_secs(15));
 
+    // A second step takes the token from a data file (docs/plan.md, "Data
+    // files"): the client reads it and sends its rows beside the plan; the
+    // coordinator passes them to the agents and stores none. The file
+    // lives outside the folder searched below.
+    let data_dir = tempfile::tempdir().unwrap();
+    let tokens = data_dir.path().join("tokens.csv");
+    std::fs::write(&tokens, format!("token\n{secret}\n")).unwrap();
+    let data_step = format!(
+        "  - name: from-data\n    data: {{ file: {} }}\n    request: {{ path: /items/3, headers: {{ authorization: \"Bearer {{{{data.token}}}}\" }} }}\n    expect: {{ status: \"200\" }}\nprobes:\n",
+        tokens.display()
+    );
     let plan = procs.dir.path().join("secret.yaml");
-    std::fs::write(&plan, SECRET_PLAN).unwrap();
+    std::fs::write(&plan, SECRET_PLAN.replacen("probes:\n", &data_step, 1)).unwrap();
     let out = procs.dir.path().join("out");
     let mut cmd = Command::new(stampede());
     cmd.arg("run").arg(&plan).args(["--coordinator", &url, "--insecure", "--out"]).arg(&out);
@@ -187,6 +198,8 @@ fn a_standing_coordinator_keeps_no_secret_in_its_store_or_logs() {
     assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", procs.logs());
     let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_all_authorized(&report);
+    let from_data = report["steps"].as_array().unwrap().iter().find(|s| s["name"] == "from-data").expect("the data step ran");
+    assert!(from_data["requests"].as_u64().unwrap() > 20 && from_data["errors"] == 0, "{from_data:#}");
     // `${STP_TEST_DURATION}` was resolved by the client: 3 s at 50/s.
     assert!(report["totals"]["requests"].as_u64().unwrap() > 120, "{:#}", report["totals"]);
 
