@@ -43,7 +43,7 @@ fn load(text: &str, format: Format, sets: &[&str], target: Option<&str>) -> Resu
         Format::Toml => "p.toml",
         Format::Json => "p.json",
     };
-    load_str_with(text, format, Path::new(file), &Params { vars: Some(&vars), sets: &sets, target, secrets: SecretSource::Unresolved })
+    load_str_with(text, format, Path::new(file), &Params { vars: Some(&vars), sets: &sets, target, secrets: SecretSource::Unresolved, ..Params::default() })
 }
 
 #[test]

@@ -2,6 +2,10 @@
 //! run` with two local agents against a built-in target this test starts,
 //! which keeps every path it was sent (`Behaviour::record_paths`); and
 //! `stampede validate` refusing an unknown template at its line.
+//! Data files ("Data files"): `unique` rows over 3 agents each used once
+//! (in a flow: once per flow, by all its requests), `sequential` walking
+//! the file, a used-up `unique` file failing as kind `data`, no value in
+//! the report, and bad data refused naming file, line and field.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
@@ -41,9 +45,17 @@ impl Drop for Target {
 
 /// `stampede ARGS.. FILE` with `plan` written to FILE; exit code, stderr, and the report if any.
 fn stampede(args: &[&str], plan: &str, out: bool) -> (i32, String, Option<Value>) {
+    stampede_with(args, plan, &[], out)
+}
+
+/// [`stampede`] with `files` (name, text) beside the plan: its data files.
+fn stampede_with(args: &[&str], plan: &str, files: &[(&str, &str)], out: bool) -> (i32, String, Option<Value>) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plan.yaml");
     std::fs::write(&file, plan).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
     let out_dir = dir.path().join("out");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stampede"));
     cmd.args(args).arg(&file);
@@ -129,4 +141,144 @@ fn an_unknown_template_is_refused_at_its_line() {
     let (code, stderr, _) = stampede(&["validate"], &plan, false);
     assert_ne!(code, 0);
     assert!(stderr.contains("steps[0].request.body: `{{random_int(9,1)}}`: random_int takes two integers"), "{stderr}");
+}
+
+/// How many times the target was sent each path.
+fn counts(target: &Target) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for p in target.paths() {
+        *out.entry(p).or_insert(0) += 1;
+    }
+    out
+}
+
+/// `id,secret` rows `0..n`, the secret a value that must not leak.
+fn ids_csv(n: usize) -> String {
+    let mut s = String::from("id,secret\n");
+    for i in 0..n {
+        s.push_str(&format!("{i},pw-{i}-leak\n"));
+    }
+    s
+}
+
+/// 90 unique rows, 90 flows over 3 agents: each flow's two requests use
+/// the same row, and every row is used by exactly one flow in the fleet.
+#[test]
+fn unique_rows_are_used_once_across_three_agents() {
+    let target = Target::start();
+    let plan = format!(
+        r#"
+name: unique
+target: {}
+phases:
+  - {{ name: users, load: {{ model: iterations, count: 90, concurrency: 6, max_duration: 60s }} }}
+steps:
+  - name: user
+    data: {{ file: users.csv, order: unique }}
+    flow:
+      - {{ name: login, request: {{ path: "/login/{{{{data.id}}}}", headers: {{ x-password: "{{{{data.secret}}}}" }} }} }}
+      - {{ name: me, request: {{ path: "/me/{{{{data.id}}}}" }} }}
+"#,
+        target.url()
+    );
+    let (code, stderr, report) = stampede_with(&["run", "--local-agents", "3"], &plan, &[("users.csv", &ids_csv(90))], true);
+    let report = report.unwrap_or_else(|| panic!("no report: {stderr}"));
+    assert_eq!(code, 0, "{stderr}\n{}", report["slos"]);
+    assert_eq!(report["totals"]["requests"], 90, "{}", report["totals"]);
+    assert_eq!(report["totals"]["errors"], 0, "{}", report["totals"]);
+    let counts = counts(&target);
+    for i in 0..90 {
+        for p in [format!("/login/{i}"), format!("/me/{i}")] {
+            assert_eq!(counts.get(&p), Some(&1), "{p}: {counts:?}");
+        }
+    }
+    assert_eq!(counts.len(), 180, "no other path: {counts:?}");
+    assert!(stderr.contains("users.csv: 90 rows, unique"), "the run says how the file is used:\n{stderr}");
+    // The plan in the report names the file; no value of it travels there.
+    assert_eq!(report["plan"]["steps"][0]["data"]["file"], "users.csv");
+    assert!(!report.to_string().contains("-leak"), "a data value reached the report");
+    assert!(!stderr.contains("-leak"), "a data value reached the log");
+}
+
+/// 4 rows, 8 requests over 2 agents: each agent walks the file from its
+/// own offset, so the fleet uses every row twice.
+#[test]
+fn sequential_rows_walk_the_file_from_each_agents_offset() {
+    let target = Target::start();
+    let plan = format!(
+        r#"
+name: sequential
+target: {}
+phases:
+  - {{ name: p, load: {{ model: iterations, count: 8, concurrency: 2, max_duration: 60s }} }}
+steps:
+  - {{ name: s, request: {{ path: "/s/{{{{data.id}}}}" }}, data: {{ file: ids.jsonl }} }}
+"#,
+        target.url()
+    );
+    let rows: String = (0..4).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    let (code, stderr, report) = stampede_with(&["run", "--local-agents", "2"], &plan, &[("ids.jsonl", &rows)], true);
+    let report = report.unwrap_or_else(|| panic!("no report: {stderr}"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["totals"]["requests"], 8);
+    let counts = counts(&target);
+    let want: BTreeMap<String, usize> = (0..4).map(|i| (format!("/s/{i}"), 2)).collect();
+    assert_eq!(counts, want);
+}
+
+/// 10 unique rows, 15 iterations at concurrency 2: 10 requests go out; each
+/// connection then finds no row, fails once as `data` and stops.
+#[test]
+fn used_up_unique_rows_fail_as_data_and_stop_the_user() {
+    let target = Target::start();
+    let plan = format!(
+        r#"
+name: exhausted
+target: {}
+phases:
+  - {{ name: p, load: {{ model: iterations, count: 15, concurrency: 2, max_duration: 60s }} }}
+steps:
+  - {{ name: s, request: {{ path: "/s/{{{{data.id}}}}" }}, data: {{ file: ids.csv, order: unique }} }}
+slos:
+  - {{ metric: "errors:data", pass: "< 1" }}
+"#,
+        target.url()
+    );
+    let (code, stderr, report) = stampede_with(&["run", "--local-agents", "1"], &plan, &[("ids.csv", &ids_csv(10))], true);
+    let report = report.unwrap_or_else(|| panic!("no report: {stderr}"));
+    assert_eq!(code, 1, "the SLO on used-up rows fails: {stderr}");
+    assert_eq!(counts(&target).len(), 10);
+    assert!(counts(&target).values().all(|&n| n == 1));
+    assert_eq!(report["totals"]["requests"], 12, "10 sent and 2 with no row: {}", report["totals"]);
+    assert_eq!(report["totals"]["errors_by_kind"]["data"], 2, "{}", report["totals"]);
+}
+
+/// `stampede validate`: a column the file lacks, a file that is missing,
+/// and a bad line of a file, each named where it is.
+#[test]
+fn bad_data_is_refused_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |plan: &str| {
+        let file = dir.path().join("plan.yaml");
+        std::fs::write(&file, plan).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_stampede")).arg("validate").arg(&file).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    std::fs::write(dir.path().join("u.csv"), "user,password\nalice,pw-leak\nbob\n").unwrap();
+    std::fs::write(dir.path().join("ok.csv"), "user,password\nalice,pw-leak\n").unwrap();
+    let plan = |file: &str, path: &str| {
+        format!("name: t\ntarget: http://127.0.0.1:1\nphases: [{{ name: p, duration: 1s, load: {{ model: closed, concurrency: 1 }} }}]\nsteps:\n  - name: s\n    data: {{ file: {file} }}\n    request: {{ path: \"{path}\" }}\n")
+    };
+    let (code, e) = validate(&plan("ok.csv", "/{{data.pass}}"));
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("plan.yaml:7") && e.contains("steps[0].request.path") && e.contains("no column `pass`; its columns: user, password"), "{e}");
+    let (code, e) = validate(&plan("u.csv", "/{{data.user}}"));
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("steps[0].data.file") && e.contains("u.csv:3: 1 fields where the header has 2"), "{e}");
+    assert!(!e.contains("pw-leak"), "{e}");
+    let (code, e) = validate(&plan("missing.csv", "/{{data.user}}"));
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("steps[0].data.file") && e.contains("missing.csv"), "{e}");
+    let (code, e) = validate(&plan("ok.csv", "/{{data.user}}"));
+    assert_eq!(code, Some(0), "{e}");
 }
