@@ -85,7 +85,8 @@ fn https_mtls_runs() {
 }
 
 /// Runbook 004's first load test: 20 clients x 3 rounds = exactly 60 job
-/// flows (submit, then poll until done), every one done: 0 stuck.
+/// flows (submit, then poll until done), every one done: 0 stuck; each on
+/// its own node of the data file: 0 without one.
 #[test]
 fn staging_load_runs() {
     let r = run_example("staging-load.yaml");
@@ -95,6 +96,8 @@ fn staging_load_runs() {
     assert_eq!(job["errors"], 0, "{job:#}");
     let stuck = r["slos"].as_array().unwrap().iter().find(|s| s["metric"] == "errors:stuck").expect("the stuck rule");
     assert_eq!(stuck["observed"], 0.0, "{stuck:#}");
+    let no_row = r["slos"].as_array().unwrap().iter().find(|s| s["metric"] == "errors:data").expect("the data rule");
+    assert_eq!(no_row["observed"], 0.0, "{no_row:#}");
 }
 
 #[test]
