@@ -89,12 +89,15 @@ pub struct PlanParams {
 /// `${NAME}` from this process's environment, the flags' overrides, and
 /// secrets read here (environment variables, files relative to the plan's
 /// folder) unless `resolve_secrets` is false (a dry run needs none), and
-/// the steps' data files read (relative to the plan's folder too).
+/// the steps' data files read (relative to the plan's folder too; a dry
+/// run skips one that is not there).
 pub fn load_plan(path: &Path, params: &PlanParams, resolve_secrets: bool) -> Result<Plan, stampede_common::plan::PlanError> {
     let env = stampede_common::plan::process_env;
     let dir = path.parent().unwrap_or(Path::new(""));
     let secrets = if resolve_secrets { SecretSource::Local { env: &env, dir } } else { SecretSource::Unresolved };
-    let data = DataFiles::Local { dir };
+    // A dry run (no secrets) prints a plan whose data file is not here too.
+    let local = DataFiles::Local { dir };
+    let data = if resolve_secrets { local } else { DataFiles::IfPresent(&local) };
     load_file_with(path, &Params { vars: Some(&env), sets: &params.sets, target: params.target.as_deref(), secrets, data })
 }
 

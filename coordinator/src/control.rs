@@ -87,7 +87,12 @@ impl Control {
             let secrets = stampede_proto::secrets_from_wire(&req.secrets);
             let source = if dry_run { SecretSource::Unresolved } else { SecretSource::Given(&secrets) };
             match data_from_wire(&req.data_files) {
-                Ok(sets) => load_str_with(&req.plan_text, format, Path::new(&req.plan_name), &Params { secrets: source, data: DataFiles::Given(&sets), ..Params::default() }),
+                Ok(sets) => {
+                    // A dry run's client may lack a data file; it prints the plan anyway.
+                    let given = DataFiles::Given(&sets);
+                    let data = if dry_run { DataFiles::IfPresent(&given) } else { given };
+                    load_str_with(&req.plan_text, format, Path::new(&req.plan_name), &Params { secrets: source, data, ..Params::default() })
+                }
                 Err(message) => Err(stampede_common::plan::PlanError { file: req.plan_name.clone().into(), line: None, path: String::new(), message }),
             }
         };

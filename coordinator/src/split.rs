@@ -56,15 +56,23 @@ pub fn data_files(plan: &Plan, capacities: &[u32]) -> Vec<Vec<DataFile>> {
 
 /// A progress line per step with data: its file, rows and order, and how
 /// many rows each agent got (`files` from [`data_files`]). No value.
+/// A file a dry run did not find is said so.
 pub fn data_summary(plan: &Plan, files: &[Vec<DataFile>]) -> Vec<String> {
-    let steps = plan.steps.iter().filter_map(|s| Some((s, s.data.as_ref()?.set.as_ref()?))).enumerate();
-    steps
-        .map(|(k, (step, set))| {
-            let data = step.data.as_ref().expect("filtered on data");
-            let shares: Vec<String> = files.iter().map(|f| f[k].rows.len().to_string()).collect();
-            format!("data: step `{}` uses {}: {} rows, {} (rows per agent: {})", step.name, data.file, set.rows.len(), String::from(data.order), shares.join("/"))
-        })
-        .collect()
+    let mut k = 0;
+    let mut out = Vec::new();
+    for step in &plan.steps {
+        let Some(data) = &step.data else { continue };
+        let order = String::from(data.order);
+        let Some(set) = &data.set else {
+            out.push(format!("data: step `{}` uses {} ({order}): not read here (a dry run without the file)", step.name, data.file));
+            continue;
+        };
+        // `files` has an entry per step with rows, in step order.
+        let shares: Vec<String> = files.iter().map(|f| f[k].rows.len().to_string()).collect();
+        k += 1;
+        out.push(format!("data: step `{}` uses {}: {} rows, {order} (rows per agent: {})", step.name, data.file, set.rows.len(), shares.join("/")));
+    }
+    out
 }
 
 /// Largest-remainder split of a `u64` total by `weights`, in integers

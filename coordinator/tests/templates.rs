@@ -254,7 +254,8 @@ slos:
 }
 
 /// `stampede validate`: a column the file lacks, a file that is missing,
-/// and a bad line of a file, each named where it is.
+/// and a bad line of a file, each named where it is; a dry run still
+/// prints a plan whose file is missing.
 #[test]
 fn bad_data_is_refused_naming_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,4 +282,11 @@ fn bad_data_is_refused_naming_file_line_and_field() {
     assert!(e.contains("steps[0].data.file") && e.contains("missing.csv"), "{e}");
     let (code, e) = validate(&plan("ok.csv", "/{{data.user}}"));
     assert_eq!(code, Some(0), "{e}");
+    // A dry run prints a plan whose data file is not on this machine.
+    let file = dir.path().join("plan.yaml");
+    std::fs::write(&file, plan("missing.csv", "/{{data.user}}")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stampede")).arg("run").arg(&file).arg("--dry-run").output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(e.contains("data: step `s` uses missing.csv (sequential): not read here"), "{e}");
 }

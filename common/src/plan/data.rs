@@ -58,20 +58,29 @@ pub enum DataFiles<'a> {
     Local { dir: &'a Path },
     /// Taken from what was sent (a standing coordinator).
     Given(&'a DataSets),
+    /// A dry run's: read or taken like the inner source where the file is
+    /// there, and left unread where it is not (a laptop without the
+    /// production users file can still print the plan's faults).
+    IfPresent(&'a DataFiles<'a>),
 }
-
 /// Fills every step's `data.set` from `source`; `Err((field path,
 /// message))` for a file that cannot be read or was not sent, or when the
 /// files together exceed [`MAX_DATA_BYTES`]. A file two steps name is read once.
 pub fn resolve_data(plan: &mut Plan, source: &DataFiles<'_>) -> Result<(), (String, String)> {
+    let (source, missing_ok) = match *source {
+        DataFiles::IfPresent(inner) => (*inner, true),
+        other => (other, false),
+    };
     let mut read: DataSets = BTreeMap::new();
     let mut total = 0u64;
     for (i, step) in plan.steps.iter_mut().enumerate() {
         let Some(data) = step.data.as_mut() else { continue };
         let at = format!("steps[{i}].data.file");
         let set = match (source, read.get(&data.file)) {
-            (DataFiles::Unread, _) => continue,
+            (DataFiles::Unread | DataFiles::IfPresent(_), _) => continue,
             (_, Some(set)) => set.clone(),
+            (DataFiles::Local { dir }, None) if missing_ok && !dir.join(&data.file).exists() => continue,
+            (DataFiles::Given(sets), None) if missing_ok && !sets.contains_key(&data.file) => continue,
             (DataFiles::Local { dir }, None) => {
                 let set = Arc::new(load(&dir.join(&data.file)).map_err(|m| (at.clone(), m))?);
                 total += set.bytes();
