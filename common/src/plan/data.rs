@@ -63,6 +63,7 @@ pub enum DataFiles<'a> {
     /// production users file can still print the plan's faults).
     IfPresent(&'a DataFiles<'a>),
 }
+
 /// Fills every step's `data.set` from `source`; `Err((field path,
 /// message))` for a file that cannot be read or was not sent, or when the
 /// files together exceed [`MAX_DATA_BYTES`]. A file two steps name is read once.
@@ -114,7 +115,8 @@ impl Plan {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DataOrder {
-    /// Each agent walks its own rows in order, wrapping (Gatling's `circular`).
+    /// Each agent walks every row in order from its own offset, wrapping
+    /// (Gatling's `circular`).
     #[default]
     Sequential,
     /// A uniform draw per execution (Gatling's `random`).
