@@ -9,7 +9,7 @@ use stampede_proto::limits;
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_server::AgentService;
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{Abort, AgentMessage, ClockProbe, CoordinatorMessage, Delivered, Heartbeat, Registered};
+use stampede_proto::v1::{Abort, AgentMessage, ClockProbe, CoordinatorMessage, Delivered, Heartbeat, Register, Registered};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -42,24 +42,9 @@ impl AgentService for AgentSessions {
         // Only an agent's certificate, whatever token comes with it.
         let caller = crate::caller::authorize(&request, "the agents' service (AgentService.Session)", stampede_common::tls::Role::Agent)?;
         // Enrollment next, before reading anything the agent sends.
-        if let Some(token) = &self.token {
-            let presented = request.metadata().get(AUTHORIZATION).map(|v| v.as_bytes());
-            if !presented.is_some_and(|p| token.matches(p)) {
-                let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                let reason = if presented.is_some() { "wrong token" } else { "no token" };
-                warn!(message = "Agent refused: bad enrollment token.", %peer, %reason);
-                return Err(Status::unauthenticated("bad enrollment token: the agent's --token-file must hold the coordinator's token"));
-            }
-        }
+        self.check_enrollment(&request)?;
         let mut inbound = request.into_inner();
-        // A client that never registers must not hold a handler forever.
-        let first = tokio::time::timeout(SILENCE, inbound.next())
-            .await
-            .map_err(|_| Status::deadline_exceeded(format!("no Register within {SILENCE:?} of opening the session")))?
-            .ok_or_else(|| Status::invalid_argument("the session closed before registering"))??;
-        let Some(Up::Register(reg)) = first.msg else {
-            return Err(Status::invalid_argument("the first message of a session must be Register"));
-        };
+        let reg = first_register(&mut inbound).await?;
         let now = unix_nanos_now();
         if let Err(refusal) = limits::check_register(&reg, now) {
             warn!(message = "Agent refused: its Register is out of bounds.", agent = %reg.agent_id.escape_debug().to_string().chars().take(limits::MAX_ID).collect::<String>(), reason = %refusal);
@@ -67,13 +52,41 @@ impl AgentService for AgentSessions {
         }
         let (tx, rx) = mpsc::channel(256);
         let _ = tx.send(down(Down::Registered(Registered { clock_unix_nanos: now, coordinator_version: env!("CARGO_PKG_VERSION").into() }))).await;
-        let agent_id = reg.agent_id.clone();
-        let instance = reg.instance;
+        let (agent_id, instance, active_run_id) = (reg.agent_id.clone(), reg.instance, reg.active_run_id.clone());
+        let cut = SessionCut::default();
+        let session = self.register(reg, now, &tx, &cut)?;
+        self.abort_unknown_run(&agent_id, &active_run_id, &tx).await;
+        info!(message = "Agent registered.", agent = %agent_id, resuming = %active_run_id, %caller);
+        tokio::spawn(keepalive(tx.clone(), cut.clone()));
+        let outbound = outbound(rx, cut.clone());
+        let reader = Reader { fleet: self.fleet.clone(), agent_id, session, instance, tx, cut };
+        tokio::spawn(reader.run(inbound));
+        Ok(Response::new(outbound))
+    }
+}
+
+impl AgentSessions {
+    /// With an enrollment token set, the session must present it.
+    fn check_enrollment(&self, request: &Request<Streaming<AgentMessage>>) -> Result<(), Status> {
+        let Some(token) = &self.token else { return Ok(()) };
+        let presented = request.metadata().get(AUTHORIZATION).map(|v| v.as_bytes());
+        if presented.is_some_and(|p| token.matches(p)) {
+            return Ok(());
+        }
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let reason = if presented.is_some() { "wrong token" } else { "no token" };
+        warn!(message = "Agent refused: bad enrollment token.", %peer, %reason);
+        Err(Status::unauthenticated("bad enrollment token: the agent's --token-file must hold the coordinator's token"))
+    }
+
+    /// Enters the registered agent in the fleet (with the faults it
+    /// recovered at start-up) and returns its session number; refused when
+    /// its id belongs to a live session of another agent process.
+    fn register(&self, reg: Register, now: i64, tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>, cut: &SessionCut) -> Result<u64, Status> {
+        let (agent_id, instance) = (reg.agent_id.clone(), reg.instance);
         let node = if reg.node.is_empty() { agent_id.clone() } else { reg.node };
         self.fleet.recovered(&agent_id, &node, reg.clock_unix_nanos - now, reg.recovered);
         let lease = if reg.lease_ms == 0 { DEFAULT_LEASE } else { Duration::from_millis(reg.lease_ms) };
-        let cut = SessionCut::default();
-        let active_run_id = reg.active_run_id.clone();
         let registered = self.fleet.register(AgentEntry {
             id: reg.agent_id,
             labels: reg.labels.into_iter().collect(),
@@ -96,28 +109,36 @@ impl AgentService for AgentSessions {
             lease,
             cut: cut.clone(),
             registered_at: SystemTime::now(),
-        }, &active_run_id);
-        let session = match registered {
-            Ok(session) => session,
-            Err(duplicate) => {
-                warn!(message = "Agent refused: its id belongs to a live session of another agent process.", agent = %agent_id, live_instance = %format!("{:x}", duplicate.live), instance = %format!("{instance:x}"));
-                return Err(Status::already_exists(duplicate.to_string()));
-            }
-        };
-        // An agent still executing a run we do not know (we restarted, or
-        // the run ended without it) must stop it and revert its faults.
-        if !active_run_id.is_empty() && self.fleet.current_run().as_deref() != Some(active_run_id.as_str()) {
-            warn!(message = "Agent is executing a run this coordinator does not know; aborting it.", agent = %agent_id, run = %active_run_id);
-            let abort = Abort { run_id: active_run_id.clone(), reason: "the coordinator does not know this run (it restarted, or the run ended)".into() };
-            let _ = tx.send(down(Down::Abort(abort))).await;
-        }
-        info!(message = "Agent registered.", agent = %agent_id, resuming = %active_run_id, %caller);
-        tokio::spawn(keepalive(tx.clone(), cut.clone()));
-        let outbound = outbound(rx, cut.clone());
-        let reader = Reader { fleet: self.fleet.clone(), agent_id, session, instance, tx, cut };
-        tokio::spawn(reader.run(inbound));
-        Ok(Response::new(outbound))
+        }, &reg.active_run_id);
+        registered.map_err(|duplicate| {
+            warn!(message = "Agent refused: its id belongs to a live session of another agent process.", agent = %agent_id, live_instance = %format!("{:x}", duplicate.live), instance = %format!("{instance:x}"));
+            Status::already_exists(duplicate.to_string())
+        })
     }
+
+    /// An agent still executing a run we do not know (we restarted, or
+    /// the run ended without it) must stop it and revert its faults.
+    async fn abort_unknown_run(&self, agent_id: &str, active_run_id: &str, tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>) {
+        if active_run_id.is_empty() || self.fleet.current_run().as_deref() == Some(active_run_id) {
+            return;
+        }
+        warn!(message = "Agent is executing a run this coordinator does not know; aborting it.", agent = %agent_id, run = %active_run_id);
+        let abort = Abort { run_id: active_run_id.to_string(), reason: "the coordinator does not know this run (it restarted, or the run ended)".into() };
+        let _ = tx.send(down(Down::Abort(abort))).await;
+    }
+}
+
+/// The session's first message, which must be a `Register`: a client that
+/// never registers must not hold a handler forever.
+async fn first_register(inbound: &mut Streaming<AgentMessage>) -> Result<Register, Status> {
+    let first = tokio::time::timeout(SILENCE, inbound.next())
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("no Register within {SILENCE:?} of opening the session")))?
+        .ok_or_else(|| Status::invalid_argument("the session closed before registering"))??;
+    let Some(Up::Register(reg)) = first.msg else {
+        return Err(Status::invalid_argument("the first message of a session must be Register"));
+    };
+    Ok(reg)
 }
 
 /// The stream to the agent: what the session's queue holds, until the

@@ -221,154 +221,144 @@ impl Injector {
     ) {
         self.windows.send_modify(|n| *n += 1);
         let _in_progress = InProgress(self.clone());
-        let scheduled = start + fault.at.as_duration();
-        let end = scheduled + fault.duration.as_duration();
         let mut update = FaultUpdate::new(&fault, start, FaultStatus::Failed);
-        let actions = match self.plan(&fault) {
-            Ok(a) => a,
+        let window = match self.plan(&fault) {
+            Ok(actions) => Window::new(fault, actions, start, cancel),
             Err(e) => {
                 update.error = e.to_string();
                 let _ = updates.send(update);
                 return;
             }
         };
-        update.apply_commands = actions.apply.iter().map(Action::display).collect();
-        update.revert_commands = actions.revert.iter().map(Action::display).collect();
-
-        // The world may have changed since the check at assignment: the
-        // instance removed, the route gone, an operator's ingress qdisc added
-        // on the device. Checked again just before the window, such a fault
-        // fails with nothing applied, so there is nothing to revert — rather
-        // than failing halfway, when the revert of a step that never ran
-        // could remove what the operator just made. A fault at the run's
-        // start was checked at assignment, moments ago.
-        if SystemTime::now() + RECHECK_LEAD < scheduled {
-            tokio::select! {
-                _ = sleep_until_wall(scheduled - RECHECK_LEAD) => {}
-                _ = cancel.cancelled() => return,
-            }
-            let (me, f) = (self.clone(), fault.clone());
-            let checked = tokio::task::spawn_blocking(move || me.check(&f)).await.unwrap_or_else(|e| Err(e.to_string()));
-            if let Err(e) = checked {
-                warn!(message = "Fault not applied: it cannot be applied as planned any more.", fault = %fault.name, error = %e);
-                update.error = format!("not applied (checked again before its window): {e}");
+        update.apply_commands = window.actions.apply.iter().map(Action::display).collect();
+        update.revert_commands = window.actions.revert.iter().map(Action::display).collect();
+        let (baseline, armed) = match self.prepare(&window, run_id, gate).await {
+            Ok(prepared) => prepared,
+            Err(NotApplied::Cancelled) => return,
+            Err(NotApplied::Refused(status, error)) => {
+                update.status = status;
+                update.error = error;
                 let _ = updates.send(update);
                 return;
             }
-        }
+        };
+        self.apply_and_hold(&window, &armed, &baseline, &mut update, &updates).await;
+        // Revert on every path, even after a partial apply.
+        self.revert_window(&window, armed, &mut update).await;
+        let _ = updates.send(update);
+    }
 
-        // Issue 9: a fault is never injected into a service already down.
-        // Checked after the re-check (1.5 s ahead), so a healthy probe
-        // leaves the apply on time; a slow one makes it late, and says so.
-        if let (Some(action), Some(gate)) = (fault.unless_unhealthy, gate) {
-            let held = tokio::select! {
-                held = gate() => held,
-                _ = cancel.cancelled() => return,
-            };
-            if let Err(why) = held {
-                warn!(message = "Fault skipped: the steady state did not hold just before it.", fault = %fault.name, unless_unhealthy = action.as_str(), reason = %why);
-                update.status = FaultStatus::Skipped;
-                update.error = format!("not applied: the steady state did not hold just before it ({why}); unless_unhealthy: {}", action.as_str());
-                let _ = updates.send(update);
-                return;
-            }
-        }
+    /// Everything before the apply, in timeline order: the re-check, the
+    /// steady-state gate, the effect baseline, the wait for the window, then
+    /// the journal and the watchdog that make the apply safe. Returns the
+    /// baseline and what will revert the fault.
+    async fn prepare(self: &Arc<Self>, w: &Window, run_id: String, gate: Option<SteadyGate>) -> Result<(Samples, Armed), NotApplied> {
+        self.recheck_before(w).await?;
+        steady_before(w, gate).await?;
+        let baseline = baseline_then_wait(w).await?;
+        let armed = self.arm(w, run_id)?;
+        Ok((baseline, armed))
+    }
 
-        // Baseline for the effect check: a second of probes just before the window.
-        let probe = effect::probe_target(&fault);
-        let mut baseline = Samples::default();
-        if let Some(addr) = probe {
-            tokio::select! {
-                _ = sleep_until_wall(scheduled - BASELINE_LEAD) => {}
-                _ = cancel.cancelled() => return,
-            }
-            let until = std::time::Instant::now() + scheduled.duration_since(SystemTime::now()).unwrap_or_default();
-            baseline = effect::sample(addr, BASELINE_PROBES, Some(until)).await;
+    /// The world may have changed since the check at assignment: the
+    /// instance removed, the route gone, an operator's ingress qdisc added
+    /// on the device. Checked again just before the window, such a fault
+    /// fails with nothing applied, so there is nothing to revert — rather
+    /// than failing halfway, when the revert of a step that never ran
+    /// could remove what the operator just made. A fault at the run's
+    /// start was checked at assignment, moments ago.
+    async fn recheck_before(self: &Arc<Self>, w: &Window) -> Result<(), NotApplied> {
+        if SystemTime::now() + RECHECK_LEAD >= w.scheduled {
+            return Ok(());
         }
-        tokio::select! {
-            _ = sleep_until_wall(scheduled) => {}
-            _ = cancel.cancelled() => return,
-        }
+        wall_or_cancel(w.scheduled - RECHECK_LEAD, &w.cancel).await?;
+        let (me, f) = (self.clone(), w.fault.clone());
+        let checked = tokio::task::spawn_blocking(move || me.check(&f)).await.unwrap_or_else(|e| Err(e.to_string()));
+        checked.map_err(|e| {
+            warn!(message = "Fault not applied: it cannot be applied as planned any more.", fault = %w.fault.name, error = %e);
+            NotApplied::Refused(FaultStatus::Failed, format!("not applied (checked again before its window): {e}"))
+        })
+    }
+
+    /// Journals the fault, starts its watchdog process and its dead-man
+    /// thread: after this, something reverts it whatever happens to this task.
+    fn arm(self: &Arc<Self>, w: &Window, run_id: String) -> Result<Armed, NotApplied> {
+        let fault = &w.fault;
         let entry = Entry {
             id: format!("{run_id}/{}", fault.name),
             run_id,
             fault: fault.name.clone(),
             kind: fault.kind.name().to_string(),
-            revert: actions.revert.clone(),
-            deadline_unix_ms: unix_ms(end + DEAD_MAN_GRACE),
+            revert: w.actions.revert.clone(),
+            deadline_unix_ms: unix_ms(w.end + DEAD_MAN_GRACE),
         };
+        let failed = |error| NotApplied::Refused(FaultStatus::Failed, error);
         // Journal first: a crash after this line is recovered at next start.
         if let Err(e) = self.journal.record_apply(&entry) {
-            update.error = format!("not applied: cannot journal it: {e}");
-            let _ = updates.send(update);
-            return;
+            return Err(failed(format!("not applied: cannot journal it: {e}")));
         }
         // A process of its own reverts the fault if this one cannot (it is
         // stopped, killed or hung): without it, no apply.
         let state_dir = self.journal.path().parent().unwrap_or(Path::new(".")).to_path_buf();
-        let watchdog = match Watchdog::spawn(&self.node.agent_exe, &state_dir, &entry.id, end + watchdog::GRACE) {
-            Ok(w) => w,
+        let watchdog = match Watchdog::spawn(&self.node.agent_exe, &state_dir, &entry.id, w.end + watchdog::GRACE) {
+            Ok(watchdog) => watchdog,
             Err(e) => {
-                update.error = format!("not applied: cannot start its watchdog process ({}): {e}", self.node.agent_exe.display());
                 let _ = self.journal.record_reverted(&entry.id);
-                let _ = updates.send(update);
-                return;
+                return Err(failed(format!("not applied: cannot start its watchdog process ({}): {e}", self.node.agent_exe.display())));
             }
         };
         let reverted = Arc::new(AtomicBool::new(false));
-        self.start_dead_man(&entry, end + DEAD_MAN_GRACE, reverted.clone());
+        self.start_dead_man(&entry, w.end + DEAD_MAN_GRACE, reverted.clone());
+        Ok(Armed { entry, watchdog, reverted })
+    }
 
+    /// Applies the fault and, once it is applied, holds it until the window
+    /// ends or the run stops, then judges its effect. A failed apply only
+    /// sets the error: the revert that always follows undoes what was done.
+    async fn apply_and_hold(self: &Arc<Self>, w: &Window, armed: &Armed, baseline: &Samples, update: &mut FaultUpdate, updates: &mpsc::UnboundedSender<FaultUpdate>) {
+        let fault = &w.fault;
         let me = self.clone();
-        let apply = actions.apply.clone();
-        let id = entry.id.clone();
+        let apply = w.actions.apply.clone();
+        let id = armed.entry.id.clone();
         let applied = tokio::task::spawn_blocking(move || me.apply(&id, &apply)).await.unwrap_or_else(|e| Err(e.to_string()));
-        match applied {
-            Ok(()) => {
-                update.applied = Some(SystemTime::now());
-                update.status = FaultStatus::Applied;
-                info!(message = "Fault applied.", fault = %fault.name, kind = fault.kind.name());
-                let _ = updates.send(update.clone());
-                let hold = sleep_until_wall(end);
-                tokio::pin!(hold);
-                let mut during = Samples::default();
-                loop {
-                    tokio::select! {
-                        _ = &mut hold => break,
-                        _ = cancel.cancelled() => {
-                            info!(message = "Fault reverted early: the run stopped.", fault = %fault.name);
-                            break;
-                        }
-                        r = probe_step(probe) => match r {
-                            Some(ms) => during.ok_ms.push(ms),
-                            None => during.failed += 1,
-                        },
-                    }
-                }
-                // The counters are read before the revert deletes them;
-                // blocking (resolving `dev: auto` runs `ip route get`).
-                let held = update.applied.and_then(|t| t.elapsed().ok()).unwrap_or_default();
-                let (me, f) = (self.clone(), fault.clone());
-                let shown = tokio::task::spawn_blocking(move || driver_for(f.kind).observe(&f, &me.node).map(|o| me.runner.output(&o))).await;
-                update.effect = match shown {
-                    Ok(Some(Ok(text))) => super::net::parse_class_stats(&text).and_then(|stats| effect::judge_rate(&fault, &stats, held)),
-                    Ok(Some(Err(_))) | Err(_) => None,
-                    Ok(None) => effect::judge(&fault, &baseline, &during),
-                };
-                if update.effect.as_ref().is_some_and(|e| !e.effective) {
-                    warn!(message = "Fault had no measurable effect on the scoped traffic.", fault = %fault.name);
-                }
-            }
-            Err(e) => {
-                warn!(message = "Fault could not be applied; undoing what was done.", fault = %fault.name, error = %e);
-                update.error = e;
-            }
+        if let Err(e) = applied {
+            warn!(message = "Fault could not be applied; undoing what was done.", fault = %fault.name, error = %e);
+            update.error = e;
+            return;
         }
+        update.applied = Some(SystemTime::now());
+        update.status = FaultStatus::Applied;
+        info!(message = "Fault applied.", fault = %fault.name, kind = fault.kind.name());
+        let _ = updates.send(update.clone());
+        let during = hold(w).await;
+        let held = update.applied.and_then(|t| t.elapsed().ok()).unwrap_or_default();
+        update.effect = self.judge_effect(w, held, baseline, &during).await;
+        if update.effect.as_ref().is_some_and(|e| !e.effective) {
+            warn!(message = "Fault had no measurable effect on the scoped traffic.", fault = %fault.name);
+        }
+    }
 
-        // Revert on every path, even after a partial apply.
+    /// What the fault measurably did: from the qdisc's own counters where
+    /// the driver can show them, else from the probes before and during.
+    async fn judge_effect(self: &Arc<Self>, w: &Window, held: Duration, baseline: &Samples, during: &Samples) -> Option<Effect> {
+        // The counters are read before the revert deletes them;
+        // blocking (resolving `dev: auto` runs `ip route get`).
+        let (me, f) = (self.clone(), w.fault.clone());
+        let shown = tokio::task::spawn_blocking(move || driver_for(f.kind).observe(&f, &me.node).map(|o| me.runner.output(&o))).await;
+        match shown {
+            Ok(Some(Ok(text))) => super::net::parse_class_stats(&text).and_then(|stats| effect::judge_rate(&w.fault, &stats, held)),
+            Ok(Some(Err(_))) | Err(_) => None,
+            Ok(None) => effect::judge(&w.fault, baseline, during),
+        }
+    }
+
+    /// Reverts (with retries) and records the outcome; disarms the watchdog
+    /// once the fault is gone. A failed revert is the loudest status there is.
+    async fn revert_window(self: &Arc<Self>, w: &Window, armed: Armed, update: &mut FaultUpdate) {
         let me = self.clone();
-        let revert = actions.revert.clone();
-        let id = entry.id.clone();
-        let flag = reverted.clone();
+        let revert = w.actions.revert.clone();
+        let id = armed.entry.id.clone();
+        let flag = armed.reverted.clone();
         let result = tokio::task::spawn_blocking(move || {
             let r = revert_all(&me.runner, &revert);
             if r.is_ok() {
@@ -381,19 +371,18 @@ impl Injector {
         .unwrap_or_else(|e| Err(e.to_string()));
         match result {
             Ok(()) => {
-                watchdog.disarm();
+                armed.watchdog.disarm();
                 update.reverted = Some(SystemTime::now());
                 if update.status == FaultStatus::Applied {
                     update.status = FaultStatus::Reverted;
                 }
             }
             Err(e) => {
-                error!(message = "FAULT REVERT FAILED: the node may still be impaired.", fault = %fault.name, error = %e);
+                error!(message = "FAULT REVERT FAILED: the node may still be impaired.", fault = %w.fault.name, error = %e);
                 update.status = FaultStatus::RevertFailed;
                 update.error = if update.error.is_empty() { e } else { format!("{}; revert: {e}", update.error) };
             }
         }
-        let _ = updates.send(update);
     }
 
     fn apply(&self, id: &str, actions: &[Action]) -> Result<(), String> {
@@ -442,6 +431,109 @@ impl Injector {
         }
     }
 }
+
+/// One fault's window as planned, shared by the steps of
+/// [`Injector::run_gated_window`].
+struct Window {
+    fault: Fault,
+    actions: FaultActions,
+    /// `start + fault.at`: when the apply starts.
+    scheduled: SystemTime,
+    /// When the revert starts, unless the run stops first.
+    end: SystemTime,
+    /// Where the effect check probes (network faults with a port in scope).
+    probe: Option<std::net::SocketAddr>,
+    cancel: CancellationToken,
+}
+
+impl Window {
+    fn new(fault: Fault, actions: FaultActions, start: SystemTime, cancel: CancellationToken) -> Window {
+        let scheduled = start + fault.at.as_duration();
+        let end = scheduled + fault.duration.as_duration();
+        let probe = effect::probe_target(&fault);
+        Window { fault, actions, scheduled, end, probe, cancel }
+    }
+}
+
+/// Why a window ended before its apply.
+enum NotApplied {
+    /// The run stopped first: nothing happened, nothing to report.
+    Cancelled,
+    /// The fault ends with this status and error, nothing applied.
+    Refused(FaultStatus, String),
+}
+
+/// What reverts an applied fault besides this task: its journal entry, its
+/// watchdog process and its dead-man thread (which reads `reverted`).
+struct Armed {
+    entry: Entry,
+    watchdog: Watchdog,
+    reverted: Arc<AtomicBool>,
+}
+
+/// Issue 9: a fault is never injected into a service already down.
+/// Checked after the re-check (1.5 s ahead), so a healthy probe leaves the
+/// apply on time; a slow one makes it late, and says so.
+async fn steady_before(w: &Window, gate: Option<SteadyGate>) -> Result<(), NotApplied> {
+    let (Some(action), Some(gate)) = (w.fault.unless_unhealthy, gate) else {
+        return Ok(());
+    };
+    let held = tokio::select! {
+        held = gate() => held,
+        _ = w.cancel.cancelled() => return Err(NotApplied::Cancelled),
+    };
+    held.map_err(|why| {
+        warn!(message = "Fault skipped: the steady state did not hold just before it.", fault = %w.fault.name, unless_unhealthy = action.as_str(), reason = %why);
+        NotApplied::Refused(
+            FaultStatus::Skipped,
+            format!("not applied: the steady state did not hold just before it ({why}); unless_unhealthy: {}", action.as_str()),
+        )
+    })
+}
+
+/// The baseline for the effect check, a second of probes just before the
+/// window (none without a probe target), then the wait for the window.
+async fn baseline_then_wait(w: &Window) -> Result<Samples, NotApplied> {
+    let mut baseline = Samples::default();
+    if let Some(addr) = w.probe {
+        wall_or_cancel(w.scheduled - BASELINE_LEAD, &w.cancel).await?;
+        let until = std::time::Instant::now() + w.scheduled.duration_since(SystemTime::now()).unwrap_or_default();
+        baseline = effect::sample(addr, BASELINE_PROBES, Some(until)).await;
+    }
+    wall_or_cancel(w.scheduled, &w.cancel).await?;
+    Ok(baseline)
+}
+
+/// Holds an applied fault until the window's end or the run stops,
+/// probing the scoped traffic meanwhile; returns the probes.
+async fn hold(w: &Window) -> Samples {
+    let hold = sleep_until_wall(w.end);
+    tokio::pin!(hold);
+    let mut during = Samples::default();
+    loop {
+        tokio::select! {
+            _ = &mut hold => break,
+            _ = w.cancel.cancelled() => {
+                info!(message = "Fault reverted early: the run stopped.", fault = %w.fault.name);
+                break;
+            }
+            r = probe_step(w.probe) => match r {
+                Some(ms) => during.ok_ms.push(ms),
+                None => during.failed += 1,
+            },
+        }
+    }
+    during
+}
+
+/// Waits until the wall-clock instant `t`; `Cancelled` if the run stops first.
+async fn wall_or_cancel(t: SystemTime, cancel: &CancellationToken) -> Result<(), NotApplied> {
+    tokio::select! {
+        _ = sleep_until_wall(t) => Ok(()),
+        _ = cancel.cancelled() => Err(NotApplied::Cancelled),
+    }
+}
+
 
 /// Runs every revert action even if one fails (each undoes its own part),
 /// retrying failures; reports what still failed.

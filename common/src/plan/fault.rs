@@ -301,106 +301,145 @@ pub fn validate_faults(plan: &Plan) -> Result<(), (String, String)> {
     let mut names = std::collections::HashSet::new();
     let run = plan.duration();
     for (i, f) in plan.faults.iter().enumerate() {
-        let at = |field: &str| format!("faults[{i}].{field}");
-        let fail = |field: &str, msg: String| Err((at(field), msg));
+        let at = |(field, msg): Problem| (format!("faults[{i}].{field}"), msg);
         if f.name.trim().is_empty() || !f.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return fail("name", "must be letters, digits, `-` or `_` (it names the fault's rules on the node)".into());
+            return Err(at(("name", "must be letters, digits, `-` or `_` (it names the fault's rules on the node)".into())));
         }
         if !names.insert(f.name.as_str()) {
-            return fail("name", format!("fault `{}` is defined twice", f.name));
+            return Err(at(("name", format!("fault `{}` is defined twice", f.name))));
         }
-        if f.duration.as_duration().is_zero() {
-            return fail("duration", "must be more than 0s".into());
+        check_fault(f, run).map_err(at)?;
+    }
+    Ok(())
+}
+
+/// A problem in one fault: the field's path within it, and the message.
+type Problem = (&'static str, String);
+
+/// One fault's window and blocks, in the order a reader fixes them: when,
+/// which blocks, then what each block says.
+fn check_fault(f: &Fault, run: std::time::Duration) -> Result<(), Problem> {
+    check_window(f, run)?;
+    check_blocks(f)?;
+    if let Some(scope) = &f.scope {
+        check_scope(f.kind, scope)?;
+    }
+    if let Some(n) = &f.netem {
+        check_netem(n)?;
+    }
+    if let Some(r) = &f.rate {
+        check_tc_rate(r).map_err(|m| ("rate", m))?;
+    }
+    if let Some(inst) = &f.instance {
+        check_instance(f.kind, inst)?;
+    }
+    if let Some(c) = &f.cpu {
+        if c.workers == 0 || c.workers > 1024 {
+            return Err(("cpu.workers", "must be 1–1024".into()));
         }
-        if f.at.as_duration() >= run {
-            return fail("at", format!("starts at {} but the run lasts only {}", f.at, Dur(run)));
+        if c.load.ratio() <= 0.0 {
+            return Err(("cpu.load", "must be more than 0%".into()));
         }
-        // Issue 8 item 6: a fault never outlives the run that asked for it
-        // (a 100-day partition was accepted). Chaos Mesh ends an experiment
-        // with its duration; here the run's planned end bounds every window.
-        let end = f.at.as_duration().saturating_add(f.duration.as_duration());
-        if end > run {
-            return fail("duration", format!("the window ends at {} (at {} + {}), after the run's planned end at {}", Dur(end), f.at, f.duration, Dur(run)));
+    }
+    if let Some(m) = &f.memory {
+        let bytes = m.bytes().map_err(|e| ("memory.size", e))?;
+        if bytes == 0 {
+            return Err(("memory.size", "must be more than 0".into()));
         }
-        // Each kind takes exactly its own block.
-        let blocks = [
-            ("netem", f.netem.is_some(), f.kind == FaultKind::Netem),
-            ("rate", f.rate.is_some(), f.kind == FaultKind::Rate),
-            ("loss", f.loss.is_some(), f.kind == FaultKind::Loss),
-            ("instance", f.instance.is_some(), f.kind.is_instance()),
-            ("cpu", f.cpu.is_some(), f.kind == FaultKind::Cpu),
-            ("memory", f.memory.is_some(), f.kind == FaultKind::Memory),
-            ("scope", f.scope.is_some(), f.kind.is_network()),
-        ];
-        for (block, present, wanted) in blocks {
-            if present && !wanted {
-                return fail(block, format!("does not apply to a `{}` fault", f.kind.name()));
+    }
+    Ok(())
+}
+
+/// The window lasts, and starts and ends within the run.
+fn check_window(f: &Fault, run: std::time::Duration) -> Result<(), Problem> {
+    if f.duration.as_duration().is_zero() {
+        return Err(("duration", "must be more than 0s".into()));
+    }
+    if f.at.as_duration() >= run {
+        return Err(("at", format!("starts at {} but the run lasts only {}", f.at, Dur(run))));
+    }
+    // Issue 8 item 6: a fault never outlives the run that asked for it
+    // (a 100-day partition was accepted). Chaos Mesh ends an experiment
+    // with its duration; here the run's planned end bounds every window.
+    let end = f.at.as_duration().saturating_add(f.duration.as_duration());
+    if end > run {
+        return Err(("duration", format!("the window ends at {} (at {} + {}), after the run's planned end at {}", Dur(end), f.at, f.duration, Dur(run))));
+    }
+    Ok(())
+}
+
+/// Each kind takes exactly its own block.
+fn check_blocks(f: &Fault) -> Result<(), Problem> {
+    let blocks = [
+        ("netem", f.netem.is_some(), f.kind == FaultKind::Netem),
+        ("rate", f.rate.is_some(), f.kind == FaultKind::Rate),
+        ("loss", f.loss.is_some(), f.kind == FaultKind::Loss),
+        ("instance", f.instance.is_some(), f.kind.is_instance()),
+        ("cpu", f.cpu.is_some(), f.kind == FaultKind::Cpu),
+        ("memory", f.memory.is_some(), f.kind == FaultKind::Memory),
+        ("scope", f.scope.is_some(), f.kind.is_network()),
+    ];
+    for (block, present, wanted) in blocks {
+        if present && !wanted {
+            return Err((block, format!("does not apply to a `{}` fault", f.kind.name())));
+        }
+        if !present && wanted {
+            return Err((block, format!("a `{}` fault needs `{block}`", f.kind.name())));
+        }
+    }
+    Ok(())
+}
+
+/// A network fault's scope: a destination, a port, a device, a direction its kind supports.
+fn check_scope(kind: FaultKind, scope: &NetScope) -> Result<(), Problem> {
+    scope.cidr().map_err(|m| ("scope.dst", m))?;
+    if scope.port == Some(0) {
+        return Err(("scope.port", "must be 1–65535".into()));
+    }
+    if scope.dev.is_empty() || scope.dev.contains(char::is_whitespace) {
+        return Err(("scope.dev", "must be a device name or `auto`".into()));
+    }
+    if scope.direction == Direction::Ingress && !matches!(kind, FaultKind::Netem | FaultKind::Rate) {
+        return Err(("scope.direction", format!("`ingress` is for netem and rate faults; a `{}` fault covers both directions", kind.name())));
+    }
+    Ok(())
+}
+
+/// A netem block sets something, and what it sets is what tc-netem takes.
+fn check_netem(n: &Netem) -> Result<(), Problem> {
+    if n.delay.is_none() && n.loss.is_none() && n.duplicate.is_none() && n.corrupt.is_none() && n.rate.is_none() {
+        return Err(("netem", "sets nothing: give at least one of delay, loss, duplicate, corrupt, rate".into()));
+    }
+    if (n.jitter.is_some() || n.correlation.is_some() || n.distribution.is_some()) && n.delay.is_none() {
+        return Err(("netem.delay", "jitter, correlation and distribution need a `delay`".into()));
+    }
+    if n.reorder.is_some() && n.delay.is_none() {
+        return Err(("netem.reorder", "reordering needs a `delay` (tc-netem sends the rest delayed)".into()));
+    }
+    if let Some(r) = &n.rate {
+        check_tc_rate(r).map_err(|m| ("netem.rate", m))?;
+    }
+    Ok(())
+}
+
+/// An instance names exactly what its driver needs to find it (and, for a
+/// stopped process, how to start it again).
+fn check_instance(kind: FaultKind, inst: &Instance) -> Result<(), Problem> {
+    match inst.driver {
+        InstanceDriver::Process => {
+            if [inst.name.is_some(), inst.pid.is_some(), inst.pid_file.is_some()].iter().filter(|set| **set).count() != 1 {
+                return Err(("instance", "the process driver takes exactly one of `name`, `pid` or `pid_file`".into()));
             }
-            if !present && wanted {
-                return fail(block, format!("a `{}` fault needs `{block}`", f.kind.name()));
+            if matches!(kind, FaultKind::Stop | FaultKind::Restart) && inst.start.is_empty() {
+                return Err(("instance.start", "a stopped process cannot be resumed: give the command that starts it again".into()));
             }
         }
-        if let Some(scope) = &f.scope {
-            scope.cidr().map_err(|m| (at("scope.dst"), m))?;
-            if scope.port == Some(0) {
-                return fail("scope.port", "must be 1–65535".into());
+        _ => {
+            if inst.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                return Err(("instance.name", format!("the {} driver needs the instance's `name`", inst.driver.name())));
             }
-            if scope.dev.is_empty() || scope.dev.contains(char::is_whitespace) {
-                return fail("scope.dev", "must be a device name or `auto`".into());
-            }
-            if scope.direction == Direction::Ingress && !matches!(f.kind, FaultKind::Netem | FaultKind::Rate) {
-                return fail("scope.direction", format!("`ingress` is for netem and rate faults; a `{}` fault covers both directions", f.kind.name()));
-            }
-        }
-        if let Some(n) = &f.netem {
-            if n.delay.is_none() && n.loss.is_none() && n.duplicate.is_none() && n.corrupt.is_none() && n.rate.is_none() {
-                return fail("netem", "sets nothing: give at least one of delay, loss, duplicate, corrupt, rate".into());
-            }
-            if (n.jitter.is_some() || n.correlation.is_some() || n.distribution.is_some()) && n.delay.is_none() {
-                return fail("netem.delay", "jitter, correlation and distribution need a `delay`".into());
-            }
-            if n.reorder.is_some() && n.delay.is_none() {
-                return fail("netem.reorder", "reordering needs a `delay` (tc-netem sends the rest delayed)".into());
-            }
-            if let Some(r) = &n.rate {
-                check_tc_rate(r).map_err(|m| (at("netem.rate"), m))?;
-            }
-        }
-        if let Some(r) = &f.rate {
-            check_tc_rate(r).map_err(|m| (at("rate"), m))?;
-        }
-        if let Some(inst) = &f.instance {
-            match inst.driver {
-                InstanceDriver::Process => {
-                    if [inst.name.is_some(), inst.pid.is_some(), inst.pid_file.is_some()].iter().filter(|set| **set).count() != 1 {
-                        return fail("instance", "the process driver takes exactly one of `name`, `pid` or `pid_file`".into());
-                    }
-                    if matches!(f.kind, FaultKind::Stop | FaultKind::Restart) && inst.start.is_empty() {
-                        return fail("instance.start", "a stopped process cannot be resumed: give the command that starts it again".into());
-                    }
-                }
-                _ => {
-                    if inst.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
-                        return fail("instance.name", format!("the {} driver needs the instance's `name`", inst.driver.name()));
-                    }
-                    if inst.pid.is_some() || inst.pid_file.is_some() || !inst.start.is_empty() {
-                        return fail("instance", format!("`pid`, `pid_file` and `start` belong to the process driver, not {}", inst.driver.name()));
-                    }
-                }
-            }
-        }
-        if let Some(c) = &f.cpu {
-            if c.workers == 0 || c.workers > 1024 {
-                return fail("cpu.workers", "must be 1–1024".into());
-            }
-            if c.load.ratio() <= 0.0 {
-                return fail("cpu.load", "must be more than 0%".into());
-            }
-        }
-        if let Some(m) = &f.memory {
-            let bytes = m.bytes().map_err(|e| (at("memory.size"), e))?;
-            if bytes == 0 {
-                return fail("memory.size", "must be more than 0".into());
+            if inst.pid.is_some() || inst.pid_file.is_some() || !inst.start.is_empty() {
+                return Err(("instance", format!("`pid`, `pid_file` and `start` belong to the process driver, not {}", inst.driver.name())));
             }
         }
     }
@@ -428,5 +467,55 @@ mod tests {
         assert_eq!(s("198.18.0.0/15").cidr().unwrap().1, 15);
         assert!(s("0.0.0.0/0").cidr().is_err());
         assert!(s("example.com").cidr().is_err());
+    }
+
+    /// Every refusal of `validate_faults`, by field path and message: pins
+    /// the checks' order and wording (they were split into one function per
+    /// block; a plan author reads these).
+    #[test]
+    fn each_fault_refusal_names_its_field() {
+        const NET: &str = "scope: { dst: 198.18.0.2 }";
+        let cases: &[(&str, &str, &str)] = &[
+            ("{ name: 'a b', kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1 } }", "faults[0].name", "must be letters, digits"),
+            ("{ name: '', kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1 } }", "faults[0].name", "must be letters, digits"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1 } }\n  - { name: a, kind: cpu, at: 2s, duration: 1s, cpu: { workers: 1 } }", "faults[1].name", "fault `a` is defined twice"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 0s, cpu: { workers: 1 } }", "faults[0].duration", "must be more than 0s"),
+            ("{ name: a, kind: cpu, at: 10s, duration: 1s, cpu: { workers: 1 } }", "faults[0].at", "starts at 10s but the run lasts only 10s"),
+            ("{ name: a, kind: cpu, at: 5s, duration: 6s, cpu: { workers: 1 } }", "faults[0].duration", "the window ends at 11s (at 5s + 6s), after the run's planned end at 10s"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1 }, netem: { delay: 1ms } }", "faults[0].netem", "does not apply to a `cpu` fault"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s }", "faults[0].netem", "a `netem` fault needs `netem`"),
+            ("{ name: a, kind: partition, at: 1s, duration: 1s }", "faults[0].scope", "a `partition` fault needs `scope`"),
+            ("{ name: a, kind: partition, at: 1s, duration: 1s, scope: { dst: 0.0.0.0/0 } }", "faults[0].scope.dst", ""),
+            ("{ name: a, kind: partition, at: 1s, duration: 1s, scope: { dst: 198.18.0.2, port: 0 } }", "faults[0].scope.port", "must be 1–65535"),
+            ("{ name: a, kind: partition, at: 1s, duration: 1s, scope: { dst: 198.18.0.2, dev: 'e th0' } }", "faults[0].scope.dev", "must be a device name or `auto`"),
+            ("{ name: a, kind: loss, at: 1s, duration: 1s, loss: 5%, scope: { dst: 198.18.0.2, direction: ingress } }", "faults[0].scope.direction", "`ingress` is for netem and rate faults; a `loss` fault covers both directions"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s, netem: {}, NET }", "faults[0].netem", "sets nothing"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s, netem: { loss: 1%, jitter: 1ms }, NET }", "faults[0].netem.delay", "jitter, correlation and distribution need a `delay`"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s, netem: { loss: 1%, reorder: 1% }, NET }", "faults[0].netem.reorder", "reordering needs a `delay`"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s, netem: { rate: fast }, NET }", "faults[0].netem.rate", "`fast` is not a tc rate"),
+            ("{ name: a, kind: rate, at: 1s, duration: 1s, rate: fast, NET }", "faults[0].rate", "`fast` is not a tc rate"),
+            ("{ name: a, kind: pause, at: 1s, duration: 1s, instance: { driver: process, name: x, pid: 1 } }", "faults[0].instance", "the process driver takes exactly one of `name`, `pid` or `pid_file`"),
+            ("{ name: a, kind: stop, at: 1s, duration: 1s, instance: { driver: process, name: x } }", "faults[0].instance.start", "a stopped process cannot be resumed"),
+            ("{ name: a, kind: pause, at: 1s, duration: 1s, instance: { driver: docker } }", "faults[0].instance.name", "the docker driver needs the instance's `name`"),
+            ("{ name: a, kind: pause, at: 1s, duration: 1s, instance: { driver: docker, name: x, pid: 1 } }", "faults[0].instance", "`pid`, `pid_file` and `start` belong to the process driver, not docker"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 1s, cpu: { workers: 0 } }", "faults[0].cpu.workers", "must be 1–1024"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1, load: 0% } }", "faults[0].cpu.load", "must be more than 0%"),
+            ("{ name: a, kind: memory, at: 1s, duration: 1s, memory: { size: 0MB } }", "faults[0].memory.size", "must be more than 0"),
+            ("{ name: a, kind: memory, at: 1s, duration: 1s, memory: { size: lots } }", "faults[0].memory.size", ""),
+        ];
+        for (fault, path, message) in cases {
+            let text = format!(
+                "name: f\ntarget: http://127.0.0.1:1\nphases:\n  - {{ name: p, duration: 10s, load: {{ model: open, rate: 1/s }} }}\nsteps: [{{ name: s }}]\nfaults:\n  - {}\n",
+                fault.replace("NET", NET)
+            );
+            let err = match crate::plan::load_str(&text, crate::plan::Format::Yaml, std::path::Path::new("p.yaml")) {
+                Ok(_) => panic!("accepted: {fault}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(&format!(" {path}: {message}")), "{fault}\n  wanted {path}: {message}\n  got {err}");
+        }
+        let ok = "{ name: a, kind: netem, at: 1s, duration: 1s, netem: { delay: 5ms, jitter: 1ms }, scope: { dst: 198.18.0.2, port: 80 } }";
+        let text = format!("name: f\ntarget: http://127.0.0.1:1\nphases:\n  - {{ name: p, duration: 10s, load: {{ model: open, rate: 1/s }} }}\nsteps: [{{ name: s }}]\nfaults:\n  - {ok}\n");
+        crate::plan::load_str(&text, crate::plan::Format::Yaml, std::path::Path::new("p.yaml")).unwrap_or_else(|e| panic!("{e}"));
     }
 }
