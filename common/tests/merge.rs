@@ -206,6 +206,20 @@ fn a_histogram() -> impl Strategy<Value = Hist> {
     })
 }
 
+/// A histogram whose payload is mostly 1-byte numbers (many values close
+/// together, small counts): the walk's eight-at-a-time path, near the
+/// array's start, middle, or end (where it must hand over to the careful one).
+fn a_dense_histogram() -> impl Strategy<Value = Hist> {
+    let range = prop_oneof![Just((1u64, 3_000u64)), Just((100u64, 50_000u64)), Just((HIGHEST_US / 4, HIGHEST_US))];
+    (range, prop::collection::vec((any::<u64>(), 1u64..=70), 0..600)).prop_map(|((lo, hi), entries)| {
+        let mut h = histogram::new_hist();
+        for (v, n) in entries {
+            h.saturating_record_n(lo + v % (hi - lo + 1), n);
+        }
+        h
+    })
+}
+
 fn plain_v2(h: &Hist) -> Vec<u8> {
     let mut plain = Vec::new();
     hdrhistogram::serialization::Serializer::serialize(&mut hdrhistogram::serialization::V2Serializer::new(), h, &mut plain).unwrap();
@@ -223,7 +237,7 @@ proptest! {
     /// bounds, huge counts, so that saturation is compared too.
     #[test]
     fn the_accumulator_merges_exactly_like_the_stock_path(
-        sent in prop::collection::vec((a_histogram(), any::<bool>()), 0..6),
+        sent in prop::collection::vec((prop_oneof![a_histogram(), a_dense_histogram()], any::<bool>()), 0..6),
         already in a_histogram(),
         near_full in prop::option::of(1u64..=HIGHEST_US),
     ) {
@@ -264,7 +278,7 @@ proptest! {
     /// alone adds, and a payload cut anywhere is refused or accepted as the
     /// stock decoder does, leaving both accumulators as they were when refused.
     #[test]
-    fn one_walk_into_two_accumulators_and_cut_payloads(h in a_histogram(), other in a_histogram(), cut in 0usize..400) {
+    fn one_walk_into_two_accumulators_and_cut_payloads(h in prop_oneof![a_histogram(), a_dense_histogram()], other in a_histogram(), cut in 0usize..2000) {
         let bytes = plain_v2(&h);
         let mut scratch = Vec::new();
         let (mut a, mut b) = (Accum::from_hist(&other), Accum::default());
