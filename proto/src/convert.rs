@@ -222,6 +222,73 @@ pub fn add_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stampede_common::stats::StepRecord;
+
+    /// A plain V2 histogram of stampede's shape with this payload.
+    fn v2(payload: &[u8]) -> Vec<u8> {
+        let mut b = 0x1c84_9313u32.to_be_bytes().to_vec();
+        b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&3u32.to_be_bytes());
+        b.extend_from_slice(&1u64.to_be_bytes());
+        b.extend_from_slice(&histogram::HIGHEST_US.to_be_bytes());
+        b.extend_from_slice(&1.0f64.to_bits().to_be_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn a_snapshot_is_added_whole_or_not_at_all() {
+        let mut stats = RunStats::default();
+        for step in 0..3 {
+            let mut r = StepRecord { requests: 10 + u64::from(step), ..Default::default() };
+            for v in [100, 2_000, 30_000] {
+                histogram::record_us(&mut r.latency, v * u64::from(step + 1));
+                histogram::record_us(&mut r.service, v);
+            }
+            stats.steps.insert(StepKey { phase: 0, step, ok: true }, r);
+        }
+        stats.schedule.insert(0, ScheduleStats { scheduled: 5, ..Default::default() });
+        let (steps, phases) = encode_steps(&stats);
+        let mut scratch = Vec::new();
+        let (mut total, mut first) = (AccStats::default(), AccStats::default());
+        add_steps(&steps[..1], &phases, Some(&mut total), &mut [&mut first], |_| 0, &mut scratch).unwrap();
+        let before = total.to_run_stats();
+        // The last entry's dispatch histogram holds a count one past the
+        // array, after counts that fit: refused, and nothing of the
+        // snapshot stays anywhere, no record created for its steps.
+        let mut forged = steps.clone();
+        forged[2].dispatch_hist = v2(&[0x05, 0x0a, 0xff, 0xef, 0x02, 0x02]);
+        let mut part = AccStats::default();
+        let err = add_steps(&forged, &phases, Some(&mut total), &mut [&mut part], |_| 0, &mut scratch);
+        assert!(err.is_err());
+        let mut other = AccStats::default();
+        let err = add_steps(&forged, &phases, Some(&mut total), &mut [&mut part, &mut other], |s| s.step as usize % 2, &mut scratch);
+        assert!(matches!(err, Err(DecodeError::Histogram(_))), "{err:?}");
+        assert!(part.steps.is_empty() && part.schedule.is_empty() && other.steps.is_empty());
+        let after = total.to_run_stats();
+        assert_eq!(after.steps.keys().collect::<Vec<_>>(), before.steps.keys().collect::<Vec<_>>());
+        for (k, r) in &after.steps {
+            let b = &before.steps[k];
+            assert!(r.latency == b.latency && r.service == b.service && r.dispatch == b.dispatch && r.requests == b.requests, "{k:?}");
+        }
+        assert_eq!(after.schedule, before.schedule);
+        // Whole: each entry to the total and its part, the schedule to part 0.
+        add_steps(&steps, &phases, Some(&mut total), &mut [&mut part, &mut other], |s| s.step as usize % 2, &mut scratch).unwrap();
+        let total = total.to_run_stats();
+        let k0 = StepKey { phase: 0, step: 0, ok: true };
+        assert_eq!(total.steps[&k0].requests, 20);
+        assert_eq!(total.steps[&k0].latency.len(), 6);
+        assert_eq!(part.to_run_stats().steps.keys().map(|k| k.step).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(other.to_run_stats().steps[&StepKey { phase: 0, step: 1, ok: true }].service, stats.steps[&StepKey { phase: 0, step: 1, ok: true }].service);
+        assert_eq!((part.schedule.len(), other.schedule.len(), total.schedule[&0].scheduled), (1, 0, 10));
+        // Counts that would pass 2^64 in the total: refused before any histogram is read.
+        let mut full = AccStats::default();
+        full.steps.insert(k0, stampede_common::stats::AccRecord { requests: u64::MAX, ..Default::default() });
+        let err = add_steps(&steps, &phases, Some(&mut full), &mut [&mut AccStats::default()], |_| 0, &mut scratch);
+        assert!(matches!(err, Err(DecodeError::Overflow { phase: 0, step: 0 })), "{err:?}");
+        assert!(full.steps[&k0].latency.is_empty() && full.steps.len() == 1);
+    }
 
     #[test]
     fn run_stats_survive_the_wire() {
