@@ -362,6 +362,7 @@ impl Aggregate {
 mod tests {
     use stampede_common::stats::{StepKey, StepRecord};
     use stampede_proto::convert::encode_steps;
+    use stampede_proto::v1::StepStats;
 
     use super::*;
 
@@ -412,7 +413,7 @@ mod tests {
         // What landed: interval 1 saw only b's 5, interval 3 a's 20 (10 of them timeouts) and b's 5.
         assert_eq!((agg.landed[&1].requests, agg.landed[&3].requests, agg.landed[&3].timeouts, agg.landed[&3].in_flight), (5, 25, 10, 14));
         // Totals are the sum either way.
-        assert_eq!(agg.total.summarize(|_| true).requests, 60);
+        assert_eq!(agg.total_stats().summarize(|_| true).requests, 60);
         agg.add_snapshot(&snapshot("a", 4, &requests(10, 0), &[])).unwrap();
         agg.add_snapshot(&snapshot("b", 4, &requests(5, 0), &[])).unwrap();
         assert_eq!(agg.final_through(), Some(1));
@@ -424,5 +425,37 @@ mod tests {
         agg.finished(RunFinished { agent_id: "b".into(), ..Default::default() });
         assert_eq!(agg.final_through(), Some(6), "once every agent is done, everything is final");
         assert_eq!(due_requests(&agg, 1), 15, "a final interval keeps its counts");
+    }
+
+    #[test]
+    fn a_snapshot_refused_by_its_last_histogram_is_counted_nowhere() {
+        let agents = [("a".to_string(), BTreeMap::new())];
+        let mut agg = Aggregate::new(agents, Duration::from_secs(1), Duration::from_secs(2));
+        agg.add_snapshot(&snapshot("a", 0, &requests(10, 0), &[])).unwrap();
+        // Snapshot 1, with a late addition to interval 0 whose latency
+        // histogram holds a count one past the array, after counts that fit.
+        let mut bad = snapshot("a", 1, &requests(5, 0), &[(0, requests(3, 0))]);
+        let mut forged = 0x1c84_9313u32.to_be_bytes().to_vec();
+        let payload = [0x05, 0x0a, 0xff, 0xef, 0x02, 0x02];
+        forged.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        forged.extend_from_slice(&0u32.to_be_bytes());
+        forged.extend_from_slice(&3u32.to_be_bytes());
+        forged.extend_from_slice(&1u64.to_be_bytes());
+        forged.extend_from_slice(&stampede_common::histogram::HIGHEST_US.to_be_bytes());
+        forged.extend_from_slice(&1.0f64.to_bits().to_be_bytes());
+        forged.extend_from_slice(&payload);
+        bad.steps.last_mut().unwrap().latency_hist = forged;
+        let err = agg.add_snapshot(&bad).unwrap_err();
+        assert!(err.to_string().contains("does not decode"), "{err}");
+        assert_eq!(agg.due_seqs(), [0], "no interval 1 left behind");
+        assert_eq!(due_requests(&agg, 0), 10);
+        let total = agg.total_stats();
+        let r = &total.steps[&StepKey { phase: 0, step: 0, ok: true }];
+        assert_eq!((r.requests, r.latency.len(), r.service.len()), (10, 10, 10));
+        assert!(!agg.landed.contains_key(&1) && agg.agents["a"].seqs.len() == 1);
+        // The snapshot as it should have been is counted everywhere.
+        agg.add_snapshot(&snapshot("a", 1, &requests(5, 0), &[(0, requests(3, 0))])).unwrap();
+        assert_eq!((due_requests(&agg, 0), due_requests(&agg, 1)), (13, 5));
+        assert_eq!(agg.total_stats().steps[&StepKey { phase: 0, step: 0, ok: true }].latency.len(), 18);
     }
 }
