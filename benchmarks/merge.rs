@@ -1,7 +1,9 @@
 //! The coordinator's merge (issue 11, item 3): snapshot histograms per
 //! second, on one core, decoded and added to a run's accumulator — the
-//! stock path (`histogram::decode` + `Histogram::add`) against the sparse
-//! one (`histogram::sparse::decode` + `Sparse::add_to`), for each wire
+//! stock path (`histogram::decode` + `Histogram::add`), the previous sparse
+//! one (kept here, in `old_sparse`, for the ratio: (index, count) pairs,
+//! then `saturating_record_n`), and the accumulator (`histogram::accum`:
+//! the payload decoded straight into a counts array), for each wire
 //! encoding (V2+DEFLATE, plain V2), on three kinds of snapshot.
 //!
 //! Run (see benchmarks/README.md, "Coordinator merge"):
@@ -16,7 +18,59 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::serialization::{Serializer, V2Serializer};
-use stampede_common::histogram::{self, sparse, Hist};
+use stampede_common::histogram::accum::{self, Accum, Op};
+use stampede_common::histogram::{self, Hist};
+
+/// The sparse path as it was before the accumulator (c72892a), for plain
+/// V2 of stampede's shape only: the walk into (index, count) pairs, then
+/// each added with hdrhistogram's `saturating_record_n`.
+mod old_sparse {
+    use stampede_common::histogram::accum::{value_at, SLOTS};
+    use stampede_common::histogram::Hist;
+
+    pub fn decode(bytes: &[u8]) -> Vec<(u32, u64)> {
+        let payload = &bytes[40..];
+        let mut counts = vec![(0u32, 0u64); payload.len().min(2 * SLOTS)];
+        let mut kept = 0;
+        let mut index: u64 = 0;
+        let mut at = 0;
+        while let Some(&first) = payload.get(at) {
+            let zz = if first < 0x80 {
+                at += 1;
+                u64::from(first)
+            } else {
+                let mut value = 0u64;
+                let mut shift = 0;
+                loop {
+                    let b = payload[at];
+                    at += 1;
+                    if shift == 56 {
+                        value |= u64::from(b) << 56;
+                        break;
+                    }
+                    value |= u64::from(b & 0x7f) << shift;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                    shift += 7;
+                }
+                value
+            };
+            let n = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+            counts[kept] = (index.min(u64::from(u32::MAX)) as u32, n as u64);
+            kept += usize::from(n > 0);
+            index = index.wrapping_add(if n < 0 { n.wrapping_neg() as u64 } else { 1 });
+        }
+        counts.truncate(kept);
+        counts
+    }
+
+    pub fn add_to(counts: &[(u32, u64)], into: &mut Hist) {
+        for &(i, n) in counts {
+            into.saturating_record_n(value_at(i as usize), n);
+        }
+    }
+}
 
 /// xorshift64*: reproducible snapshots without a dependency.
 struct Rng(u64);
@@ -66,14 +120,38 @@ fn kind(name: &'static str, n: usize, lo: f64, hi: f64, seed: u64) -> Kind {
     Kind { name, deflate: hists.iter().map(histogram::encode).collect(), plain: hists.iter().map(plain_v2).collect(), nonzero }
 }
 
+/// How the payloads' numbers split by encoded length (1, 2, 3+ bytes), in
+/// percent: what the walk's fast paths are for.
+fn varint_lengths(plain: &[Vec<u8>]) -> String {
+    let mut by_len = [0u64; 3];
+    for bytes in plain {
+        let mut len = 0;
+        for &b in &bytes[40..] {
+            len += 1;
+            if b < 0x80 {
+                by_len[(len - 1).min(2)] += 1;
+                len = 0;
+            }
+        }
+    }
+    let all = by_len.iter().sum::<u64>() as f64;
+    by_len.map(|n| format!("{:.0}%", n as f64 * 100.0 / all)).join("/")
+}
+
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 #[derive(Clone, Copy)]
 enum Path {
     Stock,
-    Sparse,
-    /// The sparse decode alone: how the sparse path's time splits.
+    /// The previous sparse path (plain V2 only).
+    OldSparse,
+    /// Decoded straight into one accumulator (`Accum::add_encoded`).
+    Accum,
+    /// The walk with no accumulator to add to: the decode alone.
     DecodeOnly,
+    /// One walk into two accumulators: what the coordinator does with each
+    /// histogram (the run's total and the due interval's).
+    AccumTwo,
 }
 
 /// This thread's CPU time (`/proc/thread-self/schedstat`, nanoseconds on
@@ -88,8 +166,9 @@ fn cpu_time() -> Option<Duration> {
 /// CPU time; histograms per CPU-second.
 fn run(path: Path, snapshots: &[Vec<u8>], budget: Duration) -> f64 {
     let clock = || cpu_time().unwrap_or_else(|| Instant::now().duration_since(*EPOCH.get_or_init(Instant::now)));
-    // The run's accumulator, as the coordinator's total has it.
+    // The run's accumulator, as the coordinator's total had it.
     let mut acc = histogram::new_hist();
+    let (mut mine, mut other) = (Accum::default(), Accum::default());
     let mut scratch = Vec::new();
     let mut done = 0u64;
     let start = clock();
@@ -97,15 +176,24 @@ fn run(path: Path, snapshots: &[Vec<u8>], budget: Duration) -> f64 {
         for bytes in snapshots {
             match path {
                 Path::Stock => histogram::add(&mut acc, &histogram::decode(bytes).expect("decodes")).expect("fits"),
-                Path::Sparse => sparse::decode(bytes, &mut scratch).expect("decodes").add_to(&mut acc),
+                Path::OldSparse => old_sparse::add_to(&old_sparse::decode(bytes), &mut acc),
+                Path::Accum => mine.add_encoded(bytes, &mut scratch).expect("decodes"),
                 Path::DecodeOnly => {
-                    black_box(sparse::decode(bytes, &mut scratch).expect("decodes"));
+                    black_box(accum::apply(bytes, [], &mut scratch, Op::Add).expect("decodes"));
+                }
+                Path::AccumTwo => {
+                    black_box(accum::apply(bytes, [&mut mine, &mut other], &mut scratch, Op::Add).expect("decodes"));
                 }
             }
         }
         done += snapshots.len() as u64;
     }
-    black_box(&acc);
+    black_box((&acc, &mine, &other));
+    // The reads: what the coordinator converts once per report or interval.
+    if let Path::Accum = path {
+        let h = mine.to_hist();
+        debug_assert!(!h.is_empty());
+    }
     done as f64 / (clock() - start).as_secs_f64()
 }
 
@@ -134,18 +222,20 @@ fn main() {
         // 50 000 requests, 1 µs – 10 s: about as full as a snapshot gets.
         kind("dense", 50_000, 1.0, 10_000_000.0, 3),
     ];
-    let paths: [(&str, Path, bool); 5] = [
+    let paths: [(&str, Path, bool); 7] = [
         ("stock, V2+DEFLATE", Path::Stock, true),
-        ("sparse, V2+DEFLATE", Path::Sparse, true),
+        ("accum, V2+DEFLATE", Path::Accum, true),
         ("stock, plain V2", Path::Stock, false),
-        ("sparse, plain V2", Path::Sparse, false),
+        ("old sparse, plain V2", Path::OldSparse, false),
+        ("accum, plain V2", Path::Accum, false),
         ("  (decode alone)", Path::DecodeOnly, false),
+        ("accum x2, plain V2", Path::AccumTwo, false),
     ];
     println!("coordinator merge: snapshot histograms decoded and added per CPU-second of one thread");
     println!("{reps} interleaved reps of ~{ms} ms CPU per cell{}; median [min–max]\n", if cpu_time().is_some() { "" } else { " (wall time: no schedstat)" });
     for k in &kinds {
         let size = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>() / v.len();
-        println!("{} — {} non-zero counts; {} B as V2+DEFLATE, {} B as plain V2", k.name, k.nonzero, size(&k.deflate), size(&k.plain));
+        println!("{} — {} non-zero counts; {} B as V2+DEFLATE, {} B as plain V2; numbers of 1/2/3+ bytes: {}", k.name, k.nonzero, size(&k.deflate), size(&k.plain), varint_lengths(&k.plain));
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
         for _ in 0..reps {
             for (i, (_, path, deflate)) in paths.iter().enumerate() {
@@ -153,10 +243,11 @@ fn main() {
             }
         }
         let stock = median_range(results[0].clone()).0;
-        println!("  {:<20} {:>12} {:>23} {:>9} {:>9}", "path", "hist/s", "range", "µs/hist", "× stock");
+        println!("  {:<20} {:>12} {:>23} {:>9} {:>9} {:>9}", "path", "hist/s", "range", "µs/hist", "ns/count", "× stock");
         for ((name, _, _), r) in paths.iter().zip(results) {
             let (med, lo, hi) = median_range(r);
-            println!("  {name:<20} {med:>12.0} {:>23} {:>9.2} {:>8.1}×", format!("[{lo:.0}–{hi:.0}]"), 1e6 / med, med / stock);
+            let per_count = 1e9 / med / k.nonzero as f64;
+            println!("  {name:<20} {med:>12.0} {:>23} {:>9.2} {per_count:>9.2} {:>8.1}×", format!("[{lo:.0}–{hi:.0}]"), 1e6 / med, med / stock);
         }
         println!();
     }

@@ -5,12 +5,12 @@
 //! histograms equals the percentile of one histogram that saw every sample.
 //! On the wire: HdrHistogram V2, deflated when large ([`encode_wire`]),
 //! the formats other HdrHistogram tools read too. The coordinator decodes
-//! snapshots to their non-zero counts only ([`sparse`]).
+//! snapshots straight into plain counts arrays ([`accum`]).
 
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 
-pub mod sparse;
+pub mod accum;
 
 pub type Hist = Histogram<u64>;
 

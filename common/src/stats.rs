@@ -7,9 +7,49 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::histogram::accum::Accum;
 use crate::histogram::{self, Hist};
 
-pub mod sparse;
+/// What a [`Record`] keeps its distributions in: hdrhistogram's
+/// `Histogram` (agents, reports), the coordinator's [`Accum`] (what
+/// snapshots are added to), or nothing (`()`: counters only).
+pub trait Histo: Clone + std::fmt::Debug {
+    fn empty() -> Self;
+    fn is_empty(&self) -> bool;
+    fn reset(&mut self);
+}
+
+impl Histo for Hist {
+    fn empty() -> Self {
+        histogram::new_hist()
+    }
+    fn is_empty(&self) -> bool {
+        Hist::is_empty(self)
+    }
+    fn reset(&mut self) {
+        Hist::reset(self)
+    }
+}
+
+impl Histo for Accum {
+    fn empty() -> Self {
+        Accum::default()
+    }
+    fn is_empty(&self) -> bool {
+        Accum::is_empty(self)
+    }
+    fn reset(&mut self) {
+        Accum::reset(self)
+    }
+}
+
+impl Histo for () {
+    fn empty() -> Self {}
+    fn is_empty(&self) -> bool {
+        true
+    }
+    fn reset(&mut self) {}
+}
 
 /// Why a request failed, as a small closed set (never raw error strings), so
 /// counts from many agents add up.
@@ -128,19 +168,25 @@ impl CheckCount {
     }
 }
 
+/// One (phase, step, outcome)'s measurements as agents record and reports
+/// read them.
+pub type StepRecord = Record<Hist>;
+/// The same as the coordinator adds snapshots up (`Aggregate`).
+pub type AccRecord = Record<Accum>;
+
 #[derive(Debug, Clone)]
-pub struct StepRecord {
+pub struct Record<H: Histo = Hist> {
     /// Intended start → response complete: what a user waiting in line saw.
-    pub latency: Hist,
+    pub latency: H,
     /// Actual start → response complete: what the server took.
-    pub service: Hist,
+    pub service: H,
     /// Intended start → actual start: how far the client lagged its schedule.
-    pub dispatch: Hist,
+    pub dispatch: H,
     /// TLS handshakes (`https://` targets), each recorded with the request
     /// that opened its connection: TCP connected → handshake done. Empty for
     /// plain HTTP, and then not sent (an empty histogram costs nothing on
     /// the wire).
-    pub handshake: Hist,
+    pub handshake: H,
     pub requests: u64,
     pub errors: [u64; ErrorKind::ALL.len()],
     pub bytes_sent: u64,
@@ -153,13 +199,13 @@ pub struct StepRecord {
     pub checks: BTreeMap<u32, CheckCount>,
 }
 
-impl Default for StepRecord {
+impl<H: Histo> Default for Record<H> {
     fn default() -> Self {
-        StepRecord {
-            latency: histogram::new_hist(),
-            service: histogram::new_hist(),
-            dispatch: histogram::new_hist(),
-            handshake: histogram::new_hist(),
+        Record {
+            latency: H::empty(),
+            service: H::empty(),
+            dispatch: H::empty(),
+            handshake: H::empty(),
             requests: 0,
             errors: [0; ErrorKind::ALL.len()],
             bytes_sent: 0,
@@ -170,30 +216,25 @@ impl Default for StepRecord {
     }
 }
 
-impl StepRecord {
+impl<H: Histo> Record<H> {
     pub fn error_count(&self) -> u64 {
         self.errors.iter().sum()
     }
 
-    /// Whether [`StepRecord::add`] keeps every count, and the sum of the
-    /// error kinds, under 2^64.
-    pub fn fits(&self, other: &StepRecord) -> bool {
-        let kinds = |r: &StepRecord| r.errors.iter().try_fold(0u64, |sum, n| sum.checked_add(*n));
+    /// Whether adding `other`'s counters keeps each, and the sum of the
+    /// error kinds, under 2^64 (its histograms are not looked at).
+    pub fn fits<G: Histo>(&self, other: &Record<G>) -> bool {
+        let kinds = |e: &[u64]| e.iter().try_fold(0u64, |sum, n| sum.checked_add(*n));
         self.requests.checked_add(other.requests).is_some()
             && self.bytes_sent.checked_add(other.bytes_sent).is_some()
             && self.bytes_received.checked_add(other.bytes_received).is_some()
-            && kinds(self).zip(kinds(other)).is_some_and(|(a, b)| a.checked_add(b).is_some())
+            && kinds(&self.errors).zip(kinds(&other.errors)).is_some_and(|(a, b)| a.checked_add(b).is_some())
             && other.statuses.iter().all(|(s, n)| self.statuses.get(s).copied().unwrap_or(0).checked_add(*n).is_some())
             && other.checks.iter().all(|(c, n)| self.checks.get(c).copied().unwrap_or_default().fits(n))
     }
 
-    pub fn add(&mut self, other: &StepRecord) -> Result<(), histogram::CodecError> {
-        histogram::add(&mut self.latency, &other.latency)?;
-        histogram::add(&mut self.service, &other.service)?;
-        histogram::add(&mut self.dispatch, &other.dispatch)?;
-        if !other.handshake.is_empty() {
-            histogram::add(&mut self.handshake, &other.handshake)?;
-        }
+    /// Adds `other`'s counters (not its histograms); they must [`Record::fits`].
+    pub fn add_counters<G: Histo>(&mut self, other: &Record<G>) {
         self.requests += other.requests;
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
@@ -208,7 +249,22 @@ impl StepRecord {
             mine.passed += n.passed;
             mine.failed += n.failed;
         }
-        Ok(())
+    }
+
+    /// The counters alone.
+    pub fn counters(&self) -> Record<()> {
+        Record {
+            latency: (),
+            service: (),
+            dispatch: (),
+            handshake: (),
+            requests: self.requests,
+            errors: self.errors,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            statuses: self.statuses.clone(),
+            checks: self.checks.clone(),
+        }
     }
 
     pub fn reset(&mut self) {
@@ -240,6 +296,38 @@ impl StepRecord {
             c.passed += 1;
         } else {
             c.failed += 1;
+        }
+    }
+}
+
+impl StepRecord {
+    pub fn add(&mut self, other: &StepRecord) -> Result<(), histogram::CodecError> {
+        histogram::add(&mut self.latency, &other.latency)?;
+        histogram::add(&mut self.service, &other.service)?;
+        histogram::add(&mut self.dispatch, &other.dispatch)?;
+        if !other.handshake.is_empty() {
+            histogram::add(&mut self.handshake, &other.handshake)?;
+        }
+        self.add_counters(other);
+        Ok(())
+    }
+}
+
+impl AccRecord {
+    /// The record with its histograms made `Histogram`s (a read).
+    pub fn to_step_record(&self) -> StepRecord {
+        Record {
+            latency: self.latency.to_hist(),
+            service: self.service.to_hist(),
+            dispatch: self.dispatch.to_hist(),
+            // Mostly empty (plain HTTP): no array to scan.
+            handshake: if self.handshake.is_empty() { histogram::new_hist() } else { self.handshake.to_hist() },
+            requests: self.requests,
+            errors: self.errors,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            statuses: self.statuses.clone(),
+            checks: self.checks.clone(),
         }
     }
 }
@@ -313,10 +401,27 @@ pub enum MergeError {
 }
 
 /// Everything measured in a run (or an interval), keyed by step and phase.
-#[derive(Debug, Clone, Default)]
-pub struct RunStats {
-    pub steps: BTreeMap<StepKey, StepRecord>,
+pub type RunStats = Stats<Hist>;
+/// The same as the coordinator adds snapshots up.
+pub type AccStats = Stats<Accum>;
+
+#[derive(Debug, Clone)]
+pub struct Stats<H: Histo = Hist> {
+    pub steps: BTreeMap<StepKey, Record<H>>,
     pub schedule: BTreeMap<u32, ScheduleStats>,
+}
+
+impl<H: Histo> Default for Stats<H> {
+    fn default() -> Self {
+        Stats { steps: BTreeMap::new(), schedule: BTreeMap::new() }
+    }
+}
+
+impl AccStats {
+    /// These stats with `Histogram`s (a read: reports, judging).
+    pub fn to_run_stats(&self) -> RunStats {
+        Stats { steps: self.steps.iter().map(|(k, r)| (*k, r.to_step_record())).collect(), schedule: self.schedule.clone() }
+    }
 }
 
 impl RunStats {
@@ -337,7 +442,7 @@ impl RunStats {
     /// is added when it fails.
     pub fn checked_add(&mut self, other: &RunStats) -> Result<(), MergeError> {
         for (k, r) in &other.steps {
-            if !self.steps.get(k).map_or_else(|| StepRecord::default().fits(r), |mine| mine.fits(r)) {
+            if !self.steps.get(k).map_or_else(|| Record::<()>::default().fits(r), |mine| mine.fits(r)) {
                 return Err(MergeError::Overflow { phase: k.phase, step: k.step });
             }
         }

@@ -3,9 +3,9 @@
 //! one histogram that recorded every sample.
 
 use proptest::prelude::*;
-use stampede_common::histogram::{self, sparse, Hist, HIGHEST_US};
-use stampede_common::stats::sparse::{SparseRecord, SparseStats};
-use stampede_common::stats::{ErrorKind, RunStats, StepKey, StepRecord};
+use stampede_common::histogram::accum::{self, Accum, Op};
+use stampede_common::histogram::{self, Hist, HIGHEST_US};
+use stampede_common::stats::{AccStats, ErrorKind, RunStats, StepKey, StepRecord};
 
 const QUANTILES: [f64; 5] = [0.50, 0.90, 0.95, 0.99, 0.999];
 const KEY: StepKey = StepKey { phase: 0, step: 0, ok: true };
@@ -40,19 +40,15 @@ fn receive(w: &Wire) -> RunStats {
     stats
 }
 
-/// The same wire bytes as the coordinator decodes them: sparse counts.
-fn receive_sparse(w: &Wire) -> SparseStats {
+/// The same wire bytes as the coordinator adds them: decoded straight
+/// into its accumulators.
+fn receive_into(w: &Wire, into: &mut AccStats) {
     let mut scratch = Vec::new();
-    let record = SparseRecord {
-        latency: sparse::decode(&w.latency, &mut scratch).unwrap(),
-        service: sparse::decode(&w.service, &mut scratch).unwrap(),
-        dispatch: sparse::decode(&w.dispatch, &mut scratch).unwrap(),
-        requests: w.requests,
-        ..SparseRecord::default()
-    };
-    let mut stats = SparseStats::default();
-    stats.steps.insert(KEY, record);
-    stats
+    let r = into.steps.entry(KEY).or_default();
+    r.latency.add_encoded(&w.latency, &mut scratch).unwrap();
+    r.service.add_encoded(&w.service, &mut scratch).unwrap();
+    r.dispatch.add_encoded(&w.dispatch, &mut scratch).unwrap();
+    r.requests += w.requests;
 }
 
 fn record(r: &mut StepRecord, us: u64) {
@@ -98,12 +94,12 @@ proptest! {
         }
         let merged = fleet.steps.get(&KEY).cloned().unwrap_or_default();
 
-        // The coordinator's own path: sparse counts added by index.
-        let mut sparse_fleet = RunStats::default();
+        // The coordinator's own path: decoded straight into its accumulator.
+        let mut acc_fleet = AccStats::default();
         for r in &records {
-            sparse_fleet.checked_add_sparse(&receive_sparse(&send(r))).unwrap();
+            receive_into(&send(r), &mut acc_fleet);
         }
-        let fast = sparse_fleet.steps.get(&KEY).cloned().unwrap_or_default();
+        let fast = acc_fleet.to_run_stats().steps.get(&KEY).cloned().unwrap_or_default();
         prop_assert_eq!(fast.requests, merged.requests);
         assert_same(&fast.latency, &merged.latency);
         assert_same(&fast.service, &merged.service);
@@ -210,17 +206,38 @@ fn a_histogram() -> impl Strategy<Value = Hist> {
     })
 }
 
+/// A histogram whose payload is mostly 1-byte numbers (many values close
+/// together, small counts): the walk's eight-at-a-time path, near the
+/// array's start, middle, or end (where it must hand over to the careful one).
+fn a_dense_histogram() -> impl Strategy<Value = Hist> {
+    let range = prop_oneof![Just((1u64, 3_000u64)), Just((100u64, 50_000u64)), Just((HIGHEST_US / 4, HIGHEST_US))];
+    (range, prop::collection::vec((any::<u64>(), 1u64..=70), 0..600)).prop_map(|((lo, hi), entries)| {
+        let mut h = histogram::new_hist();
+        for (v, n) in entries {
+            h.saturating_record_n(lo + v % (hi - lo + 1), n);
+        }
+        h
+    })
+}
+
+fn plain_v2(h: &Hist) -> Vec<u8> {
+    let mut plain = Vec::new();
+    hdrhistogram::serialization::Serializer::serialize(&mut hdrhistogram::serialization::V2Serializer::new(), h, &mut plain).unwrap();
+    plain
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// The coordinator's sparse path (decode the non-zero counts, add them
-    /// by index) gives exactly the histogram the stock path gives (decode
-    /// a full histogram, `Histogram::add`), in either wire encoding, into an
-    /// accumulator that may already hold anything — huge counts included,
-    /// so that saturation is compared too.
+    /// The coordinator's accumulator path (the V2 payload decoded straight
+    /// into a counts array, converted when read) gives exactly the
+    /// histogram the stock path gives (decode a full histogram,
+    /// `Histogram::add`), in either wire encoding, into an accumulator that
+    /// may already hold anything — empty histograms, one value, both
+    /// bounds, huge counts, so that saturation is compared too.
     #[test]
-    fn the_sparse_path_merges_exactly_like_the_stock_path(
-        sent in prop::collection::vec((a_histogram(), any::<bool>()), 0..6),
+    fn the_accumulator_merges_exactly_like_the_stock_path(
+        sent in prop::collection::vec((prop_oneof![a_histogram(), a_dense_histogram()], any::<bool>()), 0..6),
         already in a_histogram(),
         near_full in prop::option::of(1u64..=HIGHEST_US),
     ) {
@@ -228,27 +245,64 @@ proptest! {
         if let Some(v) = near_full {
             stock.saturating_record_n(v, u64::MAX - 3);
         }
-        let mut fast = stock.clone();
+        let mut fast = Accum::from_hist(&stock);
+        prop_assert!(fast.to_hist() == stock, "from_hist and to_hist round-trip");
+        // A second accumulator added in the same walk, empty at first.
+        let mut twin = Accum::default();
+        let mut twin_stock = histogram::new_hist();
         let mut scratch = Vec::new();
         for (h, deflate) in &sent {
-            let bytes = if *deflate {
-                histogram::encode(h)
-            } else {
-                let mut plain = Vec::new();
-                hdrhistogram::serialization::Serializer::serialize(&mut hdrhistogram::serialization::V2Serializer::new(), h, &mut plain).unwrap();
-                plain
-            };
+            let bytes = if *deflate { histogram::encode(h) } else { plain_v2(h) };
             histogram::add(&mut stock, &histogram::decode(&bytes).unwrap()).unwrap();
-            let counts = sparse::decode(&bytes, &mut scratch).unwrap();
-            prop_assert_eq!(counts.is_empty(), h.is_empty());
-            counts.add_to(&mut fast);
+            histogram::add(&mut twin_stock, &histogram::decode(&bytes).unwrap()).unwrap();
+            let before = fast.len();
+            fast.add_encoded(&bytes, &mut scratch).unwrap();
+            prop_assert_eq!(fast.len() == before, h.is_empty() || before == u64::MAX);
+            if accum::apply(&bytes, [&mut twin], &mut scratch, Op::Add).unwrap() {
+                accum::apply(&bytes, [&mut twin], &mut scratch, Op::Undo).unwrap();
+                accum::apply(&bytes, [&mut twin], &mut scratch, Op::Saturate).unwrap();
+            }
         }
-        prop_assert!(fast == stock, "the histograms differ");
-        prop_assert_eq!((fast.len(), fast.min(), fast.min_nz(), fast.max()), (stock.len(), stock.min(), stock.min_nz(), stock.max()));
+        let merged = fast.to_hist();
+        prop_assert!(merged == stock, "the histograms differ");
+        prop_assert_eq!((merged.len(), merged.min(), merged.min_nz(), merged.max()), (stock.len(), stock.min(), stock.min_nz(), stock.max()));
+        prop_assert!(twin.to_hist() == twin_stock);
         // hdrhistogram's quantiles sum counts unchecked: with saturated
         // totals they overflow, in either path.
         if stock.len() < u64::MAX / 2 {
-            assert_same(&fast, &stock);
+            assert_same(&merged, &stock);
+        }
+    }
+
+    /// One walk into two accumulators adds to each what a walk into each
+    /// alone adds, and a payload cut anywhere is refused or accepted as the
+    /// stock decoder does, leaving both accumulators as they were when refused.
+    #[test]
+    fn one_walk_into_two_accumulators_and_cut_payloads(h in prop_oneof![a_histogram(), a_dense_histogram()], other in a_histogram(), cut in 0usize..2000) {
+        let bytes = plain_v2(&h);
+        let mut scratch = Vec::new();
+        let (mut a, mut b) = (Accum::from_hist(&other), Accum::default());
+        let carried = accum::apply(&bytes, [&mut a, &mut b], &mut scratch, Op::Add).unwrap();
+        prop_assume!(!carried);
+        let mut alone = Accum::from_hist(&other);
+        alone.add_encoded(&bytes, &mut scratch).unwrap();
+        prop_assert!(a.to_hist() == alone.to_hist());
+        prop_assert!(b.to_hist() == h);
+        // Cut short: the header's claimed length made to match.
+        let keep = bytes.len().min(40 + cut);
+        let mut short = bytes[..keep].to_vec();
+        if keep >= 40 {
+            short[4..8].copy_from_slice(&((keep - 40) as u32).to_be_bytes());
+        }
+        let stock = histogram::decode(&short).map(|d| {
+            let mut s = a.to_hist();
+            histogram::add(&mut s, &d).map(|_| s)
+        });
+        let before = a.to_hist();
+        match (a.add_encoded(&short, &mut scratch), stock) {
+            (Ok(()), Ok(Ok(s))) => prop_assert!(a.to_hist() == s),
+            (Err(_), Err(_) | Ok(Err(_))) => prop_assert!(a.to_hist() == before, "a refused payload leaves nothing"),
+            (mine, theirs) => prop_assert!(false, "accum {:?}, stock {:?}", mine.is_ok(), theirs.is_ok()),
         }
     }
 }

@@ -10,13 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use stampede_common::histogram::{self, Hist};
-use stampede_common::stats::sparse::SparseStats;
-use stampede_common::stats::{quantile_ms, ErrorKind, MergeError, RunStats};
-use stampede_proto::convert::{decode_steps_sparse, DecodeError};
-use stampede_proto::v1::{RunFinished, Snapshot, StepStats};
+use stampede_common::histogram::accum::Accum;
+use stampede_common::stats::{quantile_ms, AccStats, ErrorKind, RunStats};
+use stampede_proto::convert::{add_steps, decode_counts, DecodeError};
+use stampede_proto::v1::{RunFinished, Snapshot};
 
-use crate::timeline::{Timeline, TimelineError};
+use crate::timeline::Timeline;
 
 #[derive(Debug, Default)]
 pub struct AgentProgress {
@@ -79,14 +78,14 @@ pub struct IntervalAgg {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub reported: usize,
-    hist: Option<Hist>,
+    hist: Option<Accum>,
     pub p99_ms: Option<f64>,
 }
 
 impl IntervalAgg {
     fn seal(&mut self) {
         if let Some(h) = self.hist.take() {
-            self.p99_ms = quantile_ms(&h, 0.99);
+            self.p99_ms = quantile_ms(&h.to_hist(), 0.99);
         }
     }
 }
@@ -96,12 +95,8 @@ impl IntervalAgg {
 pub enum SnapshotError {
     #[error("a snapshot (seq {seq}) that does not decode: {source}")]
     Decode { seq: u64, source: DecodeError },
-    #[error("a snapshot (seq {seq}) whose counts would overflow the run's: {source}")]
-    Merge { seq: u64, source: MergeError },
     #[error("a snapshot (seq {seq}) whose counts would overflow its {what} total past 2^64")]
     Overflow { seq: u64, what: &'static str },
-    #[error("a snapshot (seq {seq}) whose additions to interval {due} do not merge: {source}")]
-    Timeline { seq: u64, due: u64, source: TimelineError },
 }
 
 /// A snapshot's sums, computed with checked arithmetic.
@@ -126,7 +121,9 @@ impl Sums {
 
 pub struct Aggregate {
     pub agents: BTreeMap<String, AgentProgress>,
-    pub total: RunStats,
+    /// The run's totals, as snapshots are added up: read them as
+    /// `Histogram`s with [`Aggregate::total_stats`].
+    pub total: AccStats,
     /// By snapshot interval: what landed in it (live progress).
     pub landed: BTreeMap<u64, IntervalAgg>,
     /// By due interval: the run's timeline.
@@ -150,7 +147,7 @@ impl Aggregate {
         let final_lag = 1 + u64::try_from(timeout.as_nanos().div_ceil(interval.as_nanos().max(1))).unwrap_or(u64::MAX);
         Aggregate {
             agents: agents.into_iter().map(|(id, labels)| (id, AgentProgress { labels, ..Default::default() })).collect(),
-            total: RunStats::default(),
+            total: AccStats::default(),
             landed: BTreeMap::new(),
             timeline: Timeline::default(),
             interval,
@@ -164,6 +161,12 @@ impl Aggregate {
     /// The plan's interval: interval k starts k of them after the common start.
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// The run's totals with `Histogram`s (a conversion: for reports and
+    /// the verdict, not per snapshot).
+    pub fn total_stats(&self) -> RunStats {
+        self.total.to_run_stats()
     }
 
     /// The due intervals that have requests, in order.
@@ -210,27 +213,14 @@ impl Aggregate {
             return Ok(None);
         }
         let seq = s.seq;
-        // Histograms stay sparse (their non-zero counts) from the wire to
-        // the accumulators: no full histogram array per snapshot.
-        let parts = by_due_interval(s, &mut self.scratch).map_err(|source| SnapshotError::Decode { seq, source })?;
         let overflow = |what: &'static str| SnapshotError::Overflow { seq, what };
+        let decode = |source| SnapshotError::Decode { seq, source };
         let mut sums = Sums::default();
         let mut load = Sums::default();
         let mut timeouts = 0u64;
-        // The common case is one part (nothing late): no copy of it.
-        let merged;
-        let stats: &SparseStats = match parts.as_slice() {
-            [(_, only)] => only,
-            _ => {
-                let mut all = SparseStats::default();
-                for (_, part) in &parts {
-                    all.checked_add(part).map_err(|source| SnapshotError::Merge { seq, source })?;
-                }
-                merged = all;
-                &merged
-            }
-        };
-        for (k, r) in &stats.steps {
+        // The counters first (histograms are decoded as they are added).
+        for st in &s.steps {
+            let (k, r) = decode_counts(st).map_err(decode)?;
             let errors = r.errors.iter().try_fold(0u64, |a, n| a.checked_add(*n)).ok_or_else(|| overflow("errors"))?;
             let one = Sums { requests: r.requests, errors, sent: r.bytes_sent, received: r.bytes_received };
             sums = sums.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
@@ -248,12 +238,23 @@ impl Aggregate {
             None => load,
         };
         let in_flight_after = self.landed.get(&seq).map_or(Some(s.in_flight), |iv| iv.in_flight.checked_add(s.in_flight)).ok_or_else(|| overflow("in-flight"))?;
-        self.total.checked_add_sparse(stats).map_err(|source| SnapshotError::Merge { seq, source })?;
-        // Each due interval's sum is part of the run's total, which fit.
-        for (due, part) in &parts {
-            self.timeline.add(*due, part).map_err(|source| SnapshotError::Timeline { seq, due: *due, source })?;
+        // Each entry's histograms are decoded straight into the run's total
+        // and the timeline's interval it was due in (absent `due_seq`: the
+        // snapshot's own, which also carries the schedule), all or nothing.
+        let mut dues = vec![seq];
+        for st in &s.steps {
+            let due = st.due_seq.unwrap_or(seq);
+            if !dues.contains(&due) {
+                dues.push(due);
+            }
         }
-
+        let merged = {
+            let mut parts = self.timeline.open(&dues);
+            let part_of = |st: &stampede_proto::v1::StepStats| dues.iter().position(|d| *d == st.due_seq.unwrap_or(seq)).expect("listed above");
+            add_steps(&s.steps, &s.phases, Some(&mut self.total), &mut parts, part_of, &mut self.scratch)
+        };
+        self.timeline.opened(&dues, merged.is_ok());
+        merged.map_err(decode)?;
         let agent = self.agents.get_mut(&s.agent_id).expect("looked up above");
         agent.seqs.insert(seq);
         while agent.seqs.contains(&agent.contiguous.map_or(0, |c| c + 1)) {
@@ -273,7 +274,7 @@ impl Aggregate {
             bytes_sent: 0,
             bytes_received: 0,
             reported: 0,
-            hist: Some(histogram::new_hist()),
+            hist: Some(Accum::default()),
             p99_ms: None,
         });
         iv.requests = interval_after.requests;
@@ -284,9 +285,11 @@ impl Aggregate {
         iv.bytes_received = interval_after.received;
         iv.reported += 1;
         if let Some(h) = iv.hist.as_mut() {
-            // The decoder checked every index against our shape: adding cannot fail.
-            for (_, r) in stats.steps.iter().filter(|(k, _)| k.ok && k.phase < self.probe_phase) {
-                r.latency.add_to(h);
+            // Decoded once above: adding cannot fail.
+            let ok = stampede_proto::v1::Outcome::Ok as i32;
+            for st in s.steps.iter().filter(|st| st.outcome == ok && st.phase < self.probe_phase) {
+                let added = h.add_encoded(&st.latency_hist, &mut self.scratch);
+                debug_assert!(added.is_ok(), "accepted above");
             }
         }
         // An agent whose last snapshot came before this interval (its
@@ -355,24 +358,11 @@ impl Aggregate {
     }
 }
 
-/// A snapshot's entries decoded per interval they were due in (absent
-/// `due_seq`: the snapshot's own, which also carries the schedule).
-fn by_due_interval(s: &Snapshot, scratch: &mut Vec<u8>) -> Result<Vec<(u64, SparseStats)>, DecodeError> {
-    if s.steps.iter().all(|st| st.due_seq.is_none_or(|d| d == s.seq)) {
-        return Ok(vec![(s.seq, decode_steps_sparse(&s.steps, &s.phases, scratch)?)]);
-    }
-    let mut groups: BTreeMap<u64, Vec<StepStats>> = BTreeMap::new();
-    groups.insert(s.seq, Vec::new());
-    for st in &s.steps {
-        groups.entry(st.due_seq.unwrap_or(s.seq)).or_default().push(st.clone());
-    }
-    groups.into_iter().map(|(due, steps)| Ok((due, decode_steps_sparse(&steps, if due == s.seq { &s.phases } else { &[] }, scratch)?))).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use stampede_common::stats::{StepKey, StepRecord};
     use stampede_proto::convert::encode_steps;
+    use stampede_proto::v1::StepStats;
 
     use super::*;
 
@@ -423,7 +413,7 @@ mod tests {
         // What landed: interval 1 saw only b's 5, interval 3 a's 20 (10 of them timeouts) and b's 5.
         assert_eq!((agg.landed[&1].requests, agg.landed[&3].requests, agg.landed[&3].timeouts, agg.landed[&3].in_flight), (5, 25, 10, 14));
         // Totals are the sum either way.
-        assert_eq!(agg.total.summarize(|_| true).requests, 60);
+        assert_eq!(agg.total_stats().summarize(|_| true).requests, 60);
         agg.add_snapshot(&snapshot("a", 4, &requests(10, 0), &[])).unwrap();
         agg.add_snapshot(&snapshot("b", 4, &requests(5, 0), &[])).unwrap();
         assert_eq!(agg.final_through(), Some(1));
@@ -435,5 +425,37 @@ mod tests {
         agg.finished(RunFinished { agent_id: "b".into(), ..Default::default() });
         assert_eq!(agg.final_through(), Some(6), "once every agent is done, everything is final");
         assert_eq!(due_requests(&agg, 1), 15, "a final interval keeps its counts");
+    }
+
+    #[test]
+    fn a_snapshot_refused_by_its_last_histogram_is_counted_nowhere() {
+        let agents = [("a".to_string(), BTreeMap::new())];
+        let mut agg = Aggregate::new(agents, Duration::from_secs(1), Duration::from_secs(2));
+        agg.add_snapshot(&snapshot("a", 0, &requests(10, 0), &[])).unwrap();
+        // Snapshot 1, with a late addition to interval 0 whose latency
+        // histogram holds a count one past the array, after counts that fit.
+        let mut bad = snapshot("a", 1, &requests(5, 0), &[(0, requests(3, 0))]);
+        let mut forged = 0x1c84_9313u32.to_be_bytes().to_vec();
+        let payload = [0x05, 0x0a, 0xff, 0xef, 0x02, 0x02];
+        forged.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        forged.extend_from_slice(&0u32.to_be_bytes());
+        forged.extend_from_slice(&3u32.to_be_bytes());
+        forged.extend_from_slice(&1u64.to_be_bytes());
+        forged.extend_from_slice(&stampede_common::histogram::HIGHEST_US.to_be_bytes());
+        forged.extend_from_slice(&1.0f64.to_bits().to_be_bytes());
+        forged.extend_from_slice(&payload);
+        bad.steps.last_mut().unwrap().latency_hist = forged;
+        let err = agg.add_snapshot(&bad).unwrap_err();
+        assert!(err.to_string().contains("does not decode"), "{err}");
+        assert_eq!(agg.due_seqs(), [0], "no interval 1 left behind");
+        assert_eq!(due_requests(&agg, 0), 10);
+        let total = agg.total_stats();
+        let r = &total.steps[&StepKey { phase: 0, step: 0, ok: true }];
+        assert_eq!((r.requests, r.latency.len(), r.service.len()), (10, 10, 10));
+        assert!(!agg.landed.contains_key(&1) && agg.agents["a"].seqs.len() == 1);
+        // The snapshot as it should have been is counted everywhere.
+        agg.add_snapshot(&snapshot("a", 1, &requests(5, 0), &[(0, requests(3, 0))])).unwrap();
+        assert_eq!((due_requests(&agg, 0), due_requests(&agg, 1)), (13, 5));
+        assert_eq!(agg.total_stats().steps[&StepKey { phase: 0, step: 0, ok: true }].latency.len(), 18);
     }
 }

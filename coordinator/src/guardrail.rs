@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use stampede_common::plan::{AbortRule, Plan};
 use stampede_common::slo::{Metric, Scope, Unit};
-use stampede_common::stats::RunStats;
-use stampede_proto::convert::decode_steps_sparse;
+use stampede_common::stats::{AccStats, RunStats};
+use stampede_proto::convert::add_steps;
 use stampede_proto::v1::Snapshot;
 
 use crate::aggregate::Aggregate;
@@ -63,7 +63,7 @@ pub struct Guardrails {
     rules: Vec<Armed>,
     interval: Duration,
     /// Intervals some agent has not sent yet, merged as they come.
-    pending: BTreeMap<u64, RunStats>,
+    pending: BTreeMap<u64, AccStats>,
     /// The last interval judged.
     judged: Option<u64>,
     /// Inflated histogram bytes, reused from snapshot to snapshot.
@@ -84,11 +84,8 @@ impl Guardrails {
             return None;
         }
         // Already checked and merged once by `Aggregate`: it decodes.
-        let stats = decode_steps_sparse(&s.steps, &s.phases, &mut self.scratch).ok()?;
         let slot = self.pending.entry(s.seq).or_default();
-        if slot.checked_add_sparse(&stats).is_err() {
-            return None;
-        }
+        add_steps(&s.steps, &s.phases, None, &mut [slot], |_| 0, &mut self.scratch).ok()?;
         self.judge_complete(plan, agg)
     }
 
@@ -105,7 +102,7 @@ impl Guardrails {
             if !complete {
                 return None;
             }
-            let stats = self.pending.remove(&seq).expect("looked up above");
+            let stats = self.pending.remove(&seq).expect("looked up above").to_run_stats();
             if let Some(trip) = self.judge(plan, seq, &stats) {
                 return Some(trip);
             }

@@ -163,7 +163,8 @@ pub struct Judgment {
 /// only then do the SLOs decide. A rule that passed on numbers the run
 /// cannot vouch for (stopped early, incomplete) is `not_evaluated`.
 pub fn judge(plan: &Plan, agg: &Aggregate, faults: &FaultLog, stop: Option<&Stop>, start_unix_nanos: i64) -> Judgment {
-    let stats = &agg.total;
+    let total = agg.total_stats();
+    let stats = &total;
     let mut reasons: Vec<String> = stop
         .map(|s| match s {
             Stop::Interrupted(_) => format!("{s}; the run was stopped before its end"),

@@ -3,7 +3,7 @@
 //! the bounds of `stampede_proto::limits` against a fixed run, then, for a
 //! snapshot that passes, `decode_steps` and the checked merge into the
 //! run's totals (`RunStats::checked_add`), and the same through the sparse
-//! path `aggregate.rs` takes (`decode_steps_sparse`, `checked_add_sparse`).
+//! path `aggregate.rs` takes (`convert::add_steps` into accumulators).
 //!
 //! Besides "no panic", it checks the promise of the bounds: a snapshot that
 //! passes them can cost no more than the run allows (its seq within the
@@ -11,8 +11,8 @@
 //! already near 2^64 is refused rather than wrapped.
 
 use prost::Message;
-use stampede_common::stats::{RunStats, StepKey, StepRecord};
-use stampede_proto::convert::{decode_steps, decode_steps_sparse};
+use stampede_common::stats::{AccRecord, AccStats, RunStats, StepKey, StepRecord};
+use stampede_proto::convert::add_steps;
 use stampede_proto::limits::{self, RunBounds, RunTiming};
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::{AgentMessage, Snapshot};
@@ -67,21 +67,24 @@ pub fn grpc_message_outcome(data: &[u8]) -> String {
 /// What the aggregation does with a snapshot that passed the bounds.
 fn accepted_snapshot(s: &Snapshot, b: &RunBounds) -> String {
     assert!(s.seq <= b.max_seq, "a snapshot beyond the run's intervals passed: seq {}", s.seq);
-    let stats = match decode_steps(&s.steps, &s.phases) {
+    let stats = match crate::stock_decode_steps(s) {
         Ok(stats) => stats,
-        Err(e) => return format!("does not decode: {}", shape(&e.to_string())),
+        Err(e) => return format!("does not decode: {}", shape(&e)),
     };
     for k in stats.steps.keys() {
         assert!((k.phase as usize) < PHASES && (k.step as usize) < STEPS, "a step outside the plan passed: {k:?}");
     }
     let mut total = RunStats::default();
     total.checked_add(&stats).expect("a checked snapshot adds to empty totals");
-    // The coordinator's own path (`aggregate.rs`): sparse, to the same totals.
-    let sparse = decode_steps_sparse(&s.steps, &s.phases, &mut Vec::new()).expect("decodes as the stock path did");
-    let mut fast = RunStats::default();
-    fast.checked_add_sparse(&sparse).expect("a checked snapshot adds to empty totals");
+    // The coordinator's own path (`aggregate.rs`): decoded straight into
+    // the run's total and an interval's accumulator, to the same totals.
+    let (mut fast, mut interval) = (AccStats::default(), AccStats::default());
+    add_steps(&s.steps, &s.phases, Some(&mut fast), &mut [&mut interval], |_| 0, &mut Vec::new()).expect("decodes as the stock path did");
+    let (fast, interval) = (fast.to_run_stats(), interval.to_run_stats());
     for (k, r) in &total.steps {
-        assert!(fast.steps.get(k).is_some_and(|f| f.latency == r.latency && f.requests == r.requests), "{k:?}: the sparse merge differs");
+        for f in [&fast, &interval] {
+            assert!(f.steps.get(k).is_some_and(|f| f.latency == r.latency && f.service == r.service && f.requests == r.requests), "{k:?}: the accumulator's merge differs");
+        }
     }
     // The same snapshot again, as a second agent's: still checked.
     let twice = total.checked_add(&stats).is_ok();
@@ -91,10 +94,18 @@ fn accepted_snapshot(s: &Snapshot, b: &RunBounds) -> String {
         near_max.steps.insert(*k, StepRecord { requests: u64::MAX - 1, ..StepRecord::default() });
     }
     let any_requests = stats.steps.values().any(|r| r.requests > 1);
-    let mut near_sparse = near_max.clone();
+    let mut near_acc = AccStats::default();
+    for k in stats.steps.keys() {
+        near_acc.steps.insert(*k, AccRecord { requests: u64::MAX - 1, ..AccRecord::default() });
+    }
     let near = near_max.checked_add(&stats);
     assert!(!(any_requests && near.is_ok()), "a count past 2^64 was added");
-    assert_eq!(near_sparse.checked_add_sparse(&sparse).is_ok(), near.is_ok(), "the sparse merge checks counts like the stock one");
+    let mut part = AccStats::default();
+    let added = add_steps(&s.steps, &s.phases, Some(&mut near_acc), &mut [&mut part], |_| 0, &mut Vec::new());
+    assert_eq!(added.is_ok(), near.is_ok(), "the accumulator's merge checks counts like the stock one");
+    if added.is_err() {
+        assert!(part.steps.is_empty() && near_acc.steps.values().all(|r| r.requests == u64::MAX - 1 && r.latency.is_empty()), "a refused snapshot left counts behind");
+    }
     let key = StepKey { phase: 0, step: 0, ok: true };
     format!("ok steps={} twice={twice} near_max={} has_first={}", stats.steps.len().min(3), near.is_ok(), stats.steps.contains_key(&key))
 }

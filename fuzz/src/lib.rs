@@ -9,10 +9,11 @@
 //! - [`snapshot_decoder`]: bytes → a protobuf `Snapshot` → the measurement
 //!   types (`stampede_proto::convert::decode_steps`), and bytes → one
 //!   histogram (`stampede_common::histogram::decode`): what a coordinator
-//!   does with every message an agent sends. Each also through the
-//!   coordinator's sparse path (`decode_steps_sparse`, `histogram::sparse`),
-//!   which must accept and refuse the same inputs and merge to the same
-//!   histograms as the stock one.
+//!   does with every message an agent sends — both now the coordinator's
+//!   accumulator path (`convert::add_steps`, `histogram::accum`), which
+//!   must accept and refuse the same inputs as the stock one (hdrhistogram's
+//!   decoder, `Histogram::add`: [`stock_decode_steps`]), merge to the same
+//!   histograms, and leave an accumulator as it was when it refuses.
 //! - [`grpc_message`]: bytes → the `AgentMessage` of a session → the
 //!   coordinator's bounds (`stampede_proto::limits`) → decode and checked
 //!   merge (see the module).
@@ -25,9 +26,9 @@ use std::path::Path;
 use prost::Message;
 use stampede_common::histogram;
 use stampede_common::plan::{load_str, Format, Plan};
-use stampede_common::histogram::sparse;
-use stampede_common::stats::RunStats;
-use stampede_proto::convert::{decode_steps, decode_steps_sparse};
+use stampede_common::histogram::accum::Accum;
+use stampede_common::stats::{RunStats, ScheduleStats, StepRecord};
+use stampede_proto::convert::{decode_counts, decode_steps};
 use stampede_proto::v1::Snapshot;
 
 /// A fuzz target: returns for every input; a panic is a finding.
@@ -148,7 +149,7 @@ pub fn snapshot_decoder(data: &[u8]) {
 pub fn snapshot_decoder_outcome(data: &[u8]) -> String {
     let snapshot = match Snapshot::decode(data) {
         Err(_) => "snapshot: not protobuf".to_string(),
-        Ok(snapshot) => match same_as_sparse(&snapshot) {
+        Ok(snapshot) => match same_as_stock(&snapshot) {
             Err(e) => format!("snapshot: {}", message_shape(&e.to_string())),
             Ok(stats) => {
                 let mut seen = 0;
@@ -165,13 +166,17 @@ pub fn snapshot_decoder_outcome(data: &[u8]) -> String {
             }
         },
     };
-    // The coordinator's sparse decode and add: the same verdict, the same sum.
+    // The coordinator's accumulator, already holding counts (one close to
+    // 2^64): the same verdict, the same sum, nothing left of a refusal.
     let mut total = histogram::new_hist();
+    for (v, n) in [(1, 3), (1_000, 7), (2_000_000, u64::MAX - 5)] {
+        total.saturating_record_n(v, n);
+    }
+    let mut fast = Accum::from_hist(&total);
     let stock = histogram::decode(data).and_then(|h| histogram::add(&mut total, &h));
-    let mut fast = histogram::new_hist();
-    let quick = sparse::decode(data, &mut Vec::new()).map(|s| s.add_to(&mut fast));
-    assert_eq!(stock.is_ok(), quick.is_ok(), "stock {stock:?}, sparse {quick:?}");
-    assert!(fast == total, "the sparse path merged another histogram");
+    let quick = fast.add_encoded(data, &mut Vec::new());
+    assert_eq!(stock.is_ok(), quick.is_ok(), "stock {stock:?}, accum {quick:?}");
+    assert!(fast.to_hist() == total, "the accumulator merged another histogram");
     let hist = match histogram::decode(data) {
         Err(e) => format!("hist: {}", message_shape(&e.to_string())),
         Ok(h) => {
@@ -185,17 +190,51 @@ pub fn snapshot_decoder_outcome(data: &[u8]) -> String {
     format!("{snapshot}; {hist}")
 }
 
-/// `decode_steps` of a snapshot, after checking that the coordinator's
-/// sparse path accepts it exactly when the stock one does, and merges it
-/// into run totals to the same records.
-fn same_as_sparse(s: &Snapshot) -> Result<RunStats, stampede_proto::convert::DecodeError> {
-    let stock = decode_steps(&s.steps, &s.phases);
-    let quick = decode_steps_sparse(&s.steps, &s.phases, &mut Vec::new());
+/// A snapshot decoded the stock way: each histogram by hdrhistogram's
+/// decoder, added with `Histogram::add`, counts checked as the coordinator
+/// checks them. The reference the accumulator path is compared to.
+pub fn stock_decode_steps(s: &Snapshot) -> Result<RunStats, String> {
+    let mut out = RunStats::default();
+    for st in &s.steps {
+        let (key, c) = decode_counts(st).map_err(|e| e.to_string())?;
+        let h = |bytes: &[u8]| histogram::decode(bytes).map_err(|e| e.to_string());
+        let record = StepRecord {
+            latency: h(&st.latency_hist)?,
+            service: h(&st.service_hist)?,
+            dispatch: h(&st.dispatch_hist)?,
+            handshake: h(&st.handshake_hist)?,
+            requests: c.requests,
+            errors: c.errors,
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            statuses: c.statuses,
+            checks: c.checks,
+        };
+        let slot = out.steps.entry(key).or_default();
+        if !slot.fits(&record) {
+            return Err("overflow".into());
+        }
+        slot.add(&record).map_err(|e| e.to_string())?;
+    }
+    for p in &s.phases {
+        let add = ScheduleStats { scheduled: p.scheduled, dropped: p.dropped, late: p.late, max_lag_us: p.max_lag_us, last_done_us: p.last_done_us };
+        let slot = out.schedule.entry(p.phase).or_default();
+        if !slot.fits(&add) {
+            return Err("schedule overflow".into());
+        }
+        slot.add(&add);
+    }
+    Ok(out)
+}
+
+/// `decode_steps` (the accumulator path) of a snapshot, after checking that
+/// it accepts the snapshot exactly when the stock decode does, with the
+/// same records.
+fn same_as_stock(s: &Snapshot) -> Result<RunStats, stampede_proto::convert::DecodeError> {
+    let stock = stock_decode_steps(s);
+    let quick = decode_steps(&s.steps, &s.phases);
     match (&stock, &quick) {
-        (Ok(stats), Ok(sparse)) => {
-            let (mut a, mut b) = (RunStats::default(), RunStats::default());
-            let (ra, rb) = (a.checked_add(stats), b.checked_add_sparse(sparse));
-            assert_eq!(ra.is_ok(), rb.is_ok(), "stock {ra:?}, sparse {rb:?}");
+        (Ok(a), Ok(b)) => {
             assert_eq!(a.steps.len(), b.steps.len());
             for ((ka, x), (kb, y)) in a.steps.iter().zip(&b.steps) {
                 assert_eq!(ka, kb);
@@ -206,9 +245,9 @@ fn same_as_sparse(s: &Snapshot) -> Result<RunStats, stampede_proto::convert::Dec
             assert_eq!(a.schedule, b.schedule);
         }
         (Err(_), Err(_)) => {}
-        _ => panic!("stock {:?}, sparse {:?}", stock.as_ref().err(), quick.as_ref().err()),
+        _ => panic!("stock {:?}, accum {:?}", stock.as_ref().err(), quick.as_ref().err()),
     }
-    stock
+    quick
 }
 
 /// The reproducer behind the target binaries on stable: runs `target` on

@@ -1,9 +1,12 @@
 //! Between the wire messages and the measurement types both sides compute
 //! with: histograms travel as V2 bytes (deflated when large) and come back bit-exact.
 
-use stampede_common::histogram::{self, sparse, CodecError};
-use stampede_common::stats::sparse::{SparseRecord, SparseStats};
-use stampede_common::stats::{CheckCount, ErrorKind, RunStats, ScheduleStats, StepKey, StepRecord};
+mod hists;
+
+use std::collections::BTreeMap;
+
+use stampede_common::histogram::{self, CodecError};
+use stampede_common::stats::{AccStats, CheckCount, ErrorKind, Record, RunStats, ScheduleStats, StepKey};
 
 use crate::v1::{CheckTally, ErrorCount, FaultStatus, Outcome, PhaseSchedule, StatusCount, StepStats};
 
@@ -99,41 +102,32 @@ pub enum DecodeError {
 }
 
 /// A step entry's key and counters, checked (histograms aside).
-struct Counts {
-    key: StepKey,
-    errors: [u64; ErrorKind::ALL.len()],
-    statuses: std::collections::BTreeMap<u16, u64>,
-    checks: std::collections::BTreeMap<u32, CheckCount>,
-}
-
-fn decode_counts(s: &StepStats) -> Result<Counts, DecodeError> {
+pub fn decode_counts(s: &StepStats) -> Result<(StepKey, Record<()>), DecodeError> {
     let ok = match Outcome::try_from(s.outcome) {
         Ok(Outcome::Ok) => true,
         Ok(Outcome::Error) => false,
         _ => return Err(DecodeError::Outcome(s.outcome)),
     };
-    let mut errors = [0u64; ErrorKind::ALL.len()];
+    let overflow = || DecodeError::Overflow { phase: s.phase, step: s.step };
+    let mut r = Record::<()> { requests: s.requests, bytes_sent: s.bytes_sent, bytes_received: s.bytes_received, ..Default::default() };
     for e in &s.errors {
         let kind = ErrorKind::parse(&e.kind).ok_or_else(|| DecodeError::ErrorKind(e.kind.clone()))?;
-        errors[kind as usize] = errors[kind as usize].checked_add(e.count).ok_or(DecodeError::Overflow { phase: s.phase, step: s.step })?;
+        r.errors[kind as usize] = r.errors[kind as usize].checked_add(e.count).ok_or_else(overflow)?;
     }
-    let overflow = || DecodeError::Overflow { phase: s.phase, step: s.step };
-    let mut statuses = std::collections::BTreeMap::new();
     for c in &s.statuses {
         let status = u16::try_from(c.status).ok().filter(|s| (100..=999).contains(s)).ok_or(DecodeError::Status(c.status))?;
-        let n: &mut u64 = statuses.entry(status).or_default();
+        let n: &mut u64 = r.statuses.entry(status).or_default();
         *n = n.checked_add(c.count).ok_or_else(overflow)?;
     }
-    let mut checks = std::collections::BTreeMap::new();
     for c in &s.checks {
-        let n: &mut CheckCount = checks.entry(c.check).or_default();
+        let n: &mut CheckCount = r.checks.entry(c.check).or_default();
         n.passed = n.passed.checked_add(c.passed).ok_or_else(overflow)?;
         n.failed = n.failed.checked_add(c.failed).ok_or_else(overflow)?;
     }
-    Ok(Counts { key: StepKey { phase: s.phase, step: s.step, ok }, errors, statuses, checks })
+    Ok((StepKey { phase: s.phase, step: s.step, ok }, r))
 }
 
-fn decode_schedules(phases: &[PhaseSchedule], schedule: &mut std::collections::BTreeMap<u32, ScheduleStats>) -> Result<(), DecodeError> {
+fn decode_schedules(phases: &[PhaseSchedule], schedule: &mut BTreeMap<u32, ScheduleStats>) -> Result<(), DecodeError> {
     for p in phases {
         let s = ScheduleStats { scheduled: p.scheduled, dropped: p.dropped, late: p.late, max_lag_us: p.max_lag_us, last_done_us: p.last_done_us };
         let slot = schedule.entry(p.phase).or_default();
@@ -145,72 +139,156 @@ fn decode_schedules(phases: &[PhaseSchedule], schedule: &mut std::collections::B
     Ok(())
 }
 
+/// A snapshot's entries decoded to `Histogram`s (the timeline's final
+/// intervals, tests): [`add_steps`] into an empty accumulator, converted.
 pub fn decode_steps(steps: &[StepStats], phases: &[PhaseSchedule]) -> Result<RunStats, DecodeError> {
-    let mut out = RunStats::default();
-    for s in steps {
-        let Counts { key, errors, statuses, checks } = decode_counts(s)?;
-        let record = StepRecord {
-            latency: histogram::decode(&s.latency_hist)?,
-            service: histogram::decode(&s.service_hist)?,
-            dispatch: histogram::decode(&s.dispatch_hist)?,
-            handshake: histogram::decode(&s.handshake_hist)?,
-            requests: s.requests,
-            errors,
-            bytes_sent: s.bytes_sent,
-            bytes_received: s.bytes_received,
-            statuses,
-            checks,
-        };
-        // Checked: the same key twice in one snapshot adds its counts.
-        let slot = out.steps.entry(key).or_default();
-        if !slot.fits(&record) {
-            return Err(DecodeError::Overflow { phase: s.phase, step: s.step });
-        }
-        slot.add(&record)?;
-    }
-    decode_schedules(phases, &mut out.schedule)?;
-    Ok(out)
+    let mut acc = AccStats::default();
+    add_steps(steps, phases, None, &mut [&mut acc], |_| 0, &mut Vec::new())?;
+    Ok(acc.to_run_stats())
 }
 
-/// What [`decode_steps`] decodes, with each histogram's non-zero counts
-/// only (`histogram::sparse`): what the coordinator merges, without a full
-/// histogram array per entry. Accepts and refuses what `decode_steps`
-/// does; `scratch` is reused for inflated histograms.
-pub fn decode_steps_sparse(steps: &[StepStats], phases: &[PhaseSchedule], scratch: &mut Vec<u8>) -> Result<SparseStats, DecodeError> {
-    let mut out = SparseStats::default();
+/// Adds a snapshot's entries, each decoded straight into the accumulators
+/// (`histogram::accum`): every entry to `total` (when given) and to
+/// `parts[part_of(entry)]`; the schedules to `total` and `parts[0]`.
+/// All or nothing: counts that would pass 2^64 in the snapshot or in a
+/// target, or a histogram that does not decode, and nothing was added
+/// anywhere. `scratch` holds inflated histograms.
+pub fn add_steps(
+    steps: &[StepStats],
+    phases: &[PhaseSchedule],
+    mut total: Option<&mut AccStats>,
+    parts: &mut [&mut AccStats],
+    part_of: impl Fn(&StepStats) -> usize,
+    scratch: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
+    // Counters first, all checked before anything is added: per part and
+    // key within the snapshot, then against the targets.
+    let mut counts: BTreeMap<(usize, StepKey), Record<()>> = BTreeMap::new();
+    let mut routed = Vec::with_capacity(steps.len());
     for s in steps {
-        let Counts { key, errors, statuses, checks } = decode_counts(s)?;
-        let record = SparseRecord {
-            latency: sparse::decode(&s.latency_hist, scratch)?,
-            service: sparse::decode(&s.service_hist, scratch)?,
-            dispatch: sparse::decode(&s.dispatch_hist, scratch)?,
-            handshake: sparse::decode(&s.handshake_hist, scratch)?,
-            requests: s.requests,
-            errors,
-            bytes_sent: s.bytes_sent,
-            bytes_received: s.bytes_received,
-            statuses,
-            checks,
-        };
-        match out.steps.entry(key) {
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(record);
-            }
-            // Checked: the same key twice in one snapshot adds its counts.
-            std::collections::btree_map::Entry::Occupied(mut o) => {
-                if !o.get_mut().checked_add(&record) {
-                    return Err(DecodeError::Overflow { phase: s.phase, step: s.step });
-                }
-            }
+        let (key, r) = decode_counts(s)?;
+        let part = part_of(s);
+        assert!(part < parts.len(), "part_of names a part");
+        let slot = counts.entry((part, key)).or_default();
+        if !slot.fits(&r) {
+            return Err(DecodeError::Overflow { phase: s.phase, step: s.step });
+        }
+        slot.add_counters(&r);
+        routed.push((part, key));
+    }
+    let mut schedule = BTreeMap::new();
+    decode_schedules(phases, &mut schedule)?;
+    let mut by_key: BTreeMap<StepKey, Record<()>> = BTreeMap::new();
+    for ((part, key), r) in &counts {
+        let overflow = DecodeError::Overflow { phase: key.phase, step: key.step };
+        let all = by_key.entry(*key).or_default();
+        if !all.fits(r) || !parts[*part].steps.get(key).is_none_or(|mine| mine.fits(r)) {
+            return Err(overflow);
+        }
+        all.add_counters(r);
+    }
+    for (key, r) in &by_key {
+        if total.as_ref().is_some_and(|t| !t.steps.get(key).is_none_or(|mine| mine.fits(r))) {
+            return Err(DecodeError::Overflow { phase: key.phase, step: key.step });
         }
     }
-    decode_schedules(phases, &mut out.schedule)?;
-    Ok(out)
+    for (p, s) in &schedule {
+        let fits = |t: &AccStats| t.schedule.get(p).copied().unwrap_or_default().fits(s);
+        if total.as_deref().is_some_and(|t| !fits(t)) || parts.first().is_some_and(|t| !fits(t)) {
+            return Err(DecodeError::ScheduleOverflow(*p));
+        }
+    }
+    // Then the histograms (which may still be refused): undone on error.
+    hists::add_all(steps, &routed, total.as_deref_mut(), parts, scratch)?;
+    for ((part, key), r) in &counts {
+        parts[*part].steps.entry(*key).or_default().add_counters(r);
+    }
+    for (key, r) in &by_key {
+        if let Some(t) = total.as_deref_mut() {
+            t.steps.entry(*key).or_default().add_counters(r);
+        }
+    }
+    for (p, s) in &schedule {
+        if let Some(t) = total.as_deref_mut() {
+            t.schedule.entry(*p).or_default().add(s);
+        }
+        if let Some(t) = parts.first_mut() {
+            t.schedule.entry(*p).or_default().add(s);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stampede_common::stats::StepRecord;
+
+    /// A plain V2 histogram of stampede's shape with this payload.
+    fn v2(payload: &[u8]) -> Vec<u8> {
+        let mut b = 0x1c84_9313u32.to_be_bytes().to_vec();
+        b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&3u32.to_be_bytes());
+        b.extend_from_slice(&1u64.to_be_bytes());
+        b.extend_from_slice(&histogram::HIGHEST_US.to_be_bytes());
+        b.extend_from_slice(&1.0f64.to_bits().to_be_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn a_snapshot_is_added_whole_or_not_at_all() {
+        let mut stats = RunStats::default();
+        for step in 0..3 {
+            let mut r = StepRecord { requests: 10 + u64::from(step), ..Default::default() };
+            for v in [100, 2_000, 30_000] {
+                histogram::record_us(&mut r.latency, v * u64::from(step + 1));
+                histogram::record_us(&mut r.service, v);
+            }
+            stats.steps.insert(StepKey { phase: 0, step, ok: true }, r);
+        }
+        stats.schedule.insert(0, ScheduleStats { scheduled: 5, ..Default::default() });
+        let (steps, phases) = encode_steps(&stats);
+        let mut scratch = Vec::new();
+        let (mut total, mut first) = (AccStats::default(), AccStats::default());
+        add_steps(&steps[..1], &phases, Some(&mut total), &mut [&mut first], |_| 0, &mut scratch).unwrap();
+        let before = total.to_run_stats();
+        // The last entry's dispatch histogram holds a count one past the
+        // array, after counts that fit: refused, and nothing of the
+        // snapshot stays anywhere, no record created for its steps.
+        let mut forged = steps.clone();
+        forged[2].dispatch_hist = v2(&[0x05, 0x0a, 0xff, 0xef, 0x02, 0x02]);
+        let mut part = AccStats::default();
+        let err = add_steps(&forged, &phases, Some(&mut total), &mut [&mut part], |_| 0, &mut scratch);
+        assert!(err.is_err());
+        let mut other = AccStats::default();
+        let err = add_steps(&forged, &phases, Some(&mut total), &mut [&mut part, &mut other], |s| s.step as usize % 2, &mut scratch);
+        assert!(matches!(err, Err(DecodeError::Histogram(_))), "{err:?}");
+        assert!(part.steps.is_empty() && part.schedule.is_empty() && other.steps.is_empty());
+        let after = total.to_run_stats();
+        assert_eq!(after.steps.keys().collect::<Vec<_>>(), before.steps.keys().collect::<Vec<_>>());
+        for (k, r) in &after.steps {
+            let b = &before.steps[k];
+            assert!(r.latency == b.latency && r.service == b.service && r.dispatch == b.dispatch && r.requests == b.requests, "{k:?}");
+        }
+        assert_eq!(after.schedule, before.schedule);
+        // Whole: each entry to the total and its part, the schedule to part 0.
+        add_steps(&steps, &phases, Some(&mut total), &mut [&mut part, &mut other], |s| s.step as usize % 2, &mut scratch).unwrap();
+        let total = total.to_run_stats();
+        let k0 = StepKey { phase: 0, step: 0, ok: true };
+        assert_eq!(total.steps[&k0].requests, 20);
+        assert_eq!(total.steps[&k0].latency.len(), 6);
+        assert_eq!(part.to_run_stats().steps.keys().map(|k| k.step).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(other.to_run_stats().steps[&StepKey { phase: 0, step: 1, ok: true }].service, stats.steps[&StepKey { phase: 0, step: 1, ok: true }].service);
+        assert_eq!((part.schedule.len(), other.schedule.len(), total.schedule[&0].scheduled), (1, 0, 10));
+        // Counts that would pass 2^64 in the total: refused before any histogram is read.
+        let mut full = AccStats::default();
+        full.steps.insert(k0, stampede_common::stats::AccRecord { requests: u64::MAX, ..Default::default() });
+        let err = add_steps(&steps, &phases, Some(&mut full), &mut [&mut AccStats::default()], |_| 0, &mut scratch);
+        assert!(matches!(err, Err(DecodeError::Overflow { phase: 0, step: 0 })), "{err:?}");
+        assert!(full.steps[&k0].latency.is_empty() && full.steps.len() == 1);
+    }
 
     #[test]
     fn run_stats_survive_the_wire() {

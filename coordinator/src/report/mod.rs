@@ -146,7 +146,8 @@ pub struct RunFacts<'a> {
 
 pub fn build(f: RunFacts<'_>) -> Report {
     let plan = f.plan;
-    let stats: &RunStats = &f.aggregate.total;
+    let total = f.aggregate.total_stats();
+    let stats: &RunStats = &total;
     // The run's own numbers are the load's: probes are reported apart.
     let load = |k: &StepKey| k.phase < plan.probe_phase();
     let all = stats.summarize(load);
