@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::{self, Dialer, Endpoint, Resolver};
+use crate::flow::CompiledFlow;
 use crate::http::RequestTemplate;
 use crate::worker::{self, Part, WorkerPlan};
 
@@ -113,6 +114,7 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
     let (endpoint, addrs, dialer) = reach(&spec.plan, connects, resolver, &cancel).await?;
     let authority = endpoint.authority.as_str();
     let (templates, flows) = compile_requests(&spec.plan, authority)?;
+    let (templates, flows) = (Arc::new(templates), Arc::new(flows));
     // Per step with `data:`: its rows on this agent, drawn by every worker.
     let data = Arc::new(crate::data::StepRows::for_plan(&spec.plan, spec.agent_index, spec.agent_count));
     let workers = spec.workers.max(1);
@@ -194,7 +196,7 @@ async fn reach(plan: &Plan, connects: bool, resolver: Resolver, cancel: &Cancell
 /// The steps' request templates with their checks, and the flow steps'
 /// requests (`flow.rs`), compiled once per run; the checks' plan-wide index
 /// runs on across steps.
-fn compile_requests(plan: &Plan, authority: &str) -> Result<(Arc<Vec<RequestTemplate>>, Arc<Vec<Option<crate::flow::CompiledFlow>>>), EngineError> {
+fn compile_requests(plan: &Plan, authority: &str) -> Result<(Vec<RequestTemplate>, Vec<Option<CompiledFlow>>), EngineError> {
     let mut base = 0u32;
     let mut templates = Vec::with_capacity(plan.steps.len());
     for s in &plan.steps {
@@ -204,9 +206,9 @@ fn compile_requests(plan: &Plan, authority: &str) -> Result<(Arc<Vec<RequestTemp
     }
     let user_agent = concat!("User-Agent: stampede/", env!("CARGO_PKG_VERSION"), "\r\n");
     let flows = (0..plan.steps.len())
-        .map(|i| crate::flow::CompiledFlow::new(plan, i, authority, user_agent).map_err(|e| EngineError::Check(plan.steps[i].name.clone(), e)))
+        .map(|i| CompiledFlow::new(plan, i, authority, user_agent).map_err(|e| EngineError::Check(plan.steps[i].name.clone(), e)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((Arc::new(templates), Arc::new(flows)))
+    Ok((templates, flows))
 }
 
 /// The wall-clock `start` on this process's monotonic clock, mapped once.
