@@ -251,4 +251,24 @@ fn main() {
         }
         println!();
     }
+    // A read: the accumulator of a run's 64 typical snapshots made a
+    // `Histogram` (reports, the timeline, SLO judging: per read, never per
+    // snapshot).
+    let mut acc = Accum::default();
+    let mut scratch = Vec::new();
+    for bytes in &kinds[0].plain {
+        acc.add_encoded(bytes, &mut scratch).expect("decodes");
+    }
+    let mut per_read = Vec::new();
+    for _ in 0..reps {
+        let clock = || cpu_time().unwrap_or_else(|| Instant::now().duration_since(*EPOCH.get_or_init(Instant::now)));
+        let (start, mut n) = (clock(), 0u32);
+        while clock() - start < budget / 10 {
+            black_box(acc.to_hist());
+            n += 1;
+        }
+        per_read.push((clock() - start).as_secs_f64() * 1e6 / f64::from(n));
+    }
+    let (med, lo, hi) = median_range(per_read);
+    println!("read: Accum::to_hist of 64 typical snapshots added up: {med:.1} µs [{lo:.1}–{hi:.1}] per conversion");
 }

@@ -19,29 +19,25 @@ pub trait Histo: Clone + std::fmt::Debug {
     fn reset(&mut self);
 }
 
-impl Histo for Hist {
-    fn empty() -> Self {
-        histogram::new_hist()
-    }
-    fn is_empty(&self) -> bool {
-        Hist::is_empty(self)
-    }
-    fn reset(&mut self) {
-        Hist::reset(self)
-    }
+/// `Hist` and `Accum` are both histograms of stampede's shape, with the
+/// same three operations under the same names.
+macro_rules! histo {
+    ($t:ty, $empty:expr) => {
+        impl Histo for $t {
+            fn empty() -> Self {
+                $empty
+            }
+            fn is_empty(&self) -> bool {
+                <$t>::is_empty(self)
+            }
+            fn reset(&mut self) {
+                <$t>::reset(self)
+            }
+        }
+    };
 }
-
-impl Histo for Accum {
-    fn empty() -> Self {
-        Accum::default()
-    }
-    fn is_empty(&self) -> bool {
-        Accum::is_empty(self)
-    }
-    fn reset(&mut self) {
-        Accum::reset(self)
-    }
-}
+histo!(Hist, histogram::new_hist());
+histo!(Accum, Accum::default());
 
 impl Histo for () {
     fn empty() -> Self {}
@@ -253,11 +249,17 @@ impl<H: Histo> Record<H> {
 
     /// The counters alone.
     pub fn counters(&self) -> Record<()> {
+        self.with_hists([(); 4])
+    }
+
+    /// These counters with other histograms (latency, service, dispatch,
+    /// handshake).
+    pub fn with_hists<G: Histo>(&self, [latency, service, dispatch, handshake]: [G; 4]) -> Record<G> {
         Record {
-            latency: (),
-            service: (),
-            dispatch: (),
-            handshake: (),
+            latency,
+            service,
+            dispatch,
+            handshake,
             requests: self.requests,
             errors: self.errors,
             bytes_sent: self.bytes_sent,
@@ -316,19 +318,9 @@ impl StepRecord {
 impl AccRecord {
     /// The record with its histograms made `Histogram`s (a read).
     pub fn to_step_record(&self) -> StepRecord {
-        Record {
-            latency: self.latency.to_hist(),
-            service: self.service.to_hist(),
-            dispatch: self.dispatch.to_hist(),
-            // Mostly empty (plain HTTP): no array to scan.
-            handshake: if self.handshake.is_empty() { histogram::new_hist() } else { self.handshake.to_hist() },
-            requests: self.requests,
-            errors: self.errors,
-            bytes_sent: self.bytes_sent,
-            bytes_received: self.bytes_received,
-            statuses: self.statuses.clone(),
-            checks: self.checks.clone(),
-        }
+        // Mostly empty (plain HTTP): no array to scan.
+        let handshake = if self.handshake.is_empty() { histogram::new_hist() } else { self.handshake.to_hist() };
+        self.with_hists([self.latency.to_hist(), self.service.to_hist(), self.dispatch.to_hist(), handshake])
     }
 }
 

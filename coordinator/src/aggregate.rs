@@ -254,7 +254,12 @@ impl Aggregate {
             add_steps(&s.steps, &s.phases, Some(&mut self.total), &mut parts, part_of, &mut self.scratch)
         };
         self.timeline.opened(&dues, merged.is_ok());
-        merged.map_err(decode)?;
+        merged.map_err(|e| match e {
+            // Checked against the run's totals (and the intervals', which
+            // are parts of them) before any histogram was read.
+            DecodeError::Overflow { .. } | DecodeError::ScheduleOverflow(_) => overflow("run"),
+            e => decode(e),
+        })?;
         let agent = self.agents.get_mut(&s.agent_id).expect("looked up above");
         agent.seqs.insert(seq);
         while agent.seqs.contains(&agent.contiguous.map_or(0, |c| c + 1)) {
