@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use stampede_common::plan::Plan;
 use stampede_common::stats::RunStats;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::{self, Dialer, Endpoint, Resolver};
@@ -110,39 +110,12 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
     // (a service node has no reason to hold the load's CA or client key,
     // nor to resolve a name only the load agents can), only its intervals.
     let connects = spec.rate_share > 0.0 || spec.concurrency.iter().any(|&c| c > 0) || !probes.is_empty();
-    let (endpoint, addrs) = if connects {
-        let Target { endpoint, addrs, dialer } = target(&spec.plan, &resolver).await?;
-        // Every address the name resolves to, and again every RESOLVE_EVERY:
-        // the workers spread their new connections over the current list.
-        let addrs = connect::watch_addresses(resolver, &endpoint, addrs, cancel.clone());
-        (endpoint, Some((addrs, dialer)))
-    } else {
-        (Endpoint::parse(&spec.plan.target).map_err(|_| EngineError::BadTarget(spec.plan.target.clone()))?, None)
-    };
-    let (addrs, dialer) = addrs.unwrap_or_else(connect::never_dialed);
+    let (endpoint, addrs, dialer) = reach(&spec.plan, connects, resolver, &cancel).await?;
     let authority = endpoint.authority.as_str();
-    // Checks compiled once per run; their plan-wide index runs on across steps.
-    let mut base = 0u32;
-    let mut templates = Vec::with_capacity(spec.plan.steps.len());
-    for s in &spec.plan.steps {
-        let checks = CompiledChecks::new(&s.checks, base).map_err(|e| EngineError::Check(s.name.clone(), e))?;
-        base += s.checks.len() as u32;
-        templates.push(RequestTemplate::new(s, authority).with_checks(checks));
-    }
-    let templates = Arc::new(templates);
-    // Flow steps' requests, compiled once per run (`flow.rs`).
-    let user_agent = concat!("User-Agent: stampede/", env!("CARGO_PKG_VERSION"), "\r\n");
-    let flows = (0..spec.plan.steps.len())
-        .map(|i| crate::flow::CompiledFlow::new(&spec.plan, i, authority, user_agent).map_err(|e| EngineError::Check(spec.plan.steps[i].name.clone(), e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let flows = Arc::new(flows);
+    let Requests { templates, flows } = compile_requests(&spec.plan, authority)?;
     let workers = spec.workers.max(1);
     let max_connections = raise_open_files_limit();
-    // Map the wall-clock start onto this process's monotonic clock once.
-    let run_start = match spec.start.duration_since(SystemTime::now()) {
-        Ok(ahead) => Instant::now() + ahead,
-        Err(behind) => Instant::now() - behind.duration(),
-    };
+    let run_start = monotonic(spec.start);
 
     // One counter per phase for the whole agent: its workers' connections
     // take iterations from it, so a fast connection does more (k6's
@@ -198,6 +171,54 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
     let max_late = stampede_proto::limits::late_intervals(interval, spec.plan.longest_request());
     tokio::spawn(collect(parts_rx, tx, producers, spec.start, interval, max_late));
     Ok(rx)
+}
+
+/// The target as the workers reach it: its URL taken apart, and — when
+/// this agent `connects` at all — the addresses its name resolves to (again
+/// every `RESOLVE_EVERY`, the workers spreading their new connections over
+/// the current list) and the dialer; else addresses nobody dials.
+async fn reach(plan: &Plan, connects: bool, resolver: Resolver, cancel: &CancellationToken) -> Result<(Endpoint, watch::Receiver<Arc<[SocketAddr]>>, Dialer), EngineError> {
+    if !connects {
+        let endpoint = Endpoint::parse(&plan.target).map_err(|_| EngineError::BadTarget(plan.target.clone()))?;
+        let (addrs, dialer) = connect::never_dialed();
+        return Ok((endpoint, addrs, dialer));
+    }
+    let Target { endpoint, addrs, dialer } = target(plan, &resolver).await?;
+    let addrs = connect::watch_addresses(resolver, &endpoint, addrs, cancel.clone());
+    Ok((endpoint, addrs, dialer))
+}
+
+/// The steps' request templates with their checks, and the flow steps'
+/// requests (`flow.rs`), compiled once per run; the checks' plan-wide index
+/// runs on across steps.
+fn compile_requests(plan: &Plan, authority: &str) -> Result<Requests, EngineError> {
+    let mut base = 0u32;
+    let mut templates = Vec::with_capacity(plan.steps.len());
+    for s in &plan.steps {
+        let checks = CompiledChecks::new(&s.checks, base).map_err(|e| EngineError::Check(s.name.clone(), e))?;
+        base += s.checks.len() as u32;
+        templates.push(RequestTemplate::new(s, authority).with_checks(checks));
+    }
+    let user_agent = concat!("User-Agent: stampede/", env!("CARGO_PKG_VERSION"), "\r\n");
+    let flows = (0..plan.steps.len())
+        .map(|i| crate::flow::CompiledFlow::new(plan, i, authority, user_agent).map_err(|e| EngineError::Check(plan.steps[i].name.clone(), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Requests { templates: Arc::new(templates), flows: Arc::new(flows) })
+}
+
+/// The run's requests, compiled once and shared by every worker.
+struct Requests {
+    templates: Arc<Vec<RequestTemplate>>,
+    /// A flow step's requests, by step index (`None` for a plain step).
+    flows: Arc<Vec<Option<crate::flow::CompiledFlow>>>,
+}
+
+/// The wall-clock `start` on this process's monotonic clock, mapped once.
+fn monotonic(start: SystemTime) -> Instant {
+    match start.duration_since(SystemTime::now()) {
+        Ok(ahead) => Instant::now() + ahead,
+        Err(behind) => Instant::now() - behind.duration(),
+    }
 }
 
 /// Raises this process's soft limit on open files to its hard limit, and
