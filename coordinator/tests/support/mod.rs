@@ -1,7 +1,8 @@
 //! Shared by the tests that drive the real binaries as separate processes
-//! (`standing.rs`, `lifecycle.rs`, `examples.rs`): a guard that kills every
-//! child it started — on success, on a failed assertion and on a panic —
-//! free loopback ports, and the `stampede-agent` binary.
+//! (`standing.rs`, `lifecycle.rs`, `examples.rs`, `flows.rs`, `probes.rs`): a
+//! guard that kills every child it started — on success, on a failed
+//! assertion and on a panic — free loopback ports, the `stampede-agent`
+//! binary, and `stampede run` of a plan text to its report ([`run_plan`]).
 //!
 //! Every child writes its stdout and stderr to a file in the guard's
 //! temporary directory (a pipe nobody drains would block a chatty child);
@@ -15,6 +16,8 @@ pub mod fleet;
 pub mod fake_agent;
 /// nftables checks and a table guard (`crash_drills.rs`, `trust_signals.rs`).
 pub mod nft;
+/// A keep-alive HTTP server answering with the test's handler (`flows.rs`, `probes.rs`).
+pub mod http;
 
 use std::fs::File;
 use std::io::Read;
@@ -147,6 +150,25 @@ pub fn stampede_output_with_path(args: &[&str], path_prefix: Option<&Path>, limi
     let _ = done_tx.send(());
     let _ = watchdog.join();
     out
+}
+
+/// `stampede run PLAN --local-agents N --out DIR` of `plan` (YAML text):
+/// the exit code, stderr and report.json. Panics, with the stderr, when
+/// there is no report.
+pub fn run_plan(plan: &str, agents: usize) -> (i32, String, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plan.yaml");
+    std::fs::write(&file, plan).unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(stampede()).arg("run").arg(&file).args(["--local-agents", &agents.to_string(), "--out"]).arg(&out).output().expect("stampede runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let text = std::fs::read_to_string(out.join("report.json")).unwrap_or_else(|e| panic!("no report ({e}); stderr:\n{stderr}"));
+    (output.status.code().unwrap_or(-1), stderr, serde_json::from_str(&text).unwrap())
+}
+
+/// The report's entry for step `name` (a flow request is `STEP/REQUEST`).
+pub fn step<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no step {name} in {}", report["steps"]))
 }
 
 /// `stampede agents --coordinator URL --insecure`'s table, or None if it failed.
