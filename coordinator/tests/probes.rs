@@ -6,27 +6,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::stampede;
-
-/// `stampede run` of `plan` with `agents` local agents; exit code, stderr, report.
-fn run(plan: &str, agents: usize) -> (i32, String, Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("plan.yaml");
-    std::fs::write(&file, plan).unwrap();
-    let out = dir.path().join("out");
-    let output = Command::new(stampede()).arg("run").arg(&file).args(["--local-agents", &agents.to_string(), "--out"]).arg(&out).output().expect("stampede runs");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let text = std::fs::read_to_string(out.join("report.json")).unwrap_or_else(|e| panic!("no report ({e}); stderr:\n{stderr}"));
-    (output.status.code().unwrap_or(-1), stderr, serde_json::from_str(&text).unwrap())
-}
+use support::http::{HttpServer, Reply};
+use support::{run_plan, stampede};
 
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
@@ -55,7 +43,7 @@ slos:
   - { metric: error_rate, scope: "probe:health", pass: "< 1%" }
   - { metric: error_rate, scope: "probe:strict", pass: "< 1%" }
 "#;
-    let (code, stderr, r) = run(plan, 2);
+    let (code, stderr, r) = run_plan(plan, 2);
     // Each series judged in its own scope: the load's and `health` pass,
     // `strict` fails, and only that rule fails the run.
     assert_eq!(code, 1, "stderr:\n{stderr}\n{r:#}");
@@ -102,41 +90,15 @@ fn a_plan_whose_steady_state_names_no_probe_is_refused_naming_the_line() {
     assert!(stderr.contains("plan.yaml:10: steady_state.probes[0]: there is no probe `helth`"), "{stderr}");
 }
 
-/// A health endpoint of the test's own on a free loopback port (HTTP/1.1,
-/// keep-alive unless the request says `Connection: close`): every request gets `200 {"ok": true}` while `healthy` is set, `200 {"ok":
+/// A health endpoint of the test's own on loopback (`support/http.rs`):
+/// every request gets `200 {"ok": true}` while `healthy` is set, `200 {"ok":
 /// false}` otherwise — a status the probe accepts, so only its JSON check
-/// can tell. The thread ends with the test process.
-fn json_health(healthy: Arc<AtomicBool>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let healthy = healthy.clone();
-            std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                // Keep-alive: answer each request head on the connection.
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let close = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase().contains("connection: close");
-                        got.drain(..end + 4);
-                        let body = if healthy.load(Ordering::SeqCst) { r#"{"ok": true}"# } else { r#"{"ok": false}"# };
-                        let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                        if conn.write_all(reply.as_bytes()).is_err() || close {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+/// can tell.
+fn json_health(healthy: Arc<AtomicBool>) -> HttpServer {
+    HttpServer::start(move |_| {
+        let body = if healthy.load(Ordering::SeqCst) { r#"{"ok": true}"# } else { r#"{"ok": false}"# };
+        Reply::new(200, body).header("Content-Type: application/json")
+    })
 }
 
 fn json_plan(target: SocketAddr) -> String {
@@ -150,10 +112,11 @@ fn json_plan(target: SocketAddr) -> String {
 #[test]
 fn a_probe_check_on_a_json_field_passes_and_fails_both_ways() {
     let healthy = Arc::new(AtomicBool::new(true));
-    let target = json_health(healthy.clone());
+    let server = json_health(healthy.clone());
+    let target = server.addr;
 
     // Healthy all along: every probe response passes `says-ok`, the verdict passes.
-    let (code, stderr, r) = run(&json_plan(target), 1);
+    let (code, stderr, r) = run_plan(&json_plan(target), 1);
     assert_eq!(code, 0, "{stderr}\n{r:#}");
     let p = &r["probes"][0];
     assert!(n(&p["checks"]["says-ok"]["passed"]) >= 6, "{p:#}");
@@ -172,7 +135,7 @@ fn a_probe_check_on_a_json_field_passes_and_fails_both_ways() {
             healthy.store(false, Ordering::SeqCst);
         })
     };
-    let (code, stderr, r) = run(&json_plan(target), 1);
+    let (code, stderr, r) = run_plan(&json_plan(target), 1);
     flip.join().unwrap();
     assert_eq!(code, 1, "{stderr}\n{r:#}");
     let p = &r["probes"][0];
