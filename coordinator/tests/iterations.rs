@@ -3,12 +3,13 @@
 //! reads (it counts every load request it received, and the most it was
 //! handling at once).
 
-use std::path::Path;
-use std::process::Command;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use stampede_target::{Behaviour, TargetHandle, TargetStats};
+use support::{run_plan, step};
 
 struct Target {
     rt: tokio::runtime::Runtime,
@@ -38,27 +39,8 @@ impl Drop for Target {
     }
 }
 
-/// Runs `plan` (YAML text) with `agents` local agents; exit code, stderr, report.
-fn run(plan: &str, agents: usize) -> (i32, String, Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("plan.yaml");
-    std::fs::write(&file, plan).unwrap();
-    let out = dir.path().join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_stampede"))
-        .args(["run"])
-        .arg(&file)
-        .args(["--local-agents", &agents.to_string(), "--out"])
-        .arg(&out)
-        .output()
-        .expect("stampede runs");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let text = std::fs::read_to_string(Path::new(&out).join("report.json")).unwrap_or_else(|_| panic!("no report; stderr:\n{stderr}"));
-    (output.status.code().unwrap_or(-1), stderr, serde_json::from_str(&text).unwrap())
-}
-
 fn step_requests(r: &Value, name: &str) -> u64 {
-    let step = r["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no step {name}: {r:#}"));
-    step["requests"].as_u64().unwrap()
+    step(r, name)["requests"].as_u64().unwrap()
 }
 
 /// The chat-bridge runbook's "100 messages at concurrency 4": exactly 100
@@ -74,7 +56,7 @@ fn count_100_at_concurrency_4_sends_exactly_100_never_more_than_4_at_once() {
         target.url()
     );
     let began = Instant::now();
-    let (code, stderr, r) = run(&plan, 3);
+    let (code, stderr, r) = run_plan(&plan, 3);
     let took = began.elapsed();
     assert_eq!(code, 0, "stderr:\n{stderr}\n{r:#}");
     assert_eq!(r["verdict"], "pass");
@@ -113,7 +95,7 @@ fn per_worker_3_at_concurrency_20_sends_60() {
         "name: rounds\ntarget: {}\nphases:\n  - {{ name: rounds, load: {{ model: iterations, per_worker: 3, concurrency: 20, max_duration: 30s }} }}\nsteps:\n  - {{ name: s, request: {{ path: /x }} }}\n",
         target.url()
     );
-    let (code, stderr, r) = run(&plan, 2);
+    let (code, stderr, r) = run_plan(&plan, 2);
     assert_eq!(code, 0, "stderr:\n{stderr}\n{r:#}");
     let stats = target.stats();
     assert_eq!(stats.requests, 60, "{stats:?}");
@@ -131,7 +113,7 @@ fn a_count_cut_short_by_max_duration_fails_and_says_how_many_did_not_run() {
         "name: short\ntarget: {}\nphases:\n  - {{ name: slow, load: {{ model: iterations, count: 1000, concurrency: 1, max_duration: 1s }}, steps: [a] }}\n  - {{ name: after, duration: 1s, load: {{ model: closed, concurrency: 1 }}, steps: [b] }}\nsteps:\n  - {{ name: a, request: {{ path: /a }} }}\n  - {{ name: b, request: {{ path: /b }} }}\nslos:\n  - {{ metric: error_rate, pass: \"< 1%\" }}\n",
         target.url()
     );
-    let (code, stderr, r) = run(&plan, 1);
+    let (code, stderr, r) = run_plan(&plan, 1);
     assert_eq!(code, 1, "stderr:\n{stderr}\n{r:#}");
     assert_eq!(r["verdict"], "fail");
     assert!(r["phases"][0].get("active_s").is_none(), "cut short: it lasted max_duration");
