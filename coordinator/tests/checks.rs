@@ -5,20 +5,15 @@
 //! says `{"ok": false}` (a status window); statuses counted in report.json;
 //! `check:NAME` and `status:5xx` SLOs judged from those counts.
 
-use std::process::Command;
+mod support;
+
 
 use serde_json::Value;
 
 /// Runs `plan` (YAML text) with one local agent; the exit code and report.json.
 fn run(plan: &str) -> (i32, Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("plan.yaml");
-    std::fs::write(&file, plan).unwrap();
-    let out = dir.path().join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_stampede")).arg("run").arg(&file).args(["--local-agents", "1", "--out"]).arg(&out).output().expect("stampede runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let text = std::fs::read_to_string(out.join("report.json")).unwrap_or_else(|_| panic!("no report; stderr:\n{stderr}"));
-    (output.status.code().unwrap_or(-1), serde_json::from_str(&text).unwrap())
+    let (code, _stderr, report) = support::run_plan(plan, 1);
+    (code, report)
 }
 
 /// A `/health` step with three checks, accepting any status so that only
