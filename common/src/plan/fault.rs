@@ -468,4 +468,54 @@ mod tests {
         assert!(s("0.0.0.0/0").cidr().is_err());
         assert!(s("example.com").cidr().is_err());
     }
+
+    /// Every refusal of `validate_faults`, by field path and message: pins
+    /// the checks' order and wording (they were split into one function per
+    /// block; a plan author reads these).
+    #[test]
+    fn each_fault_refusal_names_its_field() {
+        const NET: &str = "scope: { dst: 198.18.0.2 }";
+        let cases: &[(&str, &str, &str)] = &[
+            ("{ name: 'a b', kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1 } }", "faults[0].name", "must be letters, digits"),
+            ("{ name: '', kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1 } }", "faults[0].name", "must be letters, digits"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1 } }\n  - { name: a, kind: cpu, at: 2s, duration: 1s, cpu: { workers: 1 } }", "faults[1].name", "fault `a` is defined twice"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 0s, cpu: { workers: 1 } }", "faults[0].duration", "must be more than 0s"),
+            ("{ name: a, kind: cpu, at: 10s, duration: 1s, cpu: { workers: 1 } }", "faults[0].at", "starts at 10s but the run lasts only 10s"),
+            ("{ name: a, kind: cpu, at: 5s, duration: 6s, cpu: { workers: 1 } }", "faults[0].duration", "the window ends at 11s (at 5s + 6s), after the run's planned end at 10s"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1 }, netem: { delay: 1ms } }", "faults[0].netem", "does not apply to a `cpu` fault"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s }", "faults[0].netem", "a `netem` fault needs `netem`"),
+            ("{ name: a, kind: partition, at: 1s, duration: 1s }", "faults[0].scope", "a `partition` fault needs `scope`"),
+            ("{ name: a, kind: partition, at: 1s, duration: 1s, scope: { dst: 0.0.0.0/0 } }", "faults[0].scope.dst", ""),
+            ("{ name: a, kind: partition, at: 1s, duration: 1s, scope: { dst: 198.18.0.2, port: 0 } }", "faults[0].scope.port", "must be 1–65535"),
+            ("{ name: a, kind: partition, at: 1s, duration: 1s, scope: { dst: 198.18.0.2, dev: 'e th0' } }", "faults[0].scope.dev", "must be a device name or `auto`"),
+            ("{ name: a, kind: loss, at: 1s, duration: 1s, loss: 5%, scope: { dst: 198.18.0.2, direction: ingress } }", "faults[0].scope.direction", "`ingress` is for netem and rate faults; a `loss` fault covers both directions"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s, netem: {}, NET }", "faults[0].netem", "sets nothing"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s, netem: { loss: 1%, jitter: 1ms }, NET }", "faults[0].netem.delay", "jitter, correlation and distribution need a `delay`"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s, netem: { loss: 1%, reorder: 1% }, NET }", "faults[0].netem.reorder", "reordering needs a `delay`"),
+            ("{ name: a, kind: netem, at: 1s, duration: 1s, netem: { rate: fast }, NET }", "faults[0].netem.rate", "`fast` is not a tc rate"),
+            ("{ name: a, kind: rate, at: 1s, duration: 1s, rate: fast, NET }", "faults[0].rate", "`fast` is not a tc rate"),
+            ("{ name: a, kind: pause, at: 1s, duration: 1s, instance: { driver: process, name: x, pid: 1 } }", "faults[0].instance", "the process driver takes exactly one of `name`, `pid` or `pid_file`"),
+            ("{ name: a, kind: stop, at: 1s, duration: 1s, instance: { driver: process, name: x } }", "faults[0].instance.start", "a stopped process cannot be resumed"),
+            ("{ name: a, kind: pause, at: 1s, duration: 1s, instance: { driver: docker } }", "faults[0].instance.name", "the docker driver needs the instance's `name`"),
+            ("{ name: a, kind: pause, at: 1s, duration: 1s, instance: { driver: docker, name: x, pid: 1 } }", "faults[0].instance", "`pid`, `pid_file` and `start` belong to the process driver, not docker"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 1s, cpu: { workers: 0 } }", "faults[0].cpu.workers", "must be 1–1024"),
+            ("{ name: a, kind: cpu, at: 1s, duration: 1s, cpu: { workers: 1, load: 0% } }", "faults[0].cpu.load", "must be more than 0%"),
+            ("{ name: a, kind: memory, at: 1s, duration: 1s, memory: { size: 0MB } }", "faults[0].memory.size", "must be more than 0"),
+            ("{ name: a, kind: memory, at: 1s, duration: 1s, memory: { size: lots } }", "faults[0].memory.size", ""),
+        ];
+        for (fault, path, message) in cases {
+            let text = format!(
+                "name: f\ntarget: http://127.0.0.1:1\nphases:\n  - {{ name: p, duration: 10s, load: {{ model: open, rate: 1/s }} }}\nsteps: [{{ name: s }}]\nfaults:\n  - {}\n",
+                fault.replace("NET", NET)
+            );
+            let err = match crate::plan::load_str(&text, crate::plan::Format::Yaml, std::path::Path::new("p.yaml")) {
+                Ok(_) => panic!("accepted: {fault}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(&format!(" {path}: {message}")), "{fault}\n  wanted {path}: {message}\n  got {err}");
+        }
+        let ok = "{ name: a, kind: netem, at: 1s, duration: 1s, netem: { delay: 5ms, jitter: 1ms }, scope: { dst: 198.18.0.2, port: 80 } }";
+        let text = format!("name: f\ntarget: http://127.0.0.1:1\nphases:\n  - {{ name: p, duration: 10s, load: {{ model: open, rate: 1/s }} }}\nsteps: [{{ name: s }}]\nfaults:\n  - {ok}\n");
+        crate::plan::load_str(&text, crate::plan::Format::Yaml, std::path::Path::new("p.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
