@@ -20,7 +20,7 @@ use stampede_proto::convert::unix_nanos;
 use stampede_proto::v1::agent_message::Msg as Up;
 use stampede_proto::v1::agent_service_client::AgentServiceClient;
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{AgentMessage, Assignment, ClockEcho, Heartbeat, RecoveredFault, Register};
+use stampede_proto::v1::{AgentMessage, Assignment, ClockEcho, CoordinatorMessage, Heartbeat, RecoveredFault, Register};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -246,44 +246,7 @@ fn open_injector(cfg: &AgentConfig) -> (Option<Arc<Injector>>, Vec<RecoveredFaul
 const MAX_COORDINATOR_MESSAGE: usize = 64 * 1024 * 1024;
 
 async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &CancellationToken) -> anyhow::Result<SessionEnd> {
-    let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
-    let active_run_id = state.run.as_ref().filter(|r| !r.is_over()).map(|r| r.id.clone()).unwrap_or_default();
-    tx.send(message(Up::Register(Register {
-        agent_id: cfg.agent_id.clone(),
-        labels: cfg.labels.clone().into_iter().collect(),
-        capacity: cfg.capacity,
-        capabilities: state.capabilities.clone(),
-        clock_unix_nanos: unix_nanos(SystemTime::now()),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        workers: cfg.workers as u32,
-        node: cfg.node.clone(),
-        instance: state.instance,
-        active_run_id,
-        lease_ms: cfg.lease.as_millis() as u64,
-        recovered: state.recovered.clone(),
-        max_connections: crate::engine::raise_open_files_limit(),
-    })))
-    .await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(token) = &cfg.token {
-        request.metadata_mut().insert(AUTHORIZATION, token.metadata());
-    }
-    let open = async {
-        let channel = tls::endpoint(&cfg.coordinator, cfg.tls.as_ref())?.connect().await?;
-        // An assignment carries the plan's data files (up to 32 MiB of
-        // text, `plan::data::MAX_DATA_BYTES`): past tonic's 4 MiB default.
-        let inbound = AgentServiceClient::new(channel).max_decoding_message_size(MAX_COORDINATOR_MESSAGE).session(request).await?.into_inner();
-        anyhow::Ok(inbound)
-    };
-    // With a run going on, an attempt must not outlast the lease.
-    let limit = match state.run {
-        Some(_) => CONNECT_LIMIT.min((state.last_contact + cfg.lease).saturating_duration_since(Instant::now()).max(Duration::from_millis(100))),
-        None => CONNECT_LIMIT,
-    };
-    let mut inbound = tokio::time::timeout(limit, open).await.map_err(|_| anyhow::anyhow!("no session within {limit:?}: connecting, the TLS handshake and registering took longer"))??;
-    state.last_contact = Instant::now();
-    info!(message = "Registered with the coordinator.", coordinator = %cfg.coordinator, unacknowledged = state.outbox.pending());
-
+    let (tx, mut inbound) = open_session(cfg, state).await?;
     // Everything unacknowledged goes out again first, then what comes next.
     let sent = Arc::new(AtomicU64::new(0));
     let pump = tokio::spawn(pump(state.outbox.clone(), tx.clone(), sent.clone()));
@@ -301,30 +264,7 @@ async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &Cancellat
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => {
                     state.last_contact = Instant::now();
-                    match m.msg {
-                        Some(Down::Assignment(a)) => assign(a, cfg, state),
-                        Some(Down::Abort(a)) => {
-                            if let Some(r) = state.run.as_ref().filter(|r| r.id == a.run_id) {
-                                warn!(message = "Run aborted by the coordinator.", run = %r.id, reason = %a.reason);
-                                r.stop(&format!("aborted by the coordinator: {}", a.reason));
-                            }
-                        }
-                        Some(Down::ClockProbe(p)) => {
-                            let t2 = unix_nanos(SystemTime::now());
-                            let echo = ClockEcho { t1_unix_nanos: p.t1_unix_nanos, t2_unix_nanos: t2, t3_unix_nanos: unix_nanos(SystemTime::now()) };
-                            let _ = tx.try_send(message(Up::ClockEcho(echo)));
-                        }
-                        Some(Down::Delivered(d)) => state.outbox.ack(d.upto),
-                        Some(Down::SteadyState(req)) => {
-                            // Off the session's loop: the probes may take their timeout.
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                let reply = crate::probe::steady::answer(req).await;
-                                let _ = tx.send(message(Up::SteadyState(reply))).await;
-                            });
-                        }
-                        Some(Down::Registered(_)) | Some(Down::Heartbeat(_)) | None => {}
-                    }
+                    on_message(m.msg, cfg, state, &tx);
                 }
                 Ok(None) => break SessionEnd::Closed,
                 Err(status) => return Err(status.into()),
@@ -348,6 +288,82 @@ async fn session(cfg: &AgentConfig, state: &mut AgentState, shutdown: &Cancellat
         let _ = tokio::time::timeout(FLUSH_LIMIT, async { while let Ok(Some(_)) = inbound.message().await {} }).await;
     }
     Ok(end)
+}
+
+/// Dials the coordinator and registers: the session's sending half and its
+/// inbound stream. With a run going on, the attempt must not outlast the lease.
+async fn open_session(cfg: &AgentConfig, state: &mut AgentState) -> anyhow::Result<(mpsc::Sender<AgentMessage>, tonic::Streaming<CoordinatorMessage>)> {
+    let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
+    tx.send(message(Up::Register(register(cfg, state)))).await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &cfg.token {
+        request.metadata_mut().insert(AUTHORIZATION, token.metadata());
+    }
+    let open = async {
+        let channel = tls::endpoint(&cfg.coordinator, cfg.tls.as_ref())?.connect().await?;
+        // An assignment carries the plan's data files (up to 32 MiB of
+        // text, `plan::data::MAX_DATA_BYTES`): past tonic's 4 MiB default.
+        let inbound = AgentServiceClient::new(channel).max_decoding_message_size(MAX_COORDINATOR_MESSAGE).session(request).await?.into_inner();
+        anyhow::Ok(inbound)
+    };
+    let limit = match state.run {
+        Some(_) => CONNECT_LIMIT.min((state.last_contact + cfg.lease).saturating_duration_since(Instant::now()).max(Duration::from_millis(100))),
+        None => CONNECT_LIMIT,
+    };
+    let inbound = tokio::time::timeout(limit, open).await.map_err(|_| anyhow::anyhow!("no session within {limit:?}: connecting, the TLS handshake and registering took longer"))??;
+    state.last_contact = Instant::now();
+    info!(message = "Registered with the coordinator.", coordinator = %cfg.coordinator, unacknowledged = state.outbox.pending());
+    Ok((tx, inbound))
+}
+
+/// What this agent tells the coordinator of itself at each session: who
+/// and what it is, the run it is still executing, the faults it recovered.
+fn register(cfg: &AgentConfig, state: &AgentState) -> Register {
+    let active_run_id = state.run.as_ref().filter(|r| !r.is_over()).map(|r| r.id.clone()).unwrap_or_default();
+    Register {
+        agent_id: cfg.agent_id.clone(),
+        labels: cfg.labels.clone().into_iter().collect(),
+        capacity: cfg.capacity,
+        capabilities: state.capabilities.clone(),
+        clock_unix_nanos: unix_nanos(SystemTime::now()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        workers: cfg.workers as u32,
+        node: cfg.node.clone(),
+        instance: state.instance,
+        active_run_id,
+        lease_ms: cfg.lease.as_millis() as u64,
+        recovered: state.recovered.clone(),
+        max_connections: crate::engine::raise_open_files_limit(),
+    }
+}
+
+/// One message from the coordinator, on the session's loop (nothing here
+/// may wait: a steady-state check runs off the loop).
+fn on_message(msg: Option<Down>, cfg: &AgentConfig, state: &mut AgentState, tx: &mpsc::Sender<AgentMessage>) {
+    match msg {
+        Some(Down::Assignment(a)) => assign(a, cfg, state),
+        Some(Down::Abort(a)) => {
+            if let Some(r) = state.run.as_ref().filter(|r| r.id == a.run_id) {
+                warn!(message = "Run aborted by the coordinator.", run = %r.id, reason = %a.reason);
+                r.stop(&format!("aborted by the coordinator: {}", a.reason));
+            }
+        }
+        Some(Down::ClockProbe(p)) => {
+            let t2 = unix_nanos(SystemTime::now());
+            let echo = ClockEcho { t1_unix_nanos: p.t1_unix_nanos, t2_unix_nanos: t2, t3_unix_nanos: unix_nanos(SystemTime::now()) };
+            let _ = tx.try_send(message(Up::ClockEcho(echo)));
+        }
+        Some(Down::Delivered(d)) => state.outbox.ack(d.upto),
+        Some(Down::SteadyState(req)) => {
+            // Off the session's loop: the probes may take their timeout.
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let reply = crate::probe::steady::answer(req).await;
+                let _ = tx.send(message(Up::SteadyState(reply))).await;
+            });
+        }
+        Some(Down::Registered(_)) | Some(Down::Heartbeat(_)) | None => {}
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -10,7 +10,7 @@ use stampede_common::plan::{AgentSelector, Model, Plan};
 use stampede_proto::convert::unix_nanos;
 use stampede_proto::limits::{RunBounds, RunTiming};
 use stampede_proto::v1::coordinator_message::Msg as Down;
-use stampede_proto::v1::{Assignment, CoordinatorMessage};
+use stampede_proto::v1::{Assignment, CoordinatorMessage, DataFile};
 
 use crate::fleet::{AgentEntry, Fleet};
 use crate::report::Report;
@@ -93,11 +93,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     let mut events = fleet.begin_run(&run_id).ok_or(RunError::Busy)?;
     let _claim = RunClaim(fleet);
     let plan = Arc::new(req.plan);
-
-    // The CLI's number wins over the plan's, so one plan serves fleets of any size.
-    let expect = if req.expect_agents > 0 { req.expect_agents } else { plan.agents.count.unwrap_or(0) as usize };
-    let agents = wait_for_agents(fleet, &plan.agents, expect, req.wait, abort).await?;
-    let agents = load_agents_first(with_clock_estimates(fleet, agents).await);
+    let agents = gather_agents(fleet, &plan, req.expect_agents, req.wait, abort).await?;
     fleet.set_run_agents(agents.iter().map(|a| a.id.clone()));
     let names: Vec<String> = agents.iter().map(|a| if a.capacity == 0 { format!("{} (fault-only)", a.id) } else { a.id.clone() }).collect();
     progress(format!("run {run_id}: {} agent(s): {}", agents.len(), names.join(", ")));
@@ -120,24 +116,12 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     } else {
         preflight.for_run()?
     };
-    let capacities: Vec<u32> = agents.iter().map(|a| a.capacity).collect();
-    // In u64: two agents declaring `--capacity 3000000000` would wrap a u32.
-    let total_capacity: u64 = capacities.iter().map(|&c| u64::from(c)).sum();
-    let per_phase: Vec<Vec<u32>> =
-        plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Open { 0 } else { p.load.concurrency.unwrap_or(0) }, &capacities)).collect();
-    let iterations = crate::split::iterations(&plan, &per_phase);
-    // A fault-only agent (capacity 0) gets no share; with no load agent at
-    // all (a dry run) nobody does.
-    let rate_shares: Vec<f64> = capacities.iter().map(|&c| if total_capacity == 0 { 0.0 } else { f64::from(c) / total_capacity as f64 }).collect();
-    crate::load_bounds::check(&plan, &agents, &per_phase)?;
-    // References only (`{ secret_env: TOKEN }`): the values go beside it, per agent.
-    let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
-    let secrets = plan.secret_values();
-    // Data files' rows, like secrets, beside the plan (a dry run sends none).
-    let mut data_files = crate::split::data_files(&plan, &capacities);
-    for line in crate::split::data_summary(&plan, &data_files) {
+    let mut shares = Shares::new(&plan, &agents)?;
+    for line in crate::split::data_summary(&plan, &shares.data) {
         progress(line);
     }
+    // References only (`{ secret_env: TOKEN }`): the values go beside it, per agent.
+    let plan_json = serde_json::to_string(&*plan).expect("plans serialize");
     // Chaos Toolkit's hypothesis first: no load and no fault on a target
     // that is already unwell. Asked of the probe agent (the first).
     if plan.steady_state.is_some() && !req.dry_run {
@@ -152,39 +136,10 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     }
     let (start, start_instant) = (SystemTime::now() + START_LEAD, Instant::now() + START_LEAD);
     let start_nanos = unix_nanos(start);
+    let dispatch = Dispatch { run_id: &run_id, plan: &plan, plan_json: &plan_json, start_nanos, faults: &faults_per_agent, dry_run: req.dry_run, simulate_faults: req.simulate_faults };
+    send_assignments(&agents, &mut shares, &dispatch).await?;
 
-    for (i, a) in agents.iter().enumerate() {
-        let assignment = Assignment {
-            run_id: run_id.clone(),
-            plan_json: plan_json.clone(),
-            rate_share: rate_shares[i],
-            concurrency: per_phase.iter().map(|p| p[i]).collect(),
-            start_unix_nanos: start_nanos,
-            clock_offset_nanos: a.clock_offset_nanos,
-            agent_index: i as u32,
-            agent_count: agents.len() as u32,
-            faults: faults_per_agent[i].clone(),
-            dry_run: req.dry_run,
-            iterations: iterations.iter().map(|p| p[i]).collect(),
-            simulate_faults: req.simulate_faults,
-            secrets: stampede_proto::secrets_to_wire(&plan.secrets_for_agent(i, a.capacity > 0, &faults_per_agent[i], &secrets)),
-            data: if req.dry_run { Vec::new() } else { std::mem::take(&mut data_files[i]) },
-        };
-        let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
-        a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;
-    }
-
-    let bounds = RunBounds::new(
-        &run_id,
-        plan.phases.len(),
-        plan.steps.len(),
-        plan.faults.iter().map(|f| f.name.clone()).collect(),
-        RunTiming { duration: plan.measured_duration(), interval: plan.interval.as_duration(), timeout: plan.longest_request() },
-        start_nanos,
-    )
-    .with_probes(plan.probes.len())
-    .with_flows(plan.flow_requests().count())
-    .with_checks(plan.check_names().len());
+    let bounds = run_bounds(&run_id, &plan, start_nanos);
     let dry_agents = req.dry_run.then(|| agents.clone());
     let mut run = Run::new(RunSetup { fleet, progress, run_id, plan, agents, bounds, start, start_instant, dry_run: req.dry_run });
     // The loop only waits and dispatches; `Run` decides what each event means.
@@ -207,25 +162,133 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     // was stopped or lost agents: its verdict is already decided by that,
     // and a lost agent's faults may still be on).
     if run.plan.steady_state.is_some() && !req.dry_run && run.stop.is_none() && run.all_finished() {
-        let (plan, agent) = (run.plan.clone(), run.agents[0].id.clone());
-        let ask = crate::steady::Ask { fleet, agent_id: &agent, run_id: &run.run_id, plan: &plan, plan_json: &plan_json };
-        tokio::select! {
-            after = crate::steady::hold(&ask, &mut events) => {
-                progress(match &after {
-                    Ok(()) => "steady state holds after the run".to_string(),
-                    Err(why) => format!("steady state did not hold after the run: {why}"),
-                });
-                run.steady_after = after.err();
-            }
-            // Ctrl-C or `halt` now: the report says so, and halt does not wait for `within`.
-            _ = abort.triggered() => run.on_interrupt(abort.reason().to_string()).await,
-        }
+        steady_after(&mut run, fleet, &plan_json, &mut events, abort, progress).await;
     }
     let mut report = run.finish().await;
     if let Some(agents) = dry_agents {
         report.dry_run = Some(crate::dryrun::DryRun::new(&report, &preflight, &agents));
     }
     Ok(report)
+}
+
+/// The run's agents once enough are there (the CLI's number wins over the
+/// plan's, so one plan serves fleets of any size), with fresh clock
+/// estimates, load agents first.
+async fn gather_agents(fleet: &Fleet, plan: &Plan, expect_agents: usize, wait: Duration, abort: &Interrupt) -> Result<Vec<AgentEntry>, RunError> {
+    let expect = if expect_agents > 0 { expect_agents } else { plan.agents.count.unwrap_or(0) as usize };
+    let agents = wait_for_agents(fleet, &plan.agents, expect, wait, abort).await?;
+    Ok(load_agents_first(with_clock_estimates(fleet, agents).await))
+}
+
+/// Each agent's share of the load, by its declared capacity.
+struct Shares {
+    /// Closed-model and iterations connections, per phase then agent.
+    per_phase: Vec<Vec<u32>>,
+    /// Iterations, per phase then agent.
+    iterations: Vec<Vec<u64>>,
+    /// The fraction of every open-model rate, per agent.
+    rate_shares: Vec<f64>,
+    /// The data files' rows, per agent (`split::data_files`): sent beside
+    /// the plan like the secrets.
+    data: Vec<Vec<DataFile>>,
+}
+
+impl Shares {
+    /// Refused when a share is more than its agent can hold (`load_bounds`).
+    fn new(plan: &Plan, agents: &[AgentEntry]) -> Result<Shares, RunError> {
+        let capacities: Vec<u32> = agents.iter().map(|a| a.capacity).collect();
+        // In u64: two agents declaring `--capacity 3000000000` would wrap a u32.
+        let total_capacity: u64 = capacities.iter().map(|&c| u64::from(c)).sum();
+        let per_phase: Vec<Vec<u32>> =
+            plan.phases.iter().map(|p| split_by_capacity(if p.load.model == Model::Open { 0 } else { p.load.concurrency.unwrap_or(0) }, &capacities)).collect();
+        let iterations = crate::split::iterations(plan, &per_phase);
+        // A fault-only agent (capacity 0) gets no share; with no load agent at
+        // all (a dry run) nobody does.
+        let rate_shares: Vec<f64> = capacities.iter().map(|&c| if total_capacity == 0 { 0.0 } else { f64::from(c) / total_capacity as f64 }).collect();
+        crate::load_bounds::check(plan, agents, &per_phase)?;
+        let data = crate::split::data_files(plan, &capacities);
+        Ok(Shares { per_phase, iterations, rate_shares, data })
+    }
+}
+
+/// What every agent's assignment has in common.
+struct Dispatch<'a> {
+    run_id: &'a str,
+    plan: &'a Plan,
+    plan_json: &'a str,
+    start_nanos: i64,
+    /// The faults each agent applies, by agent index.
+    faults: &'a [Vec<u32>],
+    dry_run: bool,
+    simulate_faults: bool,
+}
+
+/// Sends each agent its assignment: its share, its faults, the secrets
+/// it needs (none to a fault-only agent that sends no request) and its data
+/// rows (none in a dry run); each agent's rows leave `shares` with it.
+async fn send_assignments(agents: &[AgentEntry], shares: &mut Shares, d: &Dispatch<'_>) -> Result<(), RunError> {
+    let secrets = d.plan.secret_values();
+    for (i, a) in agents.iter().enumerate() {
+        let assignment = Assignment {
+            run_id: d.run_id.to_string(),
+            plan_json: d.plan_json.to_string(),
+            rate_share: shares.rate_shares[i],
+            concurrency: shares.per_phase.iter().map(|p| p[i]).collect(),
+            start_unix_nanos: d.start_nanos,
+            clock_offset_nanos: a.clock_offset_nanos,
+            agent_index: i as u32,
+            agent_count: agents.len() as u32,
+            faults: d.faults[i].clone(),
+            dry_run: d.dry_run,
+            iterations: shares.iterations.iter().map(|p| p[i]).collect(),
+            simulate_faults: d.simulate_faults,
+            secrets: stampede_proto::secrets_to_wire(&d.plan.secrets_for_agent(i, a.capacity > 0, &d.faults[i], &secrets)),
+            data: if d.dry_run { Vec::new() } else { std::mem::take(&mut shares.data[i]) },
+        };
+        let msg = CoordinatorMessage { msg: Some(Down::Assignment(assignment)) };
+        a.tx.send(Ok(msg)).await.map_err(|_| RunError::Send(a.id.clone()))?;
+    }
+    Ok(())
+}
+
+/// What an agent may send for this run, and no more (`limits::RunBounds`).
+fn run_bounds(run_id: &str, plan: &Plan, start_nanos: i64) -> RunBounds {
+    RunBounds::new(
+        run_id,
+        plan.phases.len(),
+        plan.steps.len(),
+        plan.faults.iter().map(|f| f.name.clone()).collect(),
+        RunTiming { duration: plan.measured_duration(), interval: plan.interval.as_duration(), timeout: plan.longest_request() },
+        start_nanos,
+    )
+    .with_probes(plan.probes.len())
+    .with_flows(plan.flow_requests().count())
+    .with_checks(plan.check_names().len())
+}
+
+/// The steady state checked again after the run, by its probe agent; what
+/// it finds goes into the verdict. Ctrl-C or `halt` now: the report says
+/// so, and halt does not wait for `within`.
+async fn steady_after(
+    run: &mut Run<'_>,
+    fleet: &Fleet,
+    plan_json: &str,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::fleet::AgentEvent>,
+    abort: &Interrupt,
+    progress: &(dyn Fn(String) + Send + Sync),
+) {
+    let (plan, agent) = (run.plan.clone(), run.agents[0].id.clone());
+    let ask = crate::steady::Ask { fleet, agent_id: &agent, run_id: &run.run_id, plan: &plan, plan_json };
+    tokio::select! {
+        after = crate::steady::hold(&ask, events) => {
+            progress(match &after {
+                Ok(()) => "steady state holds after the run".to_string(),
+                Err(why) => format!("steady state did not hold after the run: {why}"),
+            });
+            run.steady_after = after.err();
+        }
+        _ = abort.triggered() => run.on_interrupt(abort.reason().to_string()).await,
+    }
 }
 
 /// The run's agents with the fault-only ones (capacity 0) last, each group

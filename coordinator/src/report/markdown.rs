@@ -88,7 +88,6 @@ pub(super) fn totals_line(r: &Report) -> String {
 
 /// The tables shared by the markdown file and the terminal summary.
 fn tables(r: &Report, out: &mut String) {
-    let t = &r.totals;
     let _ = writeln!(out, "{}\n", totals_line(r));
     if r.faults_simulated {
         let _ = writeln!(out, "{SIMULATED_NOTE}\n");
@@ -97,6 +96,25 @@ fn tables(r: &Report, out: &mut String) {
     if !fault_only.is_empty() {
         let _ = writeln!(out, "Fault-only agents (capacity 0: their node's faults, no load): {}\n", fault_only.join(", "));
     }
+    phase_table(r, out);
+    if let Some(h) = &r.tls_handshake_ms {
+        let _ = writeln!(out, "\nTLS handshakes: {} (ms: p50 {}, p90 {}, p99 {}, max {}).", h.count, ms(h.percentiles.p50), ms(h.percentiles.p90), ms(h.percentiles.p99), ms(h.percentiles.max));
+    }
+    if !r.probes.is_empty() {
+        probe_table(r, out);
+    }
+    if !r.faults.is_empty() {
+        fault_table(r, out);
+    }
+    if !r.slos.is_empty() {
+        slo_table(r, out);
+    }
+}
+
+/// A row a phase, then the run's: counts, latency, and how the phase kept
+/// its schedule (open), its count (iterations) or neither (closed).
+fn phase_table(r: &Report, out: &mut String) {
+    let t = &r.totals;
     let _ = writeln!(out, "| phase | model | requests | errors | req/s | p50 | p90 | p95 | p99 | p99.9 | max (ms) | schedule |");
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for p in &r.phases {
@@ -132,54 +150,57 @@ fn tables(r: &Report, out: &mut String) {
         t.throughput_rps,
         latency_cells(&r.latency_ms)
     );
-    if let Some(h) = &r.tls_handshake_ms {
-        let _ = writeln!(out, "\nTLS handshakes: {} (ms: p50 {}, p90 {}, p99 {}, max {}).", h.count, ms(h.percentiles.p50), ms(h.percentiles.p90), ms(h.percentiles.p99), ms(h.percentiles.max));
+}
+
+/// A row a probe: its own series, apart from the load.
+fn probe_table(r: &Report, out: &mut String) {
+    let _ = writeln!(out, "\n| probe | requests | errors | p50 | p90 | p95 | p99 | p99.9 | max (ms) | errors by kind |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for p in &r.probes {
+        let kinds: Vec<String> = p.errors_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(out, "| {} | {} | {} | {} | {} |", p.name, p.requests, p.errors, latency_cells(&p.latency_ms), if kinds.is_empty() { "-".into() } else { kinds.join(", ") });
     }
-    if !r.probes.is_empty() {
-        let _ = writeln!(out, "\n| probe | requests | errors | p50 | p90 | p95 | p99 | p99.9 | max (ms) | errors by kind |");
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-        for p in &r.probes {
-            let kinds: Vec<String> = p.errors_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            let _ = writeln!(out, "| {} | {} | {} | {} | {} |", p.name, p.requests, p.errors, latency_cells(&p.latency_ms), if kinds.is_empty() { "-".into() } else { kinds.join(", ") });
-        }
+}
+
+/// A row a fault on an agent: its window, what became of it, its effect.
+fn fault_table(r: &Report, out: &mut String) {
+    let _ = writeln!(out, "\n| fault | kind | agent | window | status | effect |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for f in &r.faults {
+        let effect = match &f.effect {
+            None => "-".to_string(),
+            Some(e) => format!("{} {:.3} → {:.3}{}", e.measure, e.baseline, e.during, if e.effective { "" } else { " — NO EFFECT" }),
+        };
+        let late = if f.late { " (applied late)" } else { "" };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | +{:.1}s – +{:.1}s | {}{late} | {effect} |",
+            f.name,
+            f.kind,
+            f.agent,
+            f.offset_s,
+            f.offset_s + f.duration_s,
+            if f.error.is_empty() { f.status.clone() } else { format!("{}: {}", f.status, f.error) }
+        );
     }
-    if !r.faults.is_empty() {
-        let _ = writeln!(out, "\n| fault | kind | agent | window | status | effect |");
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
-        for f in &r.faults {
-            let effect = match &f.effect {
-                None => "-".to_string(),
-                Some(e) => format!("{} {:.3} → {:.3}{}", e.measure, e.baseline, e.during, if e.effective { "" } else { " — NO EFFECT" }),
-            };
-            let late = if f.late { " (applied late)" } else { "" };
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | +{:.1}s – +{:.1}s | {}{late} | {effect} |",
-                f.name,
-                f.kind,
-                f.agent,
-                f.offset_s,
-                f.offset_s + f.duration_s,
-                if f.error.is_empty() { f.status.clone() } else { format!("{}: {}", f.status, f.error) }
-            );
-        }
-    }
-    if !r.slos.is_empty() {
-        let _ = writeln!(out, "\n| SLO | scope | observed | pass | warn | status | when |");
-        let _ = writeln!(out, "|---|---|---:|---|---|---|---|");
-        for s in &r.slos {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                subject(s),
-                s.scope,
-                observed(s),
-                s.threshold,
-                s.warn_threshold.as_deref().unwrap_or("-"),
-                status(s.status),
-                when(s)
-            );
-        }
+}
+
+/// A row a rule: what it observed against its thresholds, and when.
+fn slo_table(r: &Report, out: &mut String) {
+    let _ = writeln!(out, "\n| SLO | scope | observed | pass | warn | status | when |");
+    let _ = writeln!(out, "|---|---|---:|---|---|---|---|");
+    for s in &r.slos {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            subject(s),
+            s.scope,
+            observed(s),
+            s.threshold,
+            s.warn_threshold.as_deref().unwrap_or("-"),
+            status(s.status),
+            when(s)
+        );
     }
 }
 
