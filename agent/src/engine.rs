@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::{self, Dialer, Endpoint, Resolver};
-use crate::flow::CompiledFlow;
 use crate::http::RequestTemplate;
 use crate::worker::{self, Part, WorkerPlan};
 
@@ -113,14 +112,9 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
     let connects = spec.rate_share > 0.0 || spec.concurrency.iter().any(|&c| c > 0) || !probes.is_empty();
     let (endpoint, addrs, dialer) = reach(&spec.plan, connects, resolver, &cancel).await?;
     let authority = endpoint.authority.as_str();
-<<<<<<< HEAD
-    let (templates, flows) = compile_requests(&spec.plan, authority)?;
-    let (templates, flows) = (Arc::new(templates), Arc::new(flows));
+    let Requests { templates, flows } = compile_requests(&spec.plan, authority)?;
     // Per step with `data:`: its rows on this agent, drawn by every worker.
     let data = Arc::new(crate::data::StepRows::for_plan(&spec.plan, spec.agent_index, spec.agent_count));
-=======
-    let Requests { templates, flows } = compile_requests(&spec.plan, authority)?;
->>>>>>> i11-split
     let workers = spec.workers.max(1);
     let max_connections = raise_open_files_limit();
     let run_start = monotonic(spec.start);
@@ -200,11 +194,7 @@ async fn reach(plan: &Plan, connects: bool, resolver: Resolver, cancel: &Cancell
 /// The steps' request templates with their checks, and the flow steps'
 /// requests (`flow.rs`), compiled once per run; the checks' plan-wide index
 /// runs on across steps.
-<<<<<<< HEAD
-fn compile_requests(plan: &Plan, authority: &str) -> Result<(Vec<RequestTemplate>, Vec<Option<CompiledFlow>>), EngineError> {
-=======
 fn compile_requests(plan: &Plan, authority: &str) -> Result<Requests, EngineError> {
->>>>>>> i11-split
     let mut base = 0u32;
     let mut templates = Vec::with_capacity(plan.steps.len());
     for s in &plan.steps {
@@ -214,11 +204,6 @@ fn compile_requests(plan: &Plan, authority: &str) -> Result<Requests, EngineErro
     }
     let user_agent = concat!("User-Agent: stampede/", env!("CARGO_PKG_VERSION"), "\r\n");
     let flows = (0..plan.steps.len())
-<<<<<<< HEAD
-        .map(|i| CompiledFlow::new(plan, i, authority, user_agent).map_err(|e| EngineError::Check(plan.steps[i].name.clone(), e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((templates, flows))
-=======
         .map(|i| crate::flow::CompiledFlow::new(plan, i, authority, user_agent).map_err(|e| EngineError::Check(plan.steps[i].name.clone(), e)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Requests { templates: Arc::new(templates), flows: Arc::new(flows) })
@@ -229,7 +214,6 @@ struct Requests {
     templates: Arc<Vec<RequestTemplate>>,
     /// A flow step's requests, by step index (`None` for a plain step).
     flows: Arc<Vec<Option<crate::flow::CompiledFlow>>>,
->>>>>>> i11-split
 }
 
 /// The wall-clock `start` on this process's monotonic clock, mapped once.
