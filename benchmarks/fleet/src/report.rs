@@ -25,6 +25,18 @@ pub struct Sample {
     pub at: i64,
     pub coordinator_s: f64,
     pub bench_s: f64,
+    /// Busy CPU time of the whole machine (all cores, /proc/stat).
+    pub machine_s: f64,
+}
+
+/// Busy time of all cores since boot, seconds: everything but idle and iowait.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = cpu.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest is in user already).
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).copied().unwrap_or(0);
+    Some(busy as f64 / 100.0)
 }
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -42,8 +54,8 @@ impl Sampler {
                     _ = tick.tick() => {}
                     _ = token.cancelled() => break,
                 }
-                if let (Ok(c), Ok(b)) = (cpu_seconds(pid), cpu_seconds(me)) {
-                    out.push(Sample { at: unix_nanos(std::time::SystemTime::now()), coordinator_s: c, bench_s: b });
+                if let (Ok(c), Ok(b), Some(m)) = (cpu_seconds(pid), cpu_seconds(me), machine_busy_seconds()) {
+                    out.push(Sample { at: unix_nanos(std::time::SystemTime::now()), coordinator_s: c, bench_s: b, machine_s: m });
                 }
             }
             out
@@ -102,6 +114,8 @@ pub struct Row {
     /// % of one core, over the steady phase.
     pub cpu_pct: f64,
     pub bench_cpu_pct: f64,
+    /// What everything else on the machine used meanwhile, % of one core.
+    pub others_cpu_pct: f64,
     pub cpu_total_s: f64,
     pub hwm_mib: f64,
     pub rss_mib: f64,
@@ -143,6 +157,7 @@ pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
     let (from, to) = (start + f.warmup_s as i64 * 1_000_000_000, start + f.seconds as i64 * 1_000_000_000);
     let cpu = cpu_pct(&f.samples, from, to, |s| s.coordinator_s);
     let bench_cpu = cpu_pct(&f.samples, from, to, |s| s.bench_s);
+    let others_cpu = cpu_pct(&f.samples, from, to, |s| s.machine_s) - cpu - bench_cpu;
     let cpu_per_second: Vec<f64> = (0..f.seconds as i64)
         .map(|k| cpu_pct(&f.samples, start + k * 1_000_000_000, start + (k + 1) * 1_000_000_000, |s| s.coordinator_s))
         .map(|v| (v * 10.0).round() / 10.0)
@@ -214,6 +229,7 @@ pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
         storm: f.storm,
         cpu_pct: cpu,
         bench_cpu_pct: bench_cpu,
+        others_cpu_pct: others_cpu,
         cpu_total_s,
         hwm_mib: f.hwm_mib,
         rss_mib: f.rss_mib,
@@ -274,10 +290,11 @@ fn ok(r: &Row) -> &'static str {
 
 pub fn row_line(r: &Row) -> String {
     let mut s = format!(
-        "  {}: coordinator CPU {:.1} % of a core (bench {:.0} %), VmHWM {:.0} MiB, merge lag p50/p99/max {:.0}/{:.0}/{:.0} ms, ack lag {:.1}/{:.1}/{:.1} ms, {} snapshots, verdict {}, totals {}",
+        "  {}: coordinator CPU {:.1} % of a core (bench {:.0} %, rest of the machine {:.0} %), VmHWM {:.0} MiB, merge lag p50/p99/max {:.0}/{:.0}/{:.0} ms, ack lag {:.1}/{:.1}/{:.1} ms, {} snapshots, verdict {}, totals {}",
         name(r),
         r.cpu_pct,
         r.bench_cpu_pct,
+        r.others_cpu_pct,
         r.hwm_mib,
         r.merge.p50,
         r.merge.p99,
@@ -300,15 +317,16 @@ pub fn row_line(r: &Row) -> String {
 
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| agents | coordinator CPU (% of a core, steady) | bench CPU (%) | VmHWM (MiB) | merge lag p50 / p99 / max (ms) | ack lag p50 / p99 / max (ms) | snapshots | sessions | resent | verdict | totals |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| agents | coordinator CPU (% of a core, steady) | bench CPU (%) | rest of the machine (%) | VmHWM (MiB) | merge lag p50 / p99 / max (ms) | ack lag p50 / p99 / max (ms) | snapshots | sessions | resent | verdict | totals |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} | {} | {} | {} | {} | {} |\n",
             name(r),
             r.cpu_pct,
             r.bench_cpu_pct,
+            r.others_cpu_pct,
             r.hwm_mib,
             r.merge.p50,
             r.merge.p99,
@@ -332,7 +350,7 @@ pub fn json(rows: &[Row], args: &Value) -> Value {
         .map(|r| {
             json!({
                 "agents": r.agents, "storm": r.storm,
-                "coordinator_cpu_pct_steady": r.cpu_pct, "bench_cpu_pct_steady": r.bench_cpu_pct,
+                "coordinator_cpu_pct_steady": r.cpu_pct, "bench_cpu_pct_steady": r.bench_cpu_pct, "others_cpu_pct_steady": r.others_cpu_pct,
                 "coordinator_cpu_s_total": r.cpu_total_s, "coordinator_cpu_pct_per_second": r.cpu_per_second,
                 "coordinator_cpu_s_by_thread": r.threads.iter().map(|(n, s)| json!({ "thread": n, "cpu_s": s })).collect::<Vec<_>>(),
                 "vm_hwm_mib": r.hwm_mib, "vm_rss_end_mib": r.rss_mib,
