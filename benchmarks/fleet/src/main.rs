@@ -171,7 +171,8 @@ async fn measure(args: &Args, n: usize, storm: bool) -> anyhow::Result<Row> {
     coord.stop().await;
     let submitted = submitted.map_err(|e| anyhow::anyhow!("{e:#}; the coordinator's log: {}", log.display()))?;
     let start = fleet.start.get().copied();
-    let facts = report::Facts { start, agents: n, storm, interval, intervals, warmup_s: warmup, seconds: args.seconds, hwm_mib: hwm, rss_mib: rss, samples, threads };
+    let (snapshot_bytes, histograms) = (fleet.pool.mean_bytes(), fleet.pool.mean_histograms());
+    let facts = report::Facts { start, snapshot_bytes, histograms, agents: n, storm, interval, intervals, warmup_s: warmup, seconds: args.seconds, hwm_mib: hwm, rss_mib: rss, samples, threads };
     let row = report::row(facts, &submitted, &outcomes);
     if args.keep || !row.problems.is_empty() {
         let kept = dir.keep();

@@ -75,6 +75,20 @@ impl Pool {
         Pool { by_phase }
     }
 
+    /// Mean encoded size of an interval's step entries (what a snapshot
+    /// carries, less a few dozen bytes of ids and times).
+    pub fn mean_bytes(&self) -> u64 {
+        use prost::Message;
+        let all: Vec<usize> = self.by_phase.iter().flatten().map(|iv| iv.steps.iter().map(|s| s.encoded_len() + 2).sum()).collect();
+        (all.iter().sum::<usize>() / all.len().max(1)) as u64
+    }
+
+    /// Mean histograms per interval (latency, service, dispatch per entry).
+    pub fn mean_histograms(&self) -> f64 {
+        let all: Vec<usize> = self.by_phase.iter().flatten().map(|iv| iv.steps.len() * 3).collect();
+        all.iter().sum::<usize>() as f64 / all.len().max(1) as f64
+    }
+
     /// Agent `agent`'s interval `seq` in `phase`.
     pub fn pick(&self, phase: u32, agent: usize, seq: u64) -> &Interval {
         let v = &self.by_phase[phase as usize];

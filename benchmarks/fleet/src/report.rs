@@ -72,6 +72,9 @@ impl Sampler {
 pub struct Facts {
     /// The run's common start (unix nanoseconds); None if no agent was assigned.
     pub start: Option<i64>,
+    /// Mean snapshot size and histograms per snapshot.
+    pub snapshot_bytes: u64,
+    pub histograms: f64,
     pub agents: usize,
     pub storm: bool,
     pub interval: Duration,
@@ -120,8 +123,12 @@ pub struct Row {
     pub hwm_mib: f64,
     pub rss_mib: f64,
     pub merge: Lags,
+    /// Per interval (in order): its end to its progress line, ms.
+    pub merge_by_interval: Vec<u64>,
     pub ack: Lags,
     pub snapshots: u64,
+    pub snapshot_bytes: u64,
+    pub histograms: f64,
     pub requests: u64,
     pub verdict: String,
     pub sessions: u64,
@@ -234,8 +241,11 @@ pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
         hwm_mib: f.hwm_mib,
         rss_mib: f.rss_mib,
         merge,
+        merge_by_interval: merged.values().map(|us| us / 1000).collect(),
         ack,
         snapshots,
+        snapshot_bytes: f.snapshot_bytes,
+        histograms: f.histograms,
         requests: sent.requests,
         verdict: r.verdict.clone(),
         sessions,
@@ -290,7 +300,7 @@ fn ok(r: &Row) -> &'static str {
 
 pub fn row_line(r: &Row) -> String {
     let mut s = format!(
-        "  {}: coordinator CPU {:.1} % of a core (bench {:.0} %, rest of the machine {:.0} %), VmHWM {:.0} MiB, merge lag p50/p99/max {:.0}/{:.0}/{:.0} ms, ack lag {:.1}/{:.1}/{:.1} ms, {} snapshots, verdict {}, totals {}",
+        "  {}: coordinator CPU {:.1} % of a core (bench {:.0} %, rest of the machine {:.0} %), VmHWM {:.0} MiB, merge lag p50/p99/max {:.0}/{:.0}/{:.0} ms, ack lag {:.1}/{:.1}/{:.1} ms, {} snapshots (~{} B, {:.1} histograms each), verdict {}, totals {}",
         name(r),
         r.cpu_pct,
         r.bench_cpu_pct,
@@ -303,6 +313,8 @@ pub fn row_line(r: &Row) -> String {
         r.ack.p99,
         r.ack.max,
         r.snapshots,
+        r.snapshot_bytes,
+        r.histograms,
         r.verdict,
         ok(r)
     );
@@ -354,8 +366,8 @@ pub fn json(rows: &[Row], args: &Value) -> Value {
                 "coordinator_cpu_s_total": r.cpu_total_s, "coordinator_cpu_pct_per_second": r.cpu_per_second,
                 "coordinator_cpu_s_by_thread": r.threads.iter().map(|(n, s)| json!({ "thread": n, "cpu_s": s })).collect::<Vec<_>>(),
                 "vm_hwm_mib": r.hwm_mib, "vm_rss_end_mib": r.rss_mib,
-                "merge_lag": r.merge.json(), "ack_lag": r.ack.json(),
-                "snapshots": r.snapshots, "requests": r.requests, "sessions": r.sessions, "resent": r.resent, "unplanned_drops": r.unplanned_drops,
+                "merge_lag": r.merge.json(), "merge_lag_ms_per_interval": r.merge_by_interval, "ack_lag": r.ack.json(),
+                "snapshots": r.snapshots, "snapshot_bytes_mean": r.snapshot_bytes, "histograms_per_snapshot": r.histograms, "requests": r.requests, "sessions": r.sessions, "resent": r.resent, "unplanned_drops": r.unplanned_drops,
                 "verdict": r.verdict, "exact": r.problems.is_empty(), "problems": r.problems, "notes": r.notes,
             })
         })
