@@ -155,7 +155,6 @@ fn cpu_pct(samples: &[Sample], from: i64, to: i64, pick: fn(&Sample) -> f64) -> 
 pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
-    let iv = f.interval.as_nanos() as i64;
     let start = f.start.unwrap_or(0);
     if f.start.is_none() {
         problems.push("no agent was assigned the run".into());
@@ -171,14 +170,7 @@ pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
         .collect();
     let cpu_total_s = f.samples.last().map_or(f64::NAN, |s| s.coordinator_s);
 
-    // Merge lag: each interval's progress line against the interval's end.
-    let mut merged = std::collections::BTreeMap::new();
-    for line in &s.lines {
-        if let Some(seq) = interval_of(&line.text, f.interval.as_secs_f64()) {
-            let end = start + (seq as i64 + 1) * iv;
-            merged.entry(seq).or_insert(u64::try_from((line.at - end) / 1000).unwrap_or(0));
-        }
-    }
+    let merged = merge_lags(s, start, f.interval);
     if (merged.len() as u64) < f.intervals {
         notes.push(format!(
             "{} of {} intervals' progress lines arrived (the coordinator drops a line its client does not take in time)",
@@ -189,21 +181,7 @@ pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
     let merge = Lags::of(merged.values().copied().collect());
     let ack = Lags::of(outcomes.iter().flat_map(|o| o.ack_lags_us.iter().copied()).collect());
 
-    let mut sent = Tally::default();
-    let mut snapshots = 0;
-    for o in outcomes {
-        sent.add(&o.tally);
-        snapshots += o.snapshots_sent;
-        if !o.finished_sent || o.snapshots_sent != f.intervals {
-            problems.push(format!("{}: sent {} of {} snapshots{}", o.id, o.snapshots_sent, f.intervals, if o.finished_sent { "" } else { ", no RunFinished" }));
-        }
-        if o.unacknowledged > 0 {
-            problems.push(format!("{}: {} run message(s) never acknowledged", o.id, o.unacknowledged));
-        }
-        if let Some(why) = &o.aborted {
-            problems.push(format!("{}: aborted by the coordinator: {why}", o.id));
-        }
-    }
+    let (sent, snapshots) = check_agents(outcomes, f.intervals, &mut problems);
     let sessions: u64 = outcomes.iter().map(|o| u64::from(o.sessions)).sum();
     let resent: u64 = outcomes.iter().map(|o| o.resent).sum();
     let unplanned: u64 = outcomes.iter().map(|o| u64::from(o.unplanned_drops)).sum();
@@ -256,6 +234,41 @@ pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
         problems,
         notes,
     }
+}
+
+/// Each interval's progress line against the interval's end: interval ->
+/// lag in µs (the first line of an interval counts).
+fn merge_lags(s: &Submitted, start: i64, interval: Duration) -> std::collections::BTreeMap<u64, u64> {
+    let iv = interval.as_nanos() as i64;
+    let mut merged = std::collections::BTreeMap::new();
+    for line in &s.lines {
+        if let Some(seq) = interval_of(&line.text, interval.as_secs_f64()) {
+            let end = start + (seq as i64 + 1) * iv;
+            merged.entry(seq).or_insert(u64::try_from((line.at - end) / 1000).unwrap_or(0));
+        }
+    }
+    merged
+}
+
+/// What the agents sent, summed, and how many snapshots; every agent must
+/// have sent every interval and RunFinished, and have nothing unacknowledged.
+fn check_agents(outcomes: &[Outcome], intervals: u64, problems: &mut Vec<String>) -> (Tally, u64) {
+    let mut sent = Tally::default();
+    let mut snapshots = 0;
+    for o in outcomes {
+        sent.add(&o.tally);
+        snapshots += o.snapshots_sent;
+        if !o.finished_sent || o.snapshots_sent != intervals {
+            problems.push(format!("{}: sent {} of {intervals} snapshots{}", o.id, o.snapshots_sent, if o.finished_sent { "" } else { ", no RunFinished" }));
+        }
+        if o.unacknowledged > 0 {
+            problems.push(format!("{}: {} run message(s) never acknowledged", o.id, o.unacknowledged));
+        }
+        if let Some(why) = &o.aborted {
+            problems.push(format!("{}: aborted by the coordinator: {why}", o.id));
+        }
+    }
+    (sent, snapshots)
 }
 
 /// report.json's totals and per-agent counts against what was sent.
