@@ -53,6 +53,10 @@ struct Args {
     /// Where in the run the storm hits (fraction of its duration).
     #[arg(long, default_value_t = 0.5)]
     storm_at: f64,
+    /// Before each run, measure the coordinator's CPU this long with every
+    /// agent registered and idle (heartbeats and clock probes only; 0: skip).
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
     /// Distinct encoded intervals per phase the agents pick from.
     #[arg(long, default_value_t = 64)]
     pool: usize,
@@ -134,6 +138,19 @@ fn default_json_path() -> Option<PathBuf> {
     dir.is_dir().then(|| dir.join("results").join(format!("fleet-{}.json", unix_nanos(SystemTime::now()) / 1_000_000_000)))
 }
 
+/// The idle measurement's window (unix nanoseconds): from a second after
+/// the last agent registered (its first clock probes are done), `seconds` long.
+async fn idle_window(url: &str, agents: usize, seconds: u64) -> anyhow::Result<Option<(i64, i64)>> {
+    if seconds == 0 {
+        return Ok(None);
+    }
+    submit::wait_registered(url, agents, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let from = unix_nanos(SystemTime::now());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    Ok(Some((from, unix_nanos(SystemTime::now()))))
+}
+
 /// One run of `n` agents: coordinator up, agents registered, the run
 /// submitted and followed to its result, the figures and the checks.
 async fn measure(args: &Args, n: usize, storm: bool) -> anyhow::Result<Row> {
@@ -155,6 +172,7 @@ async fn measure(args: &Args, n: usize, storm: bool) -> anyhow::Result<Row> {
     });
     let agents: Vec<_> = (0..n).map(|i| tokio::spawn(agent::run(fleet.clone(), i))).collect();
     let sampler = report::Sampler::start(coord.pid);
+    let idle = idle_window(&coord.url, n, args.idle_seconds).await?;
     let plan = submit::plan(n, args.seconds, warmup, args.interval_ms, args.rate_per_agent);
     let submitted = submit::submit(&coord.url, plan, n).await;
     // Peak RSS and CPU before anything stops.
@@ -172,7 +190,7 @@ async fn measure(args: &Args, n: usize, storm: bool) -> anyhow::Result<Row> {
     let submitted = submitted.map_err(|e| anyhow::anyhow!("{e:#}; the coordinator's log: {}", log.display()))?;
     let start = fleet.start.get().copied();
     let (snapshot_bytes, histograms) = (fleet.pool.mean_bytes(), fleet.pool.mean_histograms());
-    let facts = report::Facts { start, snapshot_bytes, histograms, agents: n, storm, interval, intervals, warmup_s: warmup, seconds: args.seconds, hwm_mib: hwm, rss_mib: rss, samples, threads };
+    let facts = report::Facts { start, idle, snapshot_bytes, histograms, agents: n, storm, interval, intervals, warmup_s: warmup, seconds: args.seconds, hwm_mib: hwm, rss_mib: rss, samples, threads };
     let row = report::row(facts, &submitted, &outcomes);
     if args.keep || !row.problems.is_empty() {
         let kept = dir.keep();

@@ -72,6 +72,8 @@ impl Sampler {
 pub struct Facts {
     /// The run's common start (unix nanoseconds); None if no agent was assigned.
     pub start: Option<i64>,
+    /// The idle measurement's window, if one was made.
+    pub idle: Option<(i64, i64)>,
     /// Mean snapshot size and histograms per snapshot.
     pub snapshot_bytes: u64,
     pub histograms: f64,
@@ -116,6 +118,8 @@ pub struct Row {
     pub storm: bool,
     /// % of one core, over the steady phase.
     pub cpu_pct: f64,
+    /// % of one core with every agent registered and no run (NaN: not measured).
+    pub idle_cpu_pct: f64,
     pub bench_cpu_pct: f64,
     /// What everything else on the machine used meanwhile, % of one core.
     pub others_cpu_pct: f64,
@@ -163,6 +167,7 @@ pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
     let (from, to) = (start + f.warmup_s as i64 * 1_000_000_000, start + f.seconds as i64 * 1_000_000_000);
     let cpu = cpu_pct(&f.samples, from, to, |s| s.coordinator_s);
     let bench_cpu = cpu_pct(&f.samples, from, to, |s| s.bench_s);
+    let idle_cpu = f.idle.map_or(f64::NAN, |(a, b)| cpu_pct(&f.samples, a, b, |s| s.coordinator_s));
     let others_cpu = cpu_pct(&f.samples, from, to, |s| s.machine_s) - cpu - bench_cpu;
     let cpu_per_second: Vec<f64> = (0..f.seconds as i64)
         .map(|k| cpu_pct(&f.samples, start + k * 1_000_000_000, start + (k + 1) * 1_000_000_000, |s| s.coordinator_s))
@@ -213,6 +218,7 @@ pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
         agents: f.agents,
         storm: f.storm,
         cpu_pct: cpu,
+        idle_cpu_pct: idle_cpu,
         bench_cpu_pct: bench_cpu,
         others_cpu_pct: others_cpu,
         cpu_total_s,
@@ -313,9 +319,10 @@ fn ok(r: &Row) -> &'static str {
 
 pub fn row_line(r: &Row) -> String {
     let mut s = format!(
-        "  {}: coordinator CPU {:.1} % of a core (bench {:.0} %, rest of the machine {:.0} %), VmHWM {:.0} MiB, merge lag p50/p99/max {:.0}/{:.0}/{:.0} ms, ack lag {:.1}/{:.1}/{:.1} ms, {} snapshots (~{} B, {:.1} histograms each), verdict {}, totals {}",
+        "  {}: coordinator CPU {:.1} % of a core (idle fleet {:.1} %; bench {:.0} %, rest of the machine {:.0} %), VmHWM {:.0} MiB, merge lag p50/p99/max {:.0}/{:.0}/{:.0} ms, ack lag {:.1}/{:.1}/{:.1} ms, {} snapshots (~{} B, {:.1} histograms each), verdict {}, totals {}",
         name(r),
         r.cpu_pct,
+        r.idle_cpu_pct,
         r.bench_cpu_pct,
         r.others_cpu_pct,
         r.hwm_mib,
@@ -342,14 +349,15 @@ pub fn row_line(r: &Row) -> String {
 
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| agents | coordinator CPU (% of a core, steady) | bench CPU (%) | rest of the machine (%) | VmHWM (MiB) | merge lag p50 / p99 / max (ms) | ack lag p50 / p99 / max (ms) | snapshots | sessions | resent | verdict | totals |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| agents | coordinator CPU (% of a core, steady) | idle fleet (%) | bench CPU (%) | rest of the machine (%) | VmHWM (MiB) | merge lag p50 / p99 / max (ms) | ack lag p50 / p99 / max (ms) | snapshots | sessions | resent | verdict | totals |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} | {} | {} | {} | {} | {} |\n",
             name(r),
             r.cpu_pct,
+            r.idle_cpu_pct,
             r.bench_cpu_pct,
             r.others_cpu_pct,
             r.hwm_mib,
@@ -375,7 +383,7 @@ pub fn json(rows: &[Row], args: &Value) -> Value {
         .map(|r| {
             json!({
                 "agents": r.agents, "storm": r.storm,
-                "coordinator_cpu_pct_steady": r.cpu_pct, "bench_cpu_pct_steady": r.bench_cpu_pct, "others_cpu_pct_steady": r.others_cpu_pct,
+                "coordinator_cpu_pct_steady": r.cpu_pct, "coordinator_cpu_pct_idle": r.idle_cpu_pct, "bench_cpu_pct_steady": r.bench_cpu_pct, "others_cpu_pct_steady": r.others_cpu_pct,
                 "coordinator_cpu_s_total": r.cpu_total_s, "coordinator_cpu_pct_per_second": r.cpu_per_second,
                 "coordinator_cpu_s_by_thread": r.threads.iter().map(|(n, s)| json!({ "thread": n, "cpu_s": s })).collect::<Vec<_>>(),
                 "vm_hwm_mib": r.hwm_mib, "vm_rss_end_mib": r.rss_mib,

@@ -74,6 +74,23 @@ pub async fn submit(url: &str, plan: String, agents: usize) -> anyhow::Result<Su
     anyhow::bail!("the coordinator ended the run's stream without a result")
 }
 
+/// Waits until `agents` agents are registered (ListAgents polled every
+/// 200 ms), at most `limit`.
+pub async fn wait_registered(url: &str, agents: usize, limit: std::time::Duration) -> anyhow::Result<()> {
+    let mut client = ControlServiceClient::connect(url.to_string()).await.context("connecting to the coordinator's control service")?;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let n = client.list_agents(stampede_proto::v1::ListAgentsRequest {}).await.context("ListAgents")?.into_inner().agents.len();
+        if n >= agents {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("only {n} of {agents} agents registered within {limit:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// The interval a progress line is about: the line starts `[  T s]`, T
 /// being the end of interval `seq` after the start.
 pub fn interval_of(text: &str, interval_s: f64) -> Option<u64> {

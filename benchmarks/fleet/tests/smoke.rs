@@ -11,7 +11,7 @@ fn five_agents_three_seconds_exact_totals_with_and_without_a_storm() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let json = dir.path().join("fleet.json");
     let out = Command::new(env!("CARGO_BIN_EXE_stampede-fleet-bench"))
-        .args(["--agents", "5", "--seconds", "3", "--storm", "5", "--storm-at", "0.4", "--json"])
+        .args(["--agents", "5", "--seconds", "3", "--storm", "5", "--storm-at", "0.4", "--idle-seconds", "0", "--json"])
         .arg(&json)
         .output()
         .expect("the benchmark runs");
