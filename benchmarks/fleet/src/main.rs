@@ -140,12 +140,13 @@ fn default_json_path() -> Option<PathBuf> {
 
 /// The idle measurement's window (unix nanoseconds): from a second after
 /// the last agent registered (its first clock probes are done), `seconds` long.
-async fn idle_window(url: &str, agents: usize, seconds: u64) -> anyhow::Result<Option<(i64, i64)>> {
+async fn idle_window(url: &str, pid: u32, agents: usize, seconds: u64) -> anyhow::Result<Option<(i64, i64)>> {
     if seconds == 0 {
         return Ok(None);
     }
     submit::wait_registered(url, agents, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!("  all {agents} agents registered; idle for {seconds} s (coordinator pid {pid}: profile it now)");
     let from = unix_nanos(SystemTime::now());
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     Ok(Some((from, unix_nanos(SystemTime::now()))))
@@ -172,7 +173,7 @@ async fn measure(args: &Args, n: usize, storm: bool) -> anyhow::Result<Row> {
     });
     let agents: Vec<_> = (0..n).map(|i| tokio::spawn(agent::run(fleet.clone(), i))).collect();
     let sampler = report::Sampler::start(coord.pid);
-    let idle = idle_window(&coord.url, n, args.idle_seconds).await?;
+    let idle = idle_window(&coord.url, coord.pid, n, args.idle_seconds).await?;
     let plan = submit::plan(n, args.seconds, warmup, args.interval_ms, args.rate_per_agent);
     let submitted = submit::submit(&coord.url, plan, n).await;
     // Peak RSS and CPU before anything stops.
