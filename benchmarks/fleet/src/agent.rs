@@ -9,6 +9,7 @@
 //! reports comes from [`crate::payload`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -88,6 +89,8 @@ struct Run {
     id: String,
     task: tokio::task::JoinHandle<(Tally, u64)>,
     storm: Option<Instant>,
+    /// Snapshots pushed so far (an aborted run's task returns nothing).
+    pushed: Arc<AtomicU64>,
 }
 
 /// Delivery numbers not yet acknowledged, with their interval's end.
@@ -133,13 +136,18 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) -> Outcome {
         backoff = (backoff * 2).min(BACKOFF_MAX_IN_RUN);
     }
     if let Some(r) = st.run.take() {
+        let pushed = r.pushed.clone();
         match r.task.await {
             Ok((tally, sent)) => {
                 st.out.tally = tally;
                 st.out.snapshots_sent = sent;
                 st.out.finished_sent = true;
             }
-            Err(e) => st.out.aborted = Some(format!("the run task failed: {e}")),
+            Err(e) => {
+                st.out.snapshots_sent = pushed.load(Ordering::Relaxed);
+                let why = st.out.aborted.take().unwrap_or_default();
+                st.out.aborted = Some(format!("{why} (its run task: {e})"));
+            }
         }
     }
     st.out.unacknowledged = st.outbox.pending();
@@ -281,8 +289,9 @@ fn assign(fleet: &Arc<Fleet>, st: &mut State, a: Assignment) {
         let k = (f * fleet.intervals as f64).floor() as i64;
         instant_of(start + k * iv + STORM_AFTER_END.as_nanos() as i64)
     });
-    let ctx = RunCtx { fleet: fleet.clone(), index: st.index, id: st.id.clone(), outbox: st.outbox.clone(), pending: st.pending.clone(), start };
-    st.run = Some(Run { id: a.run_id.clone(), task: tokio::spawn(execute(ctx, a.run_id)), storm });
+    let pushed = Arc::new(AtomicU64::new(0));
+    let ctx = RunCtx { fleet: fleet.clone(), index: st.index, id: st.id.clone(), outbox: st.outbox.clone(), pending: st.pending.clone(), start, pushed: pushed.clone() };
+    st.run = Some(Run { id: a.run_id.clone(), task: tokio::spawn(execute(ctx, a.run_id)), storm, pushed });
 }
 
 /// A wall-clock instant (unix nanoseconds) as a tokio instant.
@@ -298,6 +307,7 @@ struct RunCtx {
     outbox: Arc<Outbox>,
     pending: Arc<Pending>,
     start: i64,
+    pushed: Arc<AtomicU64>,
 }
 
 /// The run: one snapshot at each interval's end, then the totals.
@@ -330,6 +340,7 @@ async fn execute(c: RunCtx, run_id: String) -> (Tally, u64) {
         }
         tally.add(&p.tally);
         sent += 1;
+        c.pushed.store(sent, Ordering::Relaxed);
     }
     c.outbox.push(Up::Finished(RunFinished {
         run_id,

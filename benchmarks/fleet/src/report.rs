@@ -206,7 +206,10 @@ pub fn row(f: Facts, s: &Submitted, outcomes: &[Outcome]) -> Row {
     let report: Value = serde_json::from_str(&r.report_json).unwrap_or(Value::Null);
     check_totals(&report, &sent, outcomes, &mut problems);
     if let Some(reasons) = report["verdict_reasons"].as_array().filter(|v| !v.is_empty()) {
-        notes.push(format!("verdict reasons: {}", reasons.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; ")));
+        // The first few: a lost fleet gives one reason per agent.
+        let first: Vec<&str> = reasons.iter().filter_map(Value::as_str).take(3).collect();
+        let more = if reasons.len() > 3 { format!(" (and {} more)", reasons.len() - 3) } else { String::new() };
+        notes.push(format!("verdict reasons: {}{more}", first.join("; ")));
     }
     // A long list helps nobody: the first few say what went wrong.
     if problems.len() > 12 {
