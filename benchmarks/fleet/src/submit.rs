@@ -61,6 +61,7 @@ pub async fn submit(url: &str, plan: String, agents: usize) -> anyhow::Result<Su
         expect_agents: agents as u32,
         wait_ms: 120_000,
         secrets: Vec::new(),
+        data_files: Vec::new(),
     };
     let mut events = client.submit_run(req).await.context("SubmitRun")?.into_inner();
     let mut lines = Vec::new();
