@@ -38,6 +38,10 @@ pub struct Report {
     pub run_id: String,
     pub plan: Plan,
     pub started_at: String,
+    /// The common start instant every agent aims for, in Unix nanoseconds:
+    /// what `start_skew_ms` is measured from, precise enough to compare
+    /// with a target's own receive timestamps (benchmarks/pacing.py).
+    pub start_unix_ns: i64,
     pub duration_s: f64,
     pub agents: Vec<AgentReport>,
     pub totals: Totals,
@@ -178,6 +182,8 @@ pub struct ScheduleReport {
     pub dropped: u64,
     pub late: u64,
     pub max_lag_ms: f64,
+    /// Intended instant to the start of the write, over the phase's arrivals.
+    pub dispatch_lag_p50_ms: Option<f64>,
     pub dispatch_lag_p99_ms: Option<f64>,
     /// True when more than 1 % of arrivals were dropped or late: the client saturated.
     pub saturated: bool,
@@ -492,6 +498,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
                     dropped: sch.dropped,
                     late: sch.late,
                     max_lag_ms: sch.max_lag_us as f64 / 1e3,
+                    dispatch_lag_p50_ms: stampede_common::stats::quantile_ms(&lag, 0.50),
                     dispatch_lag_p99_ms: stampede_common::stats::quantile_ms(&lag, 0.99),
                     saturated: sch.saturated(),
                 }
@@ -547,6 +554,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
         run_id: f.run_id.to_string(),
         plan: plan.clone(),
         started_at: humantime::format_rfc3339_millis(f.started_at).to_string(),
+        start_unix_ns: f.start_unix_nanos,
         duration_s: f.duration_s,
         agents,
         totals: Totals {
