@@ -37,6 +37,7 @@ pub mod outbox;
 mod pacer;
 pub mod probe;
 mod recorder;
+mod rxstamp;
 mod schedule;
 pub mod session;
 mod template;
