@@ -189,7 +189,8 @@ def main() -> None:
                 rep["lag"][rate] = {"p50_us": (s.get("dispatch_lag_p50_ms") or 0) * 1e3 if s.get("dispatch_lag_p50_ms") is not None else None,
                                     "p99_us": s["dispatch_lag_p99_ms"] * 1e3 if s.get("dispatch_lag_p99_ms") is not None else None,
                                     "latency_p50_ms": r["latency_ms"]["p50"], "requests": r["totals"]["requests"],
-                                    "late": s["late"], "dropped": s["dropped"]}
+                                    "late": s["late"], "dropped": s["dropped"], "scheduled": s["scheduled"],
+                                    "verdict": r["verdict"], "verdict_reasons": r["verdict_reasons"]}
             for model, load in (("open", f"{{ model: open, rate: {FIRST_RATE:g}/s }}"), ("closed", f"{{ model: closed, concurrency: {AGENTS} }}")):
                 listener.reset()
                 # Not pinned: three agents' workers on one core would wait

@@ -176,6 +176,22 @@ mod cost {
             lags.sort();
             println!("{name}: {n} waits, CPU {:?} = {:?}/wait, lag p50 {:?} p99 {:?}", cpu() - c0, (cpu() - c0) / n, lags[lags.len() / 2], lags[lags.len() * 99 / 100]);
         }
+        // What the open model's sleep-through pacer does instead (worker/open.rs):
+        // a blocking nanosleep, with the worker threads' 1 ns timer slack.
+        let _ = nix::sys::prctl::set_timerslack(1);
+        for (name, gap) in [("nanosleep 200us", 200u64), ("nanosleep 1000us", 1000)] {
+            let c0 = cpu();
+            let start = Instant::now();
+            let n = 1_000_000 / gap as u32;
+            let mut lags = Vec::new();
+            for k in 1..=n {
+                let due = start + Duration::from_micros(gap) * k;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                lags.push(Instant::now() - due);
+            }
+            lags.sort();
+            println!("{name}: {n} waits, CPU {:?} = {:?}/wait, lag p50 {:?} p99 {:?}", cpu() - c0, (cpu() - c0) / n, lags[lags.len() / 2], lags[lags.len() * 99 / 100]);
+        }
         for (name, gap) in [("tokio 200us", 200u64), ("tokio 1000us", 1000)] {
             let c0 = cpu();
             let start = Instant::now();
