@@ -70,7 +70,8 @@ pub(super) async fn run_phase(w: &Rc<Worker>, phase: usize, start: Instant) {
 /// requests just started write, responses already here are read, timers
 /// fire: `yield_now` polls epoll without blocking) and then blocks the
 /// thread in `nanosleep` until the instant (1 ns timer slack, set at the
-/// worker's start). A response that arrives meanwhile does not wake the
+/// worker's start; woken early by its usual lateness, see [`WakeLead`]).
+/// A response that arrives meanwhile does not wake the
 /// thread; it is read at the next arrival, and its latency still ends at
 /// its arrival: the kernel's receive timestamp of its last bytes
 /// (`rxstamp.rs`). One wake-up per arrival instead of two, and no epoll
