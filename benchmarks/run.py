@@ -427,7 +427,7 @@ def stats(values: list[float]) -> dict:
 
 
 def runs_of(rep: dict) -> list[dict]:
-    return [rep[k] for k in ("wrk", "closed", "open", "checks", "baseline", "wrk_https", "https", "oha_closed", "oha_open") if k in rep]
+    return [rep[k] for k in ("wrk", "closed", "open", "checks", "baseline", "baseline_open", "wrk_https", "https", "oha_closed", "oha_open") if k in rep]
 
 
 def summarize(reps: list[dict]) -> dict:
@@ -473,6 +473,9 @@ def optional_summary(reps: list[dict]) -> dict:
     if "baseline" in reps[0]:
         out["baseline_closed_cpu_us_per_req"] = stats([r["baseline"]["cpu_us_per_req"] for r in reps])
         out["ratio_closed_over_baseline_cpu_per_req"] = stats([r["ratio_closed_baseline"] for r in reps])
+        out["baseline_open_cpu_us_per_req"] = stats([r["baseline_open"]["cpu_us_per_req"] for r in reps])
+        out["ratio_open_over_baseline_cpu_per_req"] = stats([r["ratio_open_baseline"] for r in reps])
+        out["baseline_open_p50_ms"] = stats([r["baseline_open"]["p50_ms"] for r in reps])
     if "oha_closed" in reps[0]:
         out["oha_closed_req_per_cpu_s"] = stats([r["oha_closed"]["req_per_cpu_s"] for r in reps])
         out["ratio_closed_stampede_over_oha"] = stats([r["ratio_closed_oha"] for r in reps])
@@ -527,6 +530,9 @@ def table(summary: dict, args) -> str:
         ("ratio closed with checks / without (CPU per request, per rep)", "ratio_checks_over_closed_cpu_per_req", ".3f"),
         ("baseline binary closed: CPU µs / request", "baseline_closed_cpu_us_per_req", ".2f"),
         ("ratio closed / baseline binary closed (CPU per request, per rep)", "ratio_closed_over_baseline_cpu_per_req", ".3f"),
+        (f"baseline binary open {args.rate:g}/s: CPU µs / request", "baseline_open_cpu_us_per_req", ".2f"),
+        ("ratio open / baseline binary open (CPU per request, per rep)", "ratio_open_over_baseline_cpu_per_req", ".3f"),
+        ("baseline binary open: p50 ms (from intended start)", "baseline_open_p50_ms", ".3f"),
         ("oha closed: requests / CPU-s", "oha_closed_req_per_cpu_s", ",.0f"),
         ("ratio stampede / oha (closed, per rep)", "ratio_closed_stampede_over_oha", ".3f"),
         (f"stampede open {args.rate:g}/s: requests / CPU-s", "stampede_open_req_per_cpu_s", ",.0f"),
@@ -615,7 +621,7 @@ def main() -> None:
     ap.add_argument("--checks", action="store_true",
                     help="also run the closed model with two checks on every response (what checks cost)")
     ap.add_argument("--baseline-bin", type=Path,
-                    help="also run the closed model with this other stampede binary (e.g. an earlier revision), "
+                    help="also run the closed and open models with this other stampede binary (e.g. an earlier revision), "
                          "interleaved: a regression check of the hot path")
     ap.add_argument("--https", action="store_true",
                     help="also run wrk and stampede (closed model) against a second built-in target serving TLS, interleaved")
@@ -701,7 +707,8 @@ def main() -> None:
                 runs.append("checks")
             if args.baseline_bin:
                 rep["baseline"] = bench.stampede("baseline", closed_load, binary=args.baseline_bin.resolve())
-                runs.append("baseline")
+                rep["baseline_open"] = bench.stampede("baseline_open", open_load, binary=args.baseline_bin.resolve())
+                runs += ["baseline", "baseline_open"]
             if args.oha_path:
                 rep["oha_closed"] = bench.oha(open_model=False)
                 rep["oha_open"] = bench.oha(open_model=True)
@@ -717,6 +724,7 @@ def main() -> None:
                 rep["ratio_checks_closed"] = rep["checks"]["cpu_us_per_req"] / rep["closed"]["cpu_us_per_req"]
             if args.baseline_bin:
                 rep["ratio_closed_baseline"] = rep["closed"]["cpu_us_per_req"] / rep["baseline"]["cpu_us_per_req"]
+                rep["ratio_open_baseline"] = rep["open"]["cpu_us_per_req"] / rep["baseline_open"]["cpu_us_per_req"]
             rep["ratio_closed"] = rep["closed"]["req_per_cpu_s"] / rep["wrk"]["req_per_cpu_s"]
             if args.oha_path:
                 rep["ratio_closed_oha"] = rep["closed"]["req_per_cpu_s"] / rep["oha_closed"]["req_per_cpu_s"]

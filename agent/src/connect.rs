@@ -31,6 +31,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
+use crate::rxstamp::StampedTcp;
+
 /// How often the target's name is resolved again during a run, so that a
 /// load balancer's addresses that change (or are added) get load too.
 /// k6 re-resolves every 5 min by default (`dns.ttl`); a load test is
@@ -180,8 +182,27 @@ impl Addrs {
 /// A connection's byte stream: plain TCP, or TLS over TCP (boxed: a rustls
 /// connection is large, and the plain variant stays small).
 pub enum Stream {
-    Plain(TcpStream),
+    Plain(StampedTcp),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Makes reads keep the kernel's receive time (`rxstamp.rs`); `false`
+    /// when they cannot (TLS, or the option refused).
+    pub fn stamp_reads(&mut self) -> bool {
+        match self {
+            Stream::Plain(s) => s.enable(),
+            Stream::Tls(_) => false,
+        }
+    }
+
+    /// When the last read's data arrived, on a stream whose reads are stamped.
+    pub fn last_rx(&self) -> Option<Instant> {
+        match self {
+            Stream::Plain(s) => s.last_rx(),
+            Stream::Tls(_) => None,
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -248,13 +269,18 @@ impl Dialer {
         Ok(Dialer { tls: Some((TlsConnector::from(Arc::new(config)), name)) })
     }
 
+    /// Whether connections are TLS (an `https://` target).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// A new connection to `addr`, and how long its TLS handshake took
     /// (`None` for plain HTTP).
     pub async fn dial(&self, addr: SocketAddr) -> Result<(Stream, Option<Duration>), ErrorKind> {
         let tcp = TcpStream::connect(addr).await.map_err(|_| ErrorKind::Connect)?;
         tcp.set_nodelay(true).map_err(|_| ErrorKind::Connect)?;
         match &self.tls {
-            None => Ok((Stream::Plain(tcp), None)),
+            None => Ok((Stream::Plain(StampedTcp::new(tcp)), None)),
             Some((connector, name)) => {
                 let started = Instant::now();
                 // A handshake the server breaks off (it refuses us, or is

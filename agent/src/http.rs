@@ -154,6 +154,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Conn { stream, buf: Vec::with_capacity(READ_CHUNK), served: 0, head: Vec::new(), body: Vec::new() }
     }
 
+    /// The byte stream, e.g. to ask when the last response arrived.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
     /// Sends `req` and reads the whole response. On `Ok`, the connection can
     /// be reused only if `keep_alive` came back true.
     pub async fn round_trip(&mut self, req: &RequestTemplate) -> Result<(Response, bool), RequestError> {

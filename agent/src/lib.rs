@@ -39,6 +39,7 @@ pub mod outbox;
 mod pacer;
 pub mod probe;
 mod recorder;
+mod rxstamp;
 mod schedule;
 pub mod session;
 mod template;

@@ -57,6 +57,10 @@ pub struct Report {
     pub run_id: String,
     pub plan: Plan,
     pub started_at: String,
+    /// The common start instant every agent aims for, in Unix nanoseconds:
+    /// what `start_skew_ms` is measured from, precise enough to compare
+    /// with a target's own receive timestamps (benchmarks/pacing.py).
+    pub start_unix_ns: i64,
     pub duration_s: f64,
     pub agents: Vec<AgentReport>,
     pub totals: Totals,
@@ -163,6 +167,7 @@ pub fn build(f: RunFacts<'_>) -> Report {
         run_id: f.run_id.to_string(),
         plan: plan.clone(),
         started_at: humantime::format_rfc3339_millis(f.started_at).to_string(),
+        start_unix_ns: f.start_unix_nanos,
         duration_s: f.duration_s,
         agents: agent_reports(&f),
         totals: totals(&all, stats, load, planned_s),

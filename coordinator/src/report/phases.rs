@@ -54,6 +54,8 @@ pub struct ScheduleReport {
     pub dropped: u64,
     pub late: u64,
     pub max_lag_ms: f64,
+    /// Intended instant to the start of the write, over the phase's arrivals.
+    pub dispatch_lag_p50_ms: Option<f64>,
     pub dispatch_lag_p99_ms: Option<f64>,
     /// True when more than 1 % of arrivals were dropped or late: the client saturated.
     pub saturated: bool,
@@ -118,6 +120,7 @@ fn schedule_report(stats: &RunStats, phase: u32) -> ScheduleReport {
         dropped: sch.dropped,
         late: sch.late,
         max_lag_ms: sch.max_lag_us as f64 / 1e3,
+        dispatch_lag_p50_ms: stampede_common::stats::quantile_ms(&lag, 0.50),
         dispatch_lag_p99_ms: stampede_common::stats::quantile_ms(&lag, 0.99),
         saturated: sch.saturated(),
     }

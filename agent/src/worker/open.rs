@@ -1,0 +1,202 @@
+//! The open model: arrivals at their scheduled instants, whatever the
+//! responses do, each on an idle pooled connection or a new one.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use stampede_common::plan::default_max_in_flight;
+use stampede_common::stats::ErrorKind;
+use tokio::time::sleep_until;
+
+use super::request::{run_step, Done};
+use super::{User, Worker};
+use crate::recorder::Outcome;
+use crate::schedule::ArrivalSchedule;
+
+/// Most arrivals the pacer starts or drops before it yields to its runtime.
+const PACE_BATCH: u32 = 1024;
+/// How long after its phase's end a pacer that fell behind still starts
+/// due arrivals; the rest are counted as dropped. A healthy pacer is done
+/// within a timer tick of the end (its last arrivals are due just before it).
+const PACE_GRACE: Duration = Duration::from_millis(100);
+
+/// The longest gap to the next arrival that the pacer sleeps through with
+/// the thread blocked (see [`pace`]); a longer one is slept on the timerfd,
+/// where responses are read as they arrive. While the thread is blocked
+/// its tokio timers (request timeouts, the interval flush) and its
+/// cancellation wait too, by at most this long.
+const SLEEP_THROUGH_UP_TO: Duration = Duration::from_millis(1);
+
+/// Runs open phase `phase` (starting at `start`) to its end.
+pub(super) async fn run_phase(w: &Rc<Worker>, phase: usize, start: Instant) {
+    let p = &w.plan.plan.phases[phase];
+    let load = &p.load;
+    let r0 = load.rate.map_or(0.0, |r| r.as_per_second());
+    let r1 = load.to.map_or(r0, |r| r.as_per_second());
+    let schedule = ArrivalSchedule::new(r0, r1, p.length(), w.plan.rate_share, w.plan.arrival_offset);
+    let peak = r0.max(r1) * w.plan.rate_share;
+    let per_agent = load.max_in_flight.unwrap_or_else(|| {
+        let wanted = default_max_in_flight(peak, w.longest);
+        if wanted > w.plan.max_connections && w.plan.index == 0 {
+            tracing::warn!(
+                message = "The open-files limit is below the default in-flight bound: a stalled target will show as dropped arrivals. Raise `ulimit -n` (LimitNOFILE) or set max_in_flight.",
+                phase = %p.name, wanted, allowed = w.plan.max_connections
+            );
+        }
+        wanted.min(w.plan.max_connections)
+    });
+    let limit = per_agent.div_ceil(w.plan.workers as u32).max(1);
+    // Sleeping through responses needs their arrival from the kernel:
+    // plain TCP reads are stamped (`rxstamp.rs`); TLS records and flows
+    // (which time their own requests) are not, so they keep the timerfd.
+    let sleep_through = !w.plan.dialer.is_tls() && w.pickers[phase].steps.iter().all(|&s| w.plan.flows[s].is_none());
+    w.stamp_reads.set(sleep_through);
+    pace(w, phase, start, schedule, limit, sleep_through).await;
+    w.stamp_reads.set(false);
+}
+
+/// The open-model pacer: this worker takes every `workers`-th arrival of the
+/// agent's schedule, starting with its own index. Arrivals still unstarted
+/// [`PACE_GRACE`] after the phase's end are counted as dropped at once: the
+/// pacer never runs on past its phase.
+///
+/// How it waits for the next arrival (issue 11, item 2: its CPU per request).
+/// Measured on this 2-core VM: a wake-up from idle costs 20–27 µs of CPU,
+/// the largest item in a request's cost, and a request in the open model
+/// used to cost two — the timerfd for its arrival, then epoll for its
+/// response — where the closed model, never idle, pays none. With
+/// `sleep_through` (plain TCP, no flows) and the next arrival at most
+/// [`SLEEP_THROUGH_UP_TO`] away, the pacer lets the runtime run once (the
+/// requests just started write, responses already here are read, timers
+/// fire: `yield_now` polls epoll without blocking) and then blocks the
+/// thread in `nanosleep` until the instant (1 ns timer slack, set at the
+/// worker's start; woken early by its usual lateness, see [`WakeLead`]).
+/// A response that arrives meanwhile does not wake the
+/// thread; it is read at the next arrival, and its latency still ends at
+/// its arrival: the kernel's receive timestamp of its last bytes
+/// (`rxstamp.rs`). One wake-up per arrival instead of two, and no epoll
+/// wait that blocks. A gap longer than that keeps the timerfd (one wake-up
+/// per arrival and one per response, as before), so that at low rates a
+/// response is not held for long and the runtime stays responsive.
+async fn pace(w: &Rc<Worker>, phase: usize, start: Instant, schedule: ArrivalSchedule, limit: u32, sleep_through: bool) {
+    let phase_end = start + w.plan.plan.phases[phase].length();
+    let total = schedule.count();
+    let stride = w.plan.workers as u64;
+    let mut k = w.plan.index as u64;
+    if k >= total {
+        // No arrival of this phase is this worker's (a fault-only agent's
+        // share is 0): it idles to the phase's end rather than ending the
+        // agent's run early, so its intervals reach the run's end like
+        // everyone's and its faults keep their windows.
+        sleep_until(phase_end.into()).await;
+        return;
+    }
+    let mut lead = WakeLead::default();
+    while k < total {
+        let due = start + schedule.time_of(k);
+        let now = Instant::now();
+        if due > now {
+            if sleep_through && due - now <= SLEEP_THROUGH_UP_TO {
+                tokio::task::yield_now().await;
+                lead.sleep_until(due);
+            } else {
+                w.timer.sleep_until(due).await;
+            }
+            continue;
+        }
+        // Start what came due while we slept, in batches: an await between
+        // them lets the requests run and the abort be seen. A worker that
+        // started every due arrival in one loop never returned to its
+        // runtime once more were due than it could start (`1e12/s`), and
+        // outlived its run at 100 % CPU (issue 8, item 10).
+        if now >= phase_end + PACE_GRACE {
+            let left = (total - k).div_ceil(stride);
+            w.recorder.borrow_mut().dropped(phase, w.pickers[phase].pick(), left);
+            return;
+        }
+        let mut batch = 0;
+        while k < total && batch < PACE_BATCH {
+            batch += 1;
+            let intended = start + schedule.time_of(k);
+            if intended > now {
+                break;
+            }
+            if w.in_flight.get() >= limit {
+                // Not sent, and still a user who was not served: a failed
+                // request as well as a schedule miss.
+                let mut recorder = w.recorder.borrow_mut();
+                recorder.arrival(phase, None);
+                recorder.request(phase, w.pickers[phase].pick(), Outcome::Failed(ErrorKind::Dropped), intended, now, now, 0);
+            } else {
+                w.in_flight.set(w.in_flight.get() + 1);
+                let user = User { local: w.plan.index as u64, iteration: k };
+                tokio::task::spawn_local(open_request(w.clone(), phase, intended, user));
+            }
+            k += stride;
+        }
+        if batch == PACE_BATCH {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Most the sleep-through pacer wakes before an arrival, to spin the rest.
+const MAX_LEAD: Duration = Duration::from_micros(50);
+
+/// The sleep-through pacer's wake-up, early by what waking usually takes.
+///
+/// A `nanosleep` on this VM ends ~20 µs after its instant (`pacer.rs`,
+/// `what_a_wait_costs`: lag p50 21 µs with a 1 ns timer slack), and that
+/// is the arrival's dispatch lag (issue 11: p50 ≤ 20 µs). So the pacer
+/// sleeps until the instant less the mean lateness of its recent wake-ups
+/// (an average over ~8), and spins the remainder: when the wake-up is as
+/// late as usual the spin is a few µs — the CPU price of precision — and
+/// the lead never exceeds [`MAX_LEAD`], so a thread preempted for
+/// milliseconds does not turn into a long spin.
+#[derive(Default)]
+struct WakeLead {
+    lead: Duration,
+}
+
+impl WakeLead {
+    fn sleep_until(&mut self, due: Instant) {
+        let wake_at = due.checked_sub(self.lead).unwrap_or(due);
+        let left = wake_at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left);
+        let late = Instant::now().saturating_duration_since(wake_at).min(MAX_LEAD);
+        // lead += (late − lead) / 8, in whole nanoseconds.
+        let (l, x) = (self.lead.as_nanos() as i64, late.as_nanos() as i64);
+        self.lead = Duration::from_nanos((l + (x - l) / 8).max(0) as u64);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+async fn open_request(w: Rc<Worker>, phase: usize, intended: Instant, user: User) {
+    let started = Instant::now();
+    w.note_first_request(intended, started);
+    w.recorder.borrow_mut().arrival(phase, Some(started.saturating_duration_since(intended)));
+    let step = w.pickers[phase].pick();
+    let conn = w.pool.borrow_mut().pop();
+    let Done { outcome, conn, handshake, sent, arrived } = run_step(&w, conn, phase, step, user, intended).await;
+    // When the response arrived: the kernel's stamp on its last bytes, if
+    // the read was stamped (the pacer may read it up to one inter-arrival
+    // after it came), else now. Never before the send nor after now.
+    let now = Instant::now();
+    let done = arrived.map_or(now, |t| t.clamp(started, now));
+    {
+        let mut recorder = w.recorder.borrow_mut();
+        recorder.request(phase, step, outcome, intended, started, done, sent);
+        if let Some(h) = handshake {
+            recorder.handshake(phase, step, outcome, intended, h);
+        }
+    }
+    if let Some(c) = conn {
+        w.pool.borrow_mut().push(c);
+    }
+    w.in_flight.set(w.in_flight.get() - 1);
+}
