@@ -58,18 +58,16 @@ pub fn data_files(plan: &Plan, capacities: &[u32]) -> Vec<Vec<DataFile>> {
 /// many rows each agent got (`files` from [`data_files`]). No value.
 /// A file a dry run did not find is said so.
 pub fn data_summary(plan: &Plan, files: &[Vec<DataFile>]) -> Vec<String> {
-    let mut k = 0;
     let mut out = Vec::new();
-    for step in &plan.steps {
+    for (i, step) in plan.steps.iter().enumerate() {
         let Some(data) = &step.data else { continue };
         let order = String::from(data.order);
         let Some(set) = &data.set else {
             out.push(format!("data: step `{}` uses {} ({order}): not read here (a dry run without the file)", step.name, data.file));
             continue;
         };
-        // `files` has an entry per step with rows, in step order.
-        let shares: Vec<String> = files.iter().map(|f| f[k].rows.len().to_string()).collect();
-        k += 1;
+        let rows = |agent: &Vec<DataFile>| agent.iter().find(|f| f.step as usize == i).map_or(0, |f| f.rows.len()).to_string();
+        let shares: Vec<String> = files.iter().map(rows).collect();
         out.push(format!("data: step `{}` uses {}: {} rows, {order} (rows per agent: {})", step.name, data.file, set.rows.len(), shares.join("/")));
     }
     out

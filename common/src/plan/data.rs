@@ -82,21 +82,16 @@ pub fn resolve_data(plan: &mut Plan, source: &DataFiles<'_>) -> Result<(), (Stri
             (_, Some(set)) => set.clone(),
             (DataFiles::Local { dir }, None) if missing_ok && !dir.join(&data.file).exists() => continue,
             (DataFiles::Given(sets), None) if missing_ok && !sets.contains_key(&data.file) => continue,
-            (DataFiles::Local { dir }, None) => {
-                let set = Arc::new(load(&dir.join(&data.file)).map_err(|m| (at.clone(), m))?);
-                total += set.bytes();
-                set
-            }
-            (DataFiles::Given(sets), None) => {
-                let set = sets.get(&data.file).cloned().ok_or_else(|| (at.clone(), format!("the rows of the data file {} were not sent", data.file)))?;
-                total += set.bytes();
-                set
-            }
+            (DataFiles::Local { dir }, None) => Arc::new(load(&dir.join(&data.file)).map_err(|m| (at.clone(), m))?),
+            (DataFiles::Given(sets), None) => sets.get(&data.file).cloned().ok_or_else(|| (at.clone(), format!("the rows of the data file {} were not sent", data.file)))?,
         };
+        // A file counts once towards the bound, however many steps name it.
+        if read.insert(data.file.clone(), set.clone()).is_none() {
+            total += set.bytes();
+        }
         if total > MAX_DATA_BYTES {
             return Err((at, format!("the plan's data files hold more than {MAX_DATA_BYTES} bytes (32 MiB) together: they travel to every agent")));
         }
-        read.insert(data.file.clone(), set.clone());
         data.set = Some(set);
     }
     Ok(())
