@@ -7,6 +7,8 @@ process, read from the kernel's rusage of that very child via os.wait4), for
   (a) wrk -t1 -c50 -d{duration}s            closed model, 50 connections
   (b) stampede closed model, concurrency 50   1 agent, 1 worker thread
   (c) stampede open model, fixed rate         1 agent, 1 worker thread
+  (c') the same with `batch_window` (--batch-window, default 1 ms): the
+       pacer starts the arrivals due within the window in one wake-up
 
 and with oha on PATH (or --oha PATH), interleaved in the same repetitions:
 
@@ -427,7 +429,7 @@ def stats(values: list[float]) -> dict:
 
 
 def runs_of(rep: dict) -> list[dict]:
-    return [rep[k] for k in ("wrk", "closed", "open", "checks", "baseline", "baseline_open", "wrk_https", "https", "oha_closed", "oha_open") if k in rep]
+    return [rep[k] for k in ("wrk", "closed", "open", "open_batched", "checks", "baseline", "baseline_open", "wrk_https", "https", "oha_closed", "oha_open") if k in rep]
 
 
 def summarize(reps: list[dict]) -> dict:
@@ -476,6 +478,17 @@ def optional_summary(reps: list[dict]) -> dict:
         out["baseline_open_cpu_us_per_req"] = stats([r["baseline_open"]["cpu_us_per_req"] for r in reps])
         out["ratio_open_over_baseline_cpu_per_req"] = stats([r["ratio_open_baseline"] for r in reps])
         out["baseline_open_p50_ms"] = stats([r["baseline_open"]["p50_ms"] for r in reps])
+    if "open_batched" in reps[0]:
+        b = [r["open_batched"] for r in reps]
+        out["batched_cpu_us_per_req"] = stats([x["cpu_us_per_req"] for x in b])
+        out["ratio_batched_over_closed_cpu_per_req"] = stats([r["ratio_batched_closed"] for r in reps])
+        out["batched_p50_ms"] = stats([x["p50_ms"] for x in b])
+        out["batched_p99_ms"] = stats([x["p99_ms"] for x in b])
+        out["batched_dispatch_lag_p50_ms"] = stats([x["schedule"]["dispatch_lag_p50_ms"] for x in b])
+        out["batched_kept_schedule_reps"] = sum(1 for r in reps if r["batched_kept_schedule"])
+        if "oha_open" in reps[0]:
+            out["batched_req_per_cpu_s"] = stats([x["req_per_cpu_s"] for x in b])
+            out["ratio_batched_stampede_over_oha"] = stats([r["ratio_batched_oha"] for r in reps])
     if "oha_closed" in reps[0]:
         out["oha_closed_req_per_cpu_s"] = stats([r["oha_closed"]["req_per_cpu_s"] for r in reps])
         out["ratio_closed_stampede_over_oha"] = stats([r["ratio_closed_oha"] for r in reps])
@@ -542,6 +555,13 @@ def table(summary: dict, args) -> str:
         ("oha open: p50 ms (latency correction)", "oha_open_p50_ms", ".3f"),
         ("oha open: p99 ms (latency correction)", "oha_open_p99_ms", ".3f"),
         ("open p50: stampede - oha, ms (per rep)", "open_p50_stampede_minus_oha_ms", ".3f"),
+        (f"stampede open {args.rate:g}/s, batch window {args.batch_window:g} ms: CPU µs / request", "batched_cpu_us_per_req", ".2f"),
+        ("ratio open batched / closed CPU per request (per rep)", "ratio_batched_over_closed_cpu_per_req", ".3f"),
+        ("stampede open batched: requests / CPU-s", "batched_req_per_cpu_s", ",.0f"),
+        ("ratio stampede open batched / oha (open, per rep)", "ratio_batched_stampede_over_oha", ".3f"),
+        ("stampede open batched: p50 ms (from intended start)", "batched_p50_ms", ".3f"),
+        ("stampede open batched: p99 ms (from intended start)", "batched_p99_ms", ".3f"),
+        ("stampede open batched: dispatch lag p50 ms", "batched_dispatch_lag_p50_ms", ".3f"),
         ("wrk https closed: requests / CPU-s", "wrk_https_req_per_cpu_s", ",.0f"),
         ("stampede https closed: requests / CPU-s", "stampede_https_req_per_cpu_s", ",.0f"),
         ("ratio stampede / wrk (https closed, per rep)", "ratio_https_stampede_over_wrk", ".3f"),
@@ -600,6 +620,17 @@ def verdicts(summary: dict) -> str:
         ok = abs(d["median"]) <= 0.1
         out.append(f"target 5 (open p50 within 0.1 ms of oha --latency-correction): median difference {d['median']:+.3f} ms "
                    f"(range {d['min']:+.3f}–{d['max']:+.3f}) -> {'MET' if ok else 'NOT MET'}")
+    b = summary.get("ratio_batched_over_closed_cpu_per_req")
+    if b and b["median"] is not None:
+        ok = b["median"] <= 1.5
+        out.append(f"target 2 with the batch window (open batched CPU/request <= 1.5x closed): median {b['median']:.3f}x "
+                   f"(range {b['min']:.3f}–{b['max']:.3f}) -> {'MET' if ok else 'NOT MET'}"
+                   + ("" if summary["batched_kept_schedule_reps"] == summary["reps"] else " [batched run SATURATED in some reps]"))
+        qb = summary.get("ratio_batched_stampede_over_oha")
+        if qb and qb["median"] is not None:
+            ok = qb["median"] >= 2.0
+            out.append(f"target 4 with the batch window (open batched req/CPU-s >= 2x oha's rate mode): median {qb['median']:.3f}x "
+                       f"(range {qb['min']:.3f}–{qb['max']:.3f}) -> {'MET' if ok else 'NOT MET'}")
     if summary["client_core_foreign_s_max"] > 0.2:
         out.append(f"note: up to {summary['client_core_foreign_s_max']:.2f} s of busy time on the client core was not the client's "
                    "(other processes or softirq); see client_core_foreign_s in the JSON")
@@ -628,6 +659,8 @@ def main() -> None:
     ap.add_argument("--oha", type=Path, help="oha binary (default: `oha` on PATH, when there)")
     ap.add_argument("--no-oha", action="store_true", help="do not run oha even when it is installed")
     ap.add_argument("--rate", type=float, default=5000.0, help="open-model rate, req/s (default 5000)")
+    ap.add_argument("--batch-window", type=float, default=1.0,
+                    help="also run the open model with this `batch_window`, ms (default 1; 0: no such run)")
     ap.add_argument("--concurrency", type=int, default=50, help="closed-model connections (default 50)")
     ap.add_argument("--target-core", type=int, default=0)
     ap.add_argument("--client-core", type=int, default=1)
@@ -692,6 +725,7 @@ def main() -> None:
         subprocess.run(bench.pin + ["wrk", "-t1", "-c50", "-d1s", f"http://127.0.0.1:{port}/"], capture_output=True)
         closed_load = f"{{ model: closed, concurrency: {args.concurrency} }}"
         open_load = f"{{ model: open, rate: {args.rate:g}/s }}"
+        batched_load = f"{{ model: open, rate: {args.rate:g}/s, batch_window: {args.batch_window * 1000:g}us }}"
         limit = args.disturbed if args.disturbed is not None else max(0.3, 0.05 * args.duration)
         attempts = 0
         while len(reps) < args.reps:
@@ -702,6 +736,9 @@ def main() -> None:
             rep["closed"] = bench.stampede("closed", closed_load)
             rep["open"] = bench.stampede("open", open_load)
             runs = ["wrk", "closed", "open"]
+            if args.batch_window > 0:
+                rep["open_batched"] = bench.stampede("open_batched", batched_load)
+                runs.append("open_batched")
             if args.checks:
                 rep["checks"] = bench.stampede("checks", closed_load, checks=True)
                 runs.append("checks")
@@ -733,6 +770,11 @@ def main() -> None:
             if https:
                 rep["ratio_https"] = rep["https"]["req_per_cpu_s"] / rep["wrk_https"]["req_per_cpu_s"]
             rep["ratio_open_closed"] = rep["open"]["cpu_us_per_req"] / rep["closed"]["cpu_us_per_req"]
+            if args.batch_window > 0:
+                rep["ratio_batched_closed"] = rep["open_batched"]["cpu_us_per_req"] / rep["closed"]["cpu_us_per_req"]
+                rep["batched_kept_schedule"] = open_run_kept_schedule(rep["open_batched"], args.rate, args.duration)[0]
+                if args.oha_path:
+                    rep["ratio_batched_oha"] = rep["open_batched"]["req_per_cpu_s"] / rep["oha_open"]["req_per_cpu_s"]
             kept, why = open_run_kept_schedule(rep["open"], args.rate, args.duration)
             rep["open_kept_schedule"], rep["open_schedule_note"] = kept, why
             # Another process on either core during a run: /proc/stat busy
@@ -746,6 +788,9 @@ def main() -> None:
                     f"stampede closed {c['requests']} / {c['cpu_s']:.2f} = {c['req_per_cpu_s']:,.0f} ({rep['ratio_closed']:.3f}x) | "
                     f"open {o['requests']} / {o['cpu_s']:.3f} = {o['cpu_us_per_req']:.2f} µs/req "
                     f"({rep['ratio_open_closed']:.2f}x closed; schedule {why})")
+            if args.batch_window > 0:
+                ob = rep["open_batched"]
+                line += f" | open batched {ob['cpu_us_per_req']:.2f} µs/req ({rep['ratio_batched_closed']:.2f}x closed), p50 {ob['p50_ms']:.3f} ms"
             if args.oha_path:
                 oc, oo = rep["oha_closed"], rep["oha_open"]
                 line += (f" | oha closed {oc['req_per_cpu_s']:,.0f}/CPU-s ({rep['ratio_closed_oha']:.3f}x), "
@@ -786,7 +831,7 @@ def main() -> None:
     path.write_text(json.dumps({
         "started_at": started.isoformat(),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "settings": {"checks": args.checks, "https": args.https, "oha": args.oha_path, "baseline_bin": str(args.baseline_bin) if args.baseline_bin else None, "reps": args.reps, "duration_s": args.duration, "rate": args.rate, "concurrency": args.concurrency,
+        "settings": {"checks": args.checks, "https": args.https, "oha": args.oha_path, "baseline_bin": str(args.baseline_bin) if args.baseline_bin else None, "reps": args.reps, "duration_s": args.duration, "rate": args.rate, "batch_window_ms": args.batch_window, "concurrency": args.concurrency,
                      "target_core": args.target_core, "client_core": args.client_core, "binary": str(binary)},
         "machine": info,
         "summary": summary,

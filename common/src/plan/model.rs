@@ -194,7 +194,18 @@ pub struct Load {
     /// dropped and counted (k6's maxVUs). Default: [`default_max_in_flight`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+    /// Open model: the pacer starts the arrivals due within this window in
+    /// one wake-up, at the last one's instant, so each starts at most this
+    /// late (its lateness is in its latency, as always). Default none: each
+    /// arrival at its own instant. At most [`MAX_BATCH_WINDOW`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_window: Option<Dur>,
 }
+
+/// The longest `batch_window`: half the 10 ms lateness past which an
+/// arrival counts as a schedule miss (and 1 % of them make a run invalid),
+/// so a batched arrival is never one.
+pub const MAX_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The in-flight bound of an open phase without `max_in_flight`, per agent:
 /// its peak arrival rate times the request timeout plus a second (at least

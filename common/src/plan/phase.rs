@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use super::limits::{MAX_CONCURRENCY, MAX_RATE};
-use super::{Load, Model, Phase, Plan};
+use super::{Load, Model, Phase, Plan, MAX_BATCH_WINDOW};
 
 /// Most iterations one phase may ask for, fleet-wide: each is a request
 /// (and later a flow), counted exactly. `1e12` is a typo, not a test.
@@ -127,6 +127,12 @@ fn check_open(load: &Load) -> Result<(), (&'static str, String)> {
     if load.max_in_flight == Some(0) {
         return Err(("load.max_in_flight", "must be at least 1".into()));
     }
+    if let Some(w) = load.batch_window.map(|w| w.as_duration()).filter(|&w| w > MAX_BATCH_WINDOW) {
+        return Err((
+            "load.batch_window",
+            format!("{w:?} is more than {MAX_BATCH_WINDOW:?}: an arrival more than 10 ms late is a schedule miss, so a window is at most half of that"),
+        ));
+    }
     Ok(())
 }
 
@@ -145,7 +151,7 @@ fn check_concurrent(load: &Load) -> Result<(), (&'static str, String)> {
         }
         Some(c) => c,
     };
-    for (field, set) in [("load.rate", load.rate.is_some()), ("load.to", load.to.is_some()), ("load.max_in_flight", load.max_in_flight.is_some())] {
+    for (field, set) in [("load.rate", load.rate.is_some()), ("load.to", load.to.is_some()), ("load.max_in_flight", load.max_in_flight.is_some()), ("load.batch_window", load.batch_window.is_some())] {
         if set {
             return Err((field, format!("belongs to the open model; the {model} model takes `concurrency`")));
         }

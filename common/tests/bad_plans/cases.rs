@@ -253,6 +253,20 @@ pub const CASES: &[Case] = &[
         message: "belongs to the closed model",
     },
     Case {
+        name: "batch window over 5 ms",
+        edits: &[("      rate: 100/s\n", "      rate: 100/s\n      batch_window: 6ms\n")],
+        path: "phases[0].load.batch_window",
+        line: Some(9),
+        message: "6ms is more than 5ms",
+    },
+    Case {
+        name: "closed model with a batch window",
+        edits: &[("      concurrency: 10\n", "      concurrency: 10\n      batch_window: 1ms\n")],
+        path: "phases[1].load.batch_window",
+        line: Some(14),
+        message: "belongs to the open model",
+    },
+    Case {
         name: "concurrency 0",
         edits: &[("concurrency: 10", "concurrency: 0")],
         path: "phases[1].load.concurrency",
