@@ -124,21 +124,7 @@ pub fn load_str_with(text: &str, format: Format, file: &Path, params: &Params<'_
         None => PlanError { file: file.to_path_buf(), line: lines.line_of(&path), path: printable(&path), message: printable(&message) },
     };
 
-    // `config` reads the text into one value tree per format. Its
-    // `ConfigBuilder` would then read every top-level key as a path (see
-    // `check_top_level_keys`); a plan is one file with no overrides, so the
-    // tree is taken as it is, once the keys are checked.
-    let table = config::Source::collect(&config::File::from_str(text, format.config_format())).map_err(|e| {
-        let line = lines.syntax_error_line();
-        // YAML ends a plain scalar at `{` inside `{ … }`: say how to write it.
-        let on_line = line.and_then(|l| text.lines().nth(l.saturating_sub(1)));
-        let hint = if format == Format::Yaml && on_line.is_some_and(|l| l.contains("${")) {
-            "; inside `{ … }` or `[ … ]` quote a value with `${NAME}`: `rate: \"${RATE}\"`"
-        } else {
-            ""
-        };
-        PlanError { file: file.to_path_buf(), line, path: String::new(), message: printable(&format!("not valid {}: {e}{hint}", format.name())) }
-    })?;
+    let table = parse_tree(text, format, file, &lines)?;
     check_top_level_keys(&table, &lines, file)?;
     limits::check_tree(&table).map_err(|(path, message)| error_at(path, message))?;
     let mut table = table;
@@ -156,7 +142,40 @@ pub fn load_str_with(text: &str, format: Format, file: &Path, params: &Params<'_
     }
     let tree = config::Value::new(None, table);
 
-    let plan: Plan = serde_path_to_error::deserialize(tree).map_err(|e| {
+    let plan = deserialize_plan(tree, &error_at)?;
+
+    let mut plan = plan;
+    // Before `validate`: `{{data.COL}}` is checked against the file's columns.
+    super::data::resolve_data(&mut plan, &params.data).map_err(|(path, message)| error_at(path, message))?;
+    validate(&plan).map_err(|(path, message)| error_at(path, message))?;
+    secret::resolve_secrets(&mut plan, &params.secrets).map_err(|(path, message)| error_at(path, message))?;
+    Ok(plan)
+}
+
+/// The text as `config`'s value tree, or a syntax error on its line.
+///
+/// `config` reads the text into one value tree per format. Its
+/// `ConfigBuilder` would then read every top-level key as a path (see
+/// `check_top_level_keys`); a plan is one file with no overrides, so the
+/// tree is taken as it is, once the keys are checked.
+fn parse_tree(text: &str, format: Format, file: &Path, lines: &LineMap) -> Result<config::Map<String, config::Value>, PlanError> {
+    config::Source::collect(&config::File::from_str(text, format.config_format())).map_err(|e| {
+        let line = lines.syntax_error_line();
+        // YAML ends a plain scalar at `{` inside `{ … }`: say how to write it.
+        let on_line = line.and_then(|l| text.lines().nth(l.saturating_sub(1)));
+        let hint = if format == Format::Yaml && on_line.is_some_and(|l| l.contains("${")) {
+            "; inside `{ … }` or `[ … ]` quote a value with `${NAME}`: `rate: \"${RATE}\"`"
+        } else {
+            ""
+        };
+        PlanError { file: file.to_path_buf(), line, path: String::new(), message: printable(&format!("not valid {}: {e}{hint}", format.name())) }
+    })
+}
+
+/// The tree as a [`Plan`]; a field of the wrong shape or a missing one is
+/// named by its path (`error_at` finds its line).
+fn deserialize_plan(tree: config::Value, error_at: &dyn Fn(String, String) -> PlanError) -> Result<Plan, PlanError> {
+    serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         match e.into_inner() {
@@ -170,14 +189,7 @@ pub fn load_str_with(text: &str, format: Format, file: &Path, params: &Params<'_
             }
             other => error_at(path, clean_message(&other.to_string())),
         }
-    })?;
-
-    let mut plan = plan;
-    // Before `validate`: `{{data.COL}}` is checked against the file's columns.
-    super::data::resolve_data(&mut plan, &params.data).map_err(|(path, message)| error_at(path, message))?;
-    validate(&plan).map_err(|(path, message)| error_at(path, message))?;
-    secret::resolve_secrets(&mut plan, &params.secrets).map_err(|(path, message)| error_at(path, message))?;
-    Ok(plan)
+    })
 }
 
 /// A bad `--set`: names the flag; the file has no line for it.

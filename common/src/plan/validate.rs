@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::limits::{MAX_BODY_BYTES, MAX_FAULTS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PHASES, MAX_SLOS, MAX_STEPS};
-use super::{Model, Plan, Request, MAX_CHECKS, MAX_CHECKS_PER_STEP};
+use super::{BuiltinTarget, Model, Plan, Request, MAX_CHECKS, MAX_CHECKS_PER_STEP};
 
 /// Requests slower than this are not measured (the histograms' range), so no
 /// timeout may be longer.
@@ -19,53 +19,81 @@ const MAX_RUN: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `Err((field path, message))` for the first problem found.
 pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
-    let err = |path: String, msg: &str| Err((path, msg.to_string()));
+    check_settings(plan)?;
+    if let Some(b) = &plan.builtin_target {
+        check_builtin_target(b)?;
+    }
+    check_phases(plan)?;
+    check_steps(plan)?;
+    super::phase::check_phase_steps(plan)?;
+    super::flow::validate_flows(plan)?;
+    check_checks(plan)?;
+    super::fault::validate_faults(plan)?;
+    super::probe::validate_probes(plan)?;
+    super::slo_rules::validate_slos(plan)?;
+    super::abort::validate_abort_rules(plan)?;
+    Ok(())
+}
 
+fn fail(path: impl Into<String>, msg: &str) -> Result<(), (String, String)> {
+    Err((path.into(), msg.to_string()))
+}
+
+/// The plan's name, target, TLS, agent count, interval and timeout.
+fn check_settings(plan: &Plan) -> Result<(), (String, String)> {
     if plan.name.trim().is_empty() {
-        return err("name".into(), "must not be empty");
+        return fail("name", "must not be empty");
     }
     check_target(&plan.target).map_err(|m| ("target".to_string(), m))?;
     super::tls::validate_tls(plan)?;
     if plan.agents.count == Some(0) {
-        return err("agents.count".into(), "must be at least 1");
+        return fail("agents.count", "must be at least 1");
     }
     if plan.interval.as_duration() < std::time::Duration::from_millis(100) {
-        return err("interval".into(), "must be at least 100ms");
+        return fail("interval", "must be at least 100ms");
     }
     if plan.interval.as_duration() > MAX_INTERVAL {
-        return err("interval".into(), "must be at most 1h");
+        return fail("interval", "must be at most 1h");
     }
     if plan.timeout.as_duration().is_zero() {
-        return err("timeout".into(), "must be more than 0s");
+        return fail("timeout", "must be more than 0s");
     }
     if plan.timeout.as_duration() > MAX_TIMEOUT {
-        return err("timeout".into(), "must be at most 1h, the longest latency stampede records");
+        return fail("timeout", "must be at most 1h, the longest latency stampede records");
     }
-    if let Some(b) = &plan.builtin_target {
-        if let (Some(lo), Some(hi)) = (b.latency, b.latency_max) {
-            if hi < lo {
-                return err("builtin_target.latency_max".into(), "must not be below `latency`");
-            }
-        }
-        if let Some(s) = b.stall {
-            if s.every.as_duration().is_zero() || s.hold >= s.every {
-                return err("builtin_target.stall.hold".into(), "must be shorter than `every`, which must be more than 0s");
-            }
-        }
-        check_target_windows(b)?;
-        if let Some(h) = &b.require_header {
-            let token = !h.name.is_empty() && h.name.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
-            if !token {
-                return err("builtin_target.require_header.name".into(), "is not a valid header name");
-            }
-            if h.value.sent().contains(['\r', '\n']) {
-                return err("builtin_target.require_header.value".into(), "must not contain line breaks");
-            }
-        }
-    }
+    Ok(())
+}
 
+/// The built-in target's latency range, stalls, windows and required header.
+fn check_builtin_target(b: &BuiltinTarget) -> Result<(), (String, String)> {
+    if let (Some(lo), Some(hi)) = (b.latency, b.latency_max) {
+        if hi < lo {
+            return fail("builtin_target.latency_max", "must not be below `latency`");
+        }
+    }
+    if let Some(s) = b.stall {
+        if s.every.as_duration().is_zero() || s.hold >= s.every {
+            return fail("builtin_target.stall.hold", "must be shorter than `every`, which must be more than 0s");
+        }
+    }
+    check_target_windows(b)?;
+    if let Some(h) = &b.require_header {
+        let token = !h.name.is_empty() && h.name.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+        if !token {
+            return fail("builtin_target.require_header.name", "is not a valid header name");
+        }
+        if h.value.sent().contains(['\r', '\n']) {
+            return fail("builtin_target.require_header.value", "must not contain line breaks");
+        }
+    }
+    Ok(())
+}
+
+/// At least one phase, within the counts; names unique; each phase's load
+/// (`phase.rs`); all of them together at most [`MAX_RUN`].
+fn check_phases(plan: &Plan) -> Result<(), (String, String)> {
     if plan.phases.is_empty() {
-        return err("phases".into(), "a plan needs at least one phase");
+        return fail("phases", "a plan needs at least one phase");
     }
     check_counts(plan)?;
     let mut names = HashSet::new();
@@ -73,54 +101,51 @@ pub fn validate(plan: &Plan) -> Result<(), (String, String)> {
     for (i, phase) in plan.phases.iter().enumerate() {
         let at = |field: &str| format!("phases[{i}].{field}");
         if phase.name.trim().is_empty() {
-            return err(at("name"), "must not be empty");
+            return fail(at("name"), "must not be empty");
         }
         if !names.insert(phase.name.as_str()) {
-            return err(at("name"), &format!("phase `{}` is defined twice", phase.name));
+            return fail(at("name"), &format!("phase `{}` is defined twice", phase.name));
         }
         super::phase::check_phase(i, phase)?;
         total = total.saturating_add(phase.length());
         if total > MAX_RUN {
             let field = if phase.load.model == Model::Iterations { "load.max_duration" } else { "duration" };
-            return err(at(field), "makes the phases add up to more than 365 days");
+            return fail(at(field), "makes the phases add up to more than 365 days");
         }
     }
+    Ok(())
+}
 
+/// At least one step; names unique; weights at least 1 and adding up
+/// within `u32`; a data file named; each request (with the step's data
+/// columns as template names).
+fn check_steps(plan: &Plan) -> Result<(), (String, String)> {
     if plan.steps.is_empty() {
-        return err("steps".into(), "a plan needs at least one step");
+        return fail("steps", "a plan needs at least one step");
     }
     let mut names = HashSet::new();
     let mut weights = 0u32;
     for (i, step) in plan.steps.iter().enumerate() {
         let at = |field: &str| format!("steps[{i}].{field}");
         if step.name.trim().is_empty() {
-            return err(at("name"), "must not be empty");
+            return fail(at("name"), "must not be empty");
         }
         if !names.insert(step.name.as_str()) {
-            return err(at("name"), &format!("step `{}` is defined twice", step.name));
+            return fail(at("name"), &format!("step `{}` is defined twice", step.name));
         }
         if step.weight == 0 {
-            return err(at("weight"), "must be at least 1 (remove the step to leave it out)");
+            return fail(at("weight"), "must be at least 1 (remove the step to leave it out)");
         }
         weights = match weights.checked_add(step.weight) {
             Some(w) => w,
-            None => return err(at("weight"), "makes the weights add up to more than 4294967295"),
+            None => return fail(at("weight"), "makes the weights add up to more than 4294967295"),
         };
         if step.data.as_ref().is_some_and(|d| d.file.trim().is_empty()) {
-            return err(at("data.file"), "must name a CSV or JSON lines file");
+            return fail(at("data.file"), "must name a CSV or JSON lines file");
         }
         let names = super::template::Names { captures: &[], data: step.data_columns() };
         check_request_with(&step.request, &names).map_err(|(field, m)| (at(&format!("request{field}")), m))?;
     }
-
-    super::phase::check_phase_steps(plan)?;
-    super::flow::validate_flows(plan)?;
-    check_checks(plan)?;
-    super::fault::validate_faults(plan)?;
-    super::probe::validate_probes(plan)?;
-
-    super::slo_rules::validate_slos(plan)?;
-    super::abort::validate_abort_rules(plan)?;
     Ok(())
 }
 
@@ -217,7 +242,7 @@ fn check_checks(plan: &Plan) -> Result<(), (String, String)> {
 }
 
 /// Each window lasts, and does one thing; statuses are statuses.
-fn check_target_windows(b: &super::BuiltinTarget) -> Result<(), (String, String)> {
+fn check_target_windows(b: &BuiltinTarget) -> Result<(), (String, String)> {
     let status_ok = |s: u16| (100..=599).contains(&s);
     for (i, w) in b.windows.iter().enumerate() {
         let at = |field: &str| format!("builtin_target.windows[{i}].{field}");
