@@ -60,6 +60,7 @@ fn a_batch_window_starts_arrivals_together_and_charges_their_lateness() {
     let lag = schedule["dispatch_lag_p50_ms"].as_f64().expect("dispatch_lag_p50_ms");
     println!("schedule {schedule}, latency p50 {}", r["latency_ms"]["p50"]);
     assert!(lag >= 0.4, "dispatch lag p50 {lag} ms: the arrivals were not batched");
+    assert_eq!(schedule["batch_window_ms"], 2.0, "the report names the window");
     let latency = r["latency_ms"]["p50"].as_f64().unwrap();
     assert!(latency >= lag, "latency p50 {latency} ms leaves out the dispatch lag p50 {lag} ms");
 }

@@ -121,7 +121,13 @@ fn phases(r: &Report, out: &mut String) {
         let schedule = match &p.schedule {
             None => "closed model".to_string(),
             Some(s) if s.saturated => format!("<span class=\"bad\">{} due, {} dropped, {} late: saturated</span>", s.scheduled, s.dropped, s.late),
-            Some(s) => format!("{} due, {} dropped, {} late", s.scheduled, s.dropped, s.late),
+            Some(s) => format!(
+                "{} due, {} dropped, {} late{}",
+                s.scheduled,
+                s.dropped,
+                s.late,
+                s.batch_window_ms.map(|w| format!(", started in batches of {w} ms")).unwrap_or_default()
+            ),
         };
         let fixed = vec![escape_markup(&p.name), format!("{:?}", p.model).to_lowercase(), p.requests.to_string(), p.errors.to_string(), format!("{:.1}", p.throughput_rps)];
         row(out, "td", &[fixed, latency(&p.latency_ms), vec![schedule]].concat());

@@ -123,10 +123,11 @@ fn phase_table(r: &Report, out: &mut String) {
             (None, Some(it)) => format!("{} of {} iterations done", it.done, it.planned),
             (None, None) => "closed model".to_string(),
             (Some(s), _) => format!(
-                "{} due, {} dropped, {} late{}",
+                "{} due, {} dropped, {} late{}{}",
                 s.scheduled,
                 s.dropped,
                 s.late,
+                s.batch_window_ms.map(|w| format!(", started in batches of {w} ms")).unwrap_or_default(),
                 if s.saturated { " — SATURATED" } else { "" }
             ),
         };

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use stampede_common::plan::{Model, Plan};
+use stampede_common::units::Dur;
 use stampede_common::stats::{CheckCount, RunStats, ScheduleStats};
 
 use super::numbers::{checks, handshakes, percentiles, statuses, HandshakeReport, Percentiles};
@@ -57,6 +58,10 @@ pub struct ScheduleReport {
     /// Intended instant to the start of the write, over the phase's arrivals.
     pub dispatch_lag_p50_ms: Option<f64>,
     pub dispatch_lag_p99_ms: Option<f64>,
+    /// The phase's `batch_window`, when it has one: arrivals were started
+    /// in batches, each up to this late (in the dispatch lag above).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_window_ms: Option<f64>,
     /// True when more than 1 % of arrivals were dropped or late: the client saturated.
     pub saturated: bool,
 }
@@ -86,7 +91,7 @@ pub(super) fn phase_reports(plan: &Plan, stats: &RunStats) -> Vec<PhaseReport> {
             let s = stats.summarize(|k| k.phase == i as u32);
             let secs = p.length().as_secs_f64();
             let active_s = crate::active::early_end(plan, stats, i).map(|d| d.as_secs_f64());
-            let schedule = (p.load.model == Model::Open).then(|| schedule_report(stats, i as u32));
+            let schedule = (p.load.model == Model::Open).then(|| schedule_report(stats, i as u32, p.load.batch_window));
             PhaseReport {
                 name: p.name.clone(),
                 model: p.load.model,
@@ -109,7 +114,7 @@ pub(super) fn phase_reports(plan: &Plan, stats: &RunStats) -> Vec<PhaseReport> {
 }
 
 /// How well an open-model phase kept its schedule, every agent together.
-fn schedule_report(stats: &RunStats, phase: u32) -> ScheduleReport {
+fn schedule_report(stats: &RunStats, phase: u32, batch_window: Option<Dur>) -> ScheduleReport {
     let sch: ScheduleStats = stats.schedule.get(&phase).copied().unwrap_or_default();
     let mut lag = stampede_common::histogram::new_hist();
     for (_, r) in stats.steps.iter().filter(|(k, _)| k.phase == phase) {
@@ -122,6 +127,7 @@ fn schedule_report(stats: &RunStats, phase: u32) -> ScheduleReport {
         max_lag_ms: sch.max_lag_us as f64 / 1e3,
         dispatch_lag_p50_ms: stampede_common::stats::quantile_ms(&lag, 0.50),
         dispatch_lag_p99_ms: stampede_common::stats::quantile_ms(&lag, 0.99),
+        batch_window_ms: batch_window.map(|w| w.as_duration().as_secs_f64() * 1e3),
         saturated: sch.saturated(),
     }
 }
