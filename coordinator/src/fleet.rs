@@ -60,6 +60,11 @@ impl SessionCut {
         self.0.token.cancelled().await
     }
 
+    /// [`Self::cut_off`] as a future that owns its handle (for a stream's state).
+    pub fn cut_off_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.0.token.clone().cancelled_owned()
+    }
+
     /// Why the session was cut, if it was cut for a reason the agent must hear.
     pub fn reason(&self) -> Option<&str> {
         self.0.why.get().map(String::as_str)

@@ -51,4 +51,5 @@ pub mod split;
 pub mod steady;
 pub mod store;
 pub mod timeline;
+pub mod to_agent;
 pub mod verdict;

@@ -11,12 +11,12 @@ use stampede_proto::v1::agent_service_server::AgentService;
 use stampede_proto::v1::coordinator_message::Msg as Down;
 use stampede_proto::v1::{Abort, AgentMessage, ClockProbe, CoordinatorMessage, Delivered, Heartbeat, Register, Registered};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::fleet::{AgentEntry, AgentEvent, Delivery, Fleet, SessionCut};
+use crate::to_agent::{Sent, ToAgent};
 
 pub struct AgentSessions {
     pub fleet: Fleet,
@@ -57,8 +57,9 @@ impl AgentService for AgentSessions {
         let session = self.register(reg, now, &tx, &cut)?;
         self.abort_unknown_run(&agent_id, &active_run_id, &tx).await;
         info!(message = "Agent registered.", agent = %agent_id, resuming = %active_run_id, %caller);
-        tokio::spawn(keepalive(tx.clone(), cut.clone()));
-        let outbound = outbound(rx, cut.clone());
+        let sent = Sent::default();
+        tokio::spawn(keepalive(tx.clone(), cut.clone(), sent.clone()));
+        let outbound = Box::pin(ToAgent::new(rx, cut.clone(), sent)) as Outbound;
         let reader = Reader { fleet: self.fleet.clone(), agent_id, session, instance, tx, cut };
         tokio::spawn(reader.run(inbound));
         Ok(Response::new(outbound))
@@ -139,39 +140,6 @@ async fn first_register(inbound: &mut Streaming<AgentMessage>) -> Result<Registe
         return Err(Status::invalid_argument("the first message of a session must be Register"));
     };
     Ok(reg)
-}
-
-/// The stream to the agent: what the session's queue holds, until the
-/// session is cut; then what is still queued (an Abort, say) and, for a cut
-/// with a reason, that reason as the stream's final status. A cut session's
-/// stream ends even while a run still holds a sender of its queue.
-fn outbound(mut rx: mpsc::Receiver<Result<CoordinatorMessage, Status>>, cut: SessionCut) -> Outbound {
-    let (out_tx, out_rx) = mpsc::channel(1);
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = cut.cut_off() => break,
-                next = rx.recv() => next,
-            };
-            let Some(msg) = next else { return };
-            tokio::select! {
-                sent = out_tx.send(msg) => if sent.is_err() { return },
-                _ = cut.cut_off() => break,
-            }
-        }
-        // Cut: what was queued before the cut, then why, each bounded so a
-        // stalled link cannot hold this task.
-        while let Ok(msg) = rx.try_recv() {
-            if !matches!(tokio::time::timeout(Duration::from_secs(1), out_tx.send(msg)).await, Ok(Ok(()))) {
-                return;
-            }
-        }
-        if let Some(why) = cut.reason() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), out_tx.send(Err(Status::aborted(why.to_string())))).await;
-        }
-    });
-    Box::pin(ReceiverStream::new(out_rx)) as Outbound
 }
 
 /// Reads one session's messages until it ends or is cut.
@@ -283,8 +251,14 @@ const SILENCE: Duration = Duration::from_secs(3);
 const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// Heartbeats and rounds of clock probes, until the session's queue closes.
-async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: SessionCut) {
+/// A beat is skipped when other messages went to the agent since the last
+/// one (acks of its snapshots, during a run): any message tells the agent
+/// the session lives, and at 1 000 agents every message costs the
+/// coordinator a write (`benchmarks/README.md`, fleet scale).
+async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: SessionCut, sent: Sent) {
     let mut next_round = tokio::time::Instant::now();
+    // The count of messages sent as of the last look, a beat included.
+    let mut seen = u64::MAX;
     loop {
         if tokio::time::Instant::now() >= next_round {
             for _ in 0..PROBES {
@@ -300,7 +274,14 @@ async fn keepalive(tx: mpsc::Sender<Result<CoordinatorMessage, Status>>, ended: 
         }
         // try_send: a full queue (a stalled link) must not stall the beat;
         // the messages queued say the same thing.
-        let _ = tx.try_send(down(Down::Heartbeat(Heartbeat { clock_unix_nanos: unix_nanos_now() })));
+        let count = sent.count();
+        seen = if count == seen {
+            // Nothing went to the agent for a beat: beat (counted once sent).
+            let _ = tx.try_send(down(Down::Heartbeat(Heartbeat { clock_unix_nanos: unix_nanos_now() })));
+            count + 1
+        } else {
+            count
+        };
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT) => {}
             _ = ended.cut_off() => return,
@@ -324,5 +305,51 @@ fn session_message(fleet: &Fleet, agent_id: &str, msg: Option<Up>) {
         },
         Some(Up::Register(_)) => warn!(message = "Agent registered twice on one session; ignored.", agent = %agent_id),
         Some(Up::Heartbeat(_)) | Some(Up::Snapshot(_)) | Some(Up::Finished(_)) | Some(Up::Fault(_)) | None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    /// Heartbeats among what the stream yields over `ms` of (paused) time,
+    /// while `other` messages a second are queued beside them.
+    async fn beats_over(ms: u64, other: u64, tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>, stream: &mut ToAgent) -> usize {
+        let mut beats = 0;
+        for step in 0..ms / 100 {
+            if other > 0 && step % (10 / other) == 0 {
+                tx.try_send(down(Down::Delivered(Delivered { upto: step }))).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Ok(Some(item)) = tokio::time::timeout(Duration::ZERO, stream.next()).await {
+                if matches!(item, Ok(CoordinatorMessage { msg: Some(Down::Heartbeat(_)) })) {
+                    beats += 1;
+                }
+            }
+        }
+        beats
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_keepalive_beats_only_when_nothing_else_went_to_the_agent() {
+        let (tx, rx) = mpsc::channel(256);
+        let cut = SessionCut::default();
+        let sent = Sent::default();
+        let mut stream = ToAgent::new(rx, cut.clone(), sent.clone());
+        tokio::spawn(keepalive(tx.clone(), cut.clone(), sent));
+        // Idle: a beat a second (the first second has the clock probes).
+        let idle = beats_over(5_000, 0, &tx, &mut stream).await;
+        assert!((3..=5).contains(&idle), "{idle} beats in 5 s idle");
+        // Acks twice a second (a run's snapshots): no beat needed.
+        let busy = beats_over(5_000, 2, &tx, &mut stream).await;
+        assert!(busy <= 1, "{busy} beats in 5 s with acks going");
+        // Quiet again: the beats come back.
+        let again = beats_over(3_000, 0, &tx, &mut stream).await;
+        assert!(again >= 2, "{again} beats in 3 s idle again");
+        cut.cut(None);
     }
 }

@@ -193,14 +193,21 @@ async fn session(fleet: &Arc<Fleet>, st: &mut State) -> anyhow::Result<SessionEn
     }
     st.out.sessions += 1;
     let mut last_contact = Instant::now();
-    let pump = AbortOnDrop(tokio::spawn(pump(st.outbox.clone(), tx.clone())));
+    let sent = Arc::new(AtomicU64::new(0));
+    let pump = AbortOnDrop(tokio::spawn(pump(st.outbox.clone(), tx.clone(), sent.clone())));
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    // As the agent: a beat only when the pump sent nothing since the last tick.
+    let mut seen = u64::MAX;
     let end = loop {
         let storm = st.run.as_ref().and_then(|r| r.storm).filter(|_| !st.stormed);
         tokio::select! {
             _ = fleet.shutdown.cancelled() => break SessionEnd::Shutdown,
             _ = heartbeat.tick() => {
-                let _ = tx.try_send(message(Up::Heartbeat(Heartbeat { clock_unix_nanos: unix_nanos(SystemTime::now()) })));
+                let last = sent.load(Ordering::Acquire);
+                if last == seen {
+                    let _ = tx.try_send(message(Up::Heartbeat(Heartbeat { clock_unix_nanos: unix_nanos(SystemTime::now()) })));
+                }
+                seen = last;
             }
             _ = tokio::time::sleep_until(storm.unwrap_or_else(Instant::now)), if storm.is_some() => {
                 st.stormed = true;
@@ -258,7 +265,7 @@ impl Drop for AbortOnDrop {
 
 /// As the agent's pump: everything unacknowledged first, then each new
 /// message, in delivery order.
-async fn pump(outbox: Arc<Outbox>, tx: mpsc::Sender<AgentMessage>) {
+async fn pump(outbox: Arc<Outbox>, tx: mpsc::Sender<AgentMessage>, sent: Arc<AtomicU64>) {
     let mut pushed = outbox.subscribe();
     let mut cursor = 0;
     loop {
@@ -267,6 +274,7 @@ async fn pump(outbox: Arc<Outbox>, tx: mpsc::Sender<AgentMessage>) {
             if tx.send(m).await.is_err() {
                 return;
             }
+            sent.store(cursor, Ordering::Release);
         }
         if pushed.changed().await.is_err() {
             return;
