@@ -50,7 +50,15 @@ pub fn spawn(
 ) -> (SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
     let addr = listener.local_addr().expect("a bound listener has an address");
     let agents = AgentServiceServer::new(AgentSessions { fleet, token: security.token }).max_decoding_message_size(MAX_AGENT_MESSAGE);
-    let mut router = tonic::transport::Server::builder().add_service(agents);
+    // HTTP/2 flow-control windows of 256 KiB a stream and 1 MiB a connection
+    // (h2's default is 64 KiB): the coordinator sends a WINDOW_UPDATE when
+    // half a window was read, so an agent's ~6 KB snapshots a second cost
+    // one every ~20 s instead of every ~5 s — at 1 000 agents a fifth of
+    // the writes that are left once heartbeats are skipped.
+    let mut router = tonic::transport::Server::builder()
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .add_service(agents);
     if let Some(c) = control {
         router = router.add_service(ControlServiceServer::new(c).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE));
     }
