@@ -242,8 +242,8 @@ fn refused_status(status: &Status) -> Option<String> {
 /// repeats (clocks drift; a fresh estimate before each run is worth 160 ms
 /// of probes). The estimate keeps the least-delayed sample of the last
 /// 60 s (`Fleet::clock_sample`), so a refresh round needs only a few
-/// probes to keep it fresh: 3 instead of 8 saves a third of a 1 000-agent
-/// fleet's idle messages.
+/// probes to keep it fresh: 3 instead of 8 is 10 fewer messages per agent
+/// every 30 s, an eighth of an idle fleet's traffic.
 const PROBES: usize = 8;
 const REFRESH_PROBES: usize = 3;
 const PROBE_GAP: Duration = Duration::from_millis(20);
