@@ -14,7 +14,13 @@ use crate::recorder::Outcome;
 use crate::schedule::ArrivalSchedule;
 
 /// Most arrivals the pacer starts or drops before it yields to its runtime.
-const PACE_BATCH: u32 = 1024;
+/// Small, so that a pacer catching up (after a preemption, at 50 000/s a
+/// few ms are hundreds of arrivals) lets its requests write and the
+/// responses that came back return their connections to the pool between
+/// batches: with 1024, every arrival of a backlog was spawned before any
+/// ran, found the pool empty and dialed, and the dials made the backlog
+/// grow (issue 11, item 1). A yield costs well under a µs.
+const PACE_BATCH: u32 = 16;
 /// How long after its phase's end a pacer that fell behind still starts
 /// due arrivals; the rest are counted as dropped. A healthy pacer is done
 /// within a timer tick of the end (its last arrivals are due just before it).
