@@ -9,7 +9,14 @@ Two measurements, interleaved in every repetition:
       intended instant to the moment its worker starts writing it (the
       report's dispatch histogram, `phases[0].schedule.dispatch_lag_*`).
       Targets: p50 <= 20 µs and p99 <= 100 µs at 5 000/s, p99 <= 200 µs at
-      50 000/s.
+      50 000/s "per core": the client (coordinator + one in-process agent)
+      is pinned to --client-core, the target to --target-core, so one
+      client core carries the whole rate. Reported per rate: lag p50, p99,
+      max, dropped arrivals, the client's CPU (% of its core, from the
+      child's rusage) and the schedule's saturated flag. Before the reps,
+      when wrk is installed, the target's closed-model capacity on its core
+      (`wrk -t1 -c20`, 3 s, wrk on the client core): 50 000/s is only a
+      client measurement if the target serves well above it.
   (b) first request at the target: 3 agents (`--local-agents 3 --workers 1`,
       one process, loopback) send `GET /{{seq}}` to a listener in this
       script. `{{seq}}` of an agent's first request is its agent index
@@ -33,6 +40,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import resource
+import shutil
 import selectors
 import socket
 import statistics
@@ -138,16 +148,35 @@ def plan(name: str, port: int, duration: int, load: str, path: str = "/") -> str
 
 
 def stampede(binary: Path, workdir: Path, label: str, text: str, agents: int, pin: list[str]) -> dict:
+    """Runs the plan; returns report.json, with `_cpu_pct`: the client's
+    CPU time (user + system, from the child's rusage) over its wall time."""
     p = workdir / f"{label}.yaml"
     p.write_text(text)
     out = workdir / f"{label}-out"
     subprocess.run(["rm", "-rf", str(out)])
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     r = subprocess.run(pin + [str(binary), "run", str(p), "--local-agents", str(agents), "--workers", "1", "--out", str(out)],
                        capture_output=True, text=True)
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - t0
     rp = out / "report.json"
     if r.returncode not in (0, 1, 3) or not rp.is_file():
         bench.die(f"stampede {label} exited with {r.returncode}:\n{r.stdout}\n{r.stderr}")
-    return json.loads(rp.read_text())
+    report = json.loads(rp.read_text())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    report["_cpu_pct"] = 100 * cpu / wall
+    return report
+
+
+def target_capacity(port: int, core: int) -> float | None:
+    """The target's closed-model requests/s on its core (wrk -t1 -c20, 3 s,
+    wrk pinned to `core`), or None without wrk."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    r = subprocess.run(["taskset", "-c", str(core), wrk, "-t1", "-c20", "-d3s", f"http://127.0.0.1:{port}/"],
+                       capture_output=True, text=True)
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", r.stdout)
+    return float(m.group(1)) if m else None
 
 
 def stats(vals: list[float]) -> str:
@@ -166,21 +195,29 @@ def main() -> None:
     ap.add_argument("--target-core", type=int, default=0)
     ap.add_argument("--client-core", type=int, default=1)
     ap.add_argument("--out", type=Path, default=bench.RESULTS)
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the target and the pinned client at this niceness (e.g. -10, needs root): on a machine "
+                         "where others are building, a nice-0 client gets about half of its core and measures the "
+                         "scheduler, not itself (default 0)")
     args = ap.parse_args()
     binary = args.bin.resolve() if args.bin else bench.build()
     rates = [float(r) for r in args.rates.split(",")]
-    pin = ["taskset", "-c", str(args.client_core)]
+    niced = ["nice", "-n", str(args.nice)] if args.nice else []
+    pin = niced + ["taskset", "-c", str(args.client_core)]
     info = bench.machine_info()
     print(f"machine: {info['nproc']} cpus, {info['cpu_model']}, kernel {info['kernel']}, load {Path('/proc/loadavg').read_text().split()[0]}")
     print(f"binary: {binary} ({info.get('git_rev', '?')})", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="stampede-pacing-"))
     port = bench.free_port()
-    target = subprocess.Popen(["taskset", "-c", str(args.target_core), str(binary), "target", "--listen", f"127.0.0.1:{port}"],
+    target = subprocess.Popen(niced + ["taskset", "-c", str(args.target_core), str(binary), "target", "--listen", f"127.0.0.1:{port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     listener = FirstArrivals()
     reps = []
     try:
         bench.wait_listening(port, target)
+        capacity = target_capacity(port, args.client_core)
+        print("target capacity (closed, wrk -t1 -c20, one core each): "
+              + ("n/a (wrk not installed)" if capacity is None else f"{capacity:,.0f} req/s"), flush=True)
         for i in range(args.reps):
             rep: dict = {"lag": {}, "first": {}}
             for rate in rates:
@@ -188,6 +225,8 @@ def main() -> None:
                 s = r["phases"][0]["schedule"]
                 rep["lag"][rate] = {"p50_us": (s.get("dispatch_lag_p50_ms") or 0) * 1e3 if s.get("dispatch_lag_p50_ms") is not None else None,
                                     "p99_us": s["dispatch_lag_p99_ms"] * 1e3 if s.get("dispatch_lag_p99_ms") is not None else None,
+                                    "max_us": s["max_lag_ms"] * 1e3 if s.get("max_lag_ms") is not None else None,
+                                    "cpu_pct": r["_cpu_pct"], "saturated": bool(s.get("saturated")),
                                     "latency_p50_ms": r["latency_ms"]["p50"], "requests": r["totals"]["requests"],
                                     "late": s["late"], "dropped": s["dropped"], "scheduled": s["scheduled"],
                                     "verdict": r["verdict"], "verdict_reasons": r["verdict_reasons"]}
@@ -208,7 +247,8 @@ def main() -> None:
                     offsets[k] = (seen[k] - start - designed) / 1e6
                 rep["first"][model] = {"offset_ms": offsets, "start_skew_ms": [a.get("start_skew_ms") for a in r["agents"]]}
             reps.append(rep)
-            lag = " | ".join(f"{rate:g}/s dispatch p50 {v['p50_us']} µs p99 {v['p99_us']} µs" for rate, v in rep["lag"].items())
+            lag = " | ".join(f"{rate:g}/s dispatch p50 {v['p50_us']} µs p99 {v['p99_us']} µs max {v['max_us']} µs, dropped {v['dropped']}, "
+                             f"client CPU {v['cpu_pct']:.0f} %{', saturated' if v['saturated'] else ''}" for rate, v in rep["lag"].items())
             first = " | ".join(f"{m} first offsets {', '.join('n/a' if o is None else f'{o:+.3f}' for o in v['offset_ms'].values())} ms" for m, v in rep["first"].items())
             print(f"rep {i + 1}/{args.reps}: {lag} | {first}", flush=True)
     finally:
@@ -219,11 +259,14 @@ def main() -> None:
     print()
     print("| metric (median, range over reps) | measured | target |")
     print("|---|---|---|")
-    targets = {(0, "p50_us"): "<= 20 µs", (0, "p99_us"): "<= 100 µs", (1, "p99_us"): "<= 200 µs"}
-    for j, rate in enumerate(rates):
-        for key in ("p50_us", "p99_us"):
-            want = targets.get((min(j, 1), key), "") if rate in (5000.0, 50000.0) else ""
+    targets = {(5000.0, "p50_us"): "<= 20 µs", (5000.0, "p99_us"): "<= 100 µs", (50000.0, "p99_us"): "<= 200 µs"}
+    for rate in rates:
+        for key in ("p50_us", "p99_us", "max_us"):
+            want = targets.get((rate, key), "")
             print(f"| dispatch lag {key[:3]} at {rate:g}/s, µs | {stats([r['lag'][rate][key] for r in reps])} | {want} |")
+        print(f"| dropped arrivals at {rate:g}/s | {stats([r['lag'][rate]['dropped'] for r in reps])} | 0 |")
+        print(f"| client CPU at {rate:g}/s, % of its core | {stats([r['lag'][rate]['cpu_pct'] for r in reps])} | |")
+        print(f"| saturated at {rate:g}/s, reps | {sum(r['lag'][rate]['saturated'] for r in reps)} of {len(reps)} | 0 |")
         print(f"| latency p50 at {rate:g}/s, ms (built-in target) | {stats([r['lag'][rate]['latency_p50_ms'] for r in reps])} | |")
     for model in ("open", "closed"):
         worst = [max((abs(o) for o in r["first"][model]["offset_ms"].values() if o is not None), default=None) for r in reps]
@@ -232,7 +275,7 @@ def main() -> None:
         print(f"| first request, {model}, worst agent per rep, ms | {stats(worst)} | <= 1 ms |")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"pacing-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps({"machine": info, "binary": str(binary), "reps": reps}, indent=2, default=str))
+    path.write_text(json.dumps({"machine": info, "binary": str(binary), "target_capacity_rps": capacity, "reps": reps}, indent=2, default=str))
     print(f"\nraw results: {path}")
     subprocess.run(["rm", "-rf", str(workdir)])
 

@@ -64,3 +64,86 @@ fn a_batch_window_starts_arrivals_together_and_charges_their_lateness() {
     let latency = r["latency_ms"]["p50"].as_f64().unwrap();
     assert!(latency >= lag, "latency p50 {latency} ms leaves out the dispatch lag p50 {lag} ms");
 }
+
+/// A keep-alive HTTP listener that answers every request with 200 and
+/// notes when each connection was accepted and when the first request
+/// bytes of the whole run arrived.
+struct Watch {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+    first_request: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>,
+}
+
+fn watch() -> Watch {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let first_request = std::sync::Arc::new(std::sync::OnceLock::new());
+    let (acc, first) = (accepted.clone(), first_request.clone());
+    // Ends with the test process (a detached thread blocked in accept).
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            acc.lock().unwrap().push(std::time::Instant::now());
+            let first = first.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut tail = Vec::new();
+                loop {
+                    let n = match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let _ = first.set(std::time::Instant::now());
+                    tail.extend_from_slice(&buf[..n]);
+                    while let Some(end) = tail.windows(4).position(|w| w == b"\r\n\r\n") {
+                        tail.drain(..end + 4);
+                        if conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Watch { port, accepted, first_request }
+}
+
+/// At 50 000/s a connect per early arrival put the pacer behind for good
+/// (issue 11, item 1), so an open first phase opens its share of 1 ms of
+/// arrivals (at most 64 a worker) before the start: at 3 000/s, 3 idle
+/// connections are there before the first request is sent.
+#[test]
+fn an_open_first_phase_has_connections_before_its_start() {
+    let target = watch();
+    let out = tempfile::tempdir().unwrap();
+    let plan = out.path().join("warm.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name: warm\ntarget: http://127.0.0.1:{}\nphases:\n  - {{ name: hold, duration: 300ms, load: {{ model: open, rate: 3000/s }} }}\nsteps:\n  - {{ name: get, request: {{ method: GET, path: \"/\" }} }}\n",
+            target.port
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_stampede"))
+        .args(["run"])
+        .arg(&plan)
+        .args(["--local-agents", "1", "--workers", "1", "--out"])
+        .arg(out.path().join("out"))
+        .output()
+        .expect("stampede runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let text = std::fs::read_to_string(out.path().join("out/report.json")).unwrap_or_else(|_| panic!("no report; stderr:\n{stderr}"));
+    let r: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["totals"]["errors"], 0, "{}", r["totals"]);
+    let first = *target.first_request.get().expect("a request reached the target");
+    let accepted = target.accepted.lock().unwrap().clone();
+    // Well before: not the connection a first request opened for itself
+    // (accepted just before its bytes). Without the warm-up only the
+    // coordinator's own check of the target comes that early.
+    let early = first - std::time::Duration::from_millis(2);
+    let before = accepted.iter().filter(|&&t| t < early).count();
+    assert!(before >= 3, "{before} connections accepted 2 ms or more before the first request (of {}), want >= 3", accepted.len());
+}

@@ -205,6 +205,11 @@ async fn run(plan: WorkerPlan) {
     let finished = Rc::new(tokio::sync::Notify::new());
     let flusher = tokio::task::spawn_local(flush_intervals(w.clone(), finished.clone()));
 
+    if w.plan.plan.phases.first().is_some_and(|p| p.load.model == Model::Open) {
+        if let Some(deadline) = w.plan.run_start.checked_sub(START_KERNEL_SLEEP) {
+            open::warm_up(&w, 0, deadline).await;
+        }
+    }
     wait_for_start(&w.plan).await;
     let offsets = w.plan.plan.phase_offsets();
     for (i, phase) in w.plan.plan.phases.iter().enumerate() {

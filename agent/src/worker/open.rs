@@ -8,13 +8,19 @@ use stampede_common::plan::default_max_in_flight;
 use stampede_common::stats::ErrorKind;
 use tokio::time::sleep_until;
 
-use super::request::{run_step, Done};
+use super::request::{dial, run_step, Done};
 use super::{User, Worker};
 use crate::recorder::Outcome;
 use crate::schedule::ArrivalSchedule;
 
 /// Most arrivals the pacer starts or drops before it yields to its runtime.
-const PACE_BATCH: u32 = 1024;
+/// Small, so that a pacer catching up (after a preemption, at 50 000/s a
+/// few ms are hundreds of arrivals) lets its requests write and the
+/// responses that came back return their connections to the pool between
+/// batches: with 1024, every arrival of a backlog was spawned before any
+/// ran, found the pool empty and dialed, and the dials made the backlog
+/// grow (issue 11, item 1). A yield costs well under a µs.
+const PACE_BATCH: u32 = 16;
 /// How long after its phase's end a pacer that fell behind still starts
 /// due arrivals; the rest are counted as dropped. A healthy pacer is done
 /// within a timer tick of the end (its last arrivals are due just before it).
@@ -27,16 +33,11 @@ const PACE_GRACE: Duration = Duration::from_millis(100);
 /// cancellation wait too, by at most this long.
 const SLEEP_THROUGH_UP_TO: Duration = Duration::from_millis(1);
 
-/// Runs open phase `phase` (starting at `start`) to its end.
-pub(super) async fn run_phase(w: &Rc<Worker>, phase: usize, start: Instant) {
+/// Most requests in flight on this worker in open phase `phase`.
+fn in_flight_limit(w: &Worker, phase: usize) -> u32 {
     let p = &w.plan.plan.phases[phase];
-    let load = &p.load;
-    let r0 = load.rate.map_or(0.0, |r| r.as_per_second());
-    let r1 = load.to.map_or(r0, |r| r.as_per_second());
-    let schedule = ArrivalSchedule::new(r0, r1, p.length(), w.plan.rate_share, w.plan.arrival_offset);
-    let peak = r0.max(r1) * w.plan.rate_share;
-    let per_agent = load.max_in_flight.unwrap_or_else(|| {
-        let wanted = default_max_in_flight(peak, w.longest);
+    let per_agent = p.load.max_in_flight.unwrap_or_else(|| {
+        let wanted = default_max_in_flight(peak_rate(w, phase), w.longest);
         if wanted > w.plan.max_connections && w.plan.index == 0 {
             tracing::warn!(
                 message = "The open-files limit is below the default in-flight bound: a stalled target will show as dropped arrivals. Raise `ulimit -n` (LimitNOFILE) or set max_in_flight.",
@@ -45,13 +46,74 @@ pub(super) async fn run_phase(w: &Rc<Worker>, phase: usize, start: Instant) {
         }
         wanted.min(w.plan.max_connections)
     });
-    let limit = per_agent.div_ceil(w.plan.workers as u32).max(1);
-    // Sleeping through responses needs their arrival from the kernel:
-    // plain TCP reads are stamped (`rxstamp.rs`); TLS records and flows
-    // (which time their own requests) are not, so they keep the timerfd.
-    let sleep_through = !w.plan.dialer.is_tls() && w.pickers[phase].steps.iter().all(|&s| w.plan.flows[s].is_none());
+    per_agent.div_ceil(w.plan.workers as u32).max(1)
+}
+
+/// This agent's peak arrival rate in open phase `phase`, per second.
+fn peak_rate(w: &Worker, phase: usize) -> f64 {
+    let load = &w.plan.plan.phases[phase].load;
+    let r0 = load.rate.map_or(0.0, |r| r.as_per_second());
+    let r1 = load.to.map_or(r0, |r| r.as_per_second());
+    r0.max(r1) * w.plan.rate_share
+}
+
+/// Whether the pacer sleeps through responses in open phase `phase`:
+/// plain TCP reads are stamped (`rxstamp.rs`); TLS records and flows
+/// (which time their own requests) are not, so they keep the timerfd.
+fn sleeps_through(w: &Worker, phase: usize) -> bool {
+    !w.plan.dialer.is_tls() && w.pickers[phase].steps.iter().all(|&s| w.plan.flows[s].is_none())
+}
+
+/// Arrivals of this long at the phase's peak rate get a connection opened
+/// ahead of the phase (see [`warm_up`]).
+const WARM_SPAN: Duration = Duration::from_millis(1);
+/// Most connections a worker opens ahead of an open phase.
+const MAX_WARM: u32 = 64;
+
+/// Opens, before open phase `phase` starts (by `deadline`), as many idle
+/// connections as the phase's arrivals in [`WARM_SPAN`] at its peak rate,
+/// per worker (at most [`MAX_WARM`] and the in-flight bound; plain TCP
+/// without flows only, see [`sleeps_through`]), so its first arrivals do not
+/// each dial.
+///
+/// Why (issue 11, item 1; `benchmarks/pacing.py` at 50 000/s, one agent on
+/// one core): arrivals 20 µs apart leave no time for a connect (~30–100 µs
+/// on loopback, with the target's accept). Starting with an empty pool,
+/// every early arrival dialed, the pacer fell behind, the arrivals due
+/// meanwhile found every connection busy and dialed too: 16 000 connects in
+/// 2 s, 30–78 % of arrivals dropped and the dispatch lag in seconds. With
+/// connections waiting, an arrival takes an idle one, as it does at any
+/// lower rate in the steady state. The target sees the connections open
+/// before the phase starts; no request is sent on them before it.
+pub(super) async fn warm_up(w: &Worker, phase: usize, deadline: Instant) {
+    if !sleeps_through(w, phase) {
+        return;
+    }
+    let per_worker = peak_rate(w, phase) / w.plan.workers as f64;
+    let want = ((per_worker * WARM_SPAN.as_secs_f64()).ceil() as u32).min(MAX_WARM).min(in_flight_limit(w, phase)) as usize;
+    while w.pool.borrow().len() < want {
+        match tokio::time::timeout_at(deadline.into(), dial(w)).await {
+            Ok(Ok((conn, _))) => w.pool.borrow_mut().push(conn),
+            // A target not up yet, or no time left: the phase dials as usual.
+            _ => return,
+        }
+    }
+}
+
+/// Runs open phase `phase` (starting at `start`) to its end.
+pub(super) async fn run_phase(w: &Rc<Worker>, phase: usize, start: Instant) {
+    let p = &w.plan.plan.phases[phase];
+    let schedule = {
+        let load = &p.load;
+        let r0 = load.rate.map_or(0.0, |r| r.as_per_second());
+        let r1 = load.to.map_or(r0, |r| r.as_per_second());
+        ArrivalSchedule::new(r0, r1, p.length(), w.plan.rate_share, w.plan.arrival_offset)
+    };
+    let limit = in_flight_limit(w, phase);
+    // Sleeping through responses needs their arrival from the kernel.
+    let sleep_through = sleeps_through(w, phase);
     w.stamp_reads.set(sleep_through);
-    let window = load.batch_window.map_or(Duration::ZERO, |d| d.as_duration());
+    let window = p.load.batch_window.map_or(Duration::ZERO, |d| d.as_duration());
     pace(w, phase, start, schedule, Pacing { limit, sleep_through, window }).await;
     w.stamp_reads.set(false);
 }
