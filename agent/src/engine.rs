@@ -116,7 +116,7 @@ pub async fn start_with_resolver(spec: RunSpec, cancel: CancellationToken, resol
     // Per step with `data:`: its rows on this agent, drawn by every worker.
     let data = Arc::new(crate::data::StepRows::for_plan(&spec.plan, spec.agent_index, spec.agent_count));
     let workers = spec.workers.max(1);
-    let max_connections = raise_open_files_limit();
+    let max_connections = crate::open_files::raise_limit();
     let run_start = monotonic(spec.start);
 
     // One counter per phase for the whole agent: its workers' connections
@@ -222,35 +222,6 @@ fn monotonic(start: SystemTime) -> Instant {
         Ok(ahead) => Instant::now() + ahead,
         Err(behind) => Instant::now() - behind.duration(),
     }
-}
-
-/// Raises this process's soft limit on open files to its hard limit, and
-/// returns how many connections a run may then hold (the limit less a
-/// reserve for everything else the process has open). An open phase may
-/// hold rate × timeout connections (the default in-flight bound,
-/// `default_max_in_flight`), and the common soft limit of 1024 would turn
-/// the excess into connect errors that look like the server's fault. wrk's
-/// and k6's docs ask users for `ulimit -n`; the agent does it itself. The
-/// session also calls it to declare the figure in its `Register`, so the
-/// coordinator can refuse a share the agent cannot hold.
-pub(crate) fn raise_open_files_limit() -> u32 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    const RESERVE: u64 = 256;
-    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                tracing::warn!(message = "Cannot raise the open-files limit; open-model runs may be short of connections.", soft, hard, error = %e);
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
-        Err(e) => {
-            tracing::warn!(message = "Cannot read the open-files limit.", error = %e);
-            1024
-        }
-    };
-    soft.saturating_sub(RESERVE).clamp(1, u64::from(u32::MAX)) as u32
 }
 
 /// `total` spread over `parts` as evenly as integers allow.

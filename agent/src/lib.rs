@@ -35,6 +35,7 @@ pub mod engine;
 pub mod fault;
 mod flow;
 mod http;
+pub mod open_files;
 pub mod outbox;
 mod pacer;
 pub mod probe;

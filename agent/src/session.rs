@@ -341,7 +341,7 @@ fn register(cfg: &AgentConfig, state: &AgentState) -> Register {
         active_run_id,
         lease_ms: cfg.lease.as_millis() as u64,
         recovered: state.recovered.clone(),
-        max_connections: crate::engine::raise_open_files_limit(),
+        max_connections: crate::open_files::raise_limit(),
     }
 }
 

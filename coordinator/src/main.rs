@@ -4,6 +4,10 @@ use stampede_coordinator::cli::{self, Cli};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_checked();
+    // Before the runtime starts its threads: a descriptor table grown later,
+    // in a threaded process, stalls the thread that needed it for an RCU
+    // grace period (stampede_agent::open_files).
+    stampede_agent::open_files::prepare_process();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
