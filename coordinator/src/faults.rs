@@ -301,6 +301,7 @@ mod tests {
             clock_offset_nanos: 0,
             clock_rtt_nanos: 0,
             clock_sampled_at: SystemTime::now(),
+            clock_samples: 0,
             last_seen: SystemTime::now(),
             version: String::new(),
             node: node.into(),

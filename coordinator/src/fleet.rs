@@ -100,6 +100,8 @@ pub struct AgentEntry {
     /// first probe returns (the offset is then the registration's one-way guess).
     pub clock_rtt_nanos: i64,
     pub clock_sampled_at: SystemTime,
+    /// Clock probes answered in this session (the estimate's evidence).
+    pub clock_samples: u32,
     pub last_seen: SystemTime,
     pub version: String,
     /// The host the agent runs on; faults apply once per node.
@@ -247,6 +249,7 @@ impl Fleet {
             return; // a clock stepped mid-probe; the sample means nothing
         }
         if let Some(a) = self.lock().agents.get_mut(agent_id) {
+            a.clock_samples = a.clock_samples.saturating_add(1);
             let stale = a.clock_sampled_at.elapsed().map_or(true, |e| e > std::time::Duration::from_secs(60));
             if rtt_nanos < a.clock_rtt_nanos || stale {
                 a.clock_offset_nanos = offset_nanos;

@@ -101,6 +101,7 @@ impl AgentSessions {
             clock_offset_nanos: reg.clock_unix_nanos - now,
             clock_rtt_nanos: i64::MAX,
             clock_sampled_at: SystemTime::now(),
+            clock_samples: 0,
             last_seen: SystemTime::now(),
             version: reg.version,
             node,
@@ -244,7 +245,7 @@ fn refused_status(status: &Status) -> Option<String> {
 /// 60 s (`Fleet::clock_sample`), so a refresh round needs only a few
 /// probes to keep it fresh: 3 instead of 8 is 10 fewer messages per agent
 /// every 30 s, an eighth of an idle fleet's traffic.
-const PROBES: usize = 8;
+pub(crate) const PROBES: usize = 8;
 const REFRESH_PROBES: usize = 3;
 const PROBE_GAP: Duration = Duration::from_millis(20);
 const PROBE_ROUND: Duration = Duration::from_secs(30);
