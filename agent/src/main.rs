@@ -128,6 +128,8 @@ fn main() -> anyhow::Result<()> {
         lease: args.lease,
         probe_capabilities: true,
     };
+    // Before the runtime starts its threads (stampede_agent::open_files).
+    stampede_agent::open_files::prepare_process();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let _telemetry = stampede_common::telemetry::init("stampede-agent", "info", args.otlp_endpoint).map_err(anyhow::Error::msg)?;
