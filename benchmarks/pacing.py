@@ -28,9 +28,12 @@ Two measurements, interleaved in every repetition:
       i: i / rate (arrival 0 of agent i of n is due at i/n of an inter-arrival,
       `agent/src/schedule.rs`). Closed: every agent's first request is due
       at the start. Target: every offset within 1 ms.
-      What this does not include: the clock-offset estimate between hosts
-      (all agents share one process and one clock here; `fleet_sync.rs`
-      measures that across network namespaces).
+      The same again with a fleet (`fleet-open`, `fleet-closed`): a standing
+      `stampede coordinator` and, per rep, 3 fresh `stampede-agent`
+      processes (the binary beside --bin), run with `--coordinator
+      --expect-agents 3` as soon as they register. Each agent then has its
+      own clock estimate from gRPC probes; all share one real clock, so any
+      offset error of the estimate shows as lateness (or earliness).
 
 Usage:  python3 benchmarks/pacing.py [--bin PATH] [--reps N] [--duration S]
 Python 3.11 standard library only; imports helpers from run.py.
@@ -61,6 +64,8 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 FIRST_RATE = 300.0  # open-model first-arrival runs: 3.3 ms between the agents' designed starts
 AGENTS = 3
+# In-process agents (`--local-agents`), then a fleet of agent processes.
+FIRST_MODELS = ("open", "closed", "fleet-open", "fleet-closed")
 
 
 class FirstArrivals:
@@ -147,16 +152,19 @@ def plan(name: str, port: int, duration: int, load: str, path: str = "/") -> str
             f"steps:\n  - {{ name: get, request: {{ method: GET, path: \"{path}\" }} }}\n")
 
 
-def stampede(binary: Path, workdir: Path, label: str, text: str, agents: int, pin: list[str]) -> dict:
-    """Runs the plan; returns report.json, with `_cpu_pct`: the client's
-    CPU time (user + system, from the child's rusage) over its wall time."""
+def stampede(binary: Path, workdir: Path, label: str, text: str, agents: int, pin: list[str], coordinator: str | None = None) -> dict:
+    """Runs the plan (on `agents` in-process agents, or on that many agents
+    of the standing `coordinator`); returns report.json, with `_cpu_pct`:
+    the client's CPU time (user + system, from the child's rusage) over its
+    wall time."""
     p = workdir / f"{label}.yaml"
     p.write_text(text)
     out = workdir / f"{label}-out"
     subprocess.run(["rm", "-rf", str(out)])
+    where = (["--coordinator", coordinator, "--insecure", "--expect-agents", str(agents)] if coordinator
+             else ["--local-agents", str(agents), "--workers", "1"])
     before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    r = subprocess.run(pin + [str(binary), "run", str(p), "--local-agents", str(agents), "--workers", "1", "--out", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(pin + [str(binary), "run", str(p)] + where + ["--out", str(out)], capture_output=True, text=True)
     after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - t0
     rp = out / "report.json"
     if r.returncode not in (0, 1, 3) or not rp.is_file():
@@ -165,6 +173,64 @@ def stampede(binary: Path, workdir: Path, label: str, text: str, agents: int, pi
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     report["_cpu_pct"] = 100 * cpu / wall
     return report
+
+
+class Fleet:
+    """A standing coordinator on loopback (plain text) for the fleet runs;
+    `agents()` starts fresh agent processes for one run."""
+
+    def __init__(self, binary: Path, workdir: Path) -> None:
+        self.binary, self.workdir = binary, workdir
+        self.agent_bin = binary.with_name("stampede-agent")
+        if not self.agent_bin.is_file():
+            bench.die(f"{self.agent_bin} not found: build it (cargo build --release -p stampede-agent)")
+        self.port = bench.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([str(binary), "coordinator", "--listen", f"127.0.0.1:{self.port}", "--insecure",
+                                      "--data", str(workdir / "store")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bench.wait_listening(self.port, self.proc)
+        self.started = 0
+
+    def agents(self, n: int) -> list[subprocess.Popen]:
+        # New ids every time: a run must not wait on, or pick, an agent of
+        # the previous rep that the coordinator has not yet seen leave.
+        self.started += n
+        ids = [f"pacing-{k}" for k in range(self.started - n, self.started)]
+        return [subprocess.Popen([str(self.agent_bin), "--coordinator", self.url, "--insecure", "--workers", "1",
+                                  "--id", i, "--state-dir", str(self.workdir / i)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in ids]
+
+    @staticmethod
+    def stop(agents: list[subprocess.Popen]) -> None:
+        for a in agents:
+            a.terminate()
+        for a in agents:
+            try:
+                a.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                a.kill()
+                a.wait()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def first_offsets(report: dict, seen: dict[int, int], model: str) -> dict[int, float | None]:
+    """Each agent's first request as the target saw it, minus its intended
+    instant (ms)."""
+    start = report.get("start_unix_ns")
+    offsets: dict[int, float | None] = {}
+    for k in range(AGENTS):
+        if start is None or k not in seen:
+            offsets[k] = None
+            continue
+        designed = k / FIRST_RATE * 1e9 if model.endswith("open") else 0
+        offsets[k] = (seen[k] - start - designed) / 1e6
+    return offsets
 
 
 def target_capacity(port: int, core: int) -> float | None:
@@ -212,6 +278,7 @@ def main() -> None:
     target = subprocess.Popen(niced + ["taskset", "-c", str(args.target_core), str(binary), "target", "--listen", f"127.0.0.1:{port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     listener = FirstArrivals()
+    fleet = Fleet(binary, workdir)
     reps = []
     try:
         bench.wait_listening(port, target)
@@ -230,22 +297,23 @@ def main() -> None:
                                     "latency_p50_ms": r["latency_ms"]["p50"], "requests": r["totals"]["requests"],
                                     "late": s["late"], "dropped": s["dropped"], "scheduled": s["scheduled"],
                                     "verdict": r["verdict"], "verdict_reasons": r["verdict_reasons"]}
-            for model, load in (("open", f"{{ model: open, rate: {FIRST_RATE:g}/s }}"), ("closed", f"{{ model: closed, concurrency: {AGENTS} }}")):
+            for model in FIRST_MODELS:
+                load = f"{{ model: open, rate: {FIRST_RATE:g}/s }}" if model.endswith("open") else f"{{ model: closed, concurrency: {AGENTS} }}"
                 listener.reset()
                 # Not pinned: three agents' workers on one core would wait
                 # for each other at the start, which separate hosts do not.
-                r = stampede(binary, workdir, f"first-{model}", plan("first", listener.port, 1, load, "/{{seq}}"), AGENTS, [])
+                text = plan("first", listener.port, 1, load, "/{{seq}}")
+                if model.startswith("fleet"):
+                    agents = fleet.agents(AGENTS)
+                    try:
+                        r = stampede(binary, workdir, f"first-{model}", text, AGENTS, [], coordinator=fleet.url)
+                    finally:
+                        Fleet.stop(agents)
+                else:
+                    r = stampede(binary, workdir, f"first-{model}", text, AGENTS, [])
                 time.sleep(0.2)
-                seen = listener.reset()
-                start = r.get("start_unix_ns")
-                offsets = {}
-                for k in range(AGENTS):
-                    if start is None or k not in seen:
-                        offsets[k] = None
-                        continue
-                    designed = k / FIRST_RATE * 1e9 if model == "open" else 0
-                    offsets[k] = (seen[k] - start - designed) / 1e6
-                rep["first"][model] = {"offset_ms": offsets, "start_skew_ms": [a.get("start_skew_ms") for a in r["agents"]]}
+                rep["first"][model] = {"offset_ms": first_offsets(r, listener.reset(), model),
+                                       "start_skew_ms": [a.get("start_skew_ms") for a in r["agents"]]}
             reps.append(rep)
             lag = " | ".join(f"{rate:g}/s dispatch p50 {v['p50_us']} µs p99 {v['p99_us']} µs max {v['max_us']} µs, dropped {v['dropped']}, "
                              f"client CPU {v['cpu_pct']:.0f} %{', saturated' if v['saturated'] else ''}" for rate, v in rep["lag"].items())
@@ -255,6 +323,7 @@ def main() -> None:
         target.terminate()
         target.wait(timeout=5)
         listener.close()
+        fleet.close()
 
     print()
     print("| metric (median, range over reps) | measured | target |")
@@ -268,7 +337,7 @@ def main() -> None:
         print(f"| client CPU at {rate:g}/s, % of its core | {stats([r['lag'][rate]['cpu_pct'] for r in reps])} | |")
         print(f"| saturated at {rate:g}/s, reps | {sum(r['lag'][rate]['saturated'] for r in reps)} of {len(reps)} | 0 |")
         print(f"| latency p50 at {rate:g}/s, ms (built-in target) | {stats([r['lag'][rate]['latency_p50_ms'] for r in reps])} | |")
-    for model in ("open", "closed"):
+    for model in FIRST_MODELS:
         worst = [max((abs(o) for o in r["first"][model]["offset_ms"].values() if o is not None), default=None) for r in reps]
         allv = [o for r in reps for o in r["first"][model]["offset_ms"].values() if o is not None]
         print(f"| first request at the target, {model}, offset from intended, ms (all agents) | {stats(allv)} | within ±1 ms |")
