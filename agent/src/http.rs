@@ -179,8 +179,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Err(stale_or(error_kind(&e)));
         }
         self.buf.clear();
-        // Read until the head parses.
-        let (status, head_len, body, keep_alive) = loop {
+        let (status, head_len, body, keep_alive) = self.read_head(req, reused).await?;
+        let mut received = self.buf.len() as u64;
+        // Whether to keep the body's bytes for checks (only when one reads them).
+        let keep = req.keep_response || req.checks.as_ref().is_some_and(|c| c.reads_body());
+        if req.checks.is_some() || req.keep_response {
+            self.head.clear();
+            self.head.extend_from_slice(&self.buf[..head_len]);
+            self.body.clear();
+        }
+        let (extra, body_len, keep_alive) = match body {
+            BodyLength::Fixed(n) => {
+                let (extra, body_len, whole) = self.read_fixed_body(head_len, n, keep).await?;
+                // Bytes beyond the body would mean the server answered twice;
+                // the connection's framing can no longer be trusted.
+                (extra, body_len, keep_alive && whole)
+            }
+            BodyLength::Chunked => {
+                self.buf.drain(..head_len);
+                let (extra, len) = self.read_chunked(keep).await?;
+                (extra, len, keep_alive)
+            }
+            BodyLength::UntilClose => {
+                let (extra, len) = self.read_until_close(head_len, keep).await?;
+                (extra, len, false)
+            }
+        };
+        received += extra;
+        let checks = match &req.checks {
+            None => CheckBits::default(),
+            Some(c) => c.evaluate(&Received { status, head: &self.head, body: &self.body, body_len }),
+        };
+        Ok((Response { status, received, success: req.expect.contains(status), checks }, keep_alive))
+    }
+
+    /// Reads until a final (non-1xx) response head parses; returns its
+    /// status, head length, body framing and keep-alive. The head and any
+    /// body bytes read with it stay in `buf`.
+    async fn read_head(&mut self, req: &RequestTemplate, reused: bool) -> Result<(u16, usize, BodyLength, bool), RequestError> {
+        let stale_or = |kind| if reused { RequestError::Stale } else { RequestError::Failed(kind) };
+        loop {
             match self.read_more().await {
                 Ok(0) if self.buf.is_empty() => return Err(stale_or(ErrorKind::Io)),
                 Ok(0) => return Err(RequestError::Failed(ErrorKind::Io)),
@@ -193,82 +231,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(Some(h)) if h.0 < 200 => {
                     // An interim 1xx response: drop it and read the real one.
                     self.buf.drain(..h.1);
-                    continue;
                 }
-                Ok(Some(h)) => break h,
-                Ok(None) => continue,
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {}
                 Err(()) => return Err(RequestError::Failed(ErrorKind::Parse)),
             }
-        };
-        let mut received = self.buf.len() as u64;
-        // Whether to keep the body's bytes for checks (only when one reads them).
-        let keep = req.keep_response || req.checks.as_ref().is_some_and(|c| c.reads_body());
-        if req.checks.is_some() || req.keep_response {
-            self.head.clear();
-            self.head.extend_from_slice(&self.buf[..head_len]);
-            self.body.clear();
         }
-        let mut body_len;
-        let keep_alive = match body {
-            BodyLength::Fixed(n) => {
-                let mut have = (self.buf.len() - head_len) as u64;
-                if keep {
-                    keep_body(&mut self.body, &self.buf[head_len..]);
-                }
-                while have < n {
-                    self.buf.clear();
-                    let got = self.read_more().await.map_err(|e| RequestError::Failed(error_kind(&e)))?;
-                    if got == 0 {
-                        return Err(RequestError::Failed(ErrorKind::Io));
-                    }
+    }
+
+    /// Reads a `Content-Length: n` body whose first bytes follow the head in
+    /// `buf`. Returns the bytes read beyond `buf`, the body's length, and
+    /// whether exactly `n` bytes came.
+    async fn read_fixed_body(&mut self, head_len: usize, n: u64, keep: bool) -> Result<(u64, u64, bool), RequestError> {
+        let mut have = (self.buf.len() - head_len) as u64;
+        let mut extra = 0;
+        if keep {
+            keep_body(&mut self.body, &self.buf[head_len..]);
+        }
+        while have < n {
+            self.buf.clear();
+            let got = self.read_more().await.map_err(|e| RequestError::Failed(error_kind(&e)))?;
+            if got == 0 {
+                return Err(RequestError::Failed(ErrorKind::Io));
+            }
+            if keep {
+                keep_body(&mut self.body, &self.buf);
+            }
+            have += got as u64;
+            extra += got as u64;
+        }
+        let body_len = have.min(n);
+        if keep {
+            self.body.truncate(body_len.min(self.body.len() as u64) as usize);
+        }
+        Ok((extra, body_len, have == n))
+    }
+
+    /// Reads a body delimited by the connection's close. Returns the bytes
+    /// read beyond `buf` and the body's length.
+    async fn read_until_close(&mut self, head_len: usize, keep: bool) -> Result<(u64, u64), RequestError> {
+        let mut body_len = (self.buf.len() - head_len) as u64;
+        let mut extra = 0;
+        if keep {
+            keep_body(&mut self.body, &self.buf[head_len..]);
+        }
+        loop {
+            self.buf.clear();
+            match self.read_more().await {
+                Ok(0) => return Ok((extra, body_len)),
+                Ok(n) => {
+                    extra += n as u64;
+                    body_len += n as u64;
                     if keep {
                         keep_body(&mut self.body, &self.buf);
                     }
-                    have += got as u64;
-                    received += got as u64;
                 }
-                body_len = have.min(n);
-                if keep {
-                    self.body.truncate(body_len.min(self.body.len() as u64) as usize);
-                }
-                // Bytes beyond the body would mean the server answered twice;
-                // the connection's framing can no longer be trusted.
-                keep_alive && have == n
+                Err(e) => return Err(RequestError::Failed(error_kind(&e))),
             }
-            BodyLength::Chunked => {
-                self.buf.drain(..head_len);
-                let (extra, len) = self.read_chunked(keep).await?;
-                received += extra;
-                body_len = len;
-                keep_alive
-            }
-            BodyLength::UntilClose => {
-                body_len = (self.buf.len() - head_len) as u64;
-                if keep {
-                    keep_body(&mut self.body, &self.buf[head_len..]);
-                }
-                loop {
-                    self.buf.clear();
-                    match self.read_more().await {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            received += n as u64;
-                            body_len += n as u64;
-                            if keep {
-                                keep_body(&mut self.body, &self.buf);
-                            }
-                        }
-                        Err(e) => return Err(RequestError::Failed(error_kind(&e))),
-                    }
-                }
-                false
-            }
-        };
-        let checks = match &req.checks {
-            None => CheckBits::default(),
-            Some(c) => c.evaluate(&Received { status, head: &self.head, body: &self.body, body_len }),
-        };
-        Ok((Response { status, received, success: req.expect.contains(status), checks }, keep_alive))
+        }
     }
 
     /// Swaps the last response's head and kept body (a request that keeps

@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -182,26 +183,32 @@ impl Worker {
     }
 }
 
+impl Worker {
+    fn new(plan: WorkerPlan) -> Worker {
+        let phases = plan.plan.phases.len();
+        Worker {
+            recorder: RefCell::new({
+                // A plan with flows also records its flow requests (contract F).
+                let (recorded, steps) = plan.plan.recorded_shape();
+                Recorder::new(recorded, phases, steps, plan.run_start, plan.plan.interval.as_duration())
+            }),
+            pool: RefCell::new(Vec::new()),
+            addrs: RefCell::new(Addrs::new(plan.addrs.clone(), plan.addr_offset)),
+            in_flight: Cell::new(0),
+            requests_in_flight: Cell::new(0),
+            first_request: Cell::new(None),
+            pickers: (0..phases).map(|i| StepPicker::new(plan.plan.phase_steps(i).into_iter(), plan.index as u64 ^ ((i as u64) << 32))).collect(),
+            timeout: plan.plan.timeout.as_duration(),
+            timer: PreciseTimer::new(),
+            longest: plan.plan.longest_request(),
+            stamp_reads: Cell::new(false),
+            plan,
+        }
+    }
+}
+
 async fn run(plan: WorkerPlan) {
-    let phases = plan.plan.phases.len();
-    let w = Rc::new(Worker {
-        recorder: RefCell::new({
-            // A plan with flows also records its flow requests (contract F).
-            let (recorded, steps) = plan.plan.recorded_shape();
-            Recorder::new(recorded, phases, steps, plan.run_start, plan.plan.interval.as_duration())
-        }),
-        pool: RefCell::new(Vec::new()),
-        addrs: RefCell::new(Addrs::new(plan.addrs.clone(), plan.addr_offset)),
-        in_flight: Cell::new(0),
-        requests_in_flight: Cell::new(0),
-        first_request: Cell::new(None),
-        pickers: (0..phases).map(|i| StepPicker::new(plan.plan.phase_steps(i).into_iter(), plan.index as u64 ^ ((i as u64) << 32))).collect(),
-        timeout: plan.plan.timeout.as_duration(),
-        timer: PreciseTimer::new(),
-        longest: plan.plan.longest_request(),
-        stamp_reads: Cell::new(false),
-        plan,
-    });
+    let w = Rc::new(Worker::new(plan));
     let finished = Rc::new(tokio::sync::Notify::new());
     let flusher = tokio::task::spawn_local(flush_intervals(w.clone(), finished.clone()));
 
@@ -225,55 +232,68 @@ async fn run(plan: WorkerPlan) {
         } else if w.plan.cancel.is_cancelled() {
             break;
         }
-        match phase.load.model {
-            Model::Open => {
-                tokio::select! {
-                    _ = open::run_phase(&w, i, start) => {}
-                    _ = w.plan.cancel.cancelled() => break,
-                }
-            }
-            Model::Closed => {
-                for j in 0..w.plan.connections[i] {
-                    tokio::task::spawn_local(loops::closed_loop(w.clone(), i, start, end, w.user_of_loop(j)));
-                }
-                tokio::select! {
-                    _ = sleep_until(end.into()) => {}
-                    _ = w.plan.cancel.cancelled() => break,
-                }
-            }
-            Model::Iterations => {
-                let per_worker = phase.load.per_worker;
-                let loops: Vec<_> = (0..w.plan.connections[i])
-                    .map(|j| tokio::task::spawn_local(loops::iterations_loop(w.clone(), i, start, end, per_worker, w.user_of_loop(j))))
-                    .collect();
-                let all_done = async {
-                    for l in loops {
-                        let _ = l.await;
-                    }
-                };
-                tokio::select! {
-                    _ = all_done => {}
-                    _ = sleep_until(end.into()) => {}
-                    _ = w.plan.cancel.cancelled() => break,
-                }
-                // Done early: the next phase still starts at its planned
-                // offset (the loop above sleeps until then), so every agent
-                // agrees on the timeline. After the last phase the run ends
-                // now, unless faults are planned on that timeline: then it
-                // keeps its length, so no window is cut or left unapplied.
-                let last = i + 1 == w.plan.plan.phases.len();
-                if last && !w.plan.plan.faults.is_empty() && Instant::now() < end {
-                    tokio::select! {
-                        _ = sleep_until(end.into()) => {}
-                        _ = w.plan.cancel.cancelled() => break,
-                    }
-                }
-            }
+        if run_phase(&w, i, start, end).await.is_break() {
+            break;
         }
     }
     drain(&w).await;
     finished.notify_one();
     let _ = flusher.await;
+}
+
+/// Runs phase `i`, `start` to `end`; `Break` when the run was cancelled.
+async fn run_phase(w: &Rc<Worker>, i: usize, start: Instant, end: Instant) -> ControlFlow<()> {
+    match w.plan.plan.phases[i].load.model {
+        Model::Open => {
+            tokio::select! {
+                _ = open::run_phase(w, i, start) => {}
+                _ = w.plan.cancel.cancelled() => return ControlFlow::Break(()),
+            }
+        }
+        Model::Closed => {
+            for j in 0..w.plan.connections[i] {
+                tokio::task::spawn_local(loops::closed_loop(w.clone(), i, start, end, w.user_of_loop(j)));
+            }
+            tokio::select! {
+                _ = sleep_until(end.into()) => {}
+                _ = w.plan.cancel.cancelled() => return ControlFlow::Break(()),
+            }
+        }
+        Model::Iterations => return iterations_phase(w, i, start, end).await,
+    }
+    ControlFlow::Continue(())
+}
+
+/// An iterations phase: its loops until each has done its count, or the
+/// phase's end.
+async fn iterations_phase(w: &Rc<Worker>, i: usize, start: Instant, end: Instant) -> ControlFlow<()> {
+    let per_worker = w.plan.plan.phases[i].load.per_worker;
+    let loops: Vec<_> = (0..w.plan.connections[i])
+        .map(|j| tokio::task::spawn_local(loops::iterations_loop(w.clone(), i, start, end, per_worker, w.user_of_loop(j))))
+        .collect();
+    let all_done = async {
+        for l in loops {
+            let _ = l.await;
+        }
+    };
+    tokio::select! {
+        _ = all_done => {}
+        _ = sleep_until(end.into()) => {}
+        _ = w.plan.cancel.cancelled() => return ControlFlow::Break(()),
+    }
+    // Done early: the next phase still starts at its planned offset (the
+    // caller sleeps until then), so every agent agrees on the timeline.
+    // After the last phase the run ends now, unless faults are planned on
+    // that timeline: then it keeps its length, so no window is cut or left
+    // unapplied.
+    let last = i + 1 == w.plan.plan.phases.len();
+    if last && !w.plan.plan.faults.is_empty() && Instant::now() < end {
+        tokio::select! {
+            _ = sleep_until(end.into()) => {}
+            _ = w.plan.cancel.cancelled() => return ControlFlow::Break(()),
+        }
+    }
+    ControlFlow::Continue(())
 }
 
 /// Returns at the run's common start instant (or on cancellation).
