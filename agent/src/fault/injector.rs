@@ -131,7 +131,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 impl Injector {
     pub fn new(state_dir: &Path, node: Node, runner: Runner) -> std::io::Result<Injector> {
-        Ok(Injector { runner, journal: Journal::open(state_dir)?, node, windows: watch::channel(0).0, control: Default::default() })
+        Ok(Injector { runner, journal: Journal::claim(state_dir)?, node, windows: watch::channel(0).0, control: Default::default() })
     }
 
     /// The exact actions `fault` takes on this node.
@@ -161,20 +161,32 @@ impl Injector {
     /// the coordinator, whose report of that run must not go on saying
     /// `applied` (issue 8, item 7).
     pub fn recover(&self) -> Vec<Recovery> {
-        let pending = match self.journal.pending() {
+        let mut done = self.recover_journal(&self.journal);
+        // Journals of agents that died while another held this directory
+        // (journal.rs: a claim falls back to a sibling directory).
+        for orphan in self.journal.claim_orphans() {
+            done.extend(self.recover_journal(&orphan));
+        }
+        done
+    }
+
+    /// Reverts what `journal` holds pending (its owner is gone: this
+    /// process claimed it).
+    fn recover_journal(&self, journal: &Journal) -> Vec<Recovery> {
+        let pending = match journal.pending() {
             Ok(p) => p,
-            Err(e) => return vec![Recovery::unreadable(format!("cannot read the fault journal {}: {e}", self.journal.path().display()))],
+            Err(e) => return vec![Recovery::unreadable(format!("cannot read the fault journal {}: {e}", journal.path().display()))],
         };
         let mut done = Vec::new();
         for p in pending {
             super::watchdog::adopt(&self.runner, &p);
             let result = self.revert_with_retries(&p.entry.revert);
             if result.is_ok() {
-                let _ = self.journal.record_reverted(&p.entry.id);
+                let _ = journal.record_reverted(&p.entry.id);
             }
             done.push(Recovery { run_id: p.entry.run_id, fault: p.entry.fault, kind: p.entry.kind, at: SystemTime::now(), error: result.err() });
         }
-        let _ = self.journal.compact();
+        let _ = journal.compact();
         done
     }
 
@@ -299,7 +311,7 @@ impl Injector {
         }
         // A process of its own reverts the fault if this one cannot (it is
         // stopped, killed or hung): without it, no apply.
-        let state_dir = self.journal.path().parent().unwrap_or(Path::new(".")).to_path_buf();
+        let state_dir = self.journal.dir().to_path_buf();
         let watchdog = match Watchdog::spawn(&self.node.agent_exe, &state_dir, &entry.id, w.end + watchdog::GRACE) {
             Ok(watchdog) => watchdog,
             Err(e) => {

@@ -161,7 +161,9 @@ fn kill_pid(pid: i32) -> Result<(), String> {
 /// or permission: those become `failed` lines.
 pub fn sweep(state_dir: &Path, dry_run: bool, runner: &Runner, probe_min_age: Duration) -> Swept {
     let mut s = Swept::default();
-    let killed_groups = sweep_journal(state_dir, dry_run, runner, &mut s);
+    // The directory's journal and its siblings' (`DIR-2` …: agents that
+    // found DIR held by another live agent journal there, journal.rs).
+    let killed_groups: Vec<i32> = Journal::dirs_beside(state_dir).flat_map(|dir| sweep_journal(&dir, dry_run, runner, &mut s)).collect();
     sweep_tables(dry_run, runner, &mut s);
     sweep_qdiscs(dry_run, runner, &mut s);
     sweep_ingress(dry_run, runner, &mut s);
