@@ -108,6 +108,15 @@ struct Sums {
     received: u64,
 }
 
+/// What an accepted snapshot makes of its agent's and its interval's
+/// numbers (`Aggregate::sums_after`).
+struct After {
+    agent: Sums,
+    interval: Sums,
+    in_flight: u64,
+    timeouts: u64,
+}
+
 impl Sums {
     fn checked_add(&self, o: &Sums) -> Option<Sums> {
         Some(Sums {
@@ -206,7 +215,6 @@ impl Aggregate {
     /// must have passed `stampede_proto::limits::check_snapshot`; every sum
     /// is checked here too, and a snapshot that fails is counted nowhere.
     pub fn add_snapshot(&mut self, s: &Snapshot) -> Result<Option<u64>, SnapshotError> {
-        let expected = self.agents.len();
         let Some(agent) = self.agents.get(&s.agent_id) else {
             return Ok(None);
         };
@@ -219,15 +227,37 @@ impl Aggregate {
             }
             return Ok(None);
         }
+        // Every sum is checked before anything is changed, then the
+        // histograms are merged (all or nothing), then the books are kept.
+        let after = self.sums_after(s, agent)?;
+        self.merge_histograms(s)?;
+        self.note_seq(s, after.agent);
+        let complete = self.land(s, &after);
+        // `final_through` walks the fleet: asked once an interval is
+        // complete, or once per fleet's worth of snapshots (an interval a
+        // lost agent never completes), it costs O(1) a snapshot instead of
+        // O(agents) — 2 % of a core at 1 000 agents, 9 % at 3 000
+        // (benchmarks/README.md, "Fleet scale"). Compacting one interval
+        // later only holds its full histograms a little longer.
+        self.since_final += 1;
+        if complete || self.since_final >= self.agents.len() {
+            self.since_final = 0;
+            self.settle_final();
+        }
+        Ok(complete.then_some(s.seq))
+    }
+
+    /// The agent's and the interval's totals once `s` is added, checked for
+    /// overflow; changes nothing.
+    fn sums_after(&self, s: &Snapshot, agent: &AgentProgress) -> Result<After, SnapshotError> {
         let seq = s.seq;
         let overflow = |what: &'static str| SnapshotError::Overflow { seq, what };
-        let decode = |source| SnapshotError::Decode { seq, source };
         let mut sums = Sums::default();
         let mut load = Sums::default();
         let mut timeouts = 0u64;
         // The counters first (histograms are decoded as they are added).
         for st in &s.steps {
-            let (k, r) = decode_counts(st).map_err(decode)?;
+            let (k, r) = decode_counts(st).map_err(|source| SnapshotError::Decode { seq, source })?;
             let errors = r.errors.iter().try_fold(0u64, |a, n| a.checked_add(*n)).ok_or_else(|| overflow("errors"))?;
             let one = Sums { requests: r.requests, errors, sent: r.bytes_sent, received: r.bytes_received };
             sums = sums.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
@@ -237,17 +267,21 @@ impl Aggregate {
             load = load.checked_add(&one).ok_or_else(|| overflow("snapshot"))?;
             timeouts += r.errors[ErrorKind::Timeout as usize];
         }
-        // Every sum is checked before anything is changed.
         let mine = Sums { requests: agent.requests, errors: agent.errors, ..Sums::default() };
         let agent_after = mine.checked_add(&sums).ok_or_else(|| overflow("agent"))?;
-        let interval_after = match self.landed.get(&seq) {
+        let interval = match self.landed.get(&seq) {
             Some(iv) => Sums { requests: iv.requests, errors: iv.errors, sent: iv.bytes_sent, received: iv.bytes_received }.checked_add(&load).ok_or_else(|| overflow("interval"))?,
             None => load,
         };
-        let in_flight_after = self.landed.get(&seq).map_or(Some(s.in_flight), |iv| iv.in_flight.checked_add(s.in_flight)).ok_or_else(|| overflow("in-flight"))?;
-        // Each entry's histograms are decoded straight into the run's total
-        // and the timeline's interval it was due in (absent `due_seq`: the
-        // snapshot's own, which also carries the schedule), all or nothing.
+        let in_flight = self.landed.get(&seq).map_or(Some(s.in_flight), |iv| iv.in_flight.checked_add(s.in_flight)).ok_or_else(|| overflow("in-flight"))?;
+        Ok(After { agent: agent_after, interval, in_flight, timeouts })
+    }
+
+    /// Decodes each entry's histograms straight into the run's total and
+    /// the timeline's interval it was due in (absent `due_seq`: the
+    /// snapshot's own, which also carries the schedule), all or nothing.
+    fn merge_histograms(&mut self, s: &Snapshot) -> Result<(), SnapshotError> {
+        let seq = s.seq;
         let mut dues = vec![seq];
         for st in &s.steps {
             let due = st.due_seq.unwrap_or(seq);
@@ -264,10 +298,16 @@ impl Aggregate {
         merged.map_err(|e| match e {
             // Checked against the run's totals (and the intervals', which
             // are parts of them) before any histogram was read.
-            DecodeError::Overflow { .. } | DecodeError::ScheduleOverflow(_) => overflow("run"),
-            e => decode(e),
-        })?;
-        let agent = self.agents.get_mut(&s.agent_id).expect("looked up above");
+            DecodeError::Overflow { .. } | DecodeError::ScheduleOverflow(_) => SnapshotError::Overflow { seq, what: "run" },
+            e => SnapshotError::Decode { seq, source: e },
+        })
+    }
+
+    /// The agent has sent `s`: its seqs, how far they are contiguous, its
+    /// last one, and its totals.
+    fn note_seq(&mut self, s: &Snapshot, totals: Sums) {
+        let seq = s.seq;
+        let agent = self.agents.get_mut(&s.agent_id).expect("looked up by add_snapshot");
         agent.seqs.insert(seq);
         while agent.seqs.contains(&agent.contiguous.map_or(0, |c| c + 1)) {
             agent.contiguous = Some(agent.contiguous.map_or(0, |c| c + 1));
@@ -281,8 +321,15 @@ impl Aggregate {
             }
             *self.ended_at.entry(seq).or_default() += 1;
         }
-        agent.requests = agent_after.requests;
-        agent.errors = agent_after.errors;
+        agent.requests = totals.requests;
+        agent.errors = totals.errors;
+    }
+
+    /// Files `s` into its interval's counters and latency histogram;
+    /// returns whether the interval is now complete across the fleet (and
+    /// sealed).
+    fn land(&mut self, s: &Snapshot, after: &After) -> bool {
+        let seq = s.seq;
         let iv = self.landed.entry(seq).or_insert_with(|| IntervalAgg {
             start_unix_nanos: s.interval_start_unix_nanos,
             requests: 0,
@@ -295,15 +342,15 @@ impl Aggregate {
             hist: Some(Accum::default()),
             p99_ms: None,
         });
-        iv.requests = interval_after.requests;
-        iv.errors = interval_after.errors;
-        iv.timeouts += timeouts;
-        iv.in_flight = in_flight_after;
-        iv.bytes_sent = interval_after.sent;
-        iv.bytes_received = interval_after.received;
+        iv.requests = after.interval.requests;
+        iv.errors = after.interval.errors;
+        iv.timeouts += after.timeouts;
+        iv.in_flight = after.in_flight;
+        iv.bytes_sent = after.interval.sent;
+        iv.bytes_received = after.interval.received;
         iv.reported += 1;
         if let Some(h) = iv.hist.as_mut() {
-            // Decoded once above: adding cannot fail.
+            // Decoded once by merge_histograms: adding cannot fail.
             let ok = stampede_proto::v1::Outcome::Ok as i32;
             for st in s.steps.iter().filter(|st| st.outcome == ok && st.phase < self.probe_phase) {
                 let added = h.add_encoded(&st.latency_hist, &mut self.scratch);
@@ -313,35 +360,26 @@ impl Aggregate {
         // An agent whose last snapshot came before this interval (its
         // iterations were done early) will never send it.
         let ended_before: usize = self.ended_at.range(..seq).map(|(_, n)| n).sum();
-        let iv = self.landed.get_mut(&seq).expect("inserted above");
-        let complete = iv.reported + ended_before >= expected;
+        let complete = iv.reported + ended_before >= self.agents.len();
         if complete {
             iv.seal();
         }
-        // `final_through` walks the fleet: asked once an interval is
-        // complete, or once per fleet's worth of snapshots (an interval a
-        // lost agent never completes), it costs O(1) a snapshot instead of
-        // O(agents) — 2 % of a core at 1 000 agents, 9 % at 3 000
-        // (benchmarks/README.md, "Fleet scale"). Compacting one interval
-        // later only holds its full histograms a little longer.
-        self.since_final += 1;
-        if !complete && self.since_final < expected {
-            return Ok(None);
-        }
-        self.since_final = 0;
-        if let Some(through) = self.final_through() {
-            self.timeline.compact_through(through);
-            // An interval some agent will never send (it was lost) is
-            // summarized once final, so its histogram is not kept all run.
-            let from = self.sealed_through.map_or(0, |s| s + 1);
-            if from <= through {
-                for (_, iv) in self.landed.range_mut(from..=through) {
-                    iv.seal();
-                }
-                self.sealed_through = Some(through);
+        complete
+    }
+
+    /// Compacts the timeline through the last final interval, and
+    /// summarizes the intervals some agent will never send (it was lost)
+    /// once final, so their histograms are not kept all run.
+    fn settle_final(&mut self) {
+        let Some(through) = self.final_through() else { return };
+        self.timeline.compact_through(through);
+        let from = self.sealed_through.map_or(0, |s| s + 1);
+        if from <= through {
+            for (_, iv) in self.landed.range_mut(from..=through) {
+                iv.seal();
             }
+            self.sealed_through = Some(through);
         }
-        Ok(complete.then_some(seq))
     }
 
     /// Refuses the rest of an agent's data: it sent `reason`. What it sent
