@@ -52,31 +52,7 @@ async fn stream_run(
     cancel: CancellationToken,
     finished: &mut RunFinished,
 ) -> Result<(), String> {
-    let mut plan: Plan = serde_json::from_str(&a.plan_json).map_err(|e| format!("the assigned plan does not parse: {e}"))?;
-    // The data files' rows came beside the plan; with them `validate`
-    // checks each `{{data.COL}}` against its file's columns.
-    crate::data::fill(&mut plan, &a.data).map_err(|e| format!("the assigned plan's data: {e}"))?;
-    validate(&plan).map_err(|(path, msg)| format!("the assigned plan is invalid: {path}: {msg}"))?;
-    // A fault-only agent (capacity 0: no rate share, no connections) runs
-    // no load but still sends its (empty) intervals to the run's end, so
-    // the run's numbers stay complete and its faults keep their windows.
-    let fault_only = a.rate_share == 0.0 && a.concurrency.iter().all(|&c| c == 0);
-    // The plan names its secrets; their values came beside it, on this
-    // session (a dry run sends nothing and gets none; a fault-only agent
-    // gets no step's, as it sends no load).
-    if !a.dry_run {
-        let secrets = stampede_proto::secrets_from_wire(&a.secrets);
-        let runs: Vec<bool> = (0..plan.probes.len()).map(|p| plan.agent_sends_probe(a.agent_index as usize, p, &a.faults)).collect();
-        fill_agent_secrets(&mut plan, &secrets, !fault_only, |p| runs.get(p).copied().unwrap_or(false))
-            .map_err(|(path, msg)| format!("the assigned plan's secrets: {path}: {msg}"))?;
-    }
-    if a.concurrency.len() != plan.phases.len() {
-        return Err(format!("assignment has {} concurrency entries for {} phases", a.concurrency.len(), plan.phases.len()));
-    }
-    let has_iterations = plan.phases.iter().any(|p| p.load.iterations().is_some());
-    if has_iterations && a.iterations.len() != plan.phases.len() {
-        return Err(format!("assignment has {} iterations entries for {} phases (a coordinator too old for iterations phases?)", a.iterations.len(), plan.phases.len()));
-    }
+    let AssignedPlan { plan, fault_only, has_iterations } = assigned_plan(a)?;
     // The coordinator gives the start in its clock; ours is offset from it.
     let start_nanos = a.start_unix_nanos + a.clock_offset_nanos;
     let start = UNIX_EPOCH + Duration::from_nanos(start_nanos.max(0) as u64);
@@ -127,6 +103,47 @@ async fn stream_run(
         let _ = t.await;
     }
     loaded
+}
+
+/// The assigned plan, made whole and checked on this agent before anything runs.
+struct AssignedPlan {
+    plan: Plan,
+    /// No load from this agent: it only sends its (empty) intervals.
+    fault_only: bool,
+    /// Some phase runs a fixed number of iterations (split in `a.iterations`).
+    has_iterations: bool,
+}
+
+/// Parses the assigned plan, fills in its data rows and secrets, and checks
+/// that the assignment's per-phase lists match it. Every error here comes
+/// before the load starts.
+fn assigned_plan(a: &Assignment) -> Result<AssignedPlan, String> {
+    let mut plan: Plan = serde_json::from_str(&a.plan_json).map_err(|e| format!("the assigned plan does not parse: {e}"))?;
+    // The data files' rows came beside the plan; with them `validate`
+    // checks each `{{data.COL}}` against its file's columns.
+    crate::data::fill(&mut plan, &a.data).map_err(|e| format!("the assigned plan's data: {e}"))?;
+    validate(&plan).map_err(|(path, msg)| format!("the assigned plan is invalid: {path}: {msg}"))?;
+    // A fault-only agent (capacity 0: no rate share, no connections) runs
+    // no load but still sends its (empty) intervals to the run's end, so
+    // the run's numbers stay complete and its faults keep their windows.
+    let fault_only = a.rate_share == 0.0 && a.concurrency.iter().all(|&c| c == 0);
+    // The plan names its secrets; their values came beside it, on this
+    // session (a dry run sends nothing and gets none; a fault-only agent
+    // gets no step's, as it sends no load).
+    if !a.dry_run {
+        let secrets = stampede_proto::secrets_from_wire(&a.secrets);
+        let runs: Vec<bool> = (0..plan.probes.len()).map(|p| plan.agent_sends_probe(a.agent_index as usize, p, &a.faults)).collect();
+        fill_agent_secrets(&mut plan, &secrets, !fault_only, |p| runs.get(p).copied().unwrap_or(false))
+            .map_err(|(path, msg)| format!("the assigned plan's secrets: {path}: {msg}"))?;
+    }
+    if a.concurrency.len() != plan.phases.len() {
+        return Err(format!("assignment has {} concurrency entries for {} phases", a.concurrency.len(), plan.phases.len()));
+    }
+    let has_iterations = plan.phases.iter().any(|p| p.load.iterations().is_some());
+    if has_iterations && a.iterations.len() != plan.phases.len() {
+        return Err(format!("assignment has {} iterations entries for {} phases (a coordinator too old for iterations phases?)", a.iterations.len(), plan.phases.len()));
+    }
+    Ok(AssignedPlan { plan, fault_only, has_iterations })
 }
 
 /// Before any load: every fault must be possible here as planned (a route
