@@ -98,13 +98,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     let plan = Arc::new(req.plan);
     let agents = gather_agents(fleet, &plan, req.expect_agents, req.wait, abort).await?;
     fleet.set_run_agents(agents.iter().map(|a| a.id.clone()));
-    let names: Vec<String> = agents.iter().map(|a| if a.capacity == 0 { format!("{} (fault-only)", a.id) } else { a.id.clone() }).collect();
-    progress(format!("run {run_id}: {} agent(s): {}", agents.len(), names.join(", ")));
-    // Said when the load starts, not only in the final summary: a long soak
-    // against an endpoint nobody authenticated is known from its first line.
-    if plan.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
-        progress(format!("warning: {}", stampede_common::plan::INSECURE_SKIP_VERIFY_WARNING));
-    }
+    announce(&run_id, &plan, &agents, progress);
 
     let fault_only: Vec<String> = agents.iter().filter(|a| a.capacity == 0).map(|a| a.id.clone()).collect();
     if fault_only.len() == agents.len() && !req.dry_run {
@@ -128,14 +122,8 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     // Chaos Toolkit's hypothesis first: no load and no fault on a target
     // that is already unwell. Asked of the probe agent (the first).
     if plan.steady_state.is_some() && !req.dry_run {
-        progress(format!("steady state: checking {} from agent {}", steady_names(&plan), agents[0].id));
         let ask = crate::steady::Ask { fleet, agent_id: &agents[0].id, run_id: &run_id, plan: &plan, plan_json: &plan_json };
-        // Ctrl-C or `halt` while it is checked: nothing has been sent yet.
-        tokio::select! {
-            held = crate::steady::hold(&ask, &mut events) => held.map_err(RunError::SteadyState)?,
-            _ = abort.triggered() => return Err(RunError::Interrupted(abort.reason().to_string())),
-        }
-        progress("steady state holds".to_string());
+        steady_before(&ask, &mut events, abort, progress).await?;
     }
     let (start, start_instant) = (SystemTime::now() + START_LEAD, Instant::now() + START_LEAD);
     let start_nanos = unix_nanos(start);
@@ -145,7 +133,54 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
     let bounds = run_bounds(&run_id, &plan, start_nanos);
     let dry_agents = req.dry_run.then(|| agents.clone());
     let mut run = Run::new(RunSetup { fleet, progress, run_id, plan, agents, bounds, start, start_instant, dry_run: req.dry_run });
-    // The loop only waits and dispatches; `Run` decides what each event means.
+    drive(&mut run, &mut events, abort).await?;
+    // After the run, once every agent has finished and reverted: the same
+    // hypothesis must hold again, or the drill failed (not for a run that
+    // was stopped or lost agents: its verdict is already decided by that,
+    // and a lost agent's faults may still be on).
+    if run.plan.steady_state.is_some() && !req.dry_run && run.stop.is_none() && run.all_finished() {
+        steady_after(&mut run, fleet, &plan_json, &mut events, abort, progress).await;
+    }
+    let mut report = run.finish().await;
+    if let Some(agents) = dry_agents {
+        report.dry_run = Some(crate::dryrun::DryRun::new(&report, &preflight, &agents));
+    }
+    Ok(report)
+}
+
+/// The run's first lines: its id and agents, and a warning the user must
+/// see before the load starts.
+fn announce(run_id: &str, plan: &Plan, agents: &[AgentEntry], progress: &(dyn Fn(String) + Send + Sync)) {
+    let names: Vec<String> = agents.iter().map(|a| if a.capacity == 0 { format!("{} (fault-only)", a.id) } else { a.id.clone() }).collect();
+    progress(format!("run {run_id}: {} agent(s): {}", agents.len(), names.join(", ")));
+    // Said when the load starts, not only in the final summary: a long soak
+    // against an endpoint nobody authenticated is known from its first line.
+    if plan.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+        progress(format!("warning: {}", stampede_common::plan::INSECURE_SKIP_VERIFY_WARNING));
+    }
+}
+
+/// The steady-state hypothesis before anything is sent, asked of the probe
+/// agent; Ctrl-C or `halt` while it is checked stops the run with nothing sent.
+async fn steady_before(
+    ask: &crate::steady::Ask<'_>,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::fleet::AgentEvent>,
+    abort: &Interrupt,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), RunError> {
+    progress(format!("steady state: checking {} from agent {}", steady_names(ask.plan), ask.agent_id));
+    tokio::select! {
+        held = crate::steady::hold(ask, events) => held.map_err(RunError::SteadyState)?,
+        _ = abort.triggered() => return Err(RunError::Interrupted(abort.reason().to_string())),
+    }
+    progress("steady state holds".to_string());
+    Ok(())
+}
+
+/// Waits for the run's events, its agents' grace expiries, an interrupt and
+/// its deadline, until it is over. The loop only waits and dispatches; `Run`
+/// decides what each event means.
+async fn drive(run: &mut Run<'_>, events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::fleet::AgentEvent>, abort: &Interrupt) -> Result<(), RunError> {
     while !run.over() {
         tokio::select! {
             event = events.recv() => match event {
@@ -160,18 +195,7 @@ pub async fn execute(fleet: &Fleet, req: RunRequest, abort: &Interrupt, progress
             }
         }
     }
-    // After the run, once every agent has finished and reverted: the same
-    // hypothesis must hold again, or the drill failed (not for a run that
-    // was stopped or lost agents: its verdict is already decided by that,
-    // and a lost agent's faults may still be on).
-    if run.plan.steady_state.is_some() && !req.dry_run && run.stop.is_none() && run.all_finished() {
-        steady_after(&mut run, fleet, &plan_json, &mut events, abort, progress).await;
-    }
-    let mut report = run.finish().await;
-    if let Some(agents) = dry_agents {
-        report.dry_run = Some(crate::dryrun::DryRun::new(&report, &preflight, &agents));
-    }
-    Ok(report)
+    Ok(())
 }
 
 /// The run's agents once enough are there (the CLI's number wins over the
