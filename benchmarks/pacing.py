@@ -278,9 +278,10 @@ def main() -> None:
     target = subprocess.Popen(niced + ["taskset", "-c", str(args.target_core), str(binary), "target", "--listen", f"127.0.0.1:{port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     listener = FirstArrivals()
-    fleet = Fleet(binary, workdir)
+    fleet: Fleet | None = None
     reps = []
     try:
+        fleet = Fleet(binary, workdir)
         bench.wait_listening(port, target)
         capacity = target_capacity(port, args.client_core)
         print("target capacity (closed, wrk -t1 -c20, one core each): "
@@ -323,7 +324,8 @@ def main() -> None:
         target.terminate()
         target.wait(timeout=5)
         listener.close()
-        fleet.close()
+        if fleet is not None:
+            fleet.close()
 
     print()
     print("| metric (median, range over reps) | measured | target |")
