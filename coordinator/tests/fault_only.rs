@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{agent_bin, stampede_output, Procs};
+use support::{agent_bin, process_state, stampede_output, Procs};
 
 /// `stampede-agent --capacity CAPACITY` with its own journal folder.
 fn agent(procs: &mut Procs, id: &str, url: &str, labels: &str, capacity: &str) {
@@ -19,12 +19,6 @@ fn agent(procs: &mut Procs, id: &str, url: &str, labels: &str, capacity: &str) {
     let mut cmd = Command::new(agent_bin());
     cmd.args(["--coordinator", url, "--id", id, "--labels", labels, "--capacity", capacity, "--workers", "1", "--insecure", "--state-dir"]).arg(state).env("RUST_LOG", "info");
     procs.spawn(id, cmd);
-}
-
-/// Process state letter from /proc/PID/stat (`T` while stopped).
-fn state_of(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
 }
 
 #[test]
@@ -60,7 +54,7 @@ fn a_capacity_0_agent_gets_no_load_and_applies_its_fault() {
     let stderr = String::from_utf8_lossy(&alone.stderr);
     assert_eq!(alone.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("every agent of this run has capacity 0 (svc"), "{stderr}");
-    assert_eq!(state_of(pid), Some('S'), "a refused run paused the service");
+    assert_eq!(process_state(pid), Some('S'), "a refused run paused the service");
 
     agent(&mut procs, "load", &url, "role=load", "1");
     procs.wait_for_agents(&url, &["load", "svc"], Duration::from_secs(10));
@@ -68,11 +62,11 @@ fn a_capacity_0_agent_gets_no_load_and_applies_its_fault() {
     let mut cmd = Command::new(support::stampede());
     cmd.args(["run", plan_s, "--coordinator", &url, "--insecure", "--expect-agents", "2", "--out"]).arg(&out);
     let mut run = support::Background::start(cmd, procs.dir.path(), "run");
-    let paused = support::wait_until(Duration::from_secs(8), || state_of(pid) == Some('T'));
+    let paused = support::wait_until(Duration::from_secs(8), || process_state(pid) == Some('T'));
     let (code, stdout, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}\n{}", procs.logs());
     assert!(paused, "the fault-only agent never paused the service:\n{stderr}\n{}", procs.logs());
-    assert_eq!(state_of(pid), Some('S'), "the service was not resumed");
+    assert_eq!(process_state(pid), Some('S'), "the service was not resumed");
 
     let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let agent_of = |id: &str| r["agents"].as_array().unwrap().iter().find(|a| a["id"] == id).cloned().unwrap();
@@ -96,7 +90,7 @@ fn a_capacity_0_agent_gets_no_load_and_applies_its_fault() {
     let mut cmd = Command::new(support::stampede());
     cmd.args(["run", plan_s, "--coordinator", &url, "--insecure", "--expect-agents", "2", "--simulate-faults", "--out"]).arg(&sim_out);
     let mut run = support::Background::start(cmd, procs.dir.path(), "simulated");
-    let paused = support::wait_until(Duration::from_secs(8), || state_of(pid) == Some('T'));
+    let paused = support::wait_until(Duration::from_secs(8), || process_state(pid) == Some('T'));
     let (code, stdout, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}\n{}", procs.logs());
     assert!(!paused, "a simulated fault paused the service");

@@ -11,13 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{stampede_output, Procs};
-
-/// Process state letter from /proc/PID/stat (`T` while stopped).
-fn state_of(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
-}
+use support::{process_state, stampede_output, Procs};
 
 #[test]
 fn a_second_local_run_leaves_the_first_runs_live_fault_alone() {
@@ -48,7 +42,7 @@ fn a_second_local_run_leaves_the_first_runs_live_fault_alone() {
     let mut cmd = Command::new(support::stampede());
     cmd.args(["run", first.to_str().unwrap(), "--state-dir"]).arg(&state).arg("--out").arg(&out_first);
     let mut run = support::Background::start(cmd, procs.dir.path(), "first");
-    assert!(support::wait_until(Duration::from_secs(8), || state_of(pid) == Some('T')), "the first run never paused the service");
+    assert!(support::wait_until(Duration::from_secs(8), || process_state(pid) == Some('T')), "the first run never paused the service");
 
     // The second run starts and ends while the first's fault is live.
     let out_second = procs.dir.path().join("out-second");
@@ -57,14 +51,14 @@ fn a_second_local_run_leaves_the_first_runs_live_fault_alone() {
         Duration::from_secs(30),
     );
     assert_eq!(second_run.status.code(), Some(0), "{}", String::from_utf8_lossy(&second_run.stderr));
-    assert_eq!(state_of(pid), Some('T'), "the second run resumed the first run's paused service");
+    assert_eq!(process_state(pid), Some('T'), "the second run resumed the first run's paused service");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(out_second.join("report.json")).unwrap()).unwrap();
     assert_eq!(r["faults"].as_array().map_or(0, Vec::len), 0, "the second run reported a fault it recovered: {r:#}");
     assert!(state.join("local-0-2").join("faults.journal").exists(), "the second agent journals beside the first");
 
     let (code, stdout, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert_eq!(state_of(pid), Some('S'), "the first run did not resume the service at its window's end");
+    assert_eq!(process_state(pid), Some('S'), "the first run did not resume the service at its window's end");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(out_first.join("report.json")).unwrap()).unwrap();
     let fault = &r["faults"][0];
     assert_eq!(fault["status"], "reverted", "{fault:#}");

@@ -57,8 +57,7 @@ fn connects(port: u16) -> bool {
 
 /// The one-letter state of a process (`T` when stopped).
 fn state(pid: u32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()).unwrap_or('?')
+    support::process_state(pid).unwrap_or('?')
 }
 
 /// Undoes what the SIGSTOP test leaves if it fails midway: the stopped
