@@ -91,6 +91,7 @@ pub struct Journal {
 /// How many directories `claim` tries: `dir`, then `dir-2` … `dir-16` (one
 /// per agent of that name running at once on this machine).
 const CLAIM_TRIES: usize = 16;
+const JOURNAL_FILE: &str = "faults.journal";
 const LOCK_FILE: &str = "faults.journal.lock";
 
 impl Journal {
@@ -117,7 +118,7 @@ impl Journal {
     /// Each comes claimed, so no other starting agent recovers it too.
     pub fn claim_orphans(&self) -> Vec<Journal> {
         Journal::dirs_beside(&self.asked)
-            .filter(|d| d.as_path() != self.dir() && d.join("faults.journal").exists())
+            .filter(|d| d.as_path() != self.dir() && d.join(JOURNAL_FILE).exists())
             .filter_map(|d| {
                 let owner = try_lock(&d).ok().flatten()?;
                 let j = Journal { _owner: Some(owner), ..Journal::open(&d).ok()? };
@@ -139,7 +140,7 @@ impl Journal {
     /// Opens (creating if needed) the journal in `dir`.
     pub fn open(dir: &Path) -> std::io::Result<Journal> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join("faults.journal");
+        let path = dir.join(JOURNAL_FILE);
         if !path.exists() {
             File::create(&path)?.sync_all()?;
             // The new file's directory entry must be durable too.
